@@ -1,0 +1,187 @@
+//! Connecting to NATS and declaring the streams and buckets BandSync uses.
+//! Every service calls `Bus::open`; declarations are idempotent, so any process
+//! may start first.
+
+use crate::subjects::Subjects;
+use async_nats::jetstream::{self, kv, stream};
+use async_nats::{Client, HeaderMap};
+use bytes::Bytes;
+use std::time::Duration;
+
+/// nats-server 2.11 brought per-message TTLs and KV limit markers.
+pub const MIN_SERVER_VERSION: (u32, u32) = (2, 11);
+/// How long a JetStream publish may wait for its ack before the caller gives up.
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Commands are kept a day: long enough for any owner to catch up and the store to ingest.
+const CMD_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// Events are kept a week so a store that was down can catch up.
+const EVT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Window within which a re-published message with the same id is dropped.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// Gateways announce themselves this often; entries expire after `GATEWAY_TTL`.
+pub const GATEWAY_HEARTBEAT: Duration = Duration::from_secs(2);
+pub const GATEWAY_TTL: Duration = Duration::from_secs(6);
+/// Largest session state, well above a full setlist with charts.
+const MAX_STATE_BYTES: i32 = 512 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect { url: String, source: async_nats::ConnectError },
+    #[error("nats-server {found} is too old: BandSync needs {}.{} or newer (JetStream KV limit markers)", MIN_SERVER_VERSION.0, MIN_SERVER_VERSION.1)]
+    ServerTooOld { found: String },
+    #[error("declaring {what}: {message}")]
+    Declare { what: String, message: String },
+    #[error("publishing to {subject}: {message}")]
+    Publish { subject: String, message: String },
+}
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct BusSettings {
+    pub url: String,
+    pub prefix: String,
+    /// JetStream replicas for streams and buckets (3 in a three-node cluster).
+    pub replicas: usize,
+    /// Shard lease TTL: the max age of the leases bucket.
+    pub lease_ttl: Duration,
+    /// Connection name shown by nats-server (e.g. `gateway-a`).
+    pub name: String,
+}
+
+/// A connected client with every stream and bucket declared.
+#[derive(Clone)]
+pub struct Bus {
+    pub client: Client,
+    pub js: jetstream::Context,
+    pub subjects: Subjects,
+    pub sessions: kv::Store,
+    pub codes: kv::Store,
+    pub leases: kv::Store,
+    pub cursors: kv::Store,
+    pub gateways: kv::Store,
+    pub tickers: kv::Store,
+}
+
+impl Bus {
+    pub async fn open(settings: &BusSettings, subjects: Subjects) -> Result<Self, BusError> {
+        let client = async_nats::ConnectOptions::new()
+            .name(&settings.name)
+            // Ticks fan out from one subscription per session; a deep buffer rides out bursts.
+            .subscription_capacity(65_536)
+            .retry_on_initial_connect()
+            .connect(&settings.url)
+            .await
+            .map_err(|source| BusError::Connect { url: settings.url.clone(), source })?;
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while client.server_info().version.is_empty() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .ok();
+        check_version(&client.server_info().version)?;
+        let js = jetstream::new(client.clone());
+        let replicas = settings.replicas;
+        declare_stream(&js, &subjects.cmd_stream(), vec![subjects.cmd_all()], CMD_MAX_AGE, replicas).await?;
+        declare_stream(&js, &subjects.evt_stream(), vec![subjects.evt_all()], EVT_MAX_AGE, replicas).await?;
+        let bucket = |name: String, max_age: Duration| kv::Config {
+            bucket: name,
+            history: 1,
+            max_age,
+            num_replicas: replicas,
+            max_value_size: MAX_STATE_BYTES,
+            ..Default::default()
+        };
+        let sessions = declare_kv(&js, bucket(subjects.sessions_bucket(), Duration::ZERO)).await?;
+        let codes = declare_kv(&js, bucket(subjects.codes_bucket(), Duration::ZERO)).await?;
+        let cursors = declare_kv(&js, bucket(subjects.cursors_bucket(), Duration::ZERO)).await?;
+        let gateways = declare_kv(&js, bucket(subjects.gateways_bucket(), GATEWAY_TTL)).await?;
+        // Limit markers make an expired lease visible to watchers, so standbys campaign at once.
+        let with_markers = |c: kv::Config| kv::Config { limit_markers: Some(Duration::from_secs(1)), ..c };
+        let leases = declare_kv(&js, with_markers(bucket(subjects.leases_bucket(), settings.lease_ttl))).await?;
+        let tickers = declare_kv(&js, with_markers(bucket(subjects.tickers_bucket(), settings.lease_ttl * 2))).await?;
+        Ok(Self { client, js, subjects, sessions, codes, leases, cursors, gateways, tickers })
+    }
+
+    /// Publishes to a JetStream-captured subject and waits for the ack. `msg_id`
+    /// makes a retry within the duplicate window harmless.
+    pub async fn publish_durable(&self, subject: String, msg_id: &str, payload: Bytes) -> Result<u64, BusError> {
+        let fail = |message: String| BusError::Publish { subject: subject.clone(), message };
+        let mut headers = HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
+        let ack = tokio::time::timeout(PUBLISH_TIMEOUT, async {
+            self.js
+                .publish_with_headers(subject.clone(), headers, payload)
+                .await
+                .map_err(|e| fail(e.to_string()))?
+                .await
+                .map_err(|e| fail(e.to_string()))
+        })
+        .await
+        .map_err(|_| fail("timed out waiting for JetStream".into()))??;
+        Ok(ack.sequence)
+    }
+}
+
+/// Refuses servers older than `MIN_SERVER_VERSION`.
+pub fn check_version(version: &str) -> Result<(), BusError> {
+    let mut parts = version.split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if found < MIN_SERVER_VERSION {
+        return Err(BusError::ServerTooOld { found: version.to_owned() });
+    }
+    Ok(())
+}
+
+async fn declare_stream(
+    js: &jetstream::Context,
+    name: &str,
+    subjects: Vec<String>,
+    max_age: Duration,
+    replicas: usize,
+) -> Result<(), BusError> {
+    let config = stream::Config {
+        name: name.to_owned(),
+        subjects,
+        max_age,
+        duplicate_window: DUPLICATE_WINDOW,
+        num_replicas: replicas,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    };
+    js.get_or_create_stream(config)
+        .await
+        .map(|_| ())
+        .map_err(|e| BusError::Declare { what: format!("stream {name}"), message: e.to_string() })
+}
+
+async fn declare_kv(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, BusError> {
+    let name = config.bucket.clone();
+    if let Ok(store) = js.get_key_value(&name).await {
+        return Ok(store);
+    }
+    match js.create_key_value(config).await {
+        Ok(store) => Ok(store),
+        // Another process may have created it between our look-up and create.
+        Err(create_err) => js
+            .get_key_value(&name)
+            .await
+            .map_err(|_| BusError::Declare { what: format!("bucket {name}"), message: create_err.to_string() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_gate() {
+        assert!(check_version("2.9.10").is_err());
+        assert!(check_version("2.10.22").is_err());
+        assert!(check_version("2.11.0").is_ok());
+        assert!(check_version("2.15.1").is_ok());
+        assert!(check_version("3.0.0-beta").is_ok());
+        assert!(check_version("").is_err());
+    }
+}

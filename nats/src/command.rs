@@ -1,0 +1,214 @@
+//! Commands: what members (through a gateway) ask a session's owner to do.
+//! The same JSON shapes arrive from clients and travel on the bus; `validate`
+//! is pure so the gateway refuses bad values at the edge and the owner re-checks.
+
+use crate::ids::{CommandId, DisplayName, GatewayId, InvalidValue, JoinCode, MemberId, SessionId};
+use crate::timeline::{
+    BEAT_UNITS, MAX_BEAT, MAX_BEATS_PER_BAR, MAX_BPM, MAX_COUNT_IN_BARS, MIN_BPM, Micros,
+};
+use serde::{Deserialize, Serialize};
+
+pub const MAX_SONGS: usize = 50;
+pub const MAX_TITLE_CHARS: usize = 100;
+pub const MAX_CHART_CHARS: usize = 4_000;
+
+/// A song in the setlist; its chart is plain text, one line per bar by convention.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Song {
+    pub title: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tempo_bpm: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beats_per_bar: Option<u8>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub chart: String,
+}
+
+/// One command. `type` names it on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Command {
+    // --- sent by members (leader-only unless noted) ---
+    Tempo { bpm: f64 },
+    Meter { beats_per_bar: u8, beat_unit: u8 },
+    Play {
+        #[serde(default)]
+        count_in_bars: u8,
+    },
+    Pause,
+    Stop,
+    Seek { beat: f64 },
+    Setlist { songs: Vec<Song> },
+    Song { index: usize },
+    HandLeadership { to: MemberId },
+    /// Any member; granted at once if the leader is away or it is the displaced leader.
+    RequestLeadership,
+    // --- sent by gateways on members' behalf; refused from clients ---
+    Create { code: JoinCode, name: DisplayName },
+    Hello { name: DisplayName, conn: String },
+    Bye { conn: String },
+}
+
+impl Command {
+    /// Wire names a client may send (besides `ping`).
+    pub const CLIENT_TYPES: &'static [&'static str] = &[
+        "tempo",
+        "meter",
+        "play",
+        "pause",
+        "stop",
+        "seek",
+        "setlist",
+        "song",
+        "hand_leadership",
+        "request_leadership",
+    ];
+
+    /// Checks every value against the ranges the timeline accepts.
+    pub fn validate(&self) -> Result<(), InvalidValue> {
+        match self {
+            Command::Tempo { bpm } => check_bpm(*bpm),
+            Command::Meter { beats_per_bar, beat_unit } => check_meter(*beats_per_bar, *beat_unit),
+            Command::Play { count_in_bars } if *count_in_bars > MAX_COUNT_IN_BARS => Err(InvalidValue::new(
+                "count_in_bars",
+                format!("must be 0..={MAX_COUNT_IN_BARS}"),
+            )),
+            Command::Seek { beat } if !(beat.is_finite() && (0.0..=MAX_BEAT).contains(beat)) => {
+                Err(InvalidValue::new("beat", format!("must be a number in 0..={MAX_BEAT}")))
+            }
+            Command::Setlist { songs } => check_setlist(songs),
+            _ => Ok(()),
+        }
+    }
+
+    /// Short name for logs and the store's `kind` column.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::Tempo { .. } => "tempo",
+            Command::Meter { .. } => "meter",
+            Command::Play { .. } => "play",
+            Command::Pause => "pause",
+            Command::Stop => "stop",
+            Command::Seek { .. } => "seek",
+            Command::Setlist { .. } => "setlist",
+            Command::Song { .. } => "song",
+            Command::HandLeadership { .. } => "hand_leadership",
+            Command::RequestLeadership => "request_leadership",
+            Command::Create { .. } => "create",
+            Command::Hello { .. } => "hello",
+            Command::Bye { .. } => "bye",
+        }
+    }
+}
+
+pub fn check_bpm(bpm: f64) -> Result<(), InvalidValue> {
+    if bpm.is_finite() && (MIN_BPM..=MAX_BPM).contains(&bpm) {
+        Ok(())
+    } else {
+        Err(InvalidValue::new("bpm", format!("must be between {MIN_BPM} and {MAX_BPM}")))
+    }
+}
+
+pub fn check_meter(beats_per_bar: u8, beat_unit: u8) -> Result<(), InvalidValue> {
+    if !(1..=MAX_BEATS_PER_BAR).contains(&beats_per_bar) {
+        return Err(InvalidValue::new("beats_per_bar", format!("must be 1..={MAX_BEATS_PER_BAR}")));
+    }
+    if !BEAT_UNITS.contains(&beat_unit) {
+        return Err(InvalidValue::new("beat_unit", format!("must be one of {BEAT_UNITS:?}")));
+    }
+    Ok(())
+}
+
+fn check_setlist(songs: &[Song]) -> Result<(), InvalidValue> {
+    if songs.len() > MAX_SONGS {
+        return Err(InvalidValue::new("songs", format!("at most {MAX_SONGS} songs")));
+    }
+    for song in songs {
+        let n = song.title.trim().chars().count();
+        if n == 0 || n > MAX_TITLE_CHARS || song.title.chars().any(char::is_control) {
+            return Err(InvalidValue::new("title", format!("must be 1..={MAX_TITLE_CHARS} printable characters")));
+        }
+        if song.chart.chars().count() > MAX_CHART_CHARS {
+            return Err(InvalidValue::new("chart", format!("at most {MAX_CHART_CHARS} characters")));
+        }
+        if let Some(bpm) = song.tempo_bpm {
+            check_bpm(bpm)?;
+        }
+        if let Some(bpb) = song.beats_per_bar {
+            check_meter(bpb, 4)?;
+        }
+    }
+    Ok(())
+}
+
+/// A command on the bus: who sent it, through which gateway, and a unique id that
+/// de-duplicates it (JetStream `Nats-Msg-Id` and the owner's replay check).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandEnvelope {
+    pub id: CommandId,
+    pub session: SessionId,
+    pub actor: MemberId,
+    pub gateway: GatewayId,
+    /// The client's own reference, echoed in an error so it can match it up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ref: Option<String>,
+    /// Gateway clock when the command was published.
+    pub sent_at: Micros,
+    pub command: Command,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn golden_command_json() {
+        let c: Command = serde_json::from_str(r#"{"type":"play","count_in_bars":2}"#).expect("parses");
+        assert_eq!(c, Command::Play { count_in_bars: 2 });
+        assert_eq!(serde_json::to_string(&Command::Pause).expect("ser"), r#"{"type":"pause"}"#);
+        let c: Command = serde_json::from_str(r#"{"type":"play"}"#).expect("count-in defaults");
+        assert_eq!(c, Command::Play { count_in_bars: 0 });
+        assert!(serde_json::from_str::<Command>(r#"{"type":"tempo","bpm":"fast"}"#).is_err());
+        assert!(serde_json::from_str::<Command>(r#"{"type":"tempo","bpm":1,"x":1}"#).is_err());
+    }
+
+    #[test]
+    fn validation_ranges() {
+        assert!(Command::Tempo { bpm: 19.9 }.validate().is_err());
+        assert!(Command::Tempo { bpm: 400.1 }.validate().is_err());
+        assert!(Command::Tempo { bpm: f64::NAN }.validate().is_err());
+        assert!(Command::Tempo { bpm: 120.0 }.validate().is_ok());
+        assert!(Command::Seek { beat: -1.0 }.validate().is_err());
+        assert!(Command::Meter { beats_per_bar: 7, beat_unit: 8 }.validate().is_ok());
+        assert!(Command::Meter { beats_per_bar: 0, beat_unit: 4 }.validate().is_err());
+        assert!(Command::Meter { beats_per_bar: 4, beat_unit: 3 }.validate().is_err());
+        assert!(Command::Play { count_in_bars: 9 }.validate().is_err());
+        let song = |t: &str| Song { title: t.into(), tempo_bpm: None, beats_per_bar: None, chart: String::new() };
+        assert!(Command::Setlist { songs: vec![song("Intro")] }.validate().is_ok());
+        assert!(Command::Setlist { songs: vec![song(" ")] }.validate().is_err());
+        assert!(Command::Setlist { songs: vec![song("x"); MAX_SONGS + 1] }.validate().is_err());
+    }
+
+    #[test]
+    fn client_types_are_exactly_the_member_commands() {
+        let to = MemberId::parse("m").expect("valid");
+        let member_commands = [
+            Command::Tempo { bpm: 120.0 },
+            Command::Meter { beats_per_bar: 4, beat_unit: 4 },
+            Command::Play { count_in_bars: 0 },
+            Command::Pause,
+            Command::Stop,
+            Command::Seek { beat: 0.0 },
+            Command::Setlist { songs: vec![] },
+            Command::Song { index: 0 },
+            Command::HandLeadership { to },
+            Command::RequestLeadership,
+        ];
+        let kinds: Vec<&str> = member_commands.iter().map(Command::kind).collect();
+        assert_eq!(kinds, Command::CLIENT_TYPES);
+        for c in &member_commands {
+            let json = serde_json::to_value(c).expect("ser");
+            assert_eq!(json["type"], c.kind(), "wire tag equals kind()");
+        }
+    }
+}

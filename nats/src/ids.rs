@@ -1,0 +1,198 @@
+//! Identifiers built at the edges ("parse, don't validate"). Every id that can
+//! appear in a NATS subject or KV key is restricted to `[A-Za-z0-9_-]`, so no id
+//! can smuggle a `.`, `*` or `>` into a subject.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Why an identifier or value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what}: {why}")]
+pub struct InvalidValue {
+    pub what: &'static str,
+    pub why: String,
+}
+
+impl InvalidValue {
+    pub fn new(what: &'static str, why: impl Into<String>) -> Self {
+        Self { what, why: why.into() }
+    }
+}
+
+fn check_token(what: &'static str, s: &str, max: usize) -> Result<(), InvalidValue> {
+    if s.is_empty() || s.len() > max {
+        return Err(InvalidValue::new(what, format!("must be 1..={max} characters")));
+    }
+    if !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        return Err(InvalidValue::new(what, "only letters, digits, '_' and '-' are allowed"));
+    }
+    Ok(())
+}
+
+macro_rules! token_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal, $max:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn parse(s: impl Into<String>) -> Result<Self, InvalidValue> {
+                let s = s.into();
+                check_token($what, &s, $max)?;
+                Ok(Self(s))
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl TryFrom<String> for $name {
+            type Error = InvalidValue;
+            fn try_from(s: String) -> Result<Self, InvalidValue> {
+                Self::parse(s)
+            }
+        }
+        impl From<$name> for String {
+            fn from(v: $name) -> String {
+                v.0
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+token_id!(
+    /// A session, e.g. `k3j9x2m4q8wz`; safe as a subject token.
+    SessionId, "session id", 64
+);
+token_id!(
+    /// A stable member of a session; a reconnect with the same token is the same member.
+    MemberId, "member id", 64
+);
+token_id!(
+    /// A command's unique id, used for de-duplication on the bus.
+    CommandId, "command id", 64
+);
+token_id!(
+    /// A gateway process (its connections are named `<gateway>/<n>`).
+    GatewayId, "gateway id", 64
+);
+
+/// Letters that cannot be mistaken for each other when read aloud or off a screen.
+pub const JOIN_CODE_ALPHABET: &[u8] = b"ABCDEFGHJKMNPQRSTUVWXYZ23456789";
+/// Length of a join code: 31^6 ≈ 887 million codes.
+pub const JOIN_CODE_LEN: usize = 6;
+
+/// Human-friendly code a band member types to join, e.g. `K7MQ2X`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct JoinCode(String);
+
+impl JoinCode {
+    /// Accepts lower case, spaces and dashes (`k7m-q2x`), as people type them.
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
+        let code: String = s
+            .chars()
+            .filter(|c| !c.is_whitespace() && *c != '-')
+            .map(|c| c.to_ascii_uppercase())
+            .collect();
+        if code.len() != JOIN_CODE_LEN || !code.bytes().all(|b| JOIN_CODE_ALPHABET.contains(&b)) {
+            return Err(InvalidValue::new(
+                "join code",
+                format!("must be {JOIN_CODE_LEN} characters like K7MQ2X"),
+            ));
+        }
+        Ok(Self(code))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+impl TryFrom<String> for JoinCode {
+    type Error = InvalidValue;
+    fn try_from(s: String) -> Result<Self, InvalidValue> {
+        Self::parse(&s)
+    }
+}
+impl From<JoinCode> for String {
+    fn from(v: JoinCode) -> String {
+        v.0
+    }
+}
+impl fmt::Display for JoinCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A display name: trimmed, 1..=40 characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DisplayName(String);
+
+impl DisplayName {
+    pub const MAX_CHARS: usize = 40;
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
+        let s = s.trim();
+        let n = s.chars().count();
+        if n == 0 || n > Self::MAX_CHARS {
+            return Err(InvalidValue::new("name", format!("must be 1..={} characters", Self::MAX_CHARS)));
+        }
+        if s.chars().any(char::is_control) {
+            return Err(InvalidValue::new("name", "must not contain control characters"));
+        }
+        Ok(Self(s.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+impl TryFrom<String> for DisplayName {
+    type Error = InvalidValue;
+    fn try_from(s: String) -> Result<Self, InvalidValue> {
+        Self::parse(&s)
+    }
+}
+impl From<DisplayName> for String {
+    fn from(v: DisplayName) -> String {
+        v.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_refuse_subject_wildcards_and_dots() {
+        for bad in ["", "a.b", "a*", ">", "a b", &"x".repeat(65)] {
+            assert!(SessionId::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(SessionId::parse("Ab_3-x").map(|s| s.to_string()), Ok("Ab_3-x".into()));
+    }
+
+    #[test]
+    fn join_codes_are_forgiving_about_case_and_dashes() {
+        assert_eq!(JoinCode::parse(" k7m-q2x ").map(|c| c.to_string()), Ok("K7MQ2X".into()));
+        assert!(JoinCode::parse("K7MQ2").is_err());
+        assert!(JoinCode::parse("K7MQ2O").is_err(), "O is ambiguous with 0");
+    }
+
+    #[test]
+    fn names_are_trimmed_and_bounded() {
+        assert_eq!(DisplayName::parse("  Ana ").map(|n| n.as_str().to_owned()), Ok("Ana".into()));
+        assert!(DisplayName::parse("   ").is_err());
+        assert!(DisplayName::parse("a\u{7}b").is_err());
+        assert!(DisplayName::parse(&"é".repeat(41)).is_err());
+    }
+
+    #[test]
+    fn ids_deserialize_through_validation() {
+        assert!(serde_json::from_str::<MemberId>("\"a.b\"").is_err());
+        assert!(serde_json::from_str::<MemberId>("\"ab\"").is_ok());
+    }
+}

@@ -1,0 +1,416 @@
+//! The session state machine: pure, no I/O. The shard owner applies each command
+//! to the state read from KV and writes the result back with compare-and-set;
+//! the store replays the same functions to rebuild a session at any instant.
+//!
+//! Invariants: authority comes from this state (only `leader` may steer); at most
+//! `Rules::max_members` members; `seq` grows by one per applied change set.
+
+use crate::command::{Command, Song, check_bpm, check_meter};
+use crate::ids::{CommandId, DisplayName, JoinCode, MemberId, SessionId};
+use crate::timeline::{Micros, Timeline};
+use crate::wire::ErrorCode;
+use serde::{Deserialize, Serialize};
+
+/// Settings of the owner that shape how commands apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    /// How far ahead a change is scheduled so every device hears of it in time.
+    pub lead_us: Micros,
+    pub max_members: usize,
+    /// How long a disconnected leader keeps leadership.
+    pub leader_grace_us: Micros,
+    /// A session with nobody connected and no command for this long ends.
+    pub idle_expiry_us: Micros,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self { lead_us: 150_000, max_members: 12, leader_grace_us: 5_000_000, idle_expiry_us: 3_600_000_000 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: MemberId,
+    pub name: DisplayName,
+    pub joined_at: Micros,
+    pub connected: bool,
+    /// The live connection (`<gateway>/<n>`); a stale `bye` from an older one is ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conn: Option<String>,
+}
+
+/// Why leadership moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaderReason {
+    Created,
+    Handed,
+    /// The leader stayed away past the grace period.
+    Grace,
+    /// Requested while the leader was away.
+    Requested,
+    /// The leader displaced by `Grace` took it back.
+    Reclaimed,
+    /// Nobody led and a member arrived.
+    Vacant,
+}
+
+/// What an applied command changed; events carry a list of these plus the new state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Change {
+    Created { code: JoinCode },
+    MemberJoined { member: MemberId, name: DisplayName },
+    MemberConnected { member: MemberId },
+    MemberDisconnected { member: MemberId },
+    LeaderChanged { from: Option<MemberId>, to: MemberId, reason: LeaderReason },
+    LeadershipRequested { by: MemberId },
+    Tempo { bpm: f64, at: Micros },
+    Meter { beats_per_bar: u8, beat_unit: u8, at: Micros },
+    Play { at: Micros, count_in_bars: u8 },
+    Pause { at: Micros, beat: f64 },
+    Stop { at: Micros },
+    Seek { at: Micros, beat: f64 },
+    Setlist { songs: usize },
+    Song { index: usize, title: String, at: Micros },
+    Ended { reason: String },
+}
+
+impl Change {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Change::Created { .. } => "created",
+            Change::MemberJoined { .. } => "member_joined",
+            Change::MemberConnected { .. } => "member_connected",
+            Change::MemberDisconnected { .. } => "member_disconnected",
+            Change::LeaderChanged { .. } => "leader_changed",
+            Change::LeadershipRequested { .. } => "leadership_requested",
+            Change::Tempo { .. } => "tempo",
+            Change::Meter { .. } => "meter",
+            Change::Play { .. } => "play",
+            Change::Pause { .. } => "pause",
+            Change::Stop { .. } => "stop",
+            Change::Seek { .. } => "seek",
+            Change::Setlist { .. } => "setlist",
+            Change::Song { .. } => "song",
+            Change::Ended { .. } => "ended",
+        }
+    }
+}
+
+/// A refused command: a stable code and a sentence for the musician.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct Rejection {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Rejection {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+/// What caused the latest change set (kept so a new owner can re-publish it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cause {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<CommandId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<MemberId>,
+}
+
+/// Everything about one session. Stored as JSON in KV and sent to clients whole.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionState {
+    pub id: SessionId,
+    pub code: JoinCode,
+    pub created_at: Micros,
+    /// Number of change sets applied so far; events carry it.
+    pub seq: u64,
+    pub leader: Option<MemberId>,
+    pub members: Vec<Member>,
+    pub timeline: Timeline,
+    pub setlist: Vec<Song>,
+    pub song: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leadership_request: Option<MemberId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_away_since: Option<Micros>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub displaced_leader: Option<MemberId>,
+    pub last_activity: Micros,
+    /// Stream sequence of the last command applied: replays at or below it are skipped.
+    pub last_cmd_seq: u64,
+    /// The latest change set and its cause, so an owner can re-publish a lost event.
+    pub last_changes: Vec<Change>,
+    pub last_cause: Cause,
+    pub last_change_at: Micros,
+}
+
+pub const DEFAULT_BPM: f64 = 120.0;
+
+impl SessionState {
+    /// A new session led by its creator, who is not connected yet.
+    pub fn create(id: SessionId, code: JoinCode, leader: MemberId, name: DisplayName, now: Micros) -> Self {
+        let member = Member { id: leader.clone(), name, joined_at: now, connected: false, conn: None };
+        Self {
+            id,
+            code: code.clone(),
+            created_at: now,
+            seq: 1,
+            leader: Some(leader.clone()),
+            members: vec![member],
+            timeline: Timeline::new(now, DEFAULT_BPM, 4, 4),
+            setlist: Vec::new(),
+            song: None,
+            leadership_request: None,
+            leader_away_since: Some(now),
+            displaced_leader: None,
+            last_activity: now,
+            last_cmd_seq: 0,
+            last_changes: vec![
+                Change::Created { code },
+                Change::LeaderChanged { from: None, to: leader, reason: LeaderReason::Created },
+            ],
+            last_cause: Cause { cmd: None, by: None },
+            last_change_at: now,
+        }
+    }
+
+    pub fn member(&self, id: &MemberId) -> Option<&Member> {
+        self.members.iter().find(|m| &m.id == id)
+    }
+
+    fn member_mut(&mut self, id: &MemberId) -> Option<&mut Member> {
+        self.members.iter_mut().find(|m| &m.id == id)
+    }
+
+    pub fn is_leader(&self, id: &MemberId) -> bool {
+        self.leader.as_ref() == Some(id)
+    }
+
+    /// Applies one member command. On success returns the changes (possibly none,
+    /// for a command that changes nothing, such as a stale `bye`) and records them.
+    pub fn apply(
+        &mut self,
+        cmd: &Command,
+        actor: &MemberId,
+        cmd_id: Option<&CommandId>,
+        now: Micros,
+        rules: &Rules,
+    ) -> Result<Vec<Change>, Rejection> {
+        cmd.validate().map_err(|e| Rejection::new(ErrorCode::Invalid, e.to_string()))?;
+        let changes = self.changes_for(cmd, actor, now, rules)?;
+        self.last_activity = now;
+        self.timeline.prune(now);
+        if !changes.is_empty() {
+            self.record(changes.clone(), Cause { cmd: cmd_id.cloned(), by: Some(actor.clone()) }, now);
+        }
+        Ok(changes)
+    }
+
+    fn record(&mut self, changes: Vec<Change>, cause: Cause, now: Micros) {
+        self.seq += 1;
+        self.last_changes = changes;
+        self.last_cause = cause;
+        self.last_change_at = now;
+    }
+
+    fn require_leader(&self, actor: &MemberId) -> Result<(), Rejection> {
+        if self.member(actor).is_none() {
+            return Err(Rejection::new(ErrorCode::Unauthorized, "you are not a member of this session"));
+        }
+        if !self.is_leader(actor) {
+            return Err(Rejection::new(ErrorCode::NotLeader, "only the leader can do that; ask for leadership first"));
+        }
+        Ok(())
+    }
+
+    fn changes_for(&mut self, cmd: &Command, actor: &MemberId, now: Micros, rules: &Rules) -> Result<Vec<Change>, Rejection> {
+        let lead = rules.lead_us;
+        match cmd {
+            Command::Create { .. } => Err(Rejection::new(ErrorCode::Invalid, "session already exists")),
+            Command::Hello { name, conn } => self.hello(actor, name, conn, now, rules),
+            Command::Bye { conn } => Ok(self.bye(actor, conn, now)),
+            Command::RequestLeadership => self.request_leadership(actor, now),
+            Command::HandLeadership { to } => {
+                self.require_leader(actor)?;
+                if self.member(to).is_none() {
+                    return Err(Rejection::new(ErrorCode::Invalid, "that member is not in this session"));
+                }
+                if self.is_leader(to) {
+                    return Ok(Vec::new());
+                }
+                Ok(vec![self.set_leader(to.clone(), LeaderReason::Handed, now)])
+            }
+            _ => {
+                self.require_leader(actor)?;
+                self.timeline_command(cmd, now, lead)
+            }
+        }
+    }
+
+    fn timeline_command(&mut self, cmd: &Command, now: Micros, lead: Micros) -> Result<Vec<Change>, Rejection> {
+        let tl = &mut self.timeline;
+        let change = match *cmd {
+            Command::Tempo { bpm } => Change::Tempo { bpm, at: tl.set_tempo(bpm, now, lead) },
+            Command::Meter { beats_per_bar, beat_unit } => {
+                Change::Meter { beats_per_bar, beat_unit, at: tl.set_meter(beats_per_bar, beat_unit, now, lead) }
+            }
+            Command::Play { count_in_bars } => {
+                if tl.latest().playing {
+                    return Err(Rejection::new(ErrorCode::Invalid, "already playing"));
+                }
+                Change::Play { at: tl.play(count_in_bars, now, lead), count_in_bars }
+            }
+            Command::Pause => {
+                if !tl.latest().playing {
+                    return Err(Rejection::new(ErrorCode::Invalid, "not playing"));
+                }
+                let (at, beat) = tl.pause(now, lead);
+                Change::Pause { at, beat }
+            }
+            Command::Stop => Change::Stop { at: tl.stop(now, lead) },
+            Command::Seek { beat } => Change::Seek { at: tl.seek(beat, now, lead), beat },
+            Command::Setlist { ref songs } => {
+                self.setlist = songs.clone();
+                self.song = self.song.filter(|&i| i < self.setlist.len());
+                Change::Setlist { songs: songs.len() }
+            }
+            Command::Song { index } => {
+                let Some(song) = self.setlist.get(index) else {
+                    return Err(Rejection::new(ErrorCode::Invalid, format!("no song {index} in the setlist")));
+                };
+                let base = *tl.latest();
+                let bpm = song.tempo_bpm.unwrap_or(base.tempo_bpm);
+                let bpb = song.beats_per_bar.unwrap_or(base.beats_per_bar);
+                // Values were checked when the setlist was accepted; re-check what was stored.
+                check_bpm(bpm).and_then(|()| check_meter(bpb, base.beat_unit))
+                    .map_err(|e| Rejection::new(ErrorCode::Invalid, e.to_string()))?;
+                let at = tl.reset(bpm, bpb, base.beat_unit, now, lead);
+                let title = song.title.clone();
+                self.song = Some(index);
+                Change::Song { index, title, at }
+            }
+            _ => return Err(Rejection::new(ErrorCode::Invalid, "not a timeline command")),
+        };
+        Ok(vec![change])
+    }
+
+    fn hello(&mut self, actor: &MemberId, name: &DisplayName, conn: &str, now: Micros, rules: &Rules) -> Result<Vec<Change>, Rejection> {
+        let mut changes = Vec::new();
+        match self.member_mut(actor) {
+            Some(m) => {
+                m.connected = true;
+                m.conn = Some(conn.to_owned());
+                changes.push(Change::MemberConnected { member: actor.clone() });
+            }
+            None => {
+                if self.members.len() >= rules.max_members {
+                    return Err(Rejection::new(
+                        ErrorCode::SessionFull,
+                        format!("this session already has {} members", rules.max_members),
+                    ));
+                }
+                self.members.push(Member {
+                    id: actor.clone(),
+                    name: name.clone(),
+                    joined_at: now,
+                    connected: true,
+                    conn: Some(conn.to_owned()),
+                });
+                changes.push(Change::MemberJoined { member: actor.clone(), name: name.clone() });
+            }
+        }
+        if self.is_leader(actor) {
+            self.leader_away_since = None;
+        } else if self.leader.is_none() {
+            changes.push(self.set_leader(actor.clone(), LeaderReason::Vacant, now));
+        }
+        Ok(changes)
+    }
+
+    fn bye(&mut self, actor: &MemberId, conn: &str, now: Micros) -> Vec<Change> {
+        let Some(m) = self.member_mut(actor) else { return Vec::new() };
+        if m.conn.as_deref() != Some(conn) {
+            return Vec::new(); // an older connection of a member who has already reconnected
+        }
+        m.connected = false;
+        m.conn = None;
+        if self.is_leader(actor) {
+            self.leader_away_since = Some(now);
+        }
+        vec![Change::MemberDisconnected { member: actor.clone() }]
+    }
+
+    fn request_leadership(&mut self, actor: &MemberId, now: Micros) -> Result<Vec<Change>, Rejection> {
+        if self.member(actor).is_none() {
+            return Err(Rejection::new(ErrorCode::Unauthorized, "you are not a member of this session"));
+        }
+        if self.is_leader(actor) {
+            return Ok(Vec::new());
+        }
+        if self.displaced_leader.as_ref() == Some(actor) {
+            return Ok(vec![self.set_leader(actor.clone(), LeaderReason::Reclaimed, now)]);
+        }
+        if self.leader_away_since.is_some() || self.leader.is_none() {
+            return Ok(vec![self.set_leader(actor.clone(), LeaderReason::Requested, now)]);
+        }
+        self.leadership_request = Some(actor.clone());
+        Ok(vec![Change::LeadershipRequested { by: actor.clone() }])
+    }
+
+    fn set_leader(&mut self, to: MemberId, reason: LeaderReason, now: Micros) -> Change {
+        let from = self.leader.replace(to.clone());
+        let connected = self.member(&to).is_some_and(|m| m.connected);
+        self.leader_away_since = if connected { None } else { self.leader_away_since.or(Some(now)) };
+        self.leadership_request = None;
+        if reason != LeaderReason::Grace {
+            self.displaced_leader = None;
+        }
+        Change::LeaderChanged { from, to, reason }
+    }
+
+    /// Time-driven rules, run by the owner every few hundred milliseconds:
+    /// leadership passes on after the grace period, idle sessions end.
+    pub fn housekeep(&mut self, now: Micros, rules: &Rules) -> Vec<Change> {
+        let mut changes = Vec::new();
+        if let (Some(leader), Some(since)) = (self.leader.clone(), self.leader_away_since) {
+            if now - since >= rules.leader_grace_us {
+                let successor = self
+                    .members
+                    .iter()
+                    .filter(|m| m.connected && m.id != leader)
+                    .min_by_key(|m| m.joined_at)
+                    .map(|m| m.id.clone());
+                if let Some(to) = successor {
+                    changes.push(self.set_leader(to, LeaderReason::Grace, now));
+                    self.displaced_leader = Some(leader);
+                }
+            }
+        }
+        if self.is_idle(now, rules) {
+            changes.push(Change::Ended { reason: "idle".into() });
+        }
+        if !changes.is_empty() {
+            self.timeline.prune(now);
+            self.record(changes.clone(), Cause { cmd: None, by: None }, now);
+        }
+        changes
+    }
+
+    pub fn is_idle(&self, now: Micros, rules: &Rules) -> bool {
+        !self.members.iter().any(|m| m.connected) && now - self.last_activity >= rules.idle_expiry_us
+    }
+
+    /// Whether a housekeeping pass could change something soon (cheap pre-check).
+    pub fn needs_housekeeping(&self, now: Micros, rules: &Rules) -> bool {
+        self.leader_away_since.is_some_and(|s| now - s >= rules.leader_grace_us) || self.is_idle(now, rules)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,436 @@
+//! The shared musical timeline (DESIGN.md, "a timeline, not a stream of positions").
+//!
+//! A timeline is a short list of segments. Each segment says: from server time
+//! `anchor_time` on, the position is `anchor_beat` plus, while playing, the elapsed
+//! time at `tempo_bpm`. Every change is scheduled a lead time ahead, so a timeline
+//! usually holds the segment in force now and at most one that starts soon; a
+//! client keeps using the earlier segment until the later one's `anchor_time`.
+//! All times are microseconds since the Unix epoch on the server's clock.
+
+use serde::{Deserialize, Serialize};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Microseconds since the Unix epoch (server wall clock).
+pub type Micros = i64;
+
+/// The server's wall-clock time now.
+pub fn now_us() -> Micros {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
+}
+
+pub const MIN_BPM: f64 = 20.0;
+pub const MAX_BPM: f64 = 400.0;
+pub const MAX_BEATS_PER_BAR: u8 = 32;
+pub const BEAT_UNITS: [u8; 6] = [1, 2, 4, 8, 16, 32];
+/// Furthest seek target, in beats (about 14 hours at 20 BPM).
+pub const MAX_BEAT: f64 = 1_000_000.0;
+pub const MAX_COUNT_IN_BARS: u8 = 8;
+/// Segments kept: the one in force and the scheduled ones, which rarely exceed one.
+const MAX_SEGMENTS: usize = 8;
+/// Tolerance when deciding whether a position already sits on a beat or bar line.
+const EPS_BEATS: f64 = 1e-6;
+const MICROS_PER_MINUTE: f64 = 60_000_000.0;
+
+/// One stretch of the timeline, in force from `anchor_time` until the next segment.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Segment {
+    /// Server time (µs) at which this segment takes effect.
+    pub anchor_time: Micros,
+    /// Position in beats at `anchor_time`; negative while counting in from beat 0.
+    pub anchor_beat: f64,
+    pub tempo_bpm: f64,
+    pub playing: bool,
+    pub beats_per_bar: u8,
+    pub beat_unit: u8,
+    /// A beat on which bar number `bar_origin_number` starts; bars are counted from it.
+    pub bar_origin_beat: f64,
+    pub bar_origin_number: i64,
+    /// While playing and below this beat, the clicks are a count-in, not music.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count_in_until: Option<f64>,
+}
+
+impl Segment {
+    /// Position in beats at server time `t` (meaningful for `t >= anchor_time`).
+    pub fn position(&self, t: Micros) -> f64 {
+        if self.playing {
+            self.anchor_beat + (t - self.anchor_time) as f64 * self.tempo_bpm / MICROS_PER_MINUTE
+        } else {
+            self.anchor_beat
+        }
+    }
+
+    /// Server time at which a playing segment reaches `beat`.
+    pub fn time_of_beat(&self, beat: f64) -> Micros {
+        self.anchor_time + ((beat - self.anchor_beat) * MICROS_PER_MINUTE / self.tempo_bpm).round() as Micros
+    }
+
+    /// Bar number (0-based) containing `beat`.
+    pub fn bar_of(&self, beat: f64) -> i64 {
+        let bpb = f64::from(self.beats_per_bar);
+        self.bar_origin_number + ((beat - self.bar_origin_beat + EPS_BEATS) / bpb).floor() as i64
+    }
+
+    /// First beat of the bar containing `beat`.
+    pub fn bar_start(&self, beat: f64) -> f64 {
+        let bpb = f64::from(self.beats_per_bar);
+        self.bar_origin_beat + ((beat - self.bar_origin_beat + EPS_BEATS) / bpb).floor() * bpb
+    }
+
+    /// The first bar line at or after `beat`.
+    pub fn next_bar_line(&self, beat: f64) -> f64 {
+        let bpb = f64::from(self.beats_per_bar);
+        self.bar_origin_beat + ((beat - self.bar_origin_beat - EPS_BEATS) / bpb).ceil() * bpb
+    }
+}
+
+/// The session's timeline: segments in strictly increasing `anchor_time` order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Timeline {
+    segments: Vec<Segment>,
+}
+
+impl Timeline {
+    /// Paused at beat 0, bar 0 starting on beat 0.
+    pub fn new(now: Micros, tempo_bpm: f64, beats_per_bar: u8, beat_unit: u8) -> Self {
+        Self {
+            segments: vec![Segment {
+                anchor_time: now,
+                anchor_beat: 0.0,
+                tempo_bpm,
+                playing: false,
+                beats_per_bar,
+                beat_unit,
+                bar_origin_beat: 0.0,
+                bar_origin_number: 0,
+                count_in_until: None,
+            }],
+        }
+    }
+
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
+    }
+
+    /// The segment in force at `t` (the first one for times before it).
+    pub fn at(&self, t: Micros) -> &Segment {
+        self.segments
+            .iter()
+            .rev()
+            .find(|s| s.anchor_time <= t)
+            .unwrap_or(&self.segments[0])
+    }
+
+    /// The last scheduled segment: the base for the next change.
+    pub fn latest(&self) -> &Segment {
+        self.segments.last().expect("a timeline always has a segment")
+    }
+
+    pub fn position(&self, t: Micros) -> f64 {
+        self.at(t).position(t)
+    }
+
+    /// Whether the timeline is playing at `t` or will be once its scheduled segments apply.
+    pub fn is_active(&self, t: Micros) -> bool {
+        self.at(t).playing || self.latest().playing
+    }
+
+    /// Adds `seg`, dropping scheduled segments it overrides and those no longer needed at `now`.
+    fn schedule(&mut self, seg: Segment, now: Micros) {
+        self.segments.retain(|s| s.anchor_time < seg.anchor_time);
+        self.segments.push(seg);
+        self.prune(now);
+    }
+
+    /// Keeps the segment in force at `now` and all later ones.
+    pub fn prune(&mut self, now: Micros) {
+        let in_force = self.segments.iter().rposition(|s| s.anchor_time <= now).unwrap_or(0);
+        let keep_from = in_force.max(self.segments.len().saturating_sub(MAX_SEGMENTS));
+        self.segments.drain(..keep_from);
+    }
+
+    /// When a change requested at `now` takes effect: a lead time ahead, never
+    /// before an already scheduled segment.
+    fn effective(&self, now: Micros, lead: Micros) -> Micros {
+        (now + lead).max(self.latest().anchor_time)
+    }
+
+    /// New tempo. While playing it lands on the next beat with phase kept.
+    pub fn set_tempo(&mut self, bpm: f64, now: Micros, lead: Micros) -> Micros {
+        let base = *self.latest();
+        let at = self.effective(now, lead);
+        let seg = if base.playing {
+            let beat = (base.position(at) - EPS_BEATS).ceil();
+            Segment { anchor_time: base.time_of_beat(beat).max(at), anchor_beat: beat, tempo_bpm: bpm, ..base }
+        } else {
+            Segment { anchor_time: at, tempo_bpm: bpm, ..base }
+        };
+        self.schedule(seg, now);
+        seg.anchor_time
+    }
+
+    /// New time signature, from the next bar line (playing) or the current bar (paused).
+    pub fn set_meter(&mut self, beats_per_bar: u8, beat_unit: u8, now: Micros, lead: Micros) -> Micros {
+        let base = *self.latest();
+        let at = self.effective(now, lead);
+        let (anchor_time, bar_beat) = if base.playing {
+            let line = base.next_bar_line(base.position(at));
+            (base.time_of_beat(line).max(at), line)
+        } else {
+            (at, base.bar_start(base.anchor_beat))
+        };
+        let seg = Segment {
+            anchor_time,
+            anchor_beat: base.position(anchor_time),
+            beats_per_bar,
+            beat_unit,
+            bar_origin_beat: bar_beat,
+            bar_origin_number: base.bar_of(bar_beat),
+            ..base
+        };
+        self.schedule(seg, now);
+        anchor_time
+    }
+
+    /// Starts playing from the paused position after `count_in_bars` bars of clicks.
+    pub fn play(&mut self, count_in_bars: u8, now: Micros, lead: Micros) -> Micros {
+        let base = *self.latest();
+        let at = self.effective(now, lead);
+        let from = base.anchor_beat;
+        let count_in = f64::from(count_in_bars) * f64::from(base.beats_per_bar);
+        let seg = Segment {
+            anchor_time: at,
+            anchor_beat: from - count_in,
+            playing: true,
+            count_in_until: (count_in_bars > 0).then_some(from),
+            ..base
+        };
+        self.schedule(seg, now);
+        at
+    }
+
+    /// Pauses at the scheduled instant; a pause during the count-in rewinds to where music starts.
+    pub fn pause(&mut self, now: Micros, lead: Micros) -> (Micros, f64) {
+        let base = *self.latest();
+        let at = self.effective(now, lead);
+        let mut beat = base.position(at);
+        if let Some(music) = base.count_in_until {
+            beat = beat.max(music);
+        }
+        let seg = Segment { anchor_time: at, anchor_beat: beat, playing: false, count_in_until: None, ..base };
+        self.schedule(seg, now);
+        (at, beat)
+    }
+
+    /// Stops and rewinds to beat 0, bar 0.
+    pub fn stop(&mut self, now: Micros, lead: Micros) -> Micros {
+        let base = *self.latest();
+        let at = self.effective(now, lead);
+        let seg = Segment {
+            anchor_time: at,
+            anchor_beat: 0.0,
+            playing: false,
+            bar_origin_beat: 0.0,
+            bar_origin_number: 0,
+            count_in_until: None,
+            ..base
+        };
+        self.schedule(seg, now);
+        at
+    }
+
+    /// Jumps to `beat` at the scheduled instant, playing on if it was playing.
+    pub fn seek(&mut self, beat: f64, now: Micros, lead: Micros) -> Micros {
+        let base = *self.latest();
+        let at = self.effective(now, lead);
+        let seg = Segment { anchor_time: at, anchor_beat: beat, count_in_until: None, ..base };
+        self.schedule(seg, now);
+        at
+    }
+
+    /// Replaces tempo and meter while stopped (used when a song is selected).
+    pub fn reset(&mut self, tempo_bpm: f64, beats_per_bar: u8, beat_unit: u8, now: Micros, lead: Micros) -> Micros {
+        let at = self.effective(now, lead);
+        let seg = Segment { anchor_time: at, ..Timeline::new(at, tempo_bpm, beats_per_bar, beat_unit).segments[0] };
+        self.schedule(seg, now);
+        at
+    }
+}
+
+/// Sequence number of the tick due at `t` for a tick period: derived from the
+/// clock, so it increases strictly and carries on across owners.
+pub fn tick_seq(t: Micros, period_us: Micros) -> u64 {
+    u64::try_from(t.max(0) / period_us.max(1)).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const LEAD: Micros = 150_000;
+    const T0: Micros = 1_700_000_000_000_000;
+
+    fn playing_at_120() -> Timeline {
+        let mut tl = Timeline::new(T0, 120.0, 4, 4);
+        tl.play(0, T0, LEAD);
+        tl
+    }
+
+    #[test]
+    fn position_advances_at_tempo_once_playing() {
+        let tl = playing_at_120();
+        assert_eq!(tl.position(T0), 0.0, "nothing moves before the scheduled start");
+        assert_eq!(tl.position(T0 + LEAD), 0.0);
+        assert!((tl.position(T0 + LEAD + 500_000) - 1.0).abs() < 1e-9, "120 BPM = 2 beats/s");
+    }
+
+    #[test]
+    fn count_in_starts_bars_early_and_music_starts_on_the_beat() {
+        let mut tl = Timeline::new(T0, 120.0, 4, 4);
+        let at = tl.play(2, T0, LEAD);
+        let seg = tl.at(at);
+        assert_eq!(seg.anchor_beat, -8.0);
+        assert_eq!(seg.count_in_until, Some(0.0));
+        assert!((tl.position(at + 4_000_000) - 0.0).abs() < 1e-9, "8 beats at 120 BPM take 4 s");
+    }
+
+    #[test]
+    fn tempo_change_lands_on_a_beat_with_phase_kept() {
+        let mut tl = playing_at_120();
+        let now = T0 + LEAD + 1_100_000; // position 2.2 beats
+        let at = tl.set_tempo(90.0, now, LEAD);
+        let seg = tl.at(at);
+        assert_eq!(seg.anchor_beat, 3.0, "2.2 + lead 0.3 = 2.5, next beat is 3");
+        assert_eq!(at, T0 + LEAD + 1_500_000);
+        assert!((tl.position(at - 1) - 3.0).abs() < 1e-5, "continuous at the switch");
+        assert!((tl.position(at + 2_000_000) - 6.0).abs() < 1e-9, "90 BPM = 1.5 beats/s");
+        assert!(tl.position(now) < 3.0, "before the switch the old tempo holds");
+    }
+
+    #[test]
+    fn pause_freezes_at_scheduled_instant_and_play_resumes_there() {
+        let mut tl = playing_at_120();
+        let now = T0 + LEAD + 1_000_000;
+        let (at, beat) = tl.pause(now, LEAD);
+        assert!((beat - 2.3).abs() < 1e-9);
+        assert!((tl.position(at + 10_000_000) - 2.3).abs() < 1e-9);
+        assert!((tl.position(now + 100_000) - 2.2).abs() < 1e-9, "still playing until the pause lands");
+        let later = at + 5_000_000;
+        let start = tl.play(0, later, LEAD);
+        assert!((tl.position(start + 500_000) - 3.3).abs() < 1e-9);
+    }
+
+    #[test]
+    fn pause_during_count_in_rewinds_to_music_start() {
+        let mut tl = Timeline::new(T0, 120.0, 4, 4);
+        tl.seek(16.0, T0, LEAD);
+        let at = tl.play(1, T0 + LEAD, LEAD);
+        let (_, beat) = tl.pause(at + 500_000, LEAD);
+        assert_eq!(beat, 16.0);
+    }
+
+    #[test]
+    fn meter_change_lands_on_next_bar_line_and_keeps_bar_numbers() {
+        let mut tl = playing_at_120();
+        let now = T0 + LEAD + 2_500_000; // beat 5 = bar 1, beat 2 of 4
+        let at = tl.set_meter(3, 4, now, LEAD);
+        let seg = *tl.at(at);
+        assert_eq!(seg.anchor_beat, 8.0, "next bar line after beat 5.3");
+        assert_eq!(seg.bar_of(8.0), 2);
+        assert_eq!(seg.bar_of(11.0), 3, "bars are now 3 beats long");
+        assert_eq!(tl.at(now).bar_of(5.0), 1);
+    }
+
+    #[test]
+    fn seek_and_stop_move_the_anchor() {
+        let mut tl = playing_at_120();
+        let now = T0 + LEAD + 1_000_000;
+        let at = tl.seek(32.0, now, LEAD);
+        assert!((tl.position(at + 500_000) - 33.0).abs() < 1e-9);
+        let at = tl.stop(at + 1_000_000, LEAD);
+        assert_eq!(tl.position(at + 1), 0.0);
+        assert!(!tl.at(at).playing);
+    }
+
+    #[test]
+    fn prune_keeps_the_segment_in_force() {
+        let mut tl = playing_at_120();
+        tl.set_tempo(100.0, T0 + 10_000_000, LEAD);
+        tl.prune(T0 + 20_000_000);
+        assert_eq!(tl.segments().len(), 1);
+        assert_eq!(tl.latest().tempo_bpm, 100.0);
+    }
+
+    #[test]
+    fn tick_seq_is_monotonic_in_time() {
+        assert_eq!(tick_seq(1_000_000, 100_000), 10);
+        assert_eq!(tick_seq(1_099_999, 100_000), 10);
+        assert_eq!(tick_seq(1_100_000, 100_000), 11);
+    }
+
+    #[test]
+    fn golden_json() {
+        let tl = Timeline::new(1_000, 120.0, 4, 4);
+        let json = serde_json::to_string(&tl).expect("serialises");
+        assert_eq!(
+            json,
+            r#"{"segments":[{"anchor_time":1000,"anchor_beat":0.0,"tempo_bpm":120.0,"playing":false,"beats_per_bar":4,"beat_unit":4,"bar_origin_beat":0.0,"bar_origin_number":0}]}"#
+        );
+        assert_eq!(serde_json::from_str::<Timeline>(&json).expect("parses"), tl);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Tempo(f64),
+        Meter(u8),
+        Play(u8),
+        Pause,
+        Stop,
+        Seek(f64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (MIN_BPM..MAX_BPM).prop_map(Op::Tempo),
+            (1u8..=MAX_BEATS_PER_BAR).prop_map(Op::Meter),
+            (0u8..=MAX_COUNT_IN_BARS).prop_map(Op::Play),
+            Just(Op::Pause),
+            Just(Op::Stop),
+            (0.0..1000.0f64).prop_map(Op::Seek),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the leader does, segments stay ordered, bounded, and the
+        /// position never jumps except where a pause, stop, seek or play says so.
+        #[test]
+        fn timeline_invariants(ops in proptest::collection::vec((op(), 0i64..2_000_000), 1..40)) {
+            let mut tl = Timeline::new(T0, 120.0, 4, 4);
+            let mut now = T0;
+            for (op, gap) in ops {
+                now += gap;
+                let before = tl.clone();
+                let at = match op {
+                    Op::Tempo(b) => tl.set_tempo(b, now, LEAD),
+                    Op::Meter(m) => tl.set_meter(m, 4, now, LEAD),
+                    Op::Play(n) if !tl.latest().playing => tl.play(n, now, LEAD),
+                    Op::Pause if tl.latest().playing => tl.pause(now, LEAD).0,
+                    Op::Stop => tl.stop(now, LEAD),
+                    Op::Seek(b) => tl.seek(b, now, LEAD),
+                    _ => continue,
+                };
+                prop_assert!(at >= now + LEAD, "changes never take effect before the lead time");
+                prop_assert!(tl.segments().windows(2).all(|w| w[0].anchor_time < w[1].anchor_time));
+                prop_assert!(tl.segments().len() <= MAX_SEGMENTS);
+                // Nothing changes before the effective time.
+                prop_assert!((tl.position(now) - before.position(now)).abs() < 1e-6);
+                if matches!(op, Op::Tempo(_) | Op::Meter(_)) {
+                    // Tempo and meter changes keep the position continuous.
+                    prop_assert!((tl.position(at) - before.position(at)).abs() < 1e-4);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Messages between gateway and client, which are also the bus payloads:
+//! an event or tick is serialised once by the owner and the gateway forwards
+//! those exact bytes to every member's socket. docs/protocol.md documents them.
+
+use crate::command::Command;
+use crate::ids::{CommandId, MemberId, SessionId};
+use crate::state::{Cause, Change, SessionState};
+use crate::timeline::{Micros, Timeline};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// Stable error codes clients can branch on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    Unauthorized,
+    NotLeader,
+    Invalid,
+    BadJson,
+    UnknownType,
+    TooLarge,
+    SessionFull,
+    UnknownSession,
+    RateLimited,
+    Unavailable,
+    SlowClient,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::NotLeader => "not_leader",
+            ErrorCode::Invalid => "invalid",
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::SessionFull => "session_full",
+            ErrorCode::UnknownSession => "unknown_session",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::SlowClient => "slow_client",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// Server → client (and owner → bus for `event`, `tick` and `error`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    Welcome { member: MemberId, server_time: Micros, state: Box<SessionState> },
+    Event(Box<EventMsg>),
+    Tick(TickMsg),
+    Pong { t0: f64, server_time: Micros },
+    Error(ErrorMsg),
+    /// The gateway is going away: connect again (to any gateway) with the same token.
+    Reconnect { reason: String },
+}
+
+impl ServerMsg {
+    pub fn to_bytes(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(self).expect("server messages always serialise"))
+    }
+}
+
+/// A state change: what changed, why, and the whole state after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventMsg {
+    pub session: SessionId,
+    pub seq: u64,
+    /// Lease revision of the owner that applied it; older epochs are dropped.
+    pub epoch: u64,
+    /// Server time the change was applied (effective times are inside `changes`).
+    pub at: Micros,
+    pub cause: Cause,
+    pub changes: Vec<Change>,
+    pub state: SessionState,
+}
+
+impl EventMsg {
+    /// The event describing the state's latest change set.
+    pub fn latest(state: &SessionState, epoch: u64) -> Self {
+        Self {
+            session: state.id.clone(),
+            seq: state.seq,
+            epoch,
+            at: state.last_change_at,
+            cause: state.last_cause.clone(),
+            changes: state.last_changes.clone(),
+            state: state.clone(),
+        }
+    }
+}
+
+/// The heartbeat of a playing session: the timeline as it stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TickMsg {
+    pub session: SessionId,
+    /// `timeline::tick_seq(server_time, period)`: strictly increasing.
+    pub seq: u64,
+    pub epoch: u64,
+    pub server_time: Micros,
+    pub timeline: Timeline,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorMsg {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The client's `id` of the message this answers, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Set on rejections that travel the bus: whom to tell, and in which epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<MemberId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<CommandId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+}
+
+impl ErrorMsg {
+    pub fn new(code: ErrorCode, message: impl Into<String>, id: Option<String>) -> Self {
+        Self { code, message: message.into(), id, session: None, to: None, cmd: None, epoch: None }
+    }
+}
+
+/// The few fields a gateway reads from a bus message before forwarding its bytes.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct BusHeader {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub seq: u64,
+    #[serde(default)]
+    pub epoch: u64,
+    #[serde(default)]
+    pub to: Option<MemberId>,
+    #[serde(default)]
+    pub code: Option<ErrorCode>,
+}
+
+/// Client → gateway.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientMsg {
+    Ping { t0: f64 },
+    Command { id: Option<String>, command: Command },
+}
+
+/// Longest client `id` echoed back.
+pub const MAX_CLIENT_REF: usize = 64;
+
+#[derive(Deserialize)]
+struct ClientHead {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    id: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct Ping {
+    t0: f64,
+}
+
+impl ClientMsg {
+    /// Parses one text frame, with an error a person can act on. The error
+    /// carries the client's `id` when it could be read.
+    pub fn parse(text: &str) -> Result<Self, ErrorMsg> {
+        let head: ClientHead = serde_json::from_str(text).map_err(|e| {
+            let code = if e.is_data() { ErrorCode::Invalid } else { ErrorCode::BadJson };
+            ErrorMsg::new(code, format!("expected a JSON object with a \"type\": {e}"), None)
+        })?;
+        let id = head.id.map(|v| match v {
+            serde_json::Value::String(s) => s.chars().take(MAX_CLIENT_REF).collect(),
+            other => other.to_string().chars().take(MAX_CLIENT_REF).collect(),
+        });
+        let invalid = |e: serde_json::Error, id: &Option<String>| {
+            ErrorMsg::new(ErrorCode::Invalid, format!("bad \"{}\" message: {e}", head.kind), id.clone())
+        };
+        if head.kind == "ping" {
+            let ping: Ping = serde_json::from_str(text).map_err(|e| invalid(e, &id))?;
+            return Ok(ClientMsg::Ping { t0: ping.t0 });
+        }
+        if !Command::CLIENT_TYPES.contains(&head.kind.as_str()) {
+            let kind: String = head.kind.chars().take(40).collect();
+            return Err(ErrorMsg::new(ErrorCode::UnknownType, format!("unknown message type \"{kind}\""), id));
+        }
+        // `id` is the client's own field, not part of the command.
+        let mut value: serde_json::Value = serde_json::from_str(text).map_err(|e| invalid(e, &id))?;
+        if let Some(obj) = value.as_object_mut() {
+            obj.remove("id");
+        }
+        let command: Command = serde_json::from_value(value).map_err(|e| invalid(e, &id))?;
+        command
+            .validate()
+            .map_err(|e| ErrorMsg::new(ErrorCode::Invalid, e.to_string(), id.clone()))?;
+        Ok(ClientMsg::Command { id, command })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{DisplayName, JoinCode};
+
+    #[test]
+    fn parses_commands_and_pings() {
+        assert_eq!(ClientMsg::parse(r#"{"type":"ping","t0":12.5}"#), Ok(ClientMsg::Ping { t0: 12.5 }));
+        assert_eq!(
+            ClientMsg::parse(r#"{"type":"tempo","bpm":96,"id":"c7"}"#),
+            Ok(ClientMsg::Command { id: Some("c7".into()), command: Command::Tempo { bpm: 96.0 } })
+        );
+    }
+
+    #[test]
+    fn errors_are_specific() {
+        let code = |t: &str| ClientMsg::parse(t).err().map(|e| e.code);
+        assert_eq!(code("{not json"), Some(ErrorCode::BadJson));
+        assert_eq!(code("[1,2]"), Some(ErrorCode::Invalid));
+        assert_eq!(code(r#"{"type":"dance"}"#), Some(ErrorCode::UnknownType));
+        assert_eq!(code(r#"{"type":"hello","name":"x","conn":"y"}"#), Some(ErrorCode::UnknownType), "gateway-only");
+        assert_eq!(code(r#"{"type":"tempo","bpm":500}"#), Some(ErrorCode::Invalid));
+        assert_eq!(code(r#"{"type":"seek","beat":-4}"#), Some(ErrorCode::Invalid));
+        assert_eq!(code(r#"{"type":"tempo"}"#), Some(ErrorCode::Invalid));
+        let e = ClientMsg::parse(r#"{"type":"tempo","bpm":1000,"id":9}"#).expect_err("out of range");
+        assert_eq!(e.id.as_deref(), Some("9"));
+        assert!(e.message.contains("bpm"), "{}", e.message);
+    }
+
+    #[test]
+    fn golden_server_messages() {
+        let pong = ServerMsg::Pong { t0: 1.5, server_time: 42 };
+        assert_eq!(String::from_utf8_lossy(&pong.to_bytes()), r#"{"type":"pong","t0":1.5,"server_time":42}"#);
+        let err = ServerMsg::Error(ErrorMsg::new(ErrorCode::NotLeader, "only the leader", Some("c1".into())));
+        assert_eq!(
+            String::from_utf8_lossy(&err.to_bytes()),
+            r#"{"type":"error","code":"not_leader","message":"only the leader","id":"c1"}"#
+        );
+    }
+
+    #[test]
+    fn events_round_trip_and_expose_their_header() {
+        let state = SessionState::create(
+            SessionId::parse("s1").expect("valid"),
+            JoinCode::parse("ABCDEF").expect("valid"),
+            MemberId::parse("m1").expect("valid"),
+            DisplayName::parse("Ana").expect("valid"),
+            1_000,
+        );
+        let msg = ServerMsg::Event(Box::new(EventMsg::latest(&state, 7)));
+        let bytes = msg.to_bytes();
+        let back: ServerMsg = serde_json::from_slice(&bytes).expect("parses");
+        assert_eq!(back, msg);
+        let head: BusHeader = serde_json::from_slice(&bytes).expect("header");
+        assert_eq!((head.kind.as_str(), head.seq, head.epoch), ("event", 1, 7));
+    }
+}
