@@ -1,1 +1,456 @@
+//! Real nats-server processes for tests (feature `testkit`).
+//!
+//! Every [`NatsServer`] is one `nats-server` child with JetStream, listening on a
+//! free loopback port, with its store and log in a temporary directory. Dropping it
+//! kills the process (SIGKILL) and removes the directory, so a test never leaks a
+//! server, even when it panics. [`NatsServer::kill`] and [`NatsServer::restart`]
+//! let failure tests stop a server hard and bring it back on the same port with the
+//! same JetStream store, as a crashed and restarted node would come back.
+//!
+//! The binary is nats-server 2.15.1 from `scripts/install-nats-server` (or
+//! `$BANDSYNC_NATS_SERVER`), never the one on `$PATH`: Debian's 2.9 lacks the
+//! JetStream features BandSync relies on.
 
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+use tokio::time::{Instant, sleep};
+
+/// How long a server may take to accept connections before the test fails.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a cluster may take to elect a JetStream meta leader.
+const CLUSTER_TIMEOUT: Duration = Duration::from_secs(20);
+/// The version `scripts/install-nats-server` installs.
+const NATS_SERVER_VERSION: &str = "2.15.1";
+const LOG_FILE: &str = "nats-server.log";
+
+/// The nats-server binary tests use: `$BANDSYNC_NATS_SERVER` if set, else the
+/// path `scripts/install-nats-server` installs to. Panics, naming the script, when
+/// the binary is missing.
+pub fn nats_server_bin() -> PathBuf {
+    let path = match std::env::var_os("BANDSYNC_NATS_SERVER").filter(|v| !v.is_empty()) {
+        Some(path) => PathBuf::from(path),
+        None => install_path(),
+    };
+    assert!(
+        path.is_file(),
+        "nats-server not found at {}: run scripts/install-nats-server \
+         (installs nats-server {NATS_SERVER_VERSION}), or set BANDSYNC_NATS_SERVER \
+         to a nats-server 2.11+ binary",
+        path.display()
+    );
+    path
+}
+
+fn install_path() -> PathBuf {
+    let tools = match std::env::var_os("BANDSYNC_TOOLS").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let home = std::env::var_os("HOME")
+                .expect("HOME or BANDSYNC_TOOLS must be set to find nats-server");
+            PathBuf::from(home).join(".cache/bandsync")
+        }
+    };
+    tools
+        .join(format!("nats-server-{NATS_SERVER_VERSION}"))
+        .join("nats-server")
+}
+
+/// One nats-server process with JetStream, killed on drop.
+pub struct NatsServer {
+    child: Option<Child>,
+    /// Client port; chosen by the server on first start, reused on restart.
+    port: u16,
+    /// Arguments beyond the client listener (cluster settings, server name).
+    extra_args: Vec<String>,
+    /// Holds the store (`store/`), the log and the ports files; removed on drop.
+    dir: TempDir,
+}
+
+impl NatsServer {
+    /// Starts a standalone server on a free port of 127.0.0.1 and waits until it
+    /// accepts connections.
+    pub async fn start() -> NatsServer {
+        Self::start_with_args(Vec::new()).await
+    }
+
+    async fn start_with_args(extra_args: Vec<String>) -> NatsServer {
+        let mut server = Self::spawn_with_args(extra_args);
+        server.wait_ready().await;
+        server
+    }
+
+    /// Spawns without waiting, so cluster nodes can start side by side.
+    fn spawn_with_args(extra_args: Vec<String>) -> NatsServer {
+        let dir = tempfile::Builder::new()
+            .prefix("bandsync-nats-")
+            .tempdir()
+            .expect("creating a temp dir for nats-server");
+        let mut server = NatsServer {
+            child: None,
+            port: 0,
+            extra_args,
+            dir,
+        };
+        server.spawn();
+        server
+    }
+
+    /// `nats://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The JetStream store directory, kept across [`kill`](Self::kill) and
+    /// [`restart`](Self::restart).
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// Everything the server has logged so far (all its runs), for failure messages.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join(LOG_FILE)).unwrap_or_default()
+    }
+
+    /// Whether the process is running (not killed, not exited).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Kills the server at once with SIGKILL, as a crash would, and reaps it. The
+    /// store directory and the port number are kept for [`restart`](Self::restart).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Fails only if the process already exited; reaping it is all that is left.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port with the same store directory (and
+    /// the same cluster settings), killing it first if it is still running.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+        self.wait_ready().await;
+    }
+
+    fn spawn(&mut self) {
+        let bin = nats_server_bin();
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(LOG_FILE))
+            .expect("opening the nats-server log file");
+        let log_err = log
+            .try_clone()
+            .expect("duplicating the nats-server log file handle");
+        // -1 asks the server for a free port; the ports file tells us which it got.
+        let port = if self.port == 0 {
+            "-1".to_string()
+        } else {
+            self.port.to_string()
+        };
+        let child = Command::new(&bin)
+            .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
+            .arg(self.store_dir())
+            .arg("--ports_file_dir")
+            .arg(self.dir.path())
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", bin.display()));
+        self.child = Some(child);
+    }
+
+    /// Waits until the ports file appears and the client port accepts a TCP
+    /// connection; panics with the server's log if that takes too long or the
+    /// process exits.
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let pid = self.child.as_ref().expect("wait_ready after spawn").id();
+        let ports_file = self
+            .dir
+            .path()
+            .join(format!("{}_{pid}.ports", bin_file_name()));
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "nats-server exited during start-up ({status}); its log:\n{}",
+                    self.log()
+                );
+            }
+            if let Some(port) = read_client_port(&ports_file)
+                && tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+            {
+                self.port = port;
+                return;
+            }
+            if Instant::now() >= deadline {
+                let log = self.log();
+                self.kill();
+                panic!(
+                    "nats-server did not accept connections within {START_TIMEOUT:?}; its log:\n{log}"
+                );
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn bin_file_name() -> String {
+    nats_server_bin()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "nats-server".into())
+}
+
+/// Reads the client port from a ports file (`{"nats":["nats://127.0.0.1:PORT"],...}`);
+/// `None` while the file is missing or half-written.
+fn read_client_port(path: &Path) -> Option<u16> {
+    let mut text = String::new();
+    File::open(path).ok()?.read_to_string(&mut text).ok()?;
+    let ports: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let url = ports.get("nats")?.get(0)?.as_str()?;
+    url.rsplit(':').next()?.parse().ok()
+}
+
+/// A free TCP port on 127.0.0.1 (bind, read, release). Another process could
+/// take it before the server binds it, but the window is short and the kernel
+/// hands out ephemeral ports in rotation.
+fn free_port() -> u16 {
+    let listener =
+        TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0 to find a free port");
+    listener
+        .local_addr()
+        .expect("a bound listener has an address")
+        .port()
+}
+
+/// An N-node JetStream cluster on loopback. Nodes are named `n0`, `n1`, ... in the
+/// cluster `bandsync-test`; each can be killed and restarted on its own.
+pub struct NatsCluster {
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `size` nodes with full-mesh routes and waits until JetStream has a
+    /// meta leader and can place a stream with `size` replicas.
+    pub async fn start(size: usize) -> NatsCluster {
+        assert!(size >= 1, "a cluster needs at least one node");
+        let route_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let mut nodes: Vec<NatsServer> = route_ports
+            .iter()
+            .enumerate()
+            .map(|(i, &own)| {
+                let routes: Vec<String> = route_ports
+                    .iter()
+                    .filter(|&&p| p != own)
+                    .map(|p| format!("nats://127.0.0.1:{p}"))
+                    .collect();
+                let mut args = vec![
+                    "--server_name".to_string(),
+                    format!("n{i}"),
+                    "--cluster_name".to_string(),
+                    "bandsync-test".to_string(),
+                    "--cluster".to_string(),
+                    format!("nats://127.0.0.1:{own}"),
+                ];
+                if !routes.is_empty() {
+                    args.push("--routes".to_string());
+                    args.push(routes.join(","));
+                }
+                NatsServer::spawn_with_args(args)
+            })
+            .collect();
+        for node in &mut nodes {
+            node.wait_ready().await;
+        }
+        let cluster = NatsCluster { nodes };
+        cluster.wait_jetstream(size).await;
+        cluster
+    }
+
+    /// Every node's client URL, comma-separated (the form a `--nats-url` flag takes).
+    pub fn urls(&self) -> String {
+        self.url_list().join(",")
+    }
+
+    /// Every node's client URL, for `async_nats::connect(cluster.url_list())`.
+    pub fn url_list(&self) -> Vec<String> {
+        self.nodes.iter().map(NatsServer::url).collect()
+    }
+
+    /// Retries creating (then deleting) an R`size` stream until the meta leader is
+    /// elected and every peer has joined.
+    async fn wait_jetstream(&self, size: usize) {
+        let deadline = Instant::now() + CLUSTER_TIMEOUT;
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(2))
+            .request_timeout(Some(Duration::from_secs(2)))
+            .connect(self.url_list())
+            .await
+            .unwrap_or_else(|e| panic!("connecting to the test cluster {}: {e}", self.urls()));
+        let js = async_nats::jetstream::new(client);
+        let config = async_nats::jetstream::stream::Config {
+            name: "TESTKIT_READY".to_string(),
+            subjects: vec!["testkit.ready".to_string()],
+            num_replicas: size,
+            storage: async_nats::jetstream::stream::StorageType::Memory,
+            ..Default::default()
+        };
+        let mut last_error = String::new();
+        while Instant::now() < deadline {
+            match js.create_stream(config.clone()).await {
+                Ok(_) => match js.delete_stream("TESTKIT_READY").await {
+                    Ok(_) => return,
+                    Err(e) => last_error = format!("deleting the probe stream: {e}"),
+                },
+                Err(e) => last_error = format!("creating an R{size} probe stream: {e}"),
+            }
+            sleep(Duration::from_millis(100)).await;
+        }
+        let logs: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("--- node n{i} log ---\n{}", n.log()))
+            .collect();
+        panic!(
+            "JetStream cluster not ready within {CLUSTER_TIMEOUT:?} (last error: {last_error})\n{}",
+            logs.join("\n")
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_nats::jetstream;
+    use bytes::Bytes;
+
+    #[tokio::test]
+    async fn server_keeps_kv_value_across_kill_and_restart() {
+        let mut server = NatsServer::start().await;
+        assert!(server.port() > 0);
+        assert_eq!(server.url(), format!("nats://127.0.0.1:{}", server.port()));
+
+        let client = async_nats::connect(server.url())
+            .await
+            .expect("connecting to the test server");
+        assert!(
+            client.server_info().version.starts_with("2.15"),
+            "testkit must run the pinned nats-server, got {}",
+            client.server_info().version
+        );
+        let js = jetstream::new(client);
+        let kv = js
+            .create_key_value(jetstream::kv::Config {
+                bucket: "testkit".into(),
+                history: 1,
+                ..Default::default()
+            })
+            .await
+            .expect("creating a KV bucket");
+        kv.put("tempo", Bytes::from_static(b"120"))
+            .await
+            .expect("putting a value");
+        drop(kv);
+        drop(js);
+
+        let port = server.port();
+        server.kill();
+        assert!(!server.is_running());
+        assert!(
+            async_nats::connect(server.url()).await.is_err(),
+            "a killed server must refuse connections"
+        );
+
+        server.restart().await;
+        assert_eq!(server.port(), port, "restart keeps the port");
+        let client = async_nats::connect(server.url())
+            .await
+            .expect("reconnecting after restart");
+        let kv = jetstream::new(client)
+            .get_key_value("testkit")
+            .await
+            .expect("the bucket survives the restart");
+        let value = kv.get("tempo").await.expect("reading the value");
+        assert_eq!(value.as_deref(), Some(&b"120"[..]));
+    }
+
+    #[tokio::test]
+    async fn drop_kills_the_process() {
+        let server = NatsServer::start().await;
+        let pid = server
+            .child
+            .as_ref()
+            .expect("a started server has a child")
+            .id();
+        let dir = server.dir.path().to_path_buf();
+        drop(server);
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "nats-server {pid} outlived its NatsServer"
+        );
+        assert!(!dir.exists(), "the temp dir is removed on drop");
+    }
+
+    #[tokio::test]
+    async fn cluster_of_three_creates_a_replicated_stream() {
+        let cluster = NatsCluster::start(3).await;
+        assert_eq!(cluster.nodes.len(), 3);
+        assert_eq!(cluster.urls().split(',').count(), 3);
+
+        let client = async_nats::connect(cluster.url_list())
+            .await
+            .expect("connecting to the cluster");
+        let js = jetstream::new(client);
+        let mut stream = js
+            .create_stream(jetstream::stream::Config {
+                name: "TESTKIT_R3".into(),
+                subjects: vec!["testkit.r3".into()],
+                num_replicas: 3,
+                ..Default::default()
+            })
+            .await
+            .expect("creating an R3 stream");
+        let ack = js
+            .publish("testkit.r3", Bytes::from_static(b"hi"))
+            .await
+            .expect("publishing");
+        ack.await.expect("the stream acknowledges");
+        let info = stream.info().await.expect("stream info");
+        assert_eq!(info.config.num_replicas, 3);
+        let cluster_info = info
+            .cluster
+            .as_ref()
+            .expect("a clustered stream reports its cluster");
+        assert_eq!(cluster_info.replicas.len(), 2, "a leader and two replicas");
+    }
+}
