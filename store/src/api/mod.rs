@@ -1,0 +1,67 @@
+//! The HTTP side: analysts' API, health and metrics. Handlers are thin: they
+//! parse the request, call `db::query`, and map errors to stable codes.
+
+mod error;
+mod export;
+mod replay;
+mod sessions;
+
+pub use error::ApiError;
+
+use crate::db;
+use crate::metrics::Metrics;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use deadpool_postgres::Pool;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long `/readyz` waits for PostgreSQL before calling it down.
+const READY_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: Pool,
+    pub metrics: Arc<Metrics>,
+    pub nats: async_nats::Client,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/sessions", get(sessions::list))
+        .route("/sessions/{id}/events", get(sessions::events))
+        .route("/sessions/{id}/commands", get(sessions::commands))
+        .route("/sessions/{id}/export.csv", get(export::csv))
+        .route("/sessions/{id}/export.ndjson", get(export::ndjson))
+        .route("/sessions/{id}/state", get(replay::state_at))
+        .with_state(state)
+}
+
+async fn readyz(State(app): State<AppState>) -> Response {
+    let nats = app.nats.connection_state() == async_nats::connection::State::Connected;
+    let db = matches!(tokio::time::timeout(READY_TIMEOUT, db::query::ping(&app.pool)).await, Ok(Ok(())));
+    app.metrics.set_db_up(db);
+    app.metrics.set_nats_up(nats);
+    let body = format!("nats: {}\npostgres: {}\n", up(nats), up(db));
+    let status = if nats && db { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, body).into_response()
+}
+
+fn up(ok: bool) -> &'static str {
+    if ok { "up" } else { "down" }
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render()).into_response()
+}
+
+/// A JSON body PostgreSQL already encoded.
+fn json_text(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}

@@ -1,0 +1,127 @@
+//! Store configuration: every flag also reads a `BANDSYNC_` environment variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "bandsync-store",
+    about = "BandSync store: every command and event into PostgreSQL exactly once, and an HTTP API for analysts"
+)]
+pub struct Config {
+    /// NATS server URL(s), comma-separated; nats-server 2.11 or newer.
+    #[arg(long, env = "BANDSYNC_NATS_URL", default_value = "nats://127.0.0.1:14222")]
+    pub nats_url: String,
+    /// Prefix of every subject, stream and bucket.
+    #[arg(long, env = "BANDSYNC_PREFIX", default_value = "bandsync")]
+    pub prefix: String,
+    /// PostgreSQL URL; the database is created if missing (also read from DATABASE_URL).
+    #[arg(
+        long,
+        env = "BANDSYNC_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/bandsync",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    /// Address of the HTTP API, health and metrics (port 0 picks a free port).
+    #[arg(long, env = "BANDSYNC_LISTEN", default_value = "127.0.0.1:9200")]
+    pub listen: SocketAddr,
+    /// Durable consumer name; store workers sharing it split the work.
+    #[arg(long, env = "BANDSYNC_STORE_DURABLE", default_value = "store")]
+    pub durable: String,
+    /// Most messages written in one transaction.
+    #[arg(long, env = "BANDSYNC_STORE_BATCH", default_value_t = 1000)]
+    pub batch_max: usize,
+    /// Longest wait, in milliseconds, for a batch to fill before it is written.
+    #[arg(long, env = "BANDSYNC_STORE_BATCH_WAIT_MS", default_value_t = 50)]
+    pub batch_wait_ms: u64,
+    /// PostgreSQL connections in the pool (ingest uses one per stream, the API the rest).
+    #[arg(long, env = "BANDSYNC_STORE_POOL", default_value_t = 8)]
+    pub pool_size: usize,
+    /// JetStream replicas for streams and buckets this process declares.
+    #[arg(long, env = "BANDSYNC_REPLICAS", default_value_t = 1)]
+    pub replicas: usize,
+    /// Shard lease TTL in milliseconds (declares the lease bucket; must match the tickers).
+    #[arg(long, env = "BANDSYNC_LEASE_TTL_MS", default_value_t = 1500)]
+    pub lease_ttl_ms: u64,
+}
+
+/// Largest batch accepted: bounds memory held while PostgreSQL is down and
+/// keeps each transaction short.
+pub const MAX_BATCH: usize = 10_000;
+
+impl Config {
+    /// `DATABASE_URL` is honoured when neither the flag nor `BANDSYNC_DATABASE_URL` is set.
+    pub fn from_args() -> Self {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Self::command().get_matches();
+        let mut config = match Self::from_arg_matches(&matches) {
+            Ok(c) => c,
+            Err(e) => e.exit(),
+        };
+        let defaulted = matches.value_source("database_url") == Some(clap::parser::ValueSource::DefaultValue);
+        if defaulted {
+            if let Ok(url) = std::env::var("DATABASE_URL") {
+                config.database_url = url;
+            }
+        }
+        config
+    }
+
+    /// Checks everything before anything is bound or connected.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        bandsync_nats::Subjects::new(&self.prefix)?;
+        anyhow::ensure!((1..=MAX_BATCH).contains(&self.batch_max), "--batch-max must be 1..={MAX_BATCH}");
+        anyhow::ensure!((1..=10_000).contains(&self.batch_wait_ms), "--batch-wait-ms must be 1..=10000");
+        anyhow::ensure!((3..=64).contains(&self.pool_size), "--pool-size must be 3..=64");
+        anyhow::ensure!((1..=5).contains(&self.replicas), "--replicas must be 1..=5");
+        anyhow::ensure!(self.lease_ttl_ms >= 1000, "--lease-ttl-ms must be at least 1000");
+        let durable_ok = !self.durable.is_empty()
+            && self.durable.len() <= 64
+            && self.durable.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        anyhow::ensure!(durable_ok, "--durable must be 1..=64 of letters, digits, '_' or '-'");
+        let pg: tokio_postgres::Config = self
+            .database_url
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--database-url is not a PostgreSQL URL: {e}"))?;
+        anyhow::ensure!(pg.get_dbname().is_some(), "--database-url must name a database");
+        Ok(())
+    }
+
+    pub fn batch_wait(&self) -> Duration {
+        Duration::from_millis(self.batch_wait_ms)
+    }
+
+    /// Settings for tests and embedding: everything defaulted except the three addresses.
+    pub fn new(nats_url: &str, database_url: &str, listen: SocketAddr) -> Self {
+        Self {
+            nats_url: nats_url.to_owned(),
+            prefix: bandsync_nats::subjects::DEFAULT_PREFIX.to_owned(),
+            database_url: database_url.to_owned(),
+            listen,
+            durable: "store".to_owned(),
+            batch_max: 1000,
+            batch_wait_ms: 50,
+            pool_size: 8,
+            replicas: 1,
+            lease_ttl_ms: 1500,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_bad_values_are_named() {
+        let ok = Config::new("nats://x", "postgres://postgres@127.0.0.1/db", "127.0.0.1:0".parse().expect("addr"));
+        assert!(ok.validate().is_ok());
+        let bad = Config { batch_max: 0, ..ok.clone() };
+        assert!(bad.validate().unwrap_err().to_string().contains("--batch-max"));
+        let bad = Config { database_url: "postgres://postgres@127.0.0.1".into(), ..ok.clone() };
+        assert!(bad.validate().unwrap_err().to_string().contains("name a database"));
+        let bad = Config { prefix: "Bad.Prefix".into(), ..ok };
+        assert!(bad.validate().is_err());
+    }
+}

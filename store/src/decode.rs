@@ -1,0 +1,269 @@
+//! Turns one raw stream message into a typed row, or a dead letter saying why
+//! it could not be. Pure: no I/O, so every odd payload can be tested here.
+
+use bandsync_nats::state::SessionState;
+use bandsync_nats::{CommandEnvelope, Micros, ServerMsg, Subjects};
+
+/// Which stream a batch came from; each has its own table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    Commands,
+    Events,
+}
+
+impl StreamKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamKind::Commands => "commands",
+            StreamKind::Events => "events",
+        }
+    }
+}
+
+/// A message as delivered, before decoding.
+#[derive(Debug, Clone)]
+pub struct Raw<'a> {
+    pub stream_seq: u64,
+    pub subject: &'a str,
+    pub payload: &'a [u8],
+    /// When JetStream stored it.
+    pub published_us: Micros,
+}
+
+/// One row of the `commands` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandRow {
+    pub stream_seq: i64,
+    pub cmd_id: String,
+    pub session_id: String,
+    pub kind: &'static str,
+    pub actor: String,
+    pub gateway: String,
+    pub sent_us: Micros,
+    pub published_us: Micros,
+    pub payload: String,
+}
+
+/// One row of the `events` table: an applied change set or a rejected command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRow {
+    pub stream_seq: i64,
+    pub session_id: String,
+    /// `event` or `rejected`.
+    pub kind: &'static str,
+    /// Kinds of the changes, comma-separated (`tempo`, `member_joined,leader_changed`).
+    pub changes: String,
+    pub actor: Option<String>,
+    pub cmd_id: Option<String>,
+    pub seq: Option<i64>,
+    pub epoch: Option<i64>,
+    pub error_code: Option<String>,
+    /// When the owner applied it; a rejection carries no time, so its stream time.
+    pub occurred_us: Micros,
+    pub published_us: Micros,
+    pub payload: String,
+    /// The state after the change set (events only), for the sessions and members tables.
+    pub state: Option<Box<SessionState>>,
+}
+
+/// One row of the `dead_letters` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadRow {
+    pub stream_seq: i64,
+    pub subject: String,
+    pub reason: String,
+    pub payload: Vec<u8>,
+    pub published_us: Micros,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    Command(CommandRow),
+    Event(EventRow),
+    Dead(DeadRow),
+}
+
+impl Decoded {
+    pub fn stream_seq(&self) -> i64 {
+        match self {
+            Decoded::Command(r) => r.stream_seq,
+            Decoded::Event(r) => r.stream_seq,
+            Decoded::Dead(r) => r.stream_seq,
+        }
+    }
+}
+
+/// Decodes one message of `kind`'s stream.
+pub fn decode(kind: StreamKind, subjects: &Subjects, raw: &Raw<'_>) -> Decoded {
+    let stream_seq = i64::try_from(raw.stream_seq).unwrap_or(i64::MAX);
+    let result = match kind {
+        StreamKind::Commands => decode_command(subjects, raw, stream_seq).map(Decoded::Command),
+        StreamKind::Events => decode_event(subjects, raw, stream_seq).map(Decoded::Event),
+    };
+    result.unwrap_or_else(|reason| {
+        Decoded::Dead(DeadRow {
+            stream_seq,
+            subject: raw.subject.to_owned(),
+            reason,
+            payload: raw.payload.to_vec(),
+            published_us: raw.published_us,
+        })
+    })
+}
+
+fn payload_text(raw: &Raw<'_>) -> Result<String, String> {
+    String::from_utf8(raw.payload.to_vec()).map_err(|e| format!("payload is not UTF-8: {e}"))
+}
+
+/// The session named by the subject must be the one in the payload.
+fn check_subject(subjects: &Subjects, raw: &Raw<'_>, session: &str) -> Result<(), String> {
+    match subjects.session_of(raw.subject) {
+        Some(s) if s.as_str() == session => Ok(()),
+        Some(s) => Err(format!("subject names session {s} but the payload names {session}")),
+        None => Err(format!("subject {} names no session", raw.subject)),
+    }
+}
+
+fn decode_command(subjects: &Subjects, raw: &Raw<'_>, stream_seq: i64) -> Result<CommandRow, String> {
+    let env: CommandEnvelope =
+        serde_json::from_slice(raw.payload).map_err(|e| format!("not a command envelope: {e}"))?;
+    check_subject(subjects, raw, env.session.as_str())?;
+    Ok(CommandRow {
+        stream_seq,
+        cmd_id: env.id.to_string(),
+        session_id: env.session.to_string(),
+        kind: env.command.kind(),
+        actor: env.actor.to_string(),
+        gateway: env.gateway.to_string(),
+        sent_us: env.sent_at,
+        published_us: raw.published_us,
+        payload: payload_text(raw)?,
+    })
+}
+
+fn decode_event(subjects: &Subjects, raw: &Raw<'_>, stream_seq: i64) -> Result<EventRow, String> {
+    let msg: ServerMsg = serde_json::from_slice(raw.payload).map_err(|e| format!("not an event or error: {e}"))?;
+    match msg {
+        ServerMsg::Event(ev) => {
+            check_subject(subjects, raw, ev.session.as_str())?;
+            let changes: Vec<&str> = ev.changes.iter().map(|c| c.kind()).collect();
+            Ok(EventRow {
+                stream_seq,
+                session_id: ev.session.to_string(),
+                kind: "event",
+                changes: changes.join(","),
+                actor: ev.cause.by.as_ref().map(ToString::to_string),
+                cmd_id: ev.cause.cmd.as_ref().map(ToString::to_string),
+                seq: Some(i64::try_from(ev.seq).map_err(|_| "seq out of range".to_owned())?),
+                epoch: Some(i64::try_from(ev.epoch).map_err(|_| "epoch out of range".to_owned())?),
+                error_code: None,
+                occurred_us: ev.at,
+                published_us: raw.published_us,
+                payload: payload_text(raw)?,
+                state: Some(Box::new(ev.state)),
+            })
+        }
+        ServerMsg::Error(err) => {
+            let session = err.session.as_ref().ok_or("rejection names no session")?;
+            check_subject(subjects, raw, session.as_str())?;
+            Ok(EventRow {
+                stream_seq,
+                session_id: session.to_string(),
+                kind: "rejected",
+                changes: String::new(),
+                actor: err.to.as_ref().map(ToString::to_string),
+                cmd_id: err.cmd.as_ref().map(ToString::to_string),
+                seq: None,
+                epoch: err.epoch.map(|e| i64::try_from(e).unwrap_or(i64::MAX)),
+                error_code: Some(err.code.as_str().to_owned()),
+                occurred_us: raw.published_us,
+                published_us: raw.published_us,
+                payload: payload_text(raw)?,
+                state: None,
+            })
+        }
+        other => {
+            let kind = serde_json::to_value(&other)
+                .ok()
+                .and_then(|v| v.get("type").and_then(|t| t.as_str().map(str::to_owned)))
+                .unwrap_or_default();
+            Err(format!("unexpected \"{kind}\" message on the event stream"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bandsync_nats::{DisplayName, ErrorCode, ErrorMsg, EventMsg, JoinCode, MemberId, SessionId};
+
+    fn subjects() -> Subjects {
+        Subjects::new("bandsync").expect("valid prefix")
+    }
+
+    fn raw<'a>(subject: &'a str, payload: &'a [u8]) -> Raw<'a> {
+        Raw { stream_seq: 7, subject, payload, published_us: 1_000 }
+    }
+
+    fn state() -> SessionState {
+        SessionState::create(
+            SessionId::parse("s1").expect("valid"),
+            JoinCode::parse("ABCDEF").expect("valid"),
+            MemberId::parse("m1").expect("valid"),
+            DisplayName::parse("Ana").expect("valid"),
+            500,
+        )
+    }
+
+    #[test]
+    fn events_become_typed_rows() {
+        let bytes = ServerMsg::Event(Box::new(EventMsg::latest(&state(), 3))).to_bytes();
+        let Decoded::Event(row) = decode(StreamKind::Events, &subjects(), &raw("bandsync.sess.s1.evt", &bytes)) else {
+            panic!("expected an event row");
+        };
+        assert_eq!(row.stream_seq, 7);
+        assert_eq!(row.session_id, "s1");
+        assert_eq!(row.kind, "event");
+        assert_eq!(row.changes, "created,leader_changed");
+        assert_eq!((row.seq, row.epoch, row.occurred_us), (Some(1), Some(3), 500));
+        assert_eq!(row.state.as_deref(), Some(&state()));
+    }
+
+    #[test]
+    fn rejections_become_rows_with_their_code() {
+        let mut err = ErrorMsg::new(ErrorCode::NotLeader, "only the leader", None);
+        err.session = Some(SessionId::parse("s1").expect("valid"));
+        err.to = Some(MemberId::parse("m2").expect("valid"));
+        let bytes = ServerMsg::Error(err).to_bytes();
+        let Decoded::Event(row) = decode(StreamKind::Events, &subjects(), &raw("bandsync.sess.s1.evt", &bytes)) else {
+            panic!("expected a rejection row");
+        };
+        assert_eq!((row.kind, row.error_code.as_deref(), row.actor.as_deref()), ("rejected", Some("not_leader"), Some("m2")));
+        assert_eq!(row.occurred_us, 1_000, "a rejection is dated by its stream time");
+    }
+
+    #[test]
+    fn garbage_and_mismatches_are_dead_letters_with_a_reason() {
+        let dead = |kind, subject: &str, payload: &[u8]| match decode(kind, &subjects(), &raw(subject, payload)) {
+            Decoded::Dead(d) => d.reason,
+            other => panic!("expected a dead letter, got {other:?}"),
+        };
+        assert!(dead(StreamKind::Events, "bandsync.sess.s1.evt", b"\xff\x00garbage").contains("not an event"));
+        assert!(dead(StreamKind::Commands, "bandsync.cmd.1.s1", b"{}").contains("not a command envelope"));
+        let bytes = ServerMsg::Event(Box::new(EventMsg::latest(&state(), 1))).to_bytes();
+        assert!(dead(StreamKind::Events, "bandsync.sess.s2.evt", &bytes).contains("names session s2"));
+        let pong = ServerMsg::Pong { t0: 1.0, server_time: 2 }.to_bytes();
+        assert!(dead(StreamKind::Events, "bandsync.sess.s1.evt", &pong).contains("\"pong\""));
+    }
+
+    #[test]
+    fn commands_become_typed_rows() {
+        let json = r#"{"id":"c1","session":"s1","actor":"m1","gateway":"g1","sent_at":42,"command":{"type":"tempo","bpm":96.0}}"#;
+        let Decoded::Command(row) = decode(StreamKind::Commands, &subjects(), &raw("bandsync.cmd.3.s1", json.as_bytes()))
+        else {
+            panic!("expected a command row");
+        };
+        assert_eq!((row.cmd_id.as_str(), row.kind, row.sent_us), ("c1", "tempo", 42));
+        assert_eq!(row.payload, json);
+    }
+}
