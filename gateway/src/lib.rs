@@ -1,1 +1,151 @@
-//! placeholder
+//! BandSync gateway: thin and stateless apart from its sockets. It admits
+//! members with signed tokens, answers clock-sync pings from its own clock,
+//! validates and rate-limits client messages, publishes commands to the
+//! session's shard on the bus, and forwards the owner's events and ticks to
+//! its local members (subscribing per session, only while it has members).
+//!
+//! Invariants: **a client only ever blocks itself** (bounded per-client queues,
+//! ticks coalesce, slow clients are dropped); **bytes from the bus are forwarded
+//! as they are** (serialised once, by the owner).
+
+pub mod api;
+pub mod config;
+mod conn;
+pub mod hub;
+pub mod ratelimit;
+pub mod token;
+mod web;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use bandsync_nats::bus::{Bus, BusSettings, GATEWAY_HEARTBEAT};
+use bandsync_nats::service::random_id;
+use bandsync_nats::{GatewayId, Subjects};
+pub use config::Config;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Shared by every request and connection.
+pub struct AppState {
+    pub config: Config,
+    pub gateway_id: GatewayId,
+    pub bus: Bus,
+    pub hub: hub::Hub,
+    pub tokens: token::TokenKey,
+    pub shutdown: CancellationToken,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub id: GatewayId,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Gateway {
+    /// Waits until the gateway has shut down.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("gateway task panicked")?
+    }
+}
+
+/// Grace for open sockets to be told to reconnect elsewhere.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The process-wide Prometheus recorder (several services may share a test process).
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// Connects to NATS, binds the listener and serves until `shutdown` is cancelled.
+pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Gateway> {
+    config.validate()?;
+    let gateway_id = GatewayId::parse(config.gateway_id.clone().unwrap_or_else(|| format!("gw-{}", random_id(6))))?;
+    let subjects = Subjects::new(&config.prefix)?;
+    let settings = BusSettings {
+        url: config.nats_url.clone(),
+        prefix: config.prefix.clone(),
+        replicas: config.replicas,
+        lease_ttl: Duration::from_millis(config.lease_ttl_ms),
+        name: format!("bandsync-gateway-{gateway_id}"),
+    };
+    let bus = Bus::open(&settings, subjects).await.context("opening the NATS bus")?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    prometheus();
+    let app = Arc::new(AppState {
+        hub: hub::Hub::new(bus.clone(), config.client_queue),
+        tokens: token::TokenKey::new(config.token_secret.as_bytes()),
+        config,
+        gateway_id: gateway_id.clone(),
+        bus,
+        shutdown: shutdown.clone(),
+    });
+    tokio::spawn(heartbeat(app.clone()));
+    let router = Router::new()
+        .route("/", get(web::index))
+        .route("/app.js", get(web::app_js))
+        .route("/style.css", get(web::style_css))
+        .route("/api/sessions", post(api::create))
+        .route("/api/join", post(api::join))
+        .route("/ws", get(api::websocket))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(|| async { prometheus().render() }))
+        .with_state(app.clone());
+    tracing::info!(%addr, gateway = %gateway_id, "gateway listening");
+    let task = tokio::spawn(async move {
+        let stop = shutdown.clone();
+        // Sockets see the token themselves; the server stops accepting once they had time to leave.
+        let graceful = async move {
+            stop.cancelled().await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let serve = axum::serve(listener, router).with_graceful_shutdown(graceful);
+        serve.await.context("serving HTTP")?;
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, app.bus.client.flush()).await;
+        let _ = app.bus.gateways.delete(app.gateway_id.as_str()).await;
+        tracing::info!("gateway stopped");
+        Ok(())
+    });
+    Ok(Gateway { addr, id: gateway_id, task })
+}
+
+async fn readyz(State(app): State<Arc<AppState>>) -> (StatusCode, String) {
+    let state = app.bus.client.connection_state();
+    let ready = state == async_nats::connection::State::Connected;
+    let sessions = app.hub.session_count().await;
+    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, format!("nats: {state:?}\nsessions: {sessions}\n"))
+}
+
+/// Announces this gateway in the gateways bucket so owners can tell live
+/// connections from ones whose gateway died.
+async fn heartbeat(app: Arc<AppState>) {
+    let mut every = tokio::time::interval(GATEWAY_HEARTBEAT);
+    loop {
+        tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            _ = every.tick() => {
+                if let Err(e) = app.bus.gateways.put(app.gateway_id.as_str(), bandsync_nats::now_us().to_string().into()).await {
+                    tracing::warn!(error = %e, "gateway heartbeat failed");
+                }
+            }
+        }
+    }
+}

@@ -6,6 +6,7 @@
 pub mod bus;
 pub mod command;
 pub mod ids;
+pub mod service;
 pub mod shard;
 pub mod state;
 pub mod subjects;

@@ -13,14 +13,15 @@ pub type Shard = u16;
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
+/// FNV-1a 64 of `bytes`.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(FNV_OFFSET, |h, &b| (h ^ u64::from(b)).wrapping_mul(FNV_PRIME))
+}
+
 /// FNV-1a 64 of the session id's UTF-8 bytes, modulo `shards`.
 pub fn shard_of(session: &SessionId, shards: u16) -> Shard {
     assert!(shards > 0, "shard count must be positive");
-    let hash = session
-        .as_str()
-        .bytes()
-        .fold(FNV_OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(FNV_PRIME));
-    (hash % u64::from(shards)) as Shard
+    (fnv1a(session.as_str().as_bytes()) % u64::from(shards)) as Shard
 }
 
 #[cfg(test)]

@@ -1,1 +1,146 @@
-//! placeholder
+//! BandSync ticker: owns session timing. Sessions hash into shards; each shard
+//! has one owner at a time, chosen by a lease in JetStream KV. The owner
+//! consumes the shard's commands, applies them to session state with
+//! compare-and-set writes, publishes the resulting events (JetStream) and,
+//! while a session plays, ticks (core NATS) at wall-clock-aligned instants.
+//!
+//! Invariants: **nothing is published for a shard whose lease is not proven**
+//! (fencing by `OwnedShard::is_valid`, epochs on every message); **each command
+//! applies at most once** (its stream sequence is stored with the state it
+//! produced); **positions are computed from the timeline, never counted**.
+
+pub mod config;
+mod lease;
+mod owned;
+mod ticks;
+mod worker;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use bandsync_nats::bus::{Bus, BusSettings};
+use bandsync_nats::service::random_id;
+use bandsync_nats::{Rules, Subjects};
+pub use config::Config;
+use futures::StreamExt;
+use metrics_exporter_prometheus::PrometheusHandle;
+use owned::Registry;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// What every part of a ticker shares.
+pub struct Ctx {
+    pub bus: Bus,
+    pub config: Config,
+    pub rules: Rules,
+    pub ticker_id: String,
+    /// Gateways alive now (`None` until first read): members on others are gone.
+    pub live_gateways: watch::Receiver<Option<HashSet<String>>>,
+}
+
+/// A running ticker.
+pub struct Ticker {
+    pub addr: SocketAddr,
+    pub id: String,
+    registry: Registry,
+    task: JoinHandle<()>,
+}
+
+impl Ticker {
+    /// Shards owned right now.
+    pub fn shards_owned(&self) -> usize {
+        self.registry.len()
+    }
+
+    /// Waits until the ticker has released its leases and stopped.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("ticker task panicked")
+    }
+}
+
+fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Ticker> {
+    config.validate()?;
+    let ticker_id = config.ticker_id.clone().unwrap_or_else(|| format!("ticker-{}", random_id(6)));
+    let subjects = Subjects::new(&config.prefix)?;
+    let settings = BusSettings {
+        url: config.nats_url.clone(),
+        prefix: config.prefix.clone(),
+        replicas: config.replicas,
+        lease_ttl: config.lease_ttl(),
+        name: format!("bandsync-{ticker_id}"),
+    };
+    let bus = Bus::open(&settings, subjects.clone()).await.context("opening the NATS bus")?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    prometheus();
+    let (live_tx, live_rx) = watch::channel(None);
+    let ctx = Arc::new(Ctx { bus: bus.clone(), rules: config.rules(), config, ticker_id: ticker_id.clone(), live_gateways: live_rx });
+    let registry = Registry::default();
+    let health = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(|| async { prometheus().render() }))
+        .with_state((ctx.clone(), registry.clone()));
+    let http_stop = shutdown.clone();
+    tokio::spawn(async move {
+        let serve = axum::serve(listener, health).with_graceful_shutdown(async move { http_stop.cancelled().await });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "health server failed");
+        }
+    });
+    tokio::spawn(watch_gateways(bus.clone(), live_tx, shutdown.clone()));
+    let ticks = tokio::spawn(ticks::run(bus.client.clone(), subjects, registry.clone(), ctx.config.tick_period(), shutdown.clone()));
+    let leases = lease::Leases::new(ctx.clone(), registry.clone());
+    tracing::info!(%addr, ticker = %ticker_id, "ticker started");
+    let task = tokio::spawn(async move {
+        leases.run(shutdown).await;
+        let _ = ticks.await;
+        let _ = bus.client.flush().await;
+        tracing::info!("ticker stopped");
+    });
+    Ok(Ticker { addr, id: ticker_id, registry, task })
+}
+
+async fn readyz(State((ctx, registry)): State<(Arc<Ctx>, Registry)>) -> (StatusCode, String) {
+    let state = ctx.bus.client.connection_state();
+    let connected = state == async_nats::connection::State::Connected;
+    let code = if connected { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, format!("nats: {state:?}\nticker: {}\nshards_owned: {}\n", ctx.ticker_id, registry.len()))
+}
+
+/// Keeps the set of live gateways fresh (every heartbeat period).
+async fn watch_gateways(bus: Bus, live: watch::Sender<Option<HashSet<String>>>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(bandsync_nats::bus::GATEWAY_HEARTBEAT);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {
+                match bus.gateways.keys().await {
+                    Ok(keys) => {
+                        let set: HashSet<String> = keys.filter_map(|k| async move { k.ok() }).collect().await;
+                        live.send_replace(Some(set));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot list gateways"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! One member's WebSocket: welcome, clock-sync pongs, commands to the bus, and
+//! the hub's events and ticks back out. One task per socket keeps memory per
+//! idle connection small; a client only ever waits on its own socket.
+
+use crate::hub::{ClientHandle, Outbound};
+use crate::ratelimit::{ERROR_INTERVAL, RateLimit};
+use crate::token::Claims;
+use crate::AppState;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, close_code};
+use bandsync_nats::service::random_id;
+use bandsync_nats::wire::ErrorMsg;
+use bandsync_nats::{
+    ClientMsg, Command, CommandEnvelope, CommandId, ErrorCode, SessionState, ServerMsg, Subjects, now_us, shard_of,
+};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A socket that cannot take a frame for this long is given up on.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn serve(socket: WebSocket, app: Arc<AppState>, claims: Claims) {
+    let session = claims.session.clone();
+    let handle = match app.hub.join(&session, &claims.member).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot subscribe");
+            close_with(socket, ErrorCode::Unavailable, "the message bus is unavailable; try again").await;
+            return;
+        }
+    };
+    let conn_id = format!("{}/{}", app.gateway_id, handle.conn);
+    let conn = handle.conn;
+    metrics::gauge!("bandsync_gateway_connections").increment(1);
+    let mut c = Conn { app: app.clone(), claims, conn_id, socket, last_seq: 0 };
+    if let Err(reason) = c.run(handle).await {
+        tracing::debug!(member = %c.claims.member, reason, "connection ended");
+    }
+    metrics::gauge!("bandsync_gateway_connections").decrement(1);
+    app.hub.leave(&session, conn).await;
+    // Best effort: tell the owner this connection is gone (a stale bye is ignored).
+    let bye = Command::Bye { conn: c.conn_id.clone() };
+    let _ = publish(&app, &c.claims, bye, None).await;
+}
+
+struct Conn {
+    app: Arc<AppState>,
+    claims: Claims,
+    conn_id: String,
+    socket: WebSocket,
+    /// Newest event seq this client has; older ones are skipped.
+    last_seq: u64,
+}
+
+impl Conn {
+    async fn run(&mut self, mut handle: ClientHandle) -> Result<(), &'static str> {
+        let state = match read_state(&self.app, &self.claims).await {
+            Ok(Some(state)) => state,
+            Ok(None) => {
+                self.close(ErrorCode::UnknownSession, "this session has ended or never existed").await;
+                return Err("unknown session");
+            }
+            Err(()) => {
+                self.close(ErrorCode::Unavailable, "session state is unavailable; try again").await;
+                return Err("kv unavailable");
+            }
+        };
+        self.last_seq = state.seq;
+        let welcome = ServerMsg::Welcome { member: self.claims.member.clone(), server_time: now_us(), state: Box::new(state) };
+        self.send_msg(&welcome).await?;
+        let hello = Command::Hello { name: self.claims.name.clone(), conn: self.conn_id.clone() };
+        if publish(&self.app, &self.claims, hello, None).await.is_err() {
+            self.close(ErrorCode::Unavailable, "cannot reach the session owner; try again").await;
+            return Err("hello failed");
+        }
+        let mut limit = RateLimit::new(self.app.config.rate_limit, Instant::now());
+        let mut last_limit_error: Option<Instant> = None;
+        let shutdown = self.app.shutdown.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    let msg = ServerMsg::Reconnect { reason: "gateway shutting down; connect again".into() };
+                    let _ = self.send_msg(&msg).await;
+                    let _ = self.socket.send(Message::Close(Some(CloseFrame { code: close_code::RESTART, reason: "gateway shutting down".into() }))).await;
+                    return Err("shutdown");
+                }
+                _ = handle.kick.cancelled() => {
+                    let kick = handle.kick_reason.get().cloned();
+                    let (code, reason) = kick.map_or((ErrorCode::Internal, String::from("disconnected")), |k| (k.code, k.reason));
+                    self.close(code, &reason).await;
+                    return Err("kicked");
+                }
+                Some(out) = handle.events.recv() => self.forward(out).await?,
+                incoming = self.socket.recv() => {
+                    let now = Instant::now();
+                    match incoming {
+                        Some(Ok(Message::Text(text))) => {
+                            if !limit.allow(now) {
+                                metrics::counter!("bandsync_gateway_rate_limited_total").increment(1);
+                                if last_limit_error.is_none_or(|t| now.duration_since(t) >= ERROR_INTERVAL) {
+                                    last_limit_error = Some(now);
+                                    self.send_error(ErrorCode::RateLimited, "too many messages; slow down", None).await?;
+                                }
+                                continue;
+                            }
+                            self.handle_text(&text).await?;
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            self.send_error(ErrorCode::BadJson, "send JSON text frames, not binary", None).await?;
+                        }
+                        Some(Ok(Message::Close(_))) | None => return Ok(()),
+                        Some(Ok(_)) => {} // WebSocket ping/pong are answered by the library
+                        Some(Err(e)) => {
+                            if is_too_large(&e) {
+                                let limit = self.app.config.max_frame_bytes;
+                                self.close_code(close_code::SIZE, ErrorCode::TooLarge, &format!("message larger than {limit} bytes")).await;
+                                return Err("too large");
+                            }
+                            return Err("socket error");
+                        }
+                    }
+                }
+                Ok(()) = handle.ticks.changed() => {
+                    let tick = handle.ticks.borrow_and_update().clone();
+                    if let Some(text) = tick {
+                        self.send(Message::Text(text)).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle_text(&mut self, text: &str) -> Result<(), &'static str> {
+        match ClientMsg::parse(text) {
+            Ok(ClientMsg::Ping { t0 }) => self.send_msg(&ServerMsg::Pong { t0, server_time: now_us() }).await,
+            Ok(ClientMsg::Command { id, command }) => {
+                if publish(&self.app, &self.claims, command, id.clone()).await.is_err() {
+                    self.send_error(ErrorCode::Unavailable, "the session owner is unreachable; try again", id).await?;
+                }
+                Ok(())
+            }
+            Err(err) => self.send_msg(&ServerMsg::Error(err)).await,
+        }
+    }
+
+    async fn forward(&mut self, out: Outbound) -> Result<(), &'static str> {
+        match out {
+            Outbound::Event { seq, text } => {
+                if seq <= self.last_seq {
+                    return Ok(());
+                }
+                self.last_seq = seq;
+                self.send(Message::Text(text)).await
+            }
+            Outbound::Error { text } => self.send(Message::Text(text)).await,
+        }
+    }
+
+    async fn send_msg(&mut self, msg: &ServerMsg) -> Result<(), &'static str> {
+        let text = serde_json::to_string(msg).expect("server messages serialise");
+        self.send(Message::Text(text.into())).await
+    }
+
+    async fn send_error(&mut self, code: ErrorCode, message: &str, id: Option<String>) -> Result<(), &'static str> {
+        self.send_msg(&ServerMsg::Error(ErrorMsg::new(code, message, id))).await
+    }
+
+    async fn send(&mut self, msg: Message) -> Result<(), &'static str> {
+        match tokio::time::timeout(SEND_TIMEOUT, self.socket.send(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err("send failed"),
+            Err(_) => Err("send timed out"),
+        }
+    }
+
+    async fn close(&mut self, code: ErrorCode, reason: &str) {
+        self.close_code(close_code::POLICY, code, reason).await;
+    }
+
+    /// Sends an error frame, then a close frame whose reason is the error code.
+    async fn close_code(&mut self, ws_code: u16, code: ErrorCode, reason: &str) {
+        let _ = self.send_error(code, reason, None).await;
+        let frame = CloseFrame { code: ws_code, reason: Utf8Bytes::from(code.as_str()) };
+        let _ = self.send(Message::Close(Some(frame))).await;
+    }
+}
+
+/// Publishes a command for this member to the session's shard.
+async fn publish(app: &AppState, claims: &Claims, command: Command, client_ref: Option<String>) -> Result<(), ()> {
+    let id = CommandId::parse(random_id(16)).expect("random ids are valid");
+    let envelope = CommandEnvelope {
+        id: id.clone(),
+        session: claims.session.clone(),
+        actor: claims.member.clone(),
+        gateway: app.gateway_id.clone(),
+        client_ref,
+        sent_at: now_us(),
+        command,
+    };
+    let shard = shard_of(&claims.session, app.config.shards);
+    let subject = app.bus.subjects.cmd(shard, &claims.session);
+    let payload = serde_json::to_vec(&envelope).expect("commands serialise");
+    app.bus.publish_durable(subject, id.as_str(), payload.into()).await.map(|_| ()).map_err(|e| {
+        metrics::counter!("bandsync_gateway_publish_failures_total").increment(1);
+        tracing::warn!(error = %e, "command publish failed");
+    })
+}
+
+fn is_too_large(e: &axum::Error) -> bool {
+    use std::error::Error as _;
+    let inner = e.source().and_then(|s| s.downcast_ref::<tungstenite::Error>());
+    matches!(inner, Some(tungstenite::Error::Capacity(_)))
+}
+
+async fn close_with(mut socket: WebSocket, code: ErrorCode, reason: &str) {
+    let err = ServerMsg::Error(ErrorMsg::new(code, reason, None));
+    let text = serde_json::to_string(&err).expect("server messages serialise");
+    let _ = socket.send(Message::Text(text.into())).await;
+    let frame = CloseFrame { code: close_code::AGAIN, reason: Utf8Bytes::from(code.as_str()) };
+    let _ = socket.send(Message::Close(Some(frame))).await;
+}
+
+/// The session's current state from KV (`None` if it does not exist).
+async fn read_state(app: &AppState, claims: &Claims) -> Result<Option<SessionState>, ()> {
+    let shard = shard_of(&claims.session, app.config.shards);
+    let key = Subjects::session_key(shard, &claims.session);
+    let entry = app.bus.sessions.get(key).await.map_err(|e| tracing::warn!(error = %e, "kv get"))?;
+    match entry {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| tracing::error!(error = %e, "undecodable session state")),
+    }
+}

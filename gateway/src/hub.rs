@@ -1,0 +1,205 @@
+//! Per-session fan-out. The gateway subscribes to `<p>.sess.<id>.>` only while
+//! it has at least one member of that session connected, and hands every local
+//! member the same bytes the owner published: nothing is serialised twice.
+//!
+//! Each client has a bounded event queue and a single-slot tick mailbox. Ticks
+//! coalesce (a slow client skips to the newest one); a client whose event queue
+//! is full is kicked with `slow_client` rather than ever stalling the others.
+
+use axum::extract::ws::Utf8Bytes;
+use bandsync_nats::bus::Bus;
+use bandsync_nats::wire::BusHeader;
+use bandsync_nats::{ErrorCode, MemberId, SessionId};
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Something to write to one client's socket.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A state event; skipped if the client already has `seq` (from its welcome).
+    Event { seq: u64, text: Utf8Bytes },
+    /// An error for this member (a rejected command).
+    Error { text: Utf8Bytes },
+}
+
+/// Why a client was disconnected by the gateway.
+#[derive(Debug, Clone)]
+pub struct Kick {
+    pub code: ErrorCode,
+    pub reason: String,
+}
+
+/// The hub's handle on one connected client.
+struct ClientSlot {
+    conn: u64,
+    member: MemberId,
+    events: mpsc::Sender<Outbound>,
+    ticks: watch::Sender<Option<Utf8Bytes>>,
+    kick: CancellationToken,
+    kick_reason: Arc<OnceLock<Kick>>,
+}
+
+impl ClientSlot {
+    fn kick(&self, code: ErrorCode, reason: &str) {
+        let _ = self.kick_reason.set(Kick { code, reason: reason.to_owned() });
+        self.kick.cancel();
+    }
+}
+
+/// What a connection task holds: its receiving ends.
+pub struct ClientHandle {
+    pub conn: u64,
+    pub events: mpsc::Receiver<Outbound>,
+    pub ticks: watch::Receiver<Option<Utf8Bytes>>,
+    pub kick: CancellationToken,
+    pub kick_reason: Arc<OnceLock<Kick>>,
+}
+
+struct LocalSession {
+    clients: Mutex<Vec<ClientSlot>>,
+    /// Newest owner epoch seen; anything older comes from a deposed owner.
+    epoch: AtomicU64,
+    stop: CancellationToken,
+}
+
+pub struct Hub {
+    bus: Bus,
+    sessions: tokio::sync::Mutex<HashMap<SessionId, Arc<LocalSession>>>,
+    next_conn: AtomicU64,
+    queue: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("subscribing to session {session}: {message}")]
+pub struct SubscribeError {
+    session: SessionId,
+    message: String,
+}
+
+impl Hub {
+    pub fn new(bus: Bus, queue: usize) -> Self {
+        Self { bus, sessions: Default::default(), next_conn: AtomicU64::new(1), queue }
+    }
+
+    /// Registers a client, subscribing to the session if it is the first one here.
+    pub async fn join(&self, session: &SessionId, member: &MemberId) -> Result<ClientHandle, SubscribeError> {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (events_tx, events_rx) = mpsc::channel(self.queue);
+        let (ticks_tx, ticks_rx) = watch::channel(None);
+        let kick = CancellationToken::new();
+        let kick_reason = Arc::new(OnceLock::new());
+        let slot = ClientSlot {
+            conn,
+            member: member.clone(),
+            events: events_tx,
+            ticks: ticks_tx,
+            kick: kick.clone(),
+            kick_reason: kick_reason.clone(),
+        };
+        let mut sessions = self.sessions.lock().await;
+        let local = match sessions.get(session) {
+            Some(local) => local.clone(),
+            None => {
+                let subject = self.bus.subjects.session_all(session);
+                let sub = self.bus.client.subscribe(subject).await.map_err(|e| SubscribeError {
+                    session: session.clone(),
+                    message: e.to_string(),
+                })?;
+                let local = Arc::new(LocalSession {
+                    clients: Mutex::new(Vec::new()),
+                    epoch: AtomicU64::new(0),
+                    stop: CancellationToken::new(),
+                });
+                tokio::spawn(fan_out(session.clone(), sub, local.clone()));
+                sessions.insert(session.clone(), local.clone());
+                metrics::gauge!("bandsync_gateway_sessions").set(sessions.len() as f64);
+                local
+            }
+        };
+        lock(&local.clients).push(slot);
+        Ok(ClientHandle { conn, events: events_rx, ticks: ticks_rx, kick, kick_reason })
+    }
+
+    /// Removes a client; unsubscribes from the session when it was the last one here.
+    pub async fn leave(&self, session: &SessionId, conn: u64) {
+        let mut sessions = self.sessions.lock().await;
+        let Some(local) = sessions.get(session).cloned() else { return };
+        let empty = {
+            let mut clients = lock(&local.clients);
+            clients.retain(|c| c.conn != conn);
+            clients.is_empty()
+        };
+        if empty {
+            local.stop.cancel();
+            sessions.remove(session);
+            metrics::gauge!("bandsync_gateway_sessions").set(sessions.len() as f64);
+        }
+    }
+
+    /// Number of sessions this gateway is subscribed to.
+    pub async fn session_count(&self) -> usize {
+        self.sessions.lock().await.len()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding this lock cannot leave the client list inconsistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn fan_out(session: SessionId, mut sub: async_nats::Subscriber, local: Arc<LocalSession>) {
+    loop {
+        let msg = tokio::select! {
+            _ = local.stop.cancelled() => break,
+            msg = sub.next() => match msg {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        let Ok(head) = serde_json::from_slice::<BusHeader>(&msg.payload) else {
+            tracing::warn!(session = %session, subject = %msg.subject, "dropping undecodable bus message");
+            continue;
+        };
+        let newest = local.epoch.fetch_max(head.epoch, Ordering::AcqRel).max(head.epoch);
+        if head.epoch < newest {
+            metrics::counter!("bandsync_gateway_stale_epoch_dropped_total").increment(1);
+            continue;
+        }
+        let Ok(text) = Utf8Bytes::try_from(msg.payload) else {
+            tracing::warn!(session = %session, "dropping non-UTF-8 bus message");
+            continue;
+        };
+        let clients = lock(&local.clients);
+        match head.kind.as_str() {
+            "tick" => {
+                for c in clients.iter() {
+                    c.ticks.send_replace(Some(text.clone()));
+                }
+                metrics::counter!("bandsync_gateway_ticks_forwarded_total").increment(clients.len() as u64);
+            }
+            "event" => {
+                for c in clients.iter() {
+                    let out = Outbound::Event { seq: head.seq, text: text.clone() };
+                    if c.events.try_send(out).is_err() {
+                        c.kick(ErrorCode::SlowClient, "your device fell too far behind; reconnecting");
+                        metrics::counter!("bandsync_gateway_slow_clients_total").increment(1);
+                    }
+                }
+            }
+            "error" => {
+                for c in clients.iter().filter(|c| head.to.as_ref() == Some(&c.member)) {
+                    if head.code == Some(ErrorCode::SessionFull) {
+                        c.kick(ErrorCode::SessionFull, "this session is full");
+                    } else if c.events.try_send(Outbound::Error { text: text.clone() }).is_err() {
+                        c.kick(ErrorCode::SlowClient, "your device fell too far behind; reconnecting");
+                    }
+                }
+            }
+            other => tracing::debug!(session = %session, kind = other, "ignoring bus message"),
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! What every BandSync binary does the same way at start-up: structured logs,
+//! a shutdown token cancelled by SIGINT/SIGTERM, and random identifiers.
+
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+
+/// Logs to stderr; `RUST_LOG` overrides the default `info` level.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A second call (tests start several services in one process) is harmless.
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+}
+
+/// A token cancelled on the first SIGINT or SIGTERM.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    cancel.cancel();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutdown requested");
+        cancel.cancel();
+    });
+    token
+}
+
+const ID_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+
+/// A random lowercase id of `len` characters (12 gives about 62 bits).
+pub fn random_id(len: usize) -> String {
+    let mut rng = rand::rng();
+    (0..len).map(|_| ID_ALPHABET[rng.random_range(0..ID_ALPHABET.len())] as char).collect()
+}
+
+/// A random join code from the unambiguous alphabet.
+pub fn random_join_code() -> crate::JoinCode {
+    let mut rng = rand::rng();
+    let alphabet = crate::ids::JOIN_CODE_ALPHABET;
+    let code: String =
+        (0..crate::ids::JOIN_CODE_LEN).map(|_| alphabet[rng.random_range(0..alphabet.len())] as char).collect();
+    crate::JoinCode::parse(&code).expect("generated from the join-code alphabet")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_ids_are_valid_and_distinct() {
+        let a = random_id(12);
+        assert_eq!(a.len(), 12);
+        assert!(crate::SessionId::parse(a.clone()).is_ok());
+        assert_ne!(a, random_id(12));
+        assert_eq!(random_join_code().as_str().len(), crate::ids::JOIN_CODE_LEN);
+    }
+}

@@ -1,0 +1,84 @@
+//! Ticker configuration: every flag also reads a `BANDSYNC_` environment variable.
+
+use bandsync_nats::Rules;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "bandsync-ticker", about = "BandSync ticker: owns session timing for the shards it leases")]
+pub struct Config {
+    /// Address for /healthz, /readyz and /metrics (port 0 picks a free port).
+    #[arg(long, env = "BANDSYNC_TICKER_LISTEN", default_value = "127.0.0.1:9100")]
+    pub listen: SocketAddr,
+    /// NATS server URL(s), comma-separated; nats-server 2.11 or newer.
+    #[arg(long, env = "BANDSYNC_NATS_URL", default_value = "nats://127.0.0.1:14222")]
+    pub nats_url: String,
+    /// Prefix of every subject, stream and bucket.
+    #[arg(long, env = "BANDSYNC_PREFIX", default_value = "bandsync")]
+    pub prefix: String,
+    /// This ticker's id; random if not given.
+    #[arg(long, env = "BANDSYNC_TICKER_ID")]
+    pub ticker_id: Option<String>,
+    /// Number of shards; must match the gateways.
+    #[arg(long, env = "BANDSYNC_SHARDS", default_value_t = bandsync_nats::shard::DEFAULT_SHARDS)]
+    pub shards: u16,
+    /// JetStream replicas for streams and buckets this process declares.
+    #[arg(long, env = "BANDSYNC_REPLICAS", default_value_t = 1)]
+    pub replicas: usize,
+    /// Shard lease TTL in milliseconds; a dead owner's shards move after about this long.
+    #[arg(long, env = "BANDSYNC_LEASE_TTL_MS", default_value_t = 1500)]
+    pub lease_ttl_ms: u64,
+    /// Tick period in milliseconds while a session plays.
+    #[arg(long, env = "BANDSYNC_TICK_MS", default_value_t = 100)]
+    pub tick_ms: u64,
+    /// How far ahead changes are scheduled, in milliseconds.
+    #[arg(long, env = "BANDSYNC_LEAD_MS", default_value_t = 150)]
+    pub lead_ms: u64,
+    /// Members per session.
+    #[arg(long, env = "BANDSYNC_MAX_MEMBERS", default_value_t = 12)]
+    pub max_members: usize,
+    /// How long a disconnected leader keeps leadership, in milliseconds.
+    #[arg(long, env = "BANDSYNC_LEADER_GRACE_MS", default_value_t = 5000)]
+    pub leader_grace_ms: u64,
+    /// A session with nobody connected and no command for this long ends, in seconds.
+    #[arg(long, env = "BANDSYNC_IDLE_EXPIRY_SECS", default_value_t = 3600)]
+    pub idle_expiry_secs: u64,
+}
+
+impl Config {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.shards > 0, "--shards must be positive");
+        anyhow::ensure!((1..=5).contains(&self.replicas), "--replicas must be 1..=5");
+        anyhow::ensure!(self.lease_ttl_ms >= 1000, "--lease-ttl-ms must be at least 1000 (KV ages are coarse)");
+        anyhow::ensure!((10..=60_000).contains(&self.tick_ms), "--tick-ms must be 10..=60000");
+        anyhow::ensure!((10..=5_000).contains(&self.lead_ms), "--lead-ms must be 10..=5000");
+        anyhow::ensure!(self.max_members >= 1, "--max-members must be at least 1");
+        anyhow::ensure!(self.idle_expiry_secs >= 1, "--idle-expiry-secs must be at least 1");
+        bandsync_nats::Subjects::new(&self.prefix)?;
+        if let Some(id) = &self.ticker_id {
+            bandsync_nats::GatewayId::parse(id.clone())?;
+        }
+        Ok(())
+    }
+
+    pub fn rules(&self) -> Rules {
+        Rules {
+            lead_us: ms_to_us(self.lead_ms),
+            max_members: self.max_members,
+            leader_grace_us: ms_to_us(self.leader_grace_ms),
+            idle_expiry_us: ms_to_us(self.idle_expiry_secs.saturating_mul(1000)),
+        }
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms)
+    }
+
+    pub fn tick_period(&self) -> Duration {
+        Duration::from_millis(self.tick_ms)
+    }
+}
+
+fn ms_to_us(ms: u64) -> i64 {
+    i64::try_from(ms.saturating_mul(1000)).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,364 @@
+//! One owned shard: load its sessions from KV, consume its commands in stream
+//! order from the shard's cursor, apply them with the pure state machine, write
+//! the state back with compare-and-set, then publish the event.
+//!
+//! Exactly once: a session's state records the stream sequence of the last
+//! command applied to it, in the same CAS write as the change, so a replay
+//! (after a failover, from a cursor a little behind) skips what was applied.
+//! Events are published with `Nats-Msg-Id = <session>-<seq>`; a new owner
+//! re-publishes each session's latest event and the stream drops duplicates.
+
+use crate::Ctx;
+use crate::owned::OwnedShard;
+use async_nats::jetstream::consumer::{DeliverPolicy, push::OrderedConfig};
+use async_nats::jetstream::kv::{self, UpdateErrorKind};
+use bandsync_nats::state::Cause;
+use bandsync_nats::wire::ErrorMsg;
+use bandsync_nats::{
+    Change, Command, CommandEnvelope, ErrorCode, EventMsg, SessionId, SessionState, ServerMsg, Subjects, now_us,
+};
+use futures::{StreamExt, TryStreamExt};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often time-driven rules (leader grace, idle expiry, dead gateways) run.
+const HOUSEKEEPING: Duration = Duration::from_millis(250);
+/// How often the shard's command cursor is saved; replay after a failover is at most this much.
+const CURSOR_SAVE: Duration = Duration::from_millis(500);
+/// Attempts to publish an event before giving up (the next owner re-publishes it).
+const EVENT_PUBLISH_ATTEMPTS: usize = 3;
+
+struct Session {
+    state: SessionState,
+    revision: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("loading shard {shard}: {message}")]
+    Load { shard: u16, message: String },
+    #[error("consuming commands of shard {shard}: {message}")]
+    Consume { shard: u16, message: String },
+}
+
+pub struct Worker {
+    ctx: Arc<Ctx>,
+    owned: Arc<OwnedShard>,
+    sessions: HashMap<SessionId, Session>,
+    cursor: u64,
+    cursor_revision: Option<u64>,
+    cursor_saved: u64,
+}
+
+impl Worker {
+    pub async fn run(ctx: Arc<Ctx>, owned: Arc<OwnedShard>) -> Result<(), WorkerError> {
+        let shard = owned.shard;
+        let mut worker = Worker { ctx, owned, sessions: HashMap::new(), cursor: 0, cursor_revision: None, cursor_saved: 0 };
+        worker.load().await.map_err(|message| WorkerError::Load { shard, message })?;
+        worker.republish_latest().await;
+        let result = worker.consume().await;
+        worker.save_cursor().await;
+        result.map_err(|message| WorkerError::Consume { shard, message })
+    }
+
+    async fn load(&mut self) -> Result<(), String> {
+        let shard = self.owned.shard;
+        let bus = &self.ctx.bus;
+        if let Some(entry) = bus.cursors.entry(Subjects::shard_key(shard)).await.map_err(|e| e.to_string())? {
+            if entry.operation == kv::Operation::Put {
+                self.cursor = String::from_utf8_lossy(&entry.value).parse().unwrap_or(0);
+                self.cursor_saved = self.cursor;
+            }
+            self.cursor_revision = Some(entry.revision);
+        }
+        let stream = bus.js.get_stream(&bus.sessions.stream_name).await.map_err(|e| e.to_string())?;
+        let filter = format!("{}{}.*", bus.sessions.prefix, shard);
+        let subjects: Vec<(String, usize)> = stream
+            .info_with_subjects(filter)
+            .await
+            .map_err(|e| e.to_string())?
+            .try_collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        for (subject, _) in subjects {
+            let Some(key) = subject.strip_prefix(&bus.sessions.prefix) else { continue };
+            let Some(entry) = bus.sessions.entry(key).await.map_err(|e| e.to_string())? else { continue };
+            if entry.operation != kv::Operation::Put {
+                continue;
+            }
+            match serde_json::from_slice::<SessionState>(&entry.value) {
+                Ok(state) => {
+                    self.track_timeline(&state);
+                    self.sessions.insert(state.id.clone(), Session { state, revision: entry.revision });
+                }
+                Err(e) => tracing::error!(key, error = %e, "undecodable session state left alone"),
+            }
+        }
+        tracing::info!(shard, epoch = self.owned.epoch, sessions = self.sessions.len(), cursor = self.cursor, "shard loaded");
+        Ok(())
+    }
+
+    /// Re-publishes every session's latest event; the stream drops those it already has.
+    async fn republish_latest(&self) {
+        for s in self.sessions.values() {
+            self.publish_event(&s.state).await;
+        }
+    }
+
+    async fn consume(&mut self) -> Result<(), String> {
+        let bus = &self.ctx.bus;
+        let stream = bus.js.get_stream(bus.subjects.cmd_stream()).await.map_err(|e| e.to_string())?;
+        let deliver_policy = if self.cursor_revision.is_some() {
+            DeliverPolicy::ByStartSequence { start_sequence: self.cursor + 1 }
+        } else {
+            DeliverPolicy::All // the shard never had an owner: everything is new
+        };
+        let config = OrderedConfig {
+            deliver_subject: bus.client.new_inbox(),
+            filter_subject: bus.subjects.cmd_shard(self.owned.shard),
+            deliver_policy,
+            ..Default::default()
+        };
+        let consumer = stream.create_consumer(config).await.map_err(|e| e.to_string())?;
+        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+        let mut cursor_save = tokio::time::interval(CURSOR_SAVE);
+        let stop = self.owned.stop.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Ok(()),
+                msg = messages.next() => match msg {
+                    Some(Ok(msg)) => {
+                        let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+                        self.handle(seq, &msg.payload).await;
+                        self.cursor = self.cursor.max(seq);
+                    }
+                    Some(Err(e)) => return Err(e.to_string()),
+                    None => return Err("command consumer ended".into()),
+                },
+                _ = housekeeping.tick() => self.housekeep().await,
+                _ = cursor_save.tick() => self.save_cursor().await,
+            }
+        }
+    }
+
+    async fn handle(&mut self, stream_seq: u64, payload: &[u8]) {
+        let envelope: CommandEnvelope = match serde_json::from_slice(payload) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(shard = self.owned.shard, stream_seq, error = %e, "skipping undecodable command");
+                return;
+            }
+        };
+        if !self.owned.is_valid() {
+            return; // fenced: the next owner replays from the cursor
+        }
+        let started = std::time::Instant::now();
+        if let Command::Create { code, name } = &envelope.command {
+            self.create(&envelope, code, name, stream_seq).await;
+        } else {
+            self.apply(&envelope, stream_seq).await;
+        }
+        metrics::counter!("bandsync_ticker_commands_applied_total").increment(1);
+        metrics::histogram!("bandsync_ticker_command_seconds").record(started.elapsed().as_secs_f64());
+    }
+
+    async fn create(&mut self, env: &CommandEnvelope, code: &bandsync_nats::JoinCode, name: &bandsync_nats::DisplayName, stream_seq: u64) {
+        if self.sessions.contains_key(&env.session) {
+            return; // a replay of the create that made it
+        }
+        let mut state = SessionState::create(env.session.clone(), code.clone(), env.actor.clone(), name.clone(), now_us());
+        state.last_cmd_seq = stream_seq;
+        state.last_cause = Cause { cmd: Some(env.id.clone()), by: Some(env.actor.clone()) };
+        let key = Subjects::session_key(self.owned.shard, &env.session);
+        let bytes = serde_json::to_vec(&state).expect("state serialises");
+        match self.ctx.bus.sessions.create(&key, bytes.into()).await {
+            Ok(revision) => {
+                self.publish_event(&state).await;
+                self.sessions.insert(env.session.clone(), Session { state, revision });
+            }
+            Err(e) => tracing::warn!(session = %env.session, error = %e, "create failed"),
+        }
+    }
+
+    async fn apply(&mut self, env: &CommandEnvelope, stream_seq: u64) {
+        if !self.sessions.contains_key(&env.session) {
+            self.reload(&env.session).await;
+        }
+        let Some(current) = self.sessions.get(&env.session) else {
+            self.reject(env, ErrorCode::UnknownSession, "this session has ended or never existed").await;
+            return;
+        };
+        if stream_seq <= current.state.last_cmd_seq {
+            return; // applied before a failover
+        }
+        let mut next = current.state.clone();
+        match next.apply(&env.command, &env.actor, Some(&env.id), now_us(), &self.ctx.rules) {
+            Ok(changes) if changes.is_empty() => {}
+            Ok(_) => {
+                next.last_cmd_seq = stream_seq;
+                self.commit(next).await;
+            }
+            Err(rejection) => self.reject(env, rejection.code, &rejection.message).await,
+        }
+    }
+
+    /// Writes `next` with compare-and-set and publishes its event.
+    async fn commit(&mut self, next: SessionState) {
+        let id = next.id.clone();
+        let Some(current) = self.sessions.get(&id) else { return };
+        if !self.owned.is_valid() {
+            return;
+        }
+        let key = Subjects::session_key(self.owned.shard, &id);
+        let ended = next.last_changes.iter().any(|c| matches!(c, Change::Ended { .. }));
+        let bytes = serde_json::to_vec(&next).expect("state serialises");
+        match self.ctx.bus.sessions.update(&key, bytes.into(), current.revision).await {
+            Ok(revision) => {
+                self.publish_event(&next).await;
+                if ended {
+                    self.end(&next).await;
+                } else {
+                    self.track_timeline(&next);
+                    self.sessions.insert(id, Session { state: next, revision });
+                }
+            }
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
+                // Someone else wrote: we are no longer the owner, or our copy is stale.
+                tracing::warn!(session = %id, "state changed under us; reloading");
+                metrics::counter!("bandsync_ticker_cas_conflicts_total").increment(1);
+                self.reload(&id).await;
+            }
+            Err(e) => tracing::warn!(session = %id, error = %e, "state write failed"),
+        }
+    }
+
+    async fn end(&mut self, state: &SessionState) {
+        let key = Subjects::session_key(self.owned.shard, &state.id);
+        let _ = self.ctx.bus.sessions.delete(&key).await;
+        let _ = self.ctx.bus.codes.delete(state.code.as_str()).await;
+        self.owned.set_timeline(&state.id, None);
+        self.sessions.remove(&state.id);
+        tracing::info!(session = %state.id, "session ended");
+    }
+
+    async fn reload(&mut self, id: &SessionId) {
+        let key = Subjects::session_key(self.owned.shard, id);
+        match self.ctx.bus.sessions.entry(&key).await {
+            Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
+                if let Ok(state) = serde_json::from_slice::<SessionState>(&entry.value) {
+                    self.track_timeline(&state);
+                    self.sessions.insert(id.clone(), Session { state, revision: entry.revision });
+                }
+            }
+            Ok(_) => {
+                self.sessions.remove(id);
+            }
+            Err(e) => tracing::warn!(session = %id, error = %e, "reload failed"),
+        }
+    }
+
+    async fn housekeep(&mut self) {
+        if !self.owned.is_valid() {
+            return;
+        }
+        let now = now_us();
+        let live = self.ctx.live_gateways.borrow().clone();
+        let rules = self.ctx.rules;
+        let mut due = Vec::new();
+        for s in self.sessions.values() {
+            // Members whose gateway died without saying goodbye.
+            let dead: Vec<_> = match &live {
+                None => Vec::new(),
+                Some(live) => s
+                    .state
+                    .members
+                    .iter()
+                    .filter(|m| m.connected)
+                    .filter_map(|m| {
+                        let conn = m.conn.as_deref()?;
+                        let gateway = conn.split('/').next()?;
+                        (!live.contains(gateway)).then(|| (m.id.clone(), conn.to_owned()))
+                    })
+                    .collect(),
+            };
+            if dead.is_empty() && !s.state.needs_housekeeping(now, &rules) {
+                continue;
+            }
+            let mut next = s.state.clone();
+            let mut changed = false;
+            for (member, conn) in dead {
+                changed |= next.apply(&Command::Bye { conn }, &member, None, now, &rules).is_ok_and(|c| !c.is_empty());
+            }
+            changed |= !next.housekeep(now, &rules).is_empty();
+            if changed {
+                due.push(next);
+            }
+        }
+        for next in due {
+            self.commit(next).await;
+        }
+    }
+
+    async fn save_cursor(&mut self) {
+        if self.cursor == self.cursor_saved || !self.owned.is_valid() {
+            return;
+        }
+        let key = Subjects::shard_key(self.owned.shard);
+        let value = self.cursor.to_string();
+        let cursors = &self.ctx.bus.cursors;
+        let result = match self.cursor_revision {
+            Some(rev) => cursors.update(&key, value.into(), rev).await.map_err(|e| e.to_string()),
+            None => cursors.create(&key, value.into()).await.map_err(|e| e.to_string()),
+        };
+        match result {
+            Ok(rev) => {
+                self.cursor_revision = Some(rev);
+                self.cursor_saved = self.cursor;
+            }
+            Err(e) => {
+                tracing::warn!(shard = self.owned.shard, error = %e, "cursor save failed");
+                // Re-read the revision so the next save can succeed if we still own the shard.
+                if let Ok(Some(entry)) = cursors.entry(&key).await {
+                    self.cursor_revision = Some(entry.revision);
+                }
+            }
+        }
+    }
+
+    fn track_timeline(&self, state: &SessionState) {
+        let active = state.timeline.is_active(now_us());
+        self.owned.set_timeline(&state.id, active.then_some(&state.timeline));
+    }
+
+    async fn publish_event(&self, state: &SessionState) {
+        let msg = ServerMsg::Event(Box::new(EventMsg::latest(state, self.owned.epoch)));
+        let msg_id = format!("{}-{}", state.id, state.seq);
+        self.publish_durable(self.ctx.bus.subjects.evt(&state.id), &msg_id, msg.to_bytes()).await;
+    }
+
+    async fn reject(&self, env: &CommandEnvelope, code: ErrorCode, message: &str) {
+        let mut err = ErrorMsg::new(code, message, env.client_ref.clone());
+        err.session = Some(env.session.clone());
+        err.to = Some(env.actor.clone());
+        err.cmd = Some(env.id.clone());
+        err.epoch = Some(self.owned.epoch);
+        metrics::counter!("bandsync_ticker_commands_rejected_total").increment(1);
+        let msg_id = format!("rej-{}", env.id);
+        self.publish_durable(self.ctx.bus.subjects.evt(&env.session), &msg_id, ServerMsg::Error(err).to_bytes()).await;
+    }
+
+    async fn publish_durable(&self, subject: String, msg_id: &str, payload: bytes::Bytes) {
+        for attempt in 1..=EVENT_PUBLISH_ATTEMPTS {
+            if !self.owned.is_valid() {
+                return;
+            }
+            match self.ctx.bus.publish_durable(subject.clone(), msg_id, payload.clone()).await {
+                Ok(_) => return,
+                Err(e) => tracing::warn!(subject, attempt, error = %e, "event publish failed"),
+            }
+        }
+    }
+}
