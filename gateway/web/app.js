@@ -111,7 +111,7 @@
         const lo = Math.max(a, seg.anchor_time);
         const hi = Math.min(b, i + 1 < segs.length ? segs[i + 1].anchor_time : Infinity);
         if (lo >= hi) continue;
-        const first = Math.ceil(Timeline.segPosition(seg, lo) - EPS_BEATS);
+        const first = Math.ceil(Timeline.segPosition(seg, lo) - EPS_BEATS) || 0; // never -0
         const last = Timeline.segPosition(seg, hi);
         for (let k = first; k < last - EPS_BEATS && out.length < 256; k++) {
           const t = Timeline.timeOfBeat(seg, k);
@@ -688,10 +688,12 @@
       const info = [];
       if (song.tempo_bpm) info.push(`${fmtBpm(song.tempo_bpm)} BPM`);
       if (song.beats_per_bar) info.push(`${song.beats_per_bar}/4`);
-      li.append(el('span', 'song-num', String(i + 1)), title, el('span', 'song-info', info.join(' · ')));
-      if (st.song === i) li.append(el('span', 'badge live', 'live'));
+      const meta = el('span', 'song-meta', info.join(' · '));
+      if (st.song === i) meta.append(el('span', 'badge live', 'live'));
+      li.append(el('span', 'song-num', String(i + 1)), title, meta);
       if (leader) {
-        const load = el('button', 'btn small', st.song === i ? 'Reload' : 'Load');
+        const actions = el('span', 'song-actions');
+        const load = el('button', 'btn small load', st.song === i ? 'Restart' : 'Load');
         load.type = 'button';
         load.title = 'Make this the band\u2019s song (stops and rewinds)';
         load.addEventListener('click', () => {
@@ -701,14 +703,14 @@
         const edit = el('button', 'btn small ghost', 'Edit');
         edit.type = 'button';
         edit.addEventListener('click', () => startEdit(i));
-        const del = el('button', 'btn small ghost danger', '✕');
+        const del = el('button', 'btn small ghost danger', 'Remove');
         del.type = 'button';
-        del.title = 'Remove from the setlist';
         del.addEventListener('click', () => {
           const songs = st.setlist.filter((_, j) => j !== i);
           send({ type: 'setlist', songs });
         });
-        li.append(load, edit, del);
+        actions.append(load, edit, del);
+        li.append(actions);
       }
       ol.append(li);
     });
@@ -718,6 +720,10 @@
     const st = S.state;
     S.browse = i === st.song ? null : i;
     renderStatic();
+    // The chart is above the setlist on a phone: bring it into view.
+    const wrap = $('.chart-wrap');
+    const r = wrap.getBoundingClientRect();
+    if (r.top < 0 || r.top > window.innerHeight * 0.6) wrap.scrollIntoView({ behavior: 'smooth', block: 'start' });
   }
 
   /** The song whose chart is shown: the browsed one, or the live one. */
@@ -1066,7 +1072,7 @@
 
   function updateSoundBtn() {
     const b = $('#sound-btn');
-    b.textContent = Sound.on ? '🔊 Sound on' : '🔇 Sound off';
+    b.textContent = Sound.on ? '\u266a Click: on' : '\u266a Click: off';
     b.setAttribute('aria-pressed', String(Sound.on));
     b.classList.toggle('on', Sound.on);
   }
