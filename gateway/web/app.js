@@ -172,6 +172,7 @@
     browse: null, // setlist index a follower is browsing, or null when live
     editing: null, // setlist index being edited, or null when adding
     welcomed: false,
+    reconnects: [], // reasons of the `reconnect` messages received
   };
 
   // --------------------------------------------------------------- storage
@@ -390,6 +391,7 @@
         break;
       case 'reconnect':
         // The gateway is going away: come back at once (any gateway), same token.
+        S.reconnects.push(msg.reason);
         Conn.attempt = 0;
         if (Conn.ws) {
           const ws = Conn.ws;
@@ -788,6 +790,10 @@
   let tempoDirty = 0; // time until which the tempo input shows the user's pending value
   function syncInputs() {
     const seg = latestSeg();
+    // Transport reflects where the timeline is heading (its last scheduled segment).
+    $('#play-btn').disabled = seg.playing;
+    $('#pause-btn').disabled = !seg.playing;
+    $('#stop-btn').disabled = !seg.playing && seg.anchor_beat === 0;
     const now = performance.now();
     const ti = $('#tempo-input');
     if (document.activeElement !== ti && now > tempoDirty) ti.value = fmtBpm(seg.tempo_bpm);
@@ -1100,6 +1106,9 @@
     },
     get connection() {
       return Conn.state;
+    },
+    get reconnects() {
+      return S.reconnects.slice();
     },
     get clicks() {
       return Sound.recent.slice();
