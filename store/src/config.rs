@@ -10,7 +10,11 @@ use std::time::Duration;
 )]
 pub struct Config {
     /// NATS server URL(s), comma-separated; nats-server 2.11 or newer.
-    #[arg(long, env = "BANDSYNC_NATS_URL", default_value = "nats://127.0.0.1:14222")]
+    #[arg(
+        long,
+        env = "BANDSYNC_NATS_URL",
+        default_value = "nats://127.0.0.1:14222"
+    )]
     pub nats_url: String,
     /// Prefix of every subject, stream and bucket.
     #[arg(long, env = "BANDSYNC_PREFIX", default_value = "bandsync")]
@@ -59,11 +63,10 @@ impl Config {
             Ok(c) => c,
             Err(e) => e.exit(),
         };
-        let defaulted = matches.value_source("database_url") == Some(clap::parser::ValueSource::DefaultValue);
-        if defaulted {
-            if let Ok(url) = std::env::var("DATABASE_URL") {
-                config.database_url = url;
-            }
+        let defaulted =
+            matches.value_source("database_url") == Some(clap::parser::ValueSource::DefaultValue);
+        if let (true, Ok(url)) = (defaulted, std::env::var("DATABASE_URL")) {
+            config.database_url = url;
         }
         config
     }
@@ -71,20 +74,41 @@ impl Config {
     /// Checks everything before anything is bound or connected.
     pub fn validate(&self) -> anyhow::Result<()> {
         bandsync_nats::Subjects::new(&self.prefix)?;
-        anyhow::ensure!((1..=MAX_BATCH).contains(&self.batch_max), "--batch-max must be 1..={MAX_BATCH}");
-        anyhow::ensure!((1..=10_000).contains(&self.batch_wait_ms), "--batch-wait-ms must be 1..=10000");
-        anyhow::ensure!((3..=64).contains(&self.pool_size), "--pool-size must be 3..=64");
+        anyhow::ensure!(
+            (1..=MAX_BATCH).contains(&self.batch_max),
+            "--batch-max must be 1..={MAX_BATCH}"
+        );
+        anyhow::ensure!(
+            (1..=10_000).contains(&self.batch_wait_ms),
+            "--batch-wait-ms must be 1..=10000"
+        );
+        anyhow::ensure!(
+            (3..=64).contains(&self.pool_size),
+            "--pool-size must be 3..=64"
+        );
         anyhow::ensure!((1..=5).contains(&self.replicas), "--replicas must be 1..=5");
-        anyhow::ensure!(self.lease_ttl_ms >= 1000, "--lease-ttl-ms must be at least 1000");
+        anyhow::ensure!(
+            self.lease_ttl_ms >= 1000,
+            "--lease-ttl-ms must be at least 1000"
+        );
         let durable_ok = !self.durable.is_empty()
             && self.durable.len() <= 64
-            && self.durable.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        anyhow::ensure!(durable_ok, "--durable must be 1..=64 of letters, digits, '_' or '-'");
+            && self
+                .durable
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        anyhow::ensure!(
+            durable_ok,
+            "--durable must be 1..=64 of letters, digits, '_' or '-'"
+        );
         let pg: tokio_postgres::Config = self
             .database_url
             .parse()
             .map_err(|e| anyhow::anyhow!("--database-url is not a PostgreSQL URL: {e}"))?;
-        anyhow::ensure!(pg.get_dbname().is_some(), "--database-url must name a database");
+        anyhow::ensure!(
+            pg.get_dbname().is_some(),
+            "--database-url must name a database"
+        );
         Ok(())
     }
 
@@ -115,13 +139,36 @@ mod tests {
 
     #[test]
     fn defaults_validate_and_bad_values_are_named() {
-        let ok = Config::new("nats://x", "postgres://postgres@127.0.0.1/db", "127.0.0.1:0".parse().expect("addr"));
+        let ok = Config::new(
+            "nats://x",
+            "postgres://postgres@127.0.0.1/db",
+            "127.0.0.1:0".parse().expect("addr"),
+        );
         assert!(ok.validate().is_ok());
-        let bad = Config { batch_max: 0, ..ok.clone() };
-        assert!(bad.validate().unwrap_err().to_string().contains("--batch-max"));
-        let bad = Config { database_url: "postgres://postgres@127.0.0.1".into(), ..ok.clone() };
-        assert!(bad.validate().unwrap_err().to_string().contains("name a database"));
-        let bad = Config { prefix: "Bad.Prefix".into(), ..ok };
+        let bad = Config {
+            batch_max: 0,
+            ..ok.clone()
+        };
+        assert!(
+            bad.validate()
+                .expect_err("refused")
+                .to_string()
+                .contains("--batch-max")
+        );
+        let bad = Config {
+            database_url: "postgres://postgres@127.0.0.1".into(),
+            ..ok.clone()
+        };
+        assert!(
+            bad.validate()
+                .expect_err("refused")
+                .to_string()
+                .contains("name a database")
+        );
+        let bad = Config {
+            prefix: "Bad.Prefix".into(),
+            ..ok
+        };
         assert!(bad.validate().is_err());
     }
 }

@@ -119,12 +119,18 @@ fn payload_text(raw: &Raw<'_>) -> Result<String, String> {
 fn check_subject(subjects: &Subjects, raw: &Raw<'_>, session: &str) -> Result<(), String> {
     match subjects.session_of(raw.subject) {
         Some(s) if s.as_str() == session => Ok(()),
-        Some(s) => Err(format!("subject names session {s} but the payload names {session}")),
+        Some(s) => Err(format!(
+            "subject names session {s} but the payload names {session}"
+        )),
         None => Err(format!("subject {} names no session", raw.subject)),
     }
 }
 
-fn decode_command(subjects: &Subjects, raw: &Raw<'_>, stream_seq: i64) -> Result<CommandRow, String> {
+fn decode_command(
+    subjects: &Subjects,
+    raw: &Raw<'_>,
+    stream_seq: i64,
+) -> Result<CommandRow, String> {
     let env: CommandEnvelope =
         serde_json::from_slice(raw.payload).map_err(|e| format!("not a command envelope: {e}"))?;
     check_subject(subjects, raw, env.session.as_str())?;
@@ -142,7 +148,8 @@ fn decode_command(subjects: &Subjects, raw: &Raw<'_>, stream_seq: i64) -> Result
 }
 
 fn decode_event(subjects: &Subjects, raw: &Raw<'_>, stream_seq: i64) -> Result<EventRow, String> {
-    let msg: ServerMsg = serde_json::from_slice(raw.payload).map_err(|e| format!("not an event or error: {e}"))?;
+    let msg: ServerMsg =
+        serde_json::from_slice(raw.payload).map_err(|e| format!("not an event or error: {e}"))?;
     match msg {
         ServerMsg::Event(ev) => {
             check_subject(subjects, raw, ev.session.as_str())?;
@@ -195,14 +202,21 @@ fn decode_event(subjects: &Subjects, raw: &Raw<'_>, stream_seq: i64) -> Result<E
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bandsync_nats::{DisplayName, ErrorCode, ErrorMsg, EventMsg, JoinCode, MemberId, SessionId};
+    use bandsync_nats::{
+        DisplayName, ErrorCode, ErrorMsg, EventMsg, JoinCode, MemberId, SessionId,
+    };
 
     fn subjects() -> Subjects {
         Subjects::new("bandsync").expect("valid prefix")
     }
 
     fn raw<'a>(subject: &'a str, payload: &'a [u8]) -> Raw<'a> {
-        Raw { stream_seq: 7, subject, payload, published_us: 1_000 }
+        Raw {
+            stream_seq: 7,
+            subject,
+            payload,
+            published_us: 1_000,
+        }
     }
 
     fn state() -> SessionState {
@@ -218,14 +232,21 @@ mod tests {
     #[test]
     fn events_become_typed_rows() {
         let bytes = ServerMsg::Event(Box::new(EventMsg::latest(&state(), 3))).to_bytes();
-        let Decoded::Event(row) = decode(StreamKind::Events, &subjects(), &raw("bandsync.sess.s1.evt", &bytes)) else {
+        let Decoded::Event(row) = decode(
+            StreamKind::Events,
+            &subjects(),
+            &raw("bandsync.sess.s1.evt", &bytes),
+        ) else {
             panic!("expected an event row");
         };
         assert_eq!(row.stream_seq, 7);
         assert_eq!(row.session_id, "s1");
         assert_eq!(row.kind, "event");
         assert_eq!(row.changes, "created,leader_changed");
-        assert_eq!((row.seq, row.epoch, row.occurred_us), (Some(1), Some(3), 500));
+        assert_eq!(
+            (row.seq, row.epoch, row.occurred_us),
+            (Some(1), Some(3), 500)
+        );
         assert_eq!(row.state.as_deref(), Some(&state()));
     }
 
@@ -235,35 +256,71 @@ mod tests {
         err.session = Some(SessionId::parse("s1").expect("valid"));
         err.to = Some(MemberId::parse("m2").expect("valid"));
         let bytes = ServerMsg::Error(err).to_bytes();
-        let Decoded::Event(row) = decode(StreamKind::Events, &subjects(), &raw("bandsync.sess.s1.evt", &bytes)) else {
+        let Decoded::Event(row) = decode(
+            StreamKind::Events,
+            &subjects(),
+            &raw("bandsync.sess.s1.evt", &bytes),
+        ) else {
             panic!("expected a rejection row");
         };
-        assert_eq!((row.kind, row.error_code.as_deref(), row.actor.as_deref()), ("rejected", Some("not_leader"), Some("m2")));
-        assert_eq!(row.occurred_us, 1_000, "a rejection is dated by its stream time");
+        assert_eq!(
+            (row.kind, row.error_code.as_deref(), row.actor.as_deref()),
+            ("rejected", Some("not_leader"), Some("m2"))
+        );
+        assert_eq!(
+            row.occurred_us, 1_000,
+            "a rejection is dated by its stream time"
+        );
     }
 
     #[test]
     fn garbage_and_mismatches_are_dead_letters_with_a_reason() {
-        let dead = |kind, subject: &str, payload: &[u8]| match decode(kind, &subjects(), &raw(subject, payload)) {
+        let dead = |kind, subject: &str, payload: &[u8]| match decode(
+            kind,
+            &subjects(),
+            &raw(subject, payload),
+        ) {
             Decoded::Dead(d) => d.reason,
             other => panic!("expected a dead letter, got {other:?}"),
         };
-        assert!(dead(StreamKind::Events, "bandsync.sess.s1.evt", b"\xff\x00garbage").contains("not an event"));
-        assert!(dead(StreamKind::Commands, "bandsync.cmd.1.s1", b"{}").contains("not a command envelope"));
+        assert!(
+            dead(
+                StreamKind::Events,
+                "bandsync.sess.s1.evt",
+                b"\xff\x00garbage"
+            )
+            .contains("not an event")
+        );
+        assert!(
+            dead(StreamKind::Commands, "bandsync.cmd.1.s1", b"{}")
+                .contains("not a command envelope")
+        );
         let bytes = ServerMsg::Event(Box::new(EventMsg::latest(&state(), 1))).to_bytes();
-        assert!(dead(StreamKind::Events, "bandsync.sess.s2.evt", &bytes).contains("names session s2"));
-        let pong = ServerMsg::Pong { t0: 1.0, server_time: 2 }.to_bytes();
+        assert!(
+            dead(StreamKind::Events, "bandsync.sess.s2.evt", &bytes).contains("names session s2")
+        );
+        let pong = ServerMsg::Pong {
+            t0: 1.0,
+            server_time: 2,
+        }
+        .to_bytes();
         assert!(dead(StreamKind::Events, "bandsync.sess.s1.evt", &pong).contains("\"pong\""));
     }
 
     #[test]
     fn commands_become_typed_rows() {
         let json = r#"{"id":"c1","session":"s1","actor":"m1","gateway":"g1","sent_at":42,"command":{"type":"tempo","bpm":96.0}}"#;
-        let Decoded::Command(row) = decode(StreamKind::Commands, &subjects(), &raw("bandsync.cmd.3.s1", json.as_bytes()))
-        else {
+        let Decoded::Command(row) = decode(
+            StreamKind::Commands,
+            &subjects(),
+            &raw("bandsync.cmd.3.s1", json.as_bytes()),
+        ) else {
             panic!("expected a command row");
         };
-        assert_eq!((row.cmd_id.as_str(), row.kind, row.sent_us), ("c1", "tempo", 42));
+        assert_eq!(
+            (row.cmd_id.as_str(), row.kind, row.sent_us),
+            ("c1", "tempo", 42)
+        );
         assert_eq!(row.payload, json);
     }
 }

@@ -31,7 +31,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error("opening consumer {durable} on {stream}: {message}")]
-    Consumer { stream: String, durable: String, message: String },
+    Consumer {
+        stream: String,
+        durable: String,
+        message: String,
+    },
 }
 
 /// Everything one stream's ingest loop needs.
@@ -56,7 +60,11 @@ impl Ingest {
             durable: self.durable.clone(),
             message,
         };
-        let stream = self.js.get_stream(&self.stream).await.map_err(|e| fail(e.to_string()))?;
+        let stream = self
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
         let config = pull::Config {
             durable_name: Some(self.durable.clone()),
             description: Some("bandsync-store: every message into PostgreSQL".into()),
@@ -66,7 +74,10 @@ impl Ingest {
             max_ack_pending: MAX_ACK_PENDING,
             ..Default::default()
         };
-        stream.get_or_create_consumer(&self.durable, config).await.map_err(|e| fail(e.to_string()))
+        stream
+            .get_or_create_consumer(&self.durable, config)
+            .await
+            .map_err(|e| fail(e.to_string()))
     }
 
     /// Runs until `shutdown`; then commits and acks the batch in flight and returns.
@@ -150,9 +161,15 @@ impl Ingest {
                 let _ = m.ack_with(AckKind::Term).await;
                 continue;
             };
-            let published_us = i64::try_from(info.published.unix_timestamp_nanos() / 1_000).unwrap_or(0);
+            let published_us =
+                i64::try_from(info.published.unix_timestamp_nanos() / 1_000).unwrap_or(0);
             pending = info.pending;
-            let raw = Raw { stream_seq: info.stream_sequence, subject: &m.subject, payload: &m.payload, published_us };
+            let raw = Raw {
+                stream_seq: info.stream_sequence,
+                subject: &m.subject,
+                payload: &m.payload,
+                published_us,
+            };
             rows.push(decode(self.kind, &self.subjects, &raw));
             acks.push(m);
         }
@@ -172,9 +189,15 @@ impl Ingest {
                 debug!(stream = %self.stream, error = %e, "ack");
             }
         }
-        let report =
-            BatchReport { messages: rows.len() as u64, inserted: written.inserted, dead: written.dead, pending };
-        let lags = rows.iter().map(|r| published_of(r).map_or(0.0, |p| (committed_us - p).max(0) as f64 / 1e6));
+        let report = BatchReport {
+            messages: rows.len() as u64,
+            inserted: written.inserted,
+            dead: written.dead,
+            pending,
+        };
+        let lags = rows
+            .iter()
+            .map(|r| published_of(r).map_or(0.0, |p| (committed_us - p).max(0) as f64 / 1e6));
         self.metrics.batch_committed(self.kind, report, lags);
         if written.dead > 0 {
             warn!(stream = %self.stream, dead = written.dead, "messages written to dead_letters");
@@ -182,7 +205,12 @@ impl Ingest {
     }
 
     /// `None` when shutdown came before a commit.
-    async fn write_with_retry(&self, rows: &[Decoded], acks: &[Message], shutdown: &CancellationToken) -> Option<Written> {
+    async fn write_with_retry(
+        &self,
+        rows: &[Decoded],
+        acks: &[Message],
+        shutdown: &CancellationToken,
+    ) -> Option<Written> {
         let mut backoff = BACKOFF_MIN;
         let mut last_progress = Instant::now();
         loop {

@@ -21,8 +21,8 @@ pub use config::Config;
 use anyhow::Context;
 use bandsync_nats::Subjects;
 use bandsync_nats::bus::{Bus, BusSettings};
-use decode::StreamKind;
 use deadpool_postgres::Pool;
+use decode::StreamKind;
 use metrics::Metrics;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -61,11 +61,16 @@ impl Store {
             lease_ttl: Duration::from_millis(config.lease_ttl_ms),
             name: format!("store-{}", std::process::id()),
         };
-        let bus = Bus::open(&settings, subjects.clone()).await.context("opening the bus")?;
+        let bus = Bus::open(&settings, subjects.clone())
+            .await
+            .context("opening the bus")?;
 
         let metrics = Arc::new(Metrics::default());
         let tasks = TaskTracker::new();
-        for (kind, stream) in [(StreamKind::Commands, subjects.cmd_stream()), (StreamKind::Events, subjects.evt_stream())] {
+        for (kind, stream) in [
+            (StreamKind::Commands, subjects.cmd_stream()),
+            (StreamKind::Events, subjects.evt_stream()),
+        ] {
             let ingest = ingest::Ingest {
                 kind,
                 stream,
@@ -82,16 +87,28 @@ impl Store {
             tasks.spawn(ingest.run(shutdown.clone()));
         }
 
-        let app = api::router(api::AppState { pool: pool.clone(), metrics: metrics.clone(), nats: bus.client.clone() });
+        let app = api::router(api::AppState {
+            pool: pool.clone(),
+            metrics: metrics.clone(),
+            nats: bus.client.clone(),
+        });
         let stop = shutdown.clone();
         tasks.spawn(async move {
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+            {
                 warn!(error = %e, "http server stopped");
             }
         });
         tasks.close();
         info!(%addr, "store started");
-        Ok(Self { addr, tasks, metrics, pool })
+        Ok(Self {
+            addr,
+            tasks,
+            metrics,
+            pool,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -130,8 +147,12 @@ async fn prepare_database(config: &Config, shutdown: &CancellationToken) -> anyh
         };
         match attempt.await {
             Ok(pool) => return Ok(pool),
-            Err(e @ (db::DbError::SchemaTooNew { .. } | db::DbError::Url(_))) => return Err(e.into()),
-            Err(e) => warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "preparing the database"),
+            Err(e @ (db::DbError::SchemaTooNew { .. } | db::DbError::Url(_))) => {
+                return Err(e.into());
+            }
+            Err(e) => {
+                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "preparing the database")
+            }
         }
         tokio::select! {
             () = shutdown.cancelled() => anyhow::bail!("shut down before the database was ready"),
@@ -145,7 +166,10 @@ async fn prepare_database(config: &Config, shutdown: &CancellationToken) -> anyh
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let store = Store::start(config, shutdown.clone()).await?;
     shutdown.cancelled().await;
-    if tokio::time::timeout(SHUTDOWN_GRACE, store.wait()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, store.wait())
+        .await
+        .is_err()
+    {
         warn!("tasks still running after the shutdown grace period");
     }
     Ok(())

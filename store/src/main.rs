@@ -11,7 +11,9 @@ async fn main() -> anyhow::Result<()> {
         std::process::exit(2);
     }
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .init();
     let shutdown = CancellationToken::new();
     tokio::spawn(signal(shutdown.clone()));

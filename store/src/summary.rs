@@ -45,11 +45,16 @@ pub fn summarise<'a>(events: impl IntoIterator<Item = &'a EventRow>) -> Summary 
     let mut sessions: BTreeMap<&str, SessionRow> = BTreeMap::new();
     let mut members: BTreeMap<(&str, &str), MemberRow> = BTreeMap::new();
     for row in events {
-        let Some(state) = row.state.as_deref() else { continue };
+        let Some(state) = row.state.as_deref() else {
+            continue;
+        };
         let (seq, epoch) = (row.seq.unwrap_or(0), row.epoch.unwrap_or(0));
         let latest = state.timeline.latest();
-        let position_beat =
-            if latest.playing { state.timeline.position(row.occurred_us) } else { latest.anchor_beat };
+        let position_beat = if latest.playing {
+            state.timeline.position(row.occurred_us)
+        } else {
+            latest.anchor_beat
+        };
         let ended = state.last_changes.iter().find_map(|c| match c {
             Change::Ended { reason } => Some(reason.clone()),
             _ => None,
@@ -62,7 +67,10 @@ pub fn summarise<'a>(events: impl IntoIterator<Item = &'a EventRow>) -> Summary 
             last_us: row.occurred_us,
             last_seq: seq,
             last_epoch: epoch,
-            song: state.song.and_then(|i| state.setlist.get(i)).map(|s| s.title.clone()),
+            song: state
+                .song
+                .and_then(|i| state.setlist.get(i))
+                .map(|s| s.title.clone()),
             playing: latest.playing,
             position_beat,
             bar: latest.bar_of(position_beat),
@@ -90,7 +98,10 @@ pub fn summarise<'a>(events: impl IntoIterator<Item = &'a EventRow>) -> Summary 
                 });
         }
     }
-    Summary { sessions: sessions.into_values().collect(), members: members.into_values().collect() }
+    Summary {
+        sessions: sessions.into_values().collect(),
+        members: members.into_values().collect(),
+    }
 }
 
 /// Folds a newer or older row of the same session into `acc`, as the SQL upsert does.
@@ -119,13 +130,21 @@ mod tests {
     use super::*;
     use crate::decode::{Decoded, Raw, StreamKind, decode};
     use bandsync_nats::state::Rules;
-    use bandsync_nats::{Command, DisplayName, EventMsg, JoinCode, MemberId, ServerMsg, SessionId, SessionState, Subjects};
+    use bandsync_nats::{
+        Command, DisplayName, EventMsg, JoinCode, MemberId, ServerMsg, SessionId, SessionState,
+        Subjects,
+    };
 
     fn row(state: &SessionState, stream_seq: u64) -> EventRow {
         let bytes = ServerMsg::Event(Box::new(EventMsg::latest(state, 1))).to_bytes();
         let subjects = Subjects::new("bandsync").expect("valid");
         let subject = subjects.evt(&state.id);
-        let raw = Raw { stream_seq, subject: &subject, payload: &bytes, published_us: 0 };
+        let raw = Raw {
+            stream_seq,
+            subject: &subject,
+            payload: &bytes,
+            published_us: 0,
+        };
         match decode(StreamKind::Events, &subjects, &raw) {
             Decoded::Event(r) => r,
             other => panic!("not an event: {other:?}"),
@@ -145,17 +164,30 @@ mod tests {
             1_000,
         );
         let first = row(&s, 1);
-        let hello = |name: &str, conn: &str| Command::Hello { name: DisplayName::parse(name).expect("valid"), conn: conn.into() };
-        s.apply(&hello("Ana", "g/1"), &ana, None, 2_000, &rules).expect("applies");
-        s.apply(&hello("Bo", "g/2"), &bo, None, 3_000, &rules).expect("applies");
-        s.apply(&Command::Tempo { bpm: 90.0 }, &ana, None, 4_000, &rules).expect("applies");
+        let hello = |name: &str, conn: &str| Command::Hello {
+            name: DisplayName::parse(name).expect("valid"),
+            conn: conn.into(),
+        };
+        s.apply(&hello("Ana", "g/1"), &ana, None, 2_000, &rules)
+            .expect("applies");
+        s.apply(&hello("Bo", "g/2"), &bo, None, 3_000, &rules)
+            .expect("applies");
+        s.apply(&Command::Tempo { bpm: 90.0 }, &ana, None, 4_000, &rules)
+            .expect("applies");
         let last = row(&s, 4);
         let forward = summarise([&first, &last]);
         let backward = summarise([&last, &first]);
         assert_eq!(forward.sessions, backward.sessions);
         let s1 = &forward.sessions[0];
-        assert_eq!((s1.first_us, s1.last_us, s1.last_seq, s1.tempo_bpm), (1_000, 4_000, 4, 90.0));
-        let names: Vec<(&str, bool)> = forward.members.iter().map(|m| (m.member_id.as_str(), m.has_led)).collect();
+        assert_eq!(
+            (s1.first_us, s1.last_us, s1.last_seq, s1.tempo_bpm),
+            (1_000, 4_000, 4, 90.0)
+        );
+        let names: Vec<(&str, bool)> = forward
+            .members
+            .iter()
+            .map(|m| (m.member_id.as_str(), m.has_led))
+            .collect();
         assert_eq!(names, [("ana", true), ("bo", false)]);
     }
 }

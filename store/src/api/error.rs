@@ -15,10 +15,18 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::BAD_REQUEST, code: "invalid", message: message.into() }
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid",
+            message: message.into(),
+        }
     }
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::NOT_FOUND, code: "not_found", message: message.into() }
+        Self {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            message: message.into(),
+        }
     }
 }
 
@@ -29,7 +37,11 @@ impl From<DbError> for ApiError {
             return Self::invalid(e.to_string());
         }
         tracing::warn!(error = %e, "query failed");
-        Self { status: StatusCode::SERVICE_UNAVAILABLE, code: "unavailable", message: "the database is unavailable; try again".into() }
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "unavailable",
+            message: "the database is unavailable; try again".into(),
+        }
     }
 }
 

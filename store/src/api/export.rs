@@ -12,12 +12,18 @@ use futures::StreamExt;
 use tokio_postgres::Row;
 
 /// `GET /sessions/{id}/export.csv`: one line per event, header first.
-pub async fn csv(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn csv(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     stream(app, id, ExportFormat::Csv).await
 }
 
 /// `GET /sessions/{id}/export.ndjson`: one JSON object per line.
-pub async fn ndjson(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn ndjson(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     stream(app, id, ExportFormat::Ndjson).await
 }
 
@@ -41,7 +47,14 @@ async fn stream(app: AppState, id: String, format: ExportFormat) -> Result<Respo
         ExportFormat::Ndjson => ("application/x-ndjson", "ndjson"),
     };
     let disposition = format!("attachment; filename=\"{id}.{ext}\"");
-    Ok(([(header::CONTENT_TYPE, content_type.to_owned()), (header::CONTENT_DISPOSITION, disposition)], body).into_response())
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type.to_owned()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 fn csv_line(row: &Row) -> String {
@@ -72,7 +85,10 @@ mod tests {
     #[test]
     fn csv_fields_are_quoted_only_when_needed() {
         assert_eq!(csv_field("tempo"), "tempo");
-        assert_eq!(csv_field(r#"{"a":1,"b":"x"}"#), r#""{""a"":1,""b"":""x""}""#);
+        assert_eq!(
+            csv_field(r#"{"a":1,"b":"x"}"#),
+            r#""{""a"":1,""b"":""x""}""#
+        );
         assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
     }
 }

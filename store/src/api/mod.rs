@@ -3,7 +3,7 @@
 
 mod error;
 mod export;
-mod replay;
+pub mod replay;
 mod sessions;
 
 pub use error::ApiError;
@@ -45,11 +45,18 @@ pub fn router(state: AppState) -> Router {
 
 async fn readyz(State(app): State<AppState>) -> Response {
     let nats = app.nats.connection_state() == async_nats::connection::State::Connected;
-    let db = matches!(tokio::time::timeout(READY_TIMEOUT, db::query::ping(&app.pool)).await, Ok(Ok(())));
+    let db = matches!(
+        tokio::time::timeout(READY_TIMEOUT, db::query::ping(&app.pool)).await,
+        Ok(Ok(()))
+    );
     app.metrics.set_db_up(db);
     app.metrics.set_nats_up(nats);
     let body = format!("nats: {}\npostgres: {}\n", up(nats), up(db));
-    let status = if nats && db { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if nats && db {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, body).into_response()
 }
 
@@ -58,7 +65,11 @@ fn up(ok: bool) -> &'static str {
 }
 
 async fn metrics(State(app): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+        .into_response()
 }
 
 /// A JSON body PostgreSQL already encoded.

@@ -74,10 +74,28 @@ pub async fn state_at(
     };
     let row = query::state_at(&app.pool, id.as_str(), at)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("session {id} has no event at or before {at}")))?;
-    let state: SessionState = serde_json::from_str(&row.state_json)
-        .map_err(|e| ApiError::invalid(format!("stored state of event {} does not decode: {e}", row.seq)))?;
+        .ok_or_else(|| {
+            ApiError::not_found(format!("session {id} has no event at or before {at}"))
+        })?;
+    let state: SessionState = serde_json::from_str(&row.state_json).map_err(|e| {
+        ApiError::invalid(format!(
+            "stored state of event {} does not decode: {e}",
+            row.seq
+        ))
+    })?;
     let position = replay(&state, at);
-    let song = state.song.and_then(|i| state.setlist.get(i)).map(|s| s.title.clone());
-    Ok(Json(Replayed { session: id.to_string(), at, seq: row.seq, epoch: row.epoch, event_at: row.event_at, position, song, state }))
+    let song = state
+        .song
+        .and_then(|i| state.setlist.get(i))
+        .map(|s| s.title.clone());
+    Ok(Json(Replayed {
+        session: id.to_string(),
+        at,
+        seq: row.seq,
+        epoch: row.epoch,
+        event_at: row.event_at,
+        position,
+        song,
+        state,
+    }))
 }

@@ -29,7 +29,10 @@ fn limit(l: Option<i64>) -> Result<i64, ApiError> {
 }
 
 /// `GET /sessions?from=&to=&member=&song=&ended=&limit=&offset=`, newest first.
-pub async fn list(State(app): State<AppState>, Query(p): Query<ListParams>) -> Result<Response, ApiError> {
+pub async fn list(
+    State(app): State<AppState>,
+    Query(p): Query<ListParams>,
+) -> Result<Response, ApiError> {
     let offset = p.offset.unwrap_or(0);
     if offset < 0 {
         return Err(ApiError::invalid("offset must not be negative"));
@@ -58,17 +61,27 @@ pub fn session_id(id: String) -> Result<SessionId, ApiError> {
 }
 
 /// `GET /sessions/{id}/events?after=&limit=`: events and rejections in stream order.
-pub async fn events(State(app): State<AppState>, Path(id): Path<String>, Query(p): Query<PageParams>) -> Result<Response, ApiError> {
+pub async fn events(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    Query(p): Query<PageParams>,
+) -> Result<Response, ApiError> {
     page(app, Log::Events, id, p).await
 }
 
 /// `GET /sessions/{id}/commands?after=&limit=`: the commands members sent.
-pub async fn commands(State(app): State<AppState>, Path(id): Path<String>, Query(p): Query<PageParams>) -> Result<Response, ApiError> {
+pub async fn commands(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    Query(p): Query<PageParams>,
+) -> Result<Response, ApiError> {
     page(app, Log::Commands, id, p).await
 }
 
 async fn page(app: AppState, log: Log, id: String, p: PageParams) -> Result<Response, ApiError> {
     let id = session_id(id)?;
     let after = p.after.unwrap_or(0);
-    Ok(json_text(query::page(&app.pool, log, id.as_str(), after, limit(p.limit)?).await?))
+    Ok(json_text(
+        query::page(&app.pool, log, id.as_str(), after, limit(p.limit)?).await?,
+    ))
 }

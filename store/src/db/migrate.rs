@@ -12,8 +12,16 @@ struct Migration {
 
 /// Append only: an applied migration is never edited; a change is a new file.
 const MIGRATIONS: &[Migration] = &[
-    Migration { version: 1, name: "tables", sql: include_str!("../../migrations/0001_tables.sql") },
-    Migration { version: 2, name: "views", sql: include_str!("../../migrations/0002_views.sql") },
+    Migration {
+        version: 1,
+        name: "tables",
+        sql: include_str!("../../migrations/0001_tables.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "views",
+        sql: include_str!("../../migrations/0002_views.sql"),
+    },
 ];
 
 /// Arbitrary constant naming the store's migration lock.
@@ -23,7 +31,8 @@ const LOCK_KEY: i64 = 0x0BAD_5EED_0001;
 pub async fn migrate(pool: &Pool) -> Result<Vec<i32>, DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY]).await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
+        .await?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
             version    int PRIMARY KEY,
@@ -32,8 +41,12 @@ pub async fn migrate(pool: &Pool) -> Result<Vec<i32>, DbError> {
         )",
     )
     .await?;
-    let applied: Vec<i32> =
-        tx.query("SELECT version FROM schema_migrations", &[]).await?.iter().map(|r| r.get(0)).collect();
+    let applied: Vec<i32> = tx
+        .query("SELECT version FROM schema_migrations", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     let known = MIGRATIONS.last().map_or(0, |m| m.version);
     if let Some(&found) = applied.iter().max().filter(|&&v| v > known) {
         return Err(DbError::SchemaTooNew { found, known });
@@ -41,8 +54,11 @@ pub async fn migrate(pool: &Pool) -> Result<Vec<i32>, DbError> {
     let mut done = Vec::new();
     for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
         tx.batch_execute(m.sql).await?;
-        tx.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", &[&m.version, &m.name])
-            .await?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+            &[&m.version, &m.name],
+        )
+        .await?;
         done.push(m.version);
     }
     tx.commit().await?;
@@ -56,7 +72,12 @@ mod tests {
     #[test]
     fn versions_increase_by_one() {
         for (i, m) in MIGRATIONS.iter().enumerate() {
-            assert_eq!(m.version, i32::try_from(i + 1).expect("few migrations"), "{}", m.name);
+            assert_eq!(
+                m.version,
+                i32::try_from(i + 1).expect("few migrations"),
+                "{}",
+                m.name
+            );
         }
     }
 }

@@ -22,7 +22,9 @@ pub enum DbError {
     Pg(#[from] tokio_postgres::Error),
     #[error("invalid database URL: {0}")]
     Url(String),
-    #[error("the database is at schema version {found}, newer than this store knows ({known}); upgrade the store")]
+    #[error(
+        "the database is at schema version {found}, newer than this store knows ({known}); upgrade the store"
+    )]
     SchemaTooNew { found: i32, known: i32 },
 }
 
@@ -38,7 +40,9 @@ impl DbError {
     /// The server refused the data itself (bad value, too large, constraint):
     /// retrying the same rows cannot succeed, so the writer isolates the culprit.
     pub fn is_data_error(&self) -> bool {
-        let Some(code) = self.code() else { return false };
+        let Some(code) = self.code() else {
+            return false;
+        };
         let class = &code.code()[..2];
         matches!(class, "22" | "23" | "54") && *code != SqlState::UNIQUE_VIOLATION
     }
@@ -47,7 +51,9 @@ impl DbError {
 /// Parses the URL and bounds connect and socket waits, so a dead server is
 /// noticed in seconds rather than after TCP's minutes.
 pub fn pg_config(url: &str) -> Result<tokio_postgres::Config, DbError> {
-    let mut cfg: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| DbError::Url(e.to_string()))?;
+    let mut cfg: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| DbError::Url(e.to_string()))?;
     cfg.connect_timeout(CONNECT_TIMEOUT);
     cfg.keepalives_idle(Duration::from_secs(10));
     cfg.tcp_user_timeout(Duration::from_secs(15));
@@ -59,7 +65,13 @@ pub fn pg_config(url: &str) -> Result<tokio_postgres::Config, DbError> {
 
 pub fn pool(url: &str, size: usize) -> Result<Pool, DbError> {
     let cfg = pg_config(url)?;
-    let manager = Manager::from_config(cfg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let manager = Manager::from_config(
+        cfg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
     Pool::builder(manager)
         .max_size(size)
         .runtime(Runtime::Tokio1)
@@ -73,15 +85,24 @@ pub fn pool(url: &str, size: usize) -> Result<Pool, DbError> {
 /// Creates the URL's database when it does not exist yet (connecting to `postgres`).
 pub async fn ensure_database(url: &str) -> Result<bool, DbError> {
     let cfg = pg_config(url)?;
-    let name = cfg.get_dbname().ok_or_else(|| DbError::Url("the URL names no database".into()))?.to_owned();
+    let name = cfg
+        .get_dbname()
+        .ok_or_else(|| DbError::Url("the URL names no database".into()))?
+        .to_owned();
     let mut admin = cfg.clone();
     admin.dbname("postgres");
     let (client, connection) = admin.connect(NoTls).await?;
     let conn = tokio::spawn(connection);
-    let exists = client.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name]).await?.is_some();
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await?
+        .is_some();
     let mut created = false;
     if !exists {
-        match client.batch_execute(&format!("CREATE DATABASE {}", quote_ident(&name))).await {
+        match client
+            .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&name)))
+            .await
+        {
             Ok(()) => created = true,
             // Another worker created it first.
             Err(e) if e.code() == Some(&SqlState::DUPLICATE_DATABASE) => {}

@@ -44,7 +44,12 @@ pub async fn list_sessions(pool: &Pool, f: &SessionFilter) -> Result<String, DbE
     let client = pool.get().await?;
     let stmt = client.prepare_cached(LIST_SESSIONS).await?;
     let row = client
-        .query_one(&stmt, &[&f.from, &f.to, &f.member, &f.song, &f.ended, &f.limit, &f.offset])
+        .query_one(
+            &stmt,
+            &[
+                &f.from, &f.to, &f.member, &f.song, &f.ended, &f.limit, &f.offset,
+            ],
+        )
         .await?;
     Ok(row.get(0))
 }
@@ -79,14 +84,23 @@ FROM (
 
 /// One page of a session's log, in stream order after stream sequence `after`:
 /// `{"items": [...], "next_after": <seq or null>}`.
-pub async fn page(pool: &Pool, log: Log, session: &str, after: i64, limit: i64) -> Result<String, DbError> {
+pub async fn page(
+    pool: &Pool,
+    log: Log,
+    session: &str,
+    after: i64,
+    limit: i64,
+) -> Result<String, DbError> {
     let client = pool.get().await?;
     let sql = match log {
         Log::Events => EVENTS_PAGE,
         Log::Commands => COMMANDS_PAGE,
     };
     let stmt = client.prepare_cached(sql).await?;
-    Ok(client.query_one(&stmt, &[&session, &after, &limit]).await?.get(0))
+    Ok(client
+        .query_one(&stmt, &[&session, &after, &limit])
+        .await?
+        .get(0))
 }
 
 /// Columns of the CSV export, in order.
@@ -125,7 +139,11 @@ pub enum ExportFormat {
 
 /// Streams a session's events; the pooled connection travels with the rows so
 /// it stays checked out until the last row is read.
-pub async fn export(pool: &Pool, session: &str, format: ExportFormat) -> Result<(Object, RowStream), DbError> {
+pub async fn export(
+    pool: &Pool,
+    session: &str,
+    format: ExportFormat,
+) -> Result<(Object, RowStream), DbError> {
     let client = pool.get().await?;
     let sql = match format {
         ExportFormat::Csv => EXPORT_ROWS,
@@ -156,7 +174,12 @@ pub async fn state_at(pool: &Pool, session: &str, at: Micros) -> Result<Option<S
     let client = pool.get().await?;
     let stmt = client.prepare_cached(STATE_AT).await?;
     let row = client.query_opt(&stmt, &[&session, &at]).await?;
-    Ok(row.map(|r| StateRow { seq: r.get(0), epoch: r.get(1), event_at: r.get(2), state_json: r.get(3) }))
+    Ok(row.map(|r| StateRow {
+        seq: r.get(0),
+        epoch: r.get(1),
+        event_at: r.get(2),
+        state_json: r.get(3),
+    }))
 }
 
 /// Reads an instant: microseconds since the epoch, or a timestamp PostgreSQL understands.
@@ -165,7 +188,10 @@ pub async fn instant(pool: &Pool, text: &str) -> Result<Micros, DbError> {
         return Ok(us);
     }
     let client = pool.get().await?;
-    Ok(client.query_one("SELECT bandsync_us($1::text::timestamptz)", &[&text]).await?.get(0))
+    Ok(client
+        .query_one("SELECT bandsync_us($1::text::timestamptz)", &[&text])
+        .await?
+        .get(0))
 }
 
 /// A cheap round trip for `/readyz`.

@@ -92,23 +92,53 @@ WHERE (excluded.has_led AND NOT m.has_led) OR excluded.joined_at < m.joined_at O
 
 /// Writes `rows` (all from `stream`) and commits. Nothing is half-written: on
 /// error the transaction rolls back and the caller may retry the same rows.
-pub async fn write_batch(pool: &Pool, stream: &str, kind: StreamKind, rows: &[Decoded]) -> Result<Written, DbError> {
+pub async fn write_batch(
+    pool: &Pool,
+    stream: &str,
+    kind: StreamKind,
+    rows: &[Decoded],
+) -> Result<Written, DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let mut written = Written::default();
-    let dead: Vec<&DeadRow> = rows.iter().filter_map(|r| if let Decoded::Dead(d) = r { Some(d) } else { None }).collect();
+    let dead: Vec<&DeadRow> = rows
+        .iter()
+        .filter_map(|r| {
+            if let Decoded::Dead(d) = r {
+                Some(d)
+            } else {
+                None
+            }
+        })
+        .collect();
     match kind {
         StreamKind::Events => {
-            let events: Vec<&EventRow> =
-                rows.iter().filter_map(|r| if let Decoded::Event(e) = r { Some(e) } else { None }).collect();
+            let events: Vec<&EventRow> = rows
+                .iter()
+                .filter_map(|r| {
+                    if let Decoded::Event(e) = r {
+                        Some(e)
+                    } else {
+                        None
+                    }
+                })
+                .collect();
             written.inserted = insert_events(&tx, stream, &events).await?;
             let summary = summary::summarise(events.iter().copied());
             upsert_sessions(&tx, &summary.sessions).await?;
             upsert_members(&tx, &summary.members).await?;
         }
         StreamKind::Commands => {
-            let commands: Vec<&CommandRow> =
-                rows.iter().filter_map(|r| if let Decoded::Command(c) = r { Some(c) } else { None }).collect();
+            let commands: Vec<&CommandRow> = rows
+                .iter()
+                .filter_map(|r| {
+                    if let Decoded::Command(c) = r {
+                        Some(c)
+                    } else {
+                        None
+                    }
+                })
+                .collect();
             written.inserted = insert_commands(&tx, stream, &commands).await?;
         }
     }
@@ -141,25 +171,57 @@ pub async fn write_isolating(
 
 fn as_dead(row: &Decoded, reason: String) -> DeadRow {
     let (stream_seq, subject, payload, published_us) = match row {
-        Decoded::Command(c) => (c.stream_seq, String::new(), c.payload.as_bytes().to_vec(), c.published_us),
-        Decoded::Event(e) => (e.stream_seq, String::new(), e.payload.as_bytes().to_vec(), e.published_us),
-        Decoded::Dead(d) => (d.stream_seq, d.subject.clone(), d.payload.clone(), d.published_us),
+        Decoded::Command(c) => (
+            c.stream_seq,
+            String::new(),
+            c.payload.as_bytes().to_vec(),
+            c.published_us,
+        ),
+        Decoded::Event(e) => (
+            e.stream_seq,
+            String::new(),
+            e.payload.as_bytes().to_vec(),
+            e.published_us,
+        ),
+        Decoded::Dead(d) => (
+            d.stream_seq,
+            d.subject.clone(),
+            d.payload.clone(),
+            d.published_us,
+        ),
     };
-    DeadRow { stream_seq, subject, reason, payload, published_us }
+    DeadRow {
+        stream_seq,
+        subject,
+        reason,
+        payload,
+        published_us,
+    }
 }
 
-async fn run(tx: &Transaction<'_>, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, DbError> {
+async fn run(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, DbError> {
     let stmt = tx.prepare_cached(sql).await?;
     Ok(tx.execute(&stmt, params).await?)
 }
 
-async fn insert_events(tx: &Transaction<'_>, stream: &str, rows: &[&EventRow]) -> Result<u64, DbError> {
+async fn insert_events(
+    tx: &Transaction<'_>,
+    stream: &str,
+    rows: &[&EventRow],
+) -> Result<u64, DbError> {
     if rows.is_empty() {
         return Ok(0);
     }
     let col = |f: fn(&EventRow) -> i64| rows.iter().map(|r| f(r)).collect::<Vec<i64>>();
-    let text = |f: for<'r> fn(&'r EventRow) -> &'r str| rows.iter().map(|r| f(r)).collect::<Vec<&str>>();
-    let opt = |f: for<'r> fn(&'r EventRow) -> Option<&'r str>| rows.iter().map(|r| f(r)).collect::<Vec<_>>();
+    let text =
+        |f: for<'r> fn(&'r EventRow) -> &'r str| rows.iter().map(|r| f(r)).collect::<Vec<&str>>();
+    let opt = |f: for<'r> fn(&'r EventRow) -> Option<&'r str>| {
+        rows.iter().map(|r| f(r)).collect::<Vec<_>>()
+    };
     let seq: Vec<Option<i64>> = rows.iter().map(|r| r.seq).collect();
     let epoch: Vec<Option<i64>> = rows.iter().map(|r| r.epoch).collect();
     run(
@@ -184,12 +246,17 @@ async fn insert_events(tx: &Transaction<'_>, stream: &str, rows: &[&EventRow]) -
     .await
 }
 
-async fn insert_commands(tx: &Transaction<'_>, stream: &str, rows: &[&CommandRow]) -> Result<u64, DbError> {
+async fn insert_commands(
+    tx: &Transaction<'_>,
+    stream: &str,
+    rows: &[&CommandRow],
+) -> Result<u64, DbError> {
     if rows.is_empty() {
         return Ok(0);
     }
     let col = |f: fn(&CommandRow) -> i64| rows.iter().map(|r| f(r)).collect::<Vec<i64>>();
-    let text = |f: for<'r> fn(&'r CommandRow) -> &'r str| rows.iter().map(|r| f(r)).collect::<Vec<&str>>();
+    let text =
+        |f: for<'r> fn(&'r CommandRow) -> &'r str| rows.iter().map(|r| f(r)).collect::<Vec<&str>>();
     run(
         tx,
         INSERT_COMMANDS,
@@ -209,7 +276,11 @@ async fn insert_commands(tx: &Transaction<'_>, stream: &str, rows: &[&CommandRow
     .await
 }
 
-async fn insert_dead(tx: &Transaction<'_>, stream: &str, rows: &[&DeadRow]) -> Result<u64, DbError> {
+async fn insert_dead(
+    tx: &Transaction<'_>,
+    stream: &str,
+    rows: &[&DeadRow],
+) -> Result<u64, DbError> {
     if rows.is_empty() {
         return Ok(0);
     }
@@ -218,7 +289,12 @@ async fn insert_dead(tx: &Transaction<'_>, stream: &str, rows: &[&DeadRow]) -> R
     let reasons: Vec<&str> = rows.iter().map(|r| r.reason.as_str()).collect();
     let payloads: Vec<&[u8]> = rows.iter().map(|r| r.payload.as_slice()).collect();
     let published: Vec<i64> = rows.iter().map(|r| r.published_us).collect();
-    run(tx, INSERT_DEAD, &[&stream, &seqs, &subjects, &reasons, &payloads, &published]).await
+    run(
+        tx,
+        INSERT_DEAD,
+        &[&stream, &seqs, &subjects, &reasons, &payloads, &published],
+    )
+    .await
 }
 
 async fn upsert_sessions(tx: &Transaction<'_>, rows: &[SessionRow]) -> Result<u64, DbError> {
@@ -242,7 +318,10 @@ async fn upsert_sessions(tx: &Transaction<'_>, rows: &[SessionRow]) -> Result<u6
     run(
         tx,
         UPSERT_SESSIONS,
-        &[&ids, &codes, &created, &first, &last, &seq, &epoch, &song, &playing, &beat, &bar, &tempo, &ended, &reason],
+        &[
+            &ids, &codes, &created, &first, &last, &seq, &epoch, &song, &playing, &beat, &bar,
+            &tempo, &ended, &reason,
+        ],
     )
     .await
 }
@@ -256,5 +335,10 @@ async fn upsert_members(tx: &Transaction<'_>, rows: &[MemberRow]) -> Result<u64,
     let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
     let joined: Vec<i64> = rows.iter().map(|r| r.joined_us).collect();
     let led: Vec<bool> = rows.iter().map(|r| r.has_led).collect();
-    run(tx, UPSERT_MEMBERS, &[&sessions, &ids, &names, &joined, &led]).await
+    run(
+        tx,
+        UPSERT_MEMBERS,
+        &[&sessions, &ids, &names, &joined, &led],
+    )
+    .await
 }

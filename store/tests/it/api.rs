@@ -1,0 +1,211 @@
+//! A scripted rehearsal on the bus ends up in the tables, the views and the API.
+
+use crate::support::*;
+use bandsync_nats::now_us;
+use bandsync_nats::testkit::NatsServer;
+use std::time::Duration;
+
+#[tokio::test]
+async fn rehearsal_lands_once_and_is_served() {
+    let nats = NatsServer::start().await;
+    let db = TestDb::fresh();
+    let bus = bus(&nats.url()).await;
+    let band = rehearsal("reh1", now_us() - 600_000_000);
+    publish_all(&bus.js, band.commands()).await;
+    publish_all(&bus.js, band.events()).await;
+    // The owner re-publishes an event it was unsure about: same bytes, new stream message.
+    let (subject, _, bytes) = band.events().pop().expect("events");
+    publish_raw(&bus.js, subject, bytes).await;
+    let n_events = band.events().len() as i64 + 1;
+    let n_commands = band.commands().len() as i64;
+
+    let (store, token) = start_store(&nats.url(), &db.url()).await;
+    eventually(Duration::from_secs(20), "every message stored", || async {
+        db.count("SELECT count(*) FROM events").await == n_events
+            && db.count("SELECT count(*) FROM commands").await == n_commands
+    })
+    .await;
+
+    // Same set of stream sequences as the stream holds, none twice.
+    let evt_info = bus
+        .js
+        .get_stream("BANDSYNC_EVT")
+        .await
+        .expect("stream")
+        .info()
+        .await
+        .expect("info")
+        .state
+        .clone();
+    assert_eq!(evt_info.messages as i64, n_events);
+    assert_eq!(
+        db.count("SELECT count(DISTINCT stream_seq) FROM events")
+            .await,
+        n_events
+    );
+    assert_eq!(
+        db.count("SELECT min(stream_seq) FROM events").await,
+        evt_info.first_sequence as i64
+    );
+    assert_eq!(
+        db.count("SELECT max(stream_seq) FROM events").await,
+        evt_info.last_sequence as i64
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM events WHERE kind = 'rejected'")
+            .await,
+        1
+    );
+
+    let client = db.client().await;
+    let row = client
+        .query_one(
+            "SELECT members, member_names, leaders, songs_played, tempo_changes, rejected_commands,
+                    changes_applied, last_song, playing
+             FROM session_summary WHERE session_id = 'reh1'",
+            &[],
+        )
+        .await
+        .expect("summary row");
+    assert_eq!(row.get::<_, i64>(0), 3);
+    assert_eq!(row.get::<_, Vec<String>>(1), ["ana", "bo", "cy"]);
+    assert_eq!(row.get::<_, Vec<String>>(2), ["ana", "bo"]);
+    assert_eq!(row.get::<_, Vec<String>>(3), ["Blue Train", "So What"]);
+    assert_eq!(row.get::<_, i64>(4), 1);
+    assert_eq!(row.get::<_, i64>(5), 1);
+    assert_eq!(row.get::<_, i64>(6), band.state.seq as i64);
+    assert_eq!(row.get::<_, Option<String>>(7).as_deref(), Some("So What"));
+    assert!(!row.get::<_, bool>(8));
+    let bpms: Vec<f64> = client
+        .query(
+            "SELECT bpm FROM tempo_timeline WHERE session_id = 'reh1' ORDER BY seq, change_no",
+            &[],
+        )
+        .await
+        .expect("tempo timeline")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(bpms, [120.0, 140.0, 150.0, 136.0]);
+    let rejected: (String, Option<String>) = client
+        .query_one(
+            "SELECT error_code, command FROM rejected_commands WHERE session_id = 'reh1'",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .expect("rejection");
+    assert_eq!(
+        rejected,
+        ("not_leader".to_owned(), Some("tempo".to_owned()))
+    );
+
+    // HTTP API.
+    let base = format!("http://{}", store.addr());
+    let get = |path: &str| {
+        let url = format!("{base}{path}");
+        async move { http_get(&url).await }
+    };
+    let (status, body) = get("/sessions?member=cy").await;
+    assert_eq!(status, 200, "{body}");
+    let list: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(list[0]["session_id"], "reh1");
+    assert_eq!(list[0]["songs_played"][1], "So What");
+    let (_, body) = get("/sessions?member=nobody").await;
+    assert_eq!(body, "[]");
+
+    let (_, body) = get("/sessions/reh1/events?limit=5").await;
+    let page: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(5));
+    let next = page["next_after"].as_i64().expect("a next page");
+    let (_, body) = get(&format!("/sessions/reh1/events?after={next}&limit=1000")).await;
+    let rest: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        rest["items"].as_array().map(Vec::len),
+        Some(n_events as usize - 5)
+    );
+    assert!(rest["next_after"].is_null());
+
+    let (status, csv) = get("/sessions/reh1/export.csv").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        csv.lines().next(),
+        Some(
+            "stream_seq,seq,epoch,kind,changes,actor,cmd_id,error_code,occurred_at,published_at,payload"
+        )
+    );
+    assert_eq!(
+        csv.lines()
+            .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+            .count(),
+        n_events as usize
+    );
+    let (_, ndjson) = get("/sessions/reh1/export.ndjson").await;
+    assert_eq!(ndjson.lines().count(), n_events as usize);
+    for line in ndjson.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("each line is JSON");
+        assert!(v["payload"]["type"].is_string());
+    }
+
+    let (status, body) = get("/sessions/bad.id/events").await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = get("/sessions/reh1/state?at=not-a-time").await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = get("/healthz").await;
+    assert_eq!(status, 200);
+    let (status, body) = get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let (_, metrics) = get("/metrics").await;
+    assert!(
+        metrics.contains(&format!(
+            "bandsync_store_rows_inserted_total{{stream=\"events\"}} {n_events}"
+        )),
+        "{metrics}"
+    );
+
+    token.cancel();
+    store.wait().await;
+}
+
+/// A minimal HTTP/1.1 GET (the store's API is plain HTTP; no client crate needed).
+pub async fn http_get(url: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut stream = tokio::net::TcpStream::connect(host).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).await.expect("read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("http response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = &rest[n + 2..];
+    }
+    out
+}

@@ -1,0 +1,142 @@
+//! Acceptance 4: a garbage message lands in dead_letters with its reason, and
+//! the messages after it are stored.
+
+use crate::support::*;
+use bandsync_nats::now_us;
+use bandsync_nats::testkit::NatsServer;
+use bytes::Bytes;
+use std::time::Duration;
+
+#[tokio::test]
+async fn garbage_goes_to_dead_letters_and_the_pipeline_goes_on() {
+    let nats = NatsServer::start().await;
+    let db = TestDb::fresh();
+    let bus = bus(&nats.url()).await;
+    let (store, token) = start_store(&nats.url(), &db.url()).await;
+
+    let band = rehearsal("dl1", now_us());
+    let events = band.events();
+    let (first, later) = events.split_at(3);
+    publish_all(&bus.js, first.to_vec()).await;
+    let garbage_evt = publish_raw(
+        &bus.js,
+        "bandsync.sess.dl1.evt".into(),
+        Bytes::from_static(b"\xff\xfe not json"),
+    )
+    .await;
+    let garbage_cmd = publish_raw(
+        &bus.js,
+        "bandsync.cmd.3.dl1".into(),
+        Bytes::from_static(b"{\"type\":\"tempo\"}"),
+    )
+    .await;
+    // Valid JSON, wrong session for its subject.
+    let (_, _, bytes) = events[0].clone();
+    let misrouted = publish_raw(&bus.js, "bandsync.sess.other.evt".into(), bytes).await;
+    publish_all(&bus.js, later.to_vec()).await;
+    publish_all(&bus.js, band.commands()).await;
+
+    let expected = events.len() as i64;
+    eventually(Duration::from_secs(20), "later events stored", || async {
+        db.count("SELECT count(*) FROM events").await == expected
+            && db.count("SELECT count(*) FROM dead_letters").await == 3
+            && db.count("SELECT count(*) FROM commands").await == band.commands().len() as i64
+    })
+    .await;
+
+    let client = db.client().await;
+    let rows = client
+        .query("SELECT stream, stream_seq, subject, reason, payload FROM dead_letters ORDER BY stream, stream_seq", &[])
+        .await
+        .expect("dead letters");
+    let got: Vec<(String, i64, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "BANDSYNC_CMD".to_owned(),
+                garbage_cmd as i64,
+                "bandsync.cmd.3.dl1".to_owned()
+            ),
+            (
+                "BANDSYNC_EVT".to_owned(),
+                garbage_evt as i64,
+                "bandsync.sess.dl1.evt".to_owned()
+            ),
+            (
+                "BANDSYNC_EVT".to_owned(),
+                misrouted as i64,
+                "bandsync.sess.other.evt".to_owned()
+            ),
+        ]
+    );
+    let reasons: Vec<String> = rows.iter().map(|r| r.get(3)).collect();
+    assert!(reasons[0].contains("not a command envelope"), "{reasons:?}");
+    assert!(reasons[1].contains("not an event"), "{reasons:?}");
+    assert!(reasons[2].contains("names session other"), "{reasons:?}");
+    assert_eq!(
+        rows[1].get::<_, Vec<u8>>(4),
+        b"\xff\xfe not json",
+        "the payload is kept byte for byte"
+    );
+    assert!(
+        store
+            .metrics()
+            .render()
+            .contains("bandsync_store_dead_letters_total{stream=\"events\"} 2")
+    );
+
+    token.cancel();
+    store.wait().await;
+}
+
+/// A message JSON accepts but PostgreSQL's jsonb refuses (a NUL character) is
+/// isolated from its batch and dead-lettered; its neighbours are stored.
+#[tokio::test]
+async fn a_row_postgres_refuses_is_isolated() {
+    let nats = NatsServer::start().await;
+    let db = TestDb::fresh();
+    let bus = bus(&nats.url()).await;
+    let mut band = Band::create("nul1", "ana", now_us());
+    let chart = "intro\u{0}verse".to_owned();
+    let song = bandsync_nats::Song {
+        title: "Nul".into(),
+        tempo_bpm: None,
+        beats_per_bar: None,
+        chart,
+    };
+    band.hello("ana", now_us()).send(
+        "ana",
+        bandsync_nats::Command::Setlist { songs: vec![song] },
+        now_us(),
+    );
+    band.send("ana", bandsync_nats::Command::Tempo { bpm: 99.0 }, now_us());
+    // Every event after the setlist carries the chart in its state: all three are refused.
+    publish_all(&bus.js, band.events()).await;
+    let (store, token) = start_store(&nats.url(), &db.url()).await;
+    eventually(
+        Duration::from_secs(20),
+        "events and dead letters",
+        || async {
+            db.count("SELECT count(*) FROM events").await == 2
+                && db.count("SELECT count(*) FROM dead_letters").await == 2
+        },
+    )
+    .await;
+    let reason: String = db
+        .client()
+        .await
+        .query_one(
+            "SELECT reason FROM dead_letters ORDER BY stream_seq LIMIT 1",
+            &[],
+        )
+        .await
+        .expect("row")
+        .get(0);
+    assert!(reason.contains("refused by PostgreSQL"), "{reason}");
+    token.cancel();
+    store.wait().await;
+}

@@ -1,0 +1,9 @@
+//! Integration tests against a real nats-server (testkit) and the local PostgreSQL,
+//! with a fresh database per test.
+
+mod api;
+mod crash;
+mod dead_letter;
+mod pg_outage;
+mod replay;
+mod support;

@@ -1,0 +1,148 @@
+//! Acceptance 3: PostgreSQL goes away mid-run and comes back; the store retries
+//! and nothing is lost or doubled. Two ways, neither touching the shared server:
+//! a TCP proxy between store and PostgreSQL that the test cuts (connections reset,
+//! new ones refused, as during a restart), and `pg_terminate_backend` on the
+//! store's connections (what a server restart does to them).
+
+use crate::api::http_get;
+use crate::support::*;
+use bandsync_nats::testkit::NatsServer;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// Forwards TCP to PostgreSQL until cut; while cut, drops every connection.
+struct Proxy {
+    port: u16,
+    cut: watch::Sender<bool>,
+}
+
+impl Proxy {
+    async fn start(upstream: &'static str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let (cut, _) = watch::channel(false);
+        let cut_rx = cut.subscribe();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut rx = cut_rx.clone();
+                if *rx.borrow() {
+                    continue; // dropped at once: the client sees the connection closed
+                }
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = rx.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Self { port, cut }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_rides_out_a_postgres_outage() {
+    let nats = NatsServer::start().await;
+    let db = TestDb::fresh();
+    let bus = bus(&nats.url()).await;
+    let proxy = Proxy::start("127.0.0.1:5432").await;
+    let via_proxy = format!("postgres://postgres@127.0.0.1:{}/{}", proxy.port, db.name);
+    let (store, token) = start_store(&nats.url(), &via_proxy).await;
+
+    let events = bulk_events("o", 20, 500);
+    let total = events.len() as i64;
+    let js = bus.js.clone();
+    // Paced: about 2,500 events/s for 4 s, so the outage falls mid-stream.
+    let publisher = tokio::spawn(async move {
+        for chunk in events.chunks(250) {
+            publish_all(&js, chunk.to_vec()).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    proxy.set_cut(true);
+    let ready = format!("http://{}/readyz", store.addr());
+    eventually(
+        Duration::from_secs(5),
+        "readyz reports postgres down",
+        || async { http_get(&ready).await.0 == 503 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = db.count("SELECT count(*) FROM events").await;
+    proxy.set_cut(false);
+
+    publisher.await.expect("publisher");
+    eventually(Duration::from_secs(60), "all events stored", || async {
+        db.count("SELECT count(*) FROM events").await == total
+    })
+    .await;
+    assert!(
+        during < total,
+        "the outage fell mid-stream ({during} of {total})"
+    );
+    assert_eq!(
+        db.count("SELECT count(DISTINCT stream_seq) FROM events")
+            .await,
+        total
+    );
+    assert_eq!(db.count("SELECT max(stream_seq) FROM events").await, total);
+    let metrics = store.metrics().render();
+    assert!(
+        !metrics.contains("bandsync_store_write_errors_total{stream=\"events\"} 0"),
+        "{metrics}"
+    );
+    assert_eq!(http_get(&ready).await.0, 200);
+    token.cancel();
+    store.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_survives_its_connections_being_terminated() {
+    let nats = NatsServer::start().await;
+    let db = TestDb::fresh();
+    let bus = bus(&nats.url()).await;
+    let (store, token) = start_store(&nats.url(), &db.url()).await;
+    let events = bulk_events("t", 20, 300);
+    let total = events.len() as i64;
+    let js = bus.js.clone();
+    let publisher = tokio::spawn(async move {
+        for chunk in events.chunks(300) {
+            publish_all(&js, chunk.to_vec()).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let admin = db.client().await;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .expect("terminate backends");
+    }
+    publisher.await.expect("publisher");
+    eventually(Duration::from_secs(60), "all events stored", || async {
+        db.count("SELECT count(*) FROM events").await == total
+    })
+    .await;
+    assert_eq!(
+        db.count("SELECT count(DISTINCT stream_seq) FROM events")
+            .await,
+        total
+    );
+    token.cancel();
+    store.wait().await;
+}
