@@ -166,7 +166,9 @@ pub struct WsQuery {
 /// `GET /ws?token=…`: the member's WebSocket.
 pub async fn websocket(State(app): State<Arc<AppState>>, Query(q): Query<WsQuery>, ws: WebSocketUpgrade) -> Result<Response, ApiError> {
     let claims = app.tokens.verify(&q.token).map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, e.to_string()))?;
-    let max = app.config.max_frame_bytes;
+    // Messages up to 4x the limit are read whole and refused with a clean
+    // close (`too_large`); only larger ones hit the transport's hard cap.
+    let max = app.config.max_frame_bytes.saturating_mul(4);
     Ok(ws
         .read_buffer_size(4096)
         .write_buffer_size(4096)

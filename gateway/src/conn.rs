@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 /// A socket that cannot take a frame for this long is given up on.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closing socket waits for the client's close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 pub async fn serve(socket: WebSocket, app: Arc<AppState>, claims: Claims) {
     let session = claims.session.clone();
@@ -94,6 +96,11 @@ impl Conn {
                 incoming = self.socket.recv() => {
                     let now = Instant::now();
                     match incoming {
+                        Some(Ok(Message::Text(text))) if text.len() > self.app.config.max_frame_bytes => {
+                            let max = self.app.config.max_frame_bytes;
+                            self.close_code(close_code::SIZE, ErrorCode::TooLarge, &format!("message larger than {max} bytes")).await;
+                            return Err("too large");
+                        }
                         Some(Ok(Message::Text(text))) => {
                             if !limit.allow(now) {
                                 metrics::counter!("bandsync_gateway_rate_limited_total").increment(1);
@@ -177,11 +184,21 @@ impl Conn {
         self.close_code(close_code::POLICY, code, reason).await;
     }
 
-    /// Sends an error frame, then a close frame whose reason is the error code.
+    /// Sends an error frame, then a close frame whose reason is the error code,
+    /// and waits briefly for the client's close so it reads both before the
+    /// TCP connection goes.
     async fn close_code(&mut self, ws_code: u16, code: ErrorCode, reason: &str) {
         let _ = self.send_error(code, reason, None).await;
         let frame = CloseFrame { code: ws_code, reason: Utf8Bytes::from(code.as_str()) };
         let _ = self.send(Message::Close(Some(frame))).await;
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            while let Some(Ok(msg)) = self.socket.recv().await {
+                if matches!(msg, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 }
 

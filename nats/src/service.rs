@@ -6,8 +6,13 @@ use tokio_util::sync::CancellationToken;
 
 /// Logs to stderr; `RUST_LOG` overrides the default `info` level.
 pub fn init_tracing() {
+    init_tracing_at("info");
+}
+
+/// Logs to stderr at `default` unless `RUST_LOG` says otherwise (tests use "warn").
+pub fn init_tracing_at(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // A second call (tests start several services in one process) is harmless.
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
 }

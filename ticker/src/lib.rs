@@ -27,7 +27,10 @@ pub use config::Config;
 use futures::StreamExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use owned::Registry;
-use std::collections::HashSet;
+use async_nats::jetstream::kv;
+use bandsync_nats::bus::{GATEWAY_HEARTBEAT, GATEWAY_TTL};
+use bandsync_nats::{Micros, now_us};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use tokio::sync::watch;
@@ -40,8 +43,8 @@ pub struct Ctx {
     pub config: Config,
     pub rules: Rules,
     pub ticker_id: String,
-    /// Gateways alive now (`None` until first read): members on others are gone.
-    pub live_gateways: watch::Receiver<Option<HashSet<String>>>,
+    /// Gateway heartbeats (`None` until the watch starts): members on dead gateways are gone.
+    pub live_gateways: watch::Receiver<Option<Gateways>>,
 }
 
 /// A running ticker.
@@ -126,21 +129,61 @@ async fn readyz(State((ctx, registry)): State<(Arc<Ctx>, Registry)>) -> (StatusC
     (code, format!("nats: {state:?}\nticker: {}\nshards_owned: {}\n", ctx.ticker_id, registry.len()))
 }
 
-/// Keeps the set of live gateways fresh (every heartbeat period).
-async fn watch_gateways(bus: Bus, live: watch::Sender<Option<HashSet<String>>>, shutdown: CancellationToken) {
-    let mut every = tokio::time::interval(bandsync_nats::bus::GATEWAY_HEARTBEAT);
+/// Follows gateway heartbeats on the gateways bucket (current values first,
+/// then every put), so owners can tell which members' gateways are gone.
+async fn watch_gateways(bus: Bus, view: watch::Sender<Option<Gateways>>, shutdown: CancellationToken) {
+    let mut gateways = Gateways { since: now_us(), last_seen: HashMap::new() };
     loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = every.tick() => {
-                match bus.gateways.keys().await {
-                    Ok(keys) => {
-                        let set: HashSet<String> = keys.filter_map(|k| async move { k.ok() }).collect().await;
-                        live.send_replace(Some(set));
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cannot list gateways"),
+        let mut entries = match bus.gateways.watch_with_history(">").await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch gateways; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(GATEWAY_HEARTBEAT) => continue,
                 }
             }
+        };
+        loop {
+            let entry = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                entry = entries.next() => entry,
+            };
+            match entry {
+                Some(Ok(entry)) => {
+                    if entry.operation == kv::Operation::Put {
+                        let seen = i64::try_from(entry.created.unix_timestamp_nanos() / 1000).unwrap_or(0);
+                        gateways.last_seen.insert(entry.key, seen);
+                    } else {
+                        gateways.last_seen.remove(&entry.key);
+                    }
+                    view.send_replace(Some(gateways.clone()));
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "gateway watch error; restarting it");
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+/// When each gateway last announced itself.
+#[derive(Debug, Clone)]
+pub struct Gateways {
+    since: Micros,
+    last_seen: HashMap<String, Micros>,
+}
+
+impl Gateways {
+    /// A gateway is gone once its heartbeat is older than the bucket's TTL
+    /// (or was never seen although we have been watching that long).
+    pub fn is_gone(&self, gateway: &str, now: Micros) -> bool {
+        let ttl = Micros::try_from(GATEWAY_TTL.as_micros()).unwrap_or(6_000_000);
+        match self.last_seen.get(gateway) {
+            Some(&seen) => now - seen > ttl,
+            None => now - self.since > ttl,
         }
     }
 }

@@ -280,7 +280,7 @@ impl Worker {
                     .filter_map(|m| {
                         let conn = m.conn.as_deref()?;
                         let gateway = conn.split('/').next()?;
-                        (!live.contains(gateway)).then(|| (m.id.clone(), conn.to_owned()))
+                        live.is_gone(gateway, now).then(|| (m.id.clone(), conn.to_owned()))
                     })
                     .collect(),
             };

@@ -1,0 +1,152 @@
+use bandsync_client::{Api, Connection, Joined};
+use bandsync_gateway::Gateway;
+use bandsync_nats::testkit::NatsServer;
+use bandsync_nats::{ServerMsg, state::Change};
+use bandsync_ticker::Ticker;
+use clap::Parser;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub const SECRET: &str = "system-test-secret-0123456789";
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Knobs the tests turn; everything else is the services' defaults.
+#[derive(Clone, Copy)]
+pub struct Knobs {
+    pub gateways: usize,
+    pub tick_ms: u64,
+    pub leader_grace_ms: u64,
+    pub max_members: usize,
+}
+
+impl Default for Knobs {
+    fn default() -> Self {
+        Self { gateways: 2, tick_ms: 100, leader_grace_ms: 1_000, max_members: 12 }
+    }
+}
+
+pub struct Stack {
+    pub nats: NatsServer,
+    pub gateways: Vec<(Gateway, CancellationToken)>,
+    pub tickers: Vec<(Ticker, CancellationToken)>,
+    pub knobs: Knobs,
+}
+
+impl Stack {
+    pub async fn start(knobs: Knobs) -> Stack {
+        bandsync_nats::service::init_tracing_at("warn");
+        let nats = NatsServer::start().await;
+        let mut stack = Stack { nats, gateways: Vec::new(), tickers: Vec::new(), knobs };
+        stack.add_ticker().await;
+        for i in 0..knobs.gateways {
+            stack.add_gateway(&format!("gw-{i}")).await;
+        }
+        stack.wait_for_shards().await;
+        stack
+    }
+
+    pub async fn add_ticker(&mut self) {
+        let k = self.knobs;
+        let config = bandsync_ticker::Config::parse_from([
+            "bandsync-ticker".to_string(),
+            format!("--nats-url={}", self.nats.url()),
+            "--listen=127.0.0.1:0".into(),
+            format!("--tick-ms={}", k.tick_ms),
+            format!("--leader-grace-ms={}", k.leader_grace_ms),
+            format!("--max-members={}", k.max_members),
+            "--shards=16".into(),
+        ]);
+        let token = CancellationToken::new();
+        let ticker = bandsync_ticker::start(config, token.clone()).await.expect("ticker starts");
+        self.tickers.push((ticker, token));
+    }
+
+    pub async fn add_gateway(&mut self, id: &str) {
+        let config = bandsync_gateway::Config::parse_from([
+            "bandsync-gateway".to_string(),
+            format!("--nats-url={}", self.nats.url()),
+            "--listen=127.0.0.1:0".into(),
+            format!("--token-secret={SECRET}"),
+            format!("--gateway-id={id}"),
+            format!("--max-members={}", self.knobs.max_members),
+            "--max-frame-bytes=4096".into(),
+            "--shards=16".into(),
+        ]);
+        let token = CancellationToken::new();
+        let gateway = bandsync_gateway::start(config, token.clone()).await.expect("gateway starts");
+        self.gateways.push((gateway, token));
+    }
+
+    /// Until the ticker owns every shard, commands would only queue.
+    async fn wait_for_shards(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.tickers.iter().map(|(t, _)| t.shards_owned()).sum::<usize>() < 16 {
+            assert!(tokio::time::Instant::now() < deadline, "ticker never took its shards");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn base(&self, gateway: usize) -> String {
+        format!("http://{}", self.gateways[gateway].0.addr)
+    }
+
+    pub fn api(&self, gateway: usize) -> Api {
+        Api::new(self.base(gateway))
+    }
+
+    /// Connects with a token and waits until the member shows as connected.
+    pub async fn connect(&self, gateway: usize, joined: &Joined) -> Connection {
+        let mut c = Connection::connect(&self.base(gateway), &joined.token).await.expect("connects");
+        let me = joined.member.clone();
+        if !c.state.member(&me).is_some_and(|m| m.connected) {
+            c.wait_for(WAIT, |m| matches!(m, ServerMsg::Event(e) if e.state.member(&me).is_some_and(|m| m.connected)))
+                .await
+                .expect("own connection announced");
+        }
+        c
+    }
+}
+
+/// A leader plus followers at the gateways given, all connected and clock-synced.
+pub async fn band(stack: &Stack, leader_gw: usize, follower_gws: &[usize]) -> (Connection, Vec<Connection>) {
+    let api = stack.api(leader_gw);
+    let lead = api.create("Leader").await.expect("create");
+    let mut leader = stack.connect(leader_gw, &lead).await;
+    let mut followers = Vec::new();
+    for (i, &gw) in follower_gws.iter().enumerate() {
+        let joined = stack.api(gw).join(lead.code.as_str(), &format!("Follower {i}")).await.expect("join");
+        let mut f = stack.connect(gw, &joined).await;
+        f.sync_clock(8).await.expect("clock sync");
+        followers.push(f);
+    }
+    leader.sync_clock(8).await.expect("clock sync");
+    // Everyone has seen everyone join.
+    let n = follower_gws.len() + 1;
+    for c in std::iter::once(&mut leader).chain(followers.iter_mut()) {
+        if c.state.members.iter().filter(|m| m.connected).count() < n {
+            c.wait_for(WAIT, |m| matches!(m, ServerMsg::Event(e) if e.state.members.iter().filter(|m| m.connected).count() == n))
+                .await
+                .expect("all members visible");
+        }
+    }
+    (leader, followers)
+}
+
+/// Waits for the next event whose changes include one of `kind`.
+pub async fn event_of_kind(c: &mut Connection, kind: &str) -> (bandsync_nats::EventMsg, Change) {
+    let msg = c
+        .wait_for(WAIT, |m| matches!(m, ServerMsg::Event(e) if e.changes.iter().any(|ch| ch.kind() == kind)))
+        .await
+        .unwrap_or_else(|e| panic!("no {kind} event: {e}"));
+    let ServerMsg::Event(e) = msg else { unreachable!("matched an event") };
+    let change = e.changes.iter().find(|ch| ch.kind() == kind).cloned().expect("matched");
+    (*e, change)
+}
+
+pub fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}

@@ -1,0 +1,9 @@
+//! System tests: real nats-server processes, real tickers and gateways (in
+//! this process, each with its own shutdown token), clients speaking the real
+//! WebSocket protocol through bandsync-client.
+
+mod common;
+mod errors;
+mod leadership;
+mod sync;
+mod ticks;
