@@ -45,3 +45,11 @@ default_target_dir() {
 
 # tcp_open HOST PORT: whether something accepts TCP connections there.
 tcp_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+# cargo on PATH, or rustup's default location (CI shells may not source ~/.cargo/env).
+need_cargo() {
+    if ! command -v cargo >/dev/null && [[ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]]; then
+        export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+    fi
+    need cargo "install Rust with rustup (https://rustup.rs), then: rustup component add rustfmt clippy"
+}
