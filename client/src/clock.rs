@@ -64,9 +64,17 @@ mod tests {
         c.add_sample(0, 5_000 + 500, 1_000);
         c.add_sample(10_000, 5_000 + 10_500, 11_000);
         c.add_sample(20_000, 5_000 + 20_500, 61_000);
-        assert_eq!(c.offset(), 5_000 - 6_666, "with only three samples the delayed one counts");
+        assert_eq!(
+            c.offset(),
+            5_000 - 6_666,
+            "with only three samples the delayed one counts"
+        );
         c.add_sample(30_000, 5_000 + 30_500, 31_000);
-        assert_eq!(c.offset(), 5_000, "the delayed sample is no longer among the best three");
+        assert_eq!(
+            c.offset(),
+            5_000,
+            "the delayed sample is no longer among the best three"
+        );
         assert_eq!(c.min_rtt(), Some(1_000));
         assert_eq!(c.to_server(100), 5_100);
     }

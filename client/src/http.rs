@@ -22,7 +22,11 @@ pub enum ApiError {
     Transport(String),
     /// The gateway answered with an error: its status, code and sentence.
     #[error("{status} {code}: {message}")]
-    Refused { status: u16, code: String, message: String },
+    Refused {
+        status: u16,
+        code: String,
+        message: String,
+    },
 }
 
 /// A gateway's HTTP API at `http://host:port`.
@@ -39,7 +43,9 @@ struct ErrorBody {
 
 impl Api {
     pub fn new(base: impl Into<String>) -> Self {
-        Self { base: base.into().trim_end_matches('/').to_owned() }
+        Self {
+            base: base.into().trim_end_matches('/').to_owned(),
+        }
     }
 
     pub fn base(&self) -> &str {
@@ -48,19 +54,31 @@ impl Api {
 
     /// Creates a session; the caller is its leader.
     pub async fn create(&self, name: &str) -> Result<Joined, ApiError> {
-        self.post("/api/sessions", serde_json::json!({ "name": name })).await
+        self.post("/api/sessions", serde_json::json!({ "name": name }))
+            .await
     }
 
     /// Joins the session behind `code`.
     pub async fn join(&self, code: &str, name: &str) -> Result<Joined, ApiError> {
-        self.post("/api/join", serde_json::json!({ "code": code, "name": name })).await
+        self.post(
+            "/api/join",
+            serde_json::json!({ "code": code, "name": name }),
+        )
+        .await
     }
 
     async fn post(&self, path: &str, body: serde_json::Value) -> Result<Joined, ApiError> {
         let transport = |e: &dyn std::fmt::Display| ApiError::Transport(e.to_string());
-        let authority = self.base.strip_prefix("http://").ok_or_else(|| transport(&"base must start with http://"))?;
-        let stream = tokio::net::TcpStream::connect(authority).await.map_err(|e| transport(&e))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| transport(&e))?;
+        let authority = self
+            .base
+            .strip_prefix("http://")
+            .ok_or_else(|| transport(&"base must start with http://"))?;
+        let stream = tokio::net::TcpStream::connect(authority)
+            .await
+            .map_err(|e| transport(&e))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| transport(&e))?;
         tokio::spawn(conn);
         let req = Request::post(path)
             .header("host", authority)
@@ -69,11 +87,20 @@ impl Api {
             .map_err(|e| transport(&e))?;
         let res = sender.send_request(req).await.map_err(|e| transport(&e))?;
         let status = res.status().as_u16();
-        let bytes = res.into_body().collect().await.map_err(|e| transport(&e))?.to_bytes();
+        let bytes = res
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| transport(&e))?
+            .to_bytes();
         if (200..300).contains(&status) {
             return serde_json::from_slice(&bytes).map_err(|e| transport(&e));
         }
         let err: ErrorBody = serde_json::from_slice(&bytes).map_err(|e| transport(&e))?;
-        Err(ApiError::Refused { status, code: err.code, message: err.message })
+        Err(ApiError::Refused {
+            status,
+            code: err.code,
+            message: err.message,
+        })
     }
 }

@@ -58,7 +58,9 @@ impl Connection {
     /// Connects and waits for the welcome.
     pub async fn connect(base: &str, token: &str) -> Result<Self, ClientError> {
         let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(base, token)).await?;
-        let first = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.map_err(|_| ClientError::Timeout)?;
+        let first = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .map_err(|_| ClientError::Timeout)?;
         let msg = match first {
             Some(Ok(Message::Text(t))) => parse(&t)?,
             Some(Ok(Message::Close(f))) => return Err(ClientError::Closed(f)),
@@ -77,14 +79,19 @@ impl Connection {
                 backlog: Default::default(),
                 last_tick: None,
             }),
-            ServerMsg::Error(e) => Err(ClientError::NoWelcome(format!("error {}: {}", e.code.as_str(), e.message))),
+            ServerMsg::Error(e) => Err(ClientError::NoWelcome(format!(
+                "error {}: {}",
+                e.code.as_str(),
+                e.message
+            ))),
             other => Err(ClientError::NoWelcome(format!("{other:?}"))),
         }
     }
 
     /// Sends a command (with an optional client id echoed in errors).
     pub async fn send(&mut self, command: &Command, id: Option<&str>) -> Result<(), ClientError> {
-        let mut value = serde_json::to_value(command).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let mut value =
+            serde_json::to_value(command).map_err(|e| ClientError::Decode(e.to_string()))?;
         if let (Some(id), Some(obj)) = (id, value.as_object_mut()) {
             obj.insert("id".into(), id.into());
         }
@@ -119,11 +126,17 @@ impl Connection {
 
     /// Like `next`, with a deadline.
     pub async fn next_within(&mut self, limit: Duration) -> Result<ServerMsg, ClientError> {
-        tokio::time::timeout(limit, self.next()).await.map_err(|_| ClientError::Timeout)?
+        tokio::time::timeout(limit, self.next())
+            .await
+            .map_err(|_| ClientError::Timeout)?
     }
 
     /// Waits for the first message matching `pred`, keeping the view up to date.
-    pub async fn wait_for(&mut self, limit: Duration, mut pred: impl FnMut(&ServerMsg) -> bool) -> Result<ServerMsg, ClientError> {
+    pub async fn wait_for(
+        &mut self,
+        limit: Duration,
+        mut pred: impl FnMut(&ServerMsg) -> bool,
+    ) -> Result<ServerMsg, ClientError> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -166,10 +179,14 @@ impl Connection {
     pub async fn sync_clock(&mut self, n: usize) -> Result<(), ClientError> {
         for _ in 0..n {
             let t0 = now_us();
-            self.send_raw(format!(r#"{{"type":"ping","t0":{t0}}}"#)).await?;
+            self.send_raw(format!(r#"{{"type":"ping","t0":{t0}}}"#))
+                .await?;
             loop {
-                let msg = tokio::time::timeout(Duration::from_secs(5), self.next_raw()).await.map_err(|_| ClientError::Timeout)??;
-                let is_pong = matches!(msg, ServerMsg::Pong { t0: echoed, .. } if echoed as Micros == t0);
+                let msg = tokio::time::timeout(Duration::from_secs(5), self.next_raw())
+                    .await
+                    .map_err(|_| ClientError::Timeout)??;
+                let is_pong =
+                    matches!(msg, ServerMsg::Pong { t0: echoed, .. } if echoed as Micros == t0);
                 if self.absorb(&msg) && !is_pong {
                     self.backlog.push_back(msg);
                 }
@@ -217,5 +234,10 @@ pub fn as_error(msg: &ServerMsg) -> Option<&ErrorMsg> {
 }
 
 fn parse(text: &str) -> Result<ServerMsg, ClientError> {
-    serde_json::from_str(text).map_err(|e| ClientError::Decode(format!("{e}: {}", text.chars().take(200).collect::<String>())))
+    serde_json::from_str(text).map_err(|e| {
+        ClientError::Decode(format!(
+            "{e}: {}",
+            text.chars().take(200).collect::<String>()
+        ))
+    })
 }

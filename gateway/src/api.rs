@@ -9,8 +9,8 @@ use axum::response::{IntoResponse, Response};
 use bandsync_nats::service::{random_id, random_join_code};
 use bandsync_nats::wire::BusHeader;
 use bandsync_nats::{
-    Command, CommandEnvelope, CommandId, DisplayName, ErrorCode, JoinCode, MemberId, SessionId, SessionState, Subjects,
-    now_us, shard_of,
+    Command, CommandEnvelope, CommandId, DisplayName, ErrorCode, JoinCode, MemberId, SessionId,
+    SessionState, Subjects, now_us, shard_of,
 };
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -31,11 +31,19 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
     }
     fn unavailable(what: impl std::fmt::Display) -> Self {
         tracing::warn!(error = %what, "api dependency unavailable");
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "BandSync is temporarily unavailable; try again")
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "BandSync is temporarily unavailable; try again",
+        )
     }
 }
 
@@ -66,12 +74,17 @@ pub struct Joined {
 }
 
 fn parse_name(name: &str) -> Result<DisplayName, ApiError> {
-    DisplayName::parse(name).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::Invalid, e.to_string()))
+    DisplayName::parse(name)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::Invalid, e.to_string()))
 }
 
 /// `POST /api/sessions`: the caller becomes the leader of a new session.
-pub async fn create(State(app): State<Arc<AppState>>, body: Result<Json<CreateRequest>, axum::extract::rejection::JsonRejection>) -> Result<(StatusCode, Json<Joined>), ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::Invalid, e.body_text()))?;
+pub async fn create(
+    State(app): State<Arc<AppState>>,
+    body: Result<Json<CreateRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Joined>), ApiError> {
+    let Json(req) = body
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::Invalid, e.body_text()))?;
     let name = parse_name(&req.name)?;
     let session = SessionId::parse(random_id(12)).expect("random ids are valid");
     let member = MemberId::parse(random_id(12)).expect("random ids are valid");
@@ -81,16 +94,35 @@ pub async fn create(State(app): State<Arc<AppState>>, body: Result<Json<CreateRe
         return Err(e);
     }
     tracing::info!(session = %session, "session created");
-    let token = app.tokens.sign(&Claims { session: session.clone(), member: member.clone(), name });
-    Ok((StatusCode::CREATED, Json(Joined { session, code, member, token })))
+    let token = app.tokens.sign(&Claims {
+        session: session.clone(),
+        member: member.clone(),
+        name,
+    });
+    Ok((
+        StatusCode::CREATED,
+        Json(Joined {
+            session,
+            code,
+            member,
+            token,
+        }),
+    ))
 }
 
 async fn reserve_code(app: &AppState, session: &SessionId) -> Result<JoinCode, ApiError> {
     for _ in 0..CODE_ATTEMPTS {
         let code = random_join_code();
-        match app.bus.codes.create(code.as_str(), session.as_str().to_owned().into()).await {
+        match app
+            .bus
+            .codes
+            .create(code.as_str(), session.as_str().to_owned().into())
+            .await
+        {
             Ok(_) => return Ok(code),
-            Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => continue,
+            Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => {
+                continue;
+            }
             Err(e) => return Err(ApiError::unavailable(e)),
         }
     }
@@ -98,8 +130,19 @@ async fn reserve_code(app: &AppState, session: &SessionId) -> Result<JoinCode, A
 }
 
 /// Sends `create` to the session's owner and waits for the `created` event.
-async fn confirm_create(app: &AppState, session: &SessionId, member: &MemberId, name: &DisplayName, code: &JoinCode) -> Result<(), ApiError> {
-    let mut events = app.bus.client.subscribe(app.bus.subjects.evt(session)).await.map_err(ApiError::unavailable)?;
+async fn confirm_create(
+    app: &AppState,
+    session: &SessionId,
+    member: &MemberId,
+    name: &DisplayName,
+    code: &JoinCode,
+) -> Result<(), ApiError> {
+    let mut events = app
+        .bus
+        .client
+        .subscribe(app.bus.subjects.evt(session))
+        .await
+        .map_err(ApiError::unavailable)?;
     let id = CommandId::parse(random_id(16)).expect("random ids are valid");
     let envelope = CommandEnvelope {
         id: id.clone(),
@@ -108,11 +151,20 @@ async fn confirm_create(app: &AppState, session: &SessionId, member: &MemberId, 
         gateway: app.gateway_id.clone(),
         client_ref: None,
         sent_at: now_us(),
-        command: Command::Create { code: code.clone(), name: name.clone() },
+        command: Command::Create {
+            code: code.clone(),
+            name: name.clone(),
+        },
     };
-    let subject = app.bus.subjects.cmd(shard_of(session, app.config.shards), session);
+    let subject = app
+        .bus
+        .subjects
+        .cmd(shard_of(session, app.config.shards), session);
     let payload = serde_json::to_vec(&envelope).expect("commands serialise");
-    app.bus.publish_durable(subject, id.as_str(), payload.into()).await.map_err(ApiError::unavailable)?;
+    app.bus
+        .publish_durable(subject, id.as_str(), payload.into())
+        .await
+        .map_err(ApiError::unavailable)?;
     let confirmed = tokio::time::timeout(CREATE_TIMEOUT, async {
         while let Some(msg) = events.next().await {
             if let Ok(head) = serde_json::from_slice::<BusHeader>(&msg.payload) {
@@ -139,23 +191,60 @@ async fn confirm_create(app: &AppState, session: &SessionId, member: &MemberId, 
 }
 
 /// `POST /api/join`: a member token for the session behind a join code.
-pub async fn join(State(app): State<Arc<AppState>>, body: Result<Json<JoinRequest>, axum::extract::rejection::JsonRejection>) -> Result<Json<Joined>, ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::Invalid, e.body_text()))?;
+pub async fn join(
+    State(app): State<Arc<AppState>>,
+    body: Result<Json<JoinRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Joined>, ApiError> {
+    let Json(req) = body
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::Invalid, e.body_text()))?;
     let name = parse_name(&req.name)?;
-    let code = JoinCode::parse(&req.code).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::Invalid, e.to_string()))?;
-    let unknown = || ApiError::new(StatusCode::NOT_FOUND, ErrorCode::UnknownSession, format!("no session has the code {code}"));
-    let raw = app.bus.codes.get(code.as_str()).await.map_err(ApiError::unavailable)?.ok_or_else(unknown)?;
-    let session = SessionId::parse(String::from_utf8_lossy(&raw).into_owned()).map_err(|_| unknown())?;
+    let code = JoinCode::parse(&req.code)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::Invalid, e.to_string()))?;
+    let unknown = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::UnknownSession,
+            format!("no session has the code {code}"),
+        )
+    };
+    let raw = app
+        .bus
+        .codes
+        .get(code.as_str())
+        .await
+        .map_err(ApiError::unavailable)?
+        .ok_or_else(unknown)?;
+    let session =
+        SessionId::parse(String::from_utf8_lossy(&raw).into_owned()).map_err(|_| unknown())?;
     let key = Subjects::session_key(shard_of(&session, app.config.shards), &session);
-    let raw = app.bus.sessions.get(key).await.map_err(ApiError::unavailable)?.ok_or_else(unknown)?;
+    let raw = app
+        .bus
+        .sessions
+        .get(key)
+        .await
+        .map_err(ApiError::unavailable)?
+        .ok_or_else(unknown)?;
     let state: SessionState = serde_json::from_slice(&raw).map_err(ApiError::unavailable)?;
     // Early refusal for the common case; the owner enforces the cap exactly.
     if state.members.len() >= app.config.max_members {
-        return Err(ApiError::new(StatusCode::CONFLICT, ErrorCode::SessionFull, "this session is full"));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::SessionFull,
+            "this session is full",
+        ));
     }
     let member = MemberId::parse(random_id(12)).expect("random ids are valid");
-    let token = app.tokens.sign(&Claims { session: session.clone(), member: member.clone(), name });
-    Ok(Json(Joined { session, code, member, token }))
+    let token = app.tokens.sign(&Claims {
+        session: session.clone(),
+        member: member.clone(),
+        name,
+    });
+    Ok(Json(Joined {
+        session,
+        code,
+        member,
+        token,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -164,8 +253,18 @@ pub struct WsQuery {
 }
 
 /// `GET /ws?token=…`: the member's WebSocket.
-pub async fn websocket(State(app): State<Arc<AppState>>, Query(q): Query<WsQuery>, ws: WebSocketUpgrade) -> Result<Response, ApiError> {
-    let claims = app.tokens.verify(&q.token).map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, e.to_string()))?;
+pub async fn websocket(
+    State(app): State<Arc<AppState>>,
+    Query(q): Query<WsQuery>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let claims = app.tokens.verify(&q.token).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            e.to_string(),
+        )
+    })?;
     // Messages up to 4x the limit are read whole and refused with a clean
     // close (`too_large`); only larger ones hit the transport's hard cap.
     let max = app.config.max_frame_bytes.saturating_mul(4);

@@ -3,13 +3,20 @@
 use std::net::SocketAddr;
 
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "bandsync-gateway", about = "BandSync WebSocket gateway: serves the web client and fans out session traffic")]
+#[command(
+    name = "bandsync-gateway",
+    about = "BandSync WebSocket gateway: serves the web client and fans out session traffic"
+)]
 pub struct Config {
     /// Address to listen on for HTTP and WebSocket (port 0 picks a free port).
     #[arg(long, env = "BANDSYNC_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// NATS server URL(s), comma-separated; nats-server 2.11 or newer.
-    #[arg(long, env = "BANDSYNC_NATS_URL", default_value = "nats://127.0.0.1:14222")]
+    #[arg(
+        long,
+        env = "BANDSYNC_NATS_URL",
+        default_value = "nats://127.0.0.1:14222"
+    )]
     pub nats_url: String,
     /// Prefix of every subject, stream and bucket.
     #[arg(long, env = "BANDSYNC_PREFIX", default_value = "bandsync")]
@@ -46,12 +53,21 @@ pub struct Config {
 impl Config {
     /// Checks everything before anything is bound or connected.
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.token_secret.len() >= 16, "--token-secret must be at least 16 bytes");
+        anyhow::ensure!(
+            self.token_secret.len() >= 16,
+            "--token-secret must be at least 16 bytes"
+        );
         anyhow::ensure!(self.shards > 0, "--shards must be positive");
         anyhow::ensure!((1..=5).contains(&self.replicas), "--replicas must be 1..=5");
-        anyhow::ensure!(self.lease_ttl_ms >= 1000, "--lease-ttl-ms must be at least 1000");
+        anyhow::ensure!(
+            self.lease_ttl_ms >= 1000,
+            "--lease-ttl-ms must be at least 1000"
+        );
         anyhow::ensure!(self.max_members >= 1, "--max-members must be at least 1");
-        anyhow::ensure!((1024..=1 << 20).contains(&self.max_frame_bytes), "--max-frame-bytes must be 1 KiB..=1 MiB");
+        anyhow::ensure!(
+            (1024..=1 << 20).contains(&self.max_frame_bytes),
+            "--max-frame-bytes must be 1 KiB..=1 MiB"
+        );
         anyhow::ensure!(self.client_queue >= 4, "--client-queue must be at least 4");
         anyhow::ensure!(self.rate_limit >= 1, "--rate-limit must be at least 1");
         bandsync_nats::Subjects::new(&self.prefix)?;

@@ -2,15 +2,16 @@
 //! the hub's events and ticks back out. One task per socket keeps memory per
 //! idle connection small; a client only ever waits on its own socket.
 
+use crate::AppState;
 use crate::hub::{ClientHandle, Outbound};
 use crate::ratelimit::{ERROR_INTERVAL, RateLimit};
 use crate::token::Claims;
-use crate::AppState;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, close_code};
 use bandsync_nats::service::random_id;
 use bandsync_nats::wire::ErrorMsg;
 use bandsync_nats::{
-    ClientMsg, Command, CommandEnvelope, CommandId, ErrorCode, SessionState, ServerMsg, Subjects, now_us, shard_of,
+    ClientMsg, Command, CommandEnvelope, CommandId, ErrorCode, ServerMsg, SessionState, Subjects,
+    now_us, shard_of,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,21 +27,34 @@ pub async fn serve(socket: WebSocket, app: Arc<AppState>, claims: Claims) {
         Ok(h) => h,
         Err(e) => {
             tracing::warn!(error = %e, "cannot subscribe");
-            close_with(socket, ErrorCode::Unavailable, "the message bus is unavailable; try again").await;
+            close_with(
+                socket,
+                ErrorCode::Unavailable,
+                "the message bus is unavailable; try again",
+            )
+            .await;
             return;
         }
     };
     let conn_id = format!("{}/{}", app.gateway_id, handle.conn);
     let conn = handle.conn;
     metrics::gauge!("bandsync_gateway_connections").increment(1);
-    let mut c = Conn { app: app.clone(), claims, conn_id, socket, last_seq: 0 };
+    let mut c = Conn {
+        app: app.clone(),
+        claims,
+        conn_id,
+        socket,
+        last_seq: 0,
+    };
     if let Err(reason) = c.run(handle).await {
         tracing::debug!(member = %c.claims.member, reason, "connection ended");
     }
     metrics::gauge!("bandsync_gateway_connections").decrement(1);
     app.hub.leave(&session, conn).await;
     // Best effort: tell the owner this connection is gone (a stale bye is ignored).
-    let bye = Command::Bye { conn: c.conn_id.clone() };
+    let bye = Command::Bye {
+        conn: c.conn_id.clone(),
+    };
     let _ = publish(&app, &c.claims, bye, None).await;
 }
 
@@ -58,20 +72,39 @@ impl Conn {
         let state = match read_state(&self.app, &self.claims).await {
             Ok(Some(state)) => state,
             Ok(None) => {
-                self.close(ErrorCode::UnknownSession, "this session has ended or never existed").await;
+                self.close(
+                    ErrorCode::UnknownSession,
+                    "this session has ended or never existed",
+                )
+                .await;
                 return Err("unknown session");
             }
             Err(()) => {
-                self.close(ErrorCode::Unavailable, "session state is unavailable; try again").await;
+                self.close(
+                    ErrorCode::Unavailable,
+                    "session state is unavailable; try again",
+                )
+                .await;
                 return Err("kv unavailable");
             }
         };
         self.last_seq = state.seq;
-        let welcome = ServerMsg::Welcome { member: self.claims.member.clone(), server_time: now_us(), state: Box::new(state) };
+        let welcome = ServerMsg::Welcome {
+            member: self.claims.member.clone(),
+            server_time: now_us(),
+            state: Box::new(state),
+        };
         self.send_msg(&welcome).await?;
-        let hello = Command::Hello { name: self.claims.name.clone(), conn: self.conn_id.clone() };
+        let hello = Command::Hello {
+            name: self.claims.name.clone(),
+            conn: self.conn_id.clone(),
+        };
         if publish(&self.app, &self.claims, hello, None).await.is_err() {
-            self.close(ErrorCode::Unavailable, "cannot reach the session owner; try again").await;
+            self.close(
+                ErrorCode::Unavailable,
+                "cannot reach the session owner; try again",
+            )
+            .await;
             return Err("hello failed");
         }
         let mut limit = RateLimit::new(self.app.config.rate_limit, Instant::now());
@@ -139,10 +172,24 @@ impl Conn {
 
     async fn handle_text(&mut self, text: &str) -> Result<(), &'static str> {
         match ClientMsg::parse(text) {
-            Ok(ClientMsg::Ping { t0 }) => self.send_msg(&ServerMsg::Pong { t0, server_time: now_us() }).await,
+            Ok(ClientMsg::Ping { t0 }) => {
+                self.send_msg(&ServerMsg::Pong {
+                    t0,
+                    server_time: now_us(),
+                })
+                .await
+            }
             Ok(ClientMsg::Command { id, command }) => {
-                if publish(&self.app, &self.claims, command, id.clone()).await.is_err() {
-                    self.send_error(ErrorCode::Unavailable, "the session owner is unreachable; try again", id).await?;
+                if publish(&self.app, &self.claims, command, id.clone())
+                    .await
+                    .is_err()
+                {
+                    self.send_error(
+                        ErrorCode::Unavailable,
+                        "the session owner is unreachable; try again",
+                        id,
+                    )
+                    .await?;
                 }
                 Ok(())
             }
@@ -168,8 +215,14 @@ impl Conn {
         self.send(Message::Text(text.into())).await
     }
 
-    async fn send_error(&mut self, code: ErrorCode, message: &str, id: Option<String>) -> Result<(), &'static str> {
-        self.send_msg(&ServerMsg::Error(ErrorMsg::new(code, message, id))).await
+    async fn send_error(
+        &mut self,
+        code: ErrorCode,
+        message: &str,
+        id: Option<String>,
+    ) -> Result<(), &'static str> {
+        self.send_msg(&ServerMsg::Error(ErrorMsg::new(code, message, id)))
+            .await
     }
 
     async fn send(&mut self, msg: Message) -> Result<(), &'static str> {
@@ -189,7 +242,10 @@ impl Conn {
     /// TCP connection goes.
     async fn close_code(&mut self, ws_code: u16, code: ErrorCode, reason: &str) {
         let _ = self.send_error(code, reason, None).await;
-        let frame = CloseFrame { code: ws_code, reason: Utf8Bytes::from(code.as_str()) };
+        let frame = CloseFrame {
+            code: ws_code,
+            reason: Utf8Bytes::from(code.as_str()),
+        };
         let _ = self.send(Message::Close(Some(frame))).await;
         let _ = tokio::time::timeout(CLOSE_LINGER, async {
             while let Some(Ok(msg)) = self.socket.recv().await {
@@ -203,7 +259,12 @@ impl Conn {
 }
 
 /// Publishes a command for this member to the session's shard.
-async fn publish(app: &AppState, claims: &Claims, command: Command, client_ref: Option<String>) -> Result<(), ()> {
+async fn publish(
+    app: &AppState,
+    claims: &Claims,
+    command: Command,
+    client_ref: Option<String>,
+) -> Result<(), ()> {
     let id = CommandId::parse(random_id(16)).expect("random ids are valid");
     let envelope = CommandEnvelope {
         id: id.clone(),
@@ -217,15 +278,21 @@ async fn publish(app: &AppState, claims: &Claims, command: Command, client_ref: 
     let shard = shard_of(&claims.session, app.config.shards);
     let subject = app.bus.subjects.cmd(shard, &claims.session);
     let payload = serde_json::to_vec(&envelope).expect("commands serialise");
-    app.bus.publish_durable(subject, id.as_str(), payload.into()).await.map(|_| ()).map_err(|e| {
-        metrics::counter!("bandsync_gateway_publish_failures_total").increment(1);
-        tracing::warn!(error = %e, "command publish failed");
-    })
+    app.bus
+        .publish_durable(subject, id.as_str(), payload.into())
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            metrics::counter!("bandsync_gateway_publish_failures_total").increment(1);
+            tracing::warn!(error = %e, "command publish failed");
+        })
 }
 
 fn is_too_large(e: &axum::Error) -> bool {
     use std::error::Error as _;
-    let inner = e.source().and_then(|s| s.downcast_ref::<tungstenite::Error>());
+    let inner = e
+        .source()
+        .and_then(|s| s.downcast_ref::<tungstenite::Error>());
     matches!(inner, Some(tungstenite::Error::Capacity(_)))
 }
 
@@ -233,7 +300,10 @@ async fn close_with(mut socket: WebSocket, code: ErrorCode, reason: &str) {
     let err = ServerMsg::Error(ErrorMsg::new(code, reason, None));
     let text = serde_json::to_string(&err).expect("server messages serialise");
     let _ = socket.send(Message::Text(text.into())).await;
-    let frame = CloseFrame { code: close_code::AGAIN, reason: Utf8Bytes::from(code.as_str()) };
+    let frame = CloseFrame {
+        code: close_code::AGAIN,
+        reason: Utf8Bytes::from(code.as_str()),
+    };
     let _ = socket.send(Message::Close(Some(frame))).await;
 }
 
@@ -241,7 +311,12 @@ async fn close_with(mut socket: WebSocket, code: ErrorCode, reason: &str) {
 async fn read_state(app: &AppState, claims: &Claims) -> Result<Option<SessionState>, ()> {
     let shard = shard_of(&claims.session, app.config.shards);
     let key = Subjects::session_key(shard, &claims.session);
-    let entry = app.bus.sessions.get(key).await.map_err(|e| tracing::warn!(error = %e, "kv get"))?;
+    let entry = app
+        .bus
+        .sessions
+        .get(key)
+        .await
+        .map_err(|e| tracing::warn!(error = %e, "kv get"))?;
     match entry {
         None => Ok(None),
         Some(bytes) => serde_json::from_slice(&bytes)

@@ -45,7 +45,10 @@ struct ClientSlot {
 
 impl ClientSlot {
     fn kick(&self, code: ErrorCode, reason: &str) {
-        let _ = self.kick_reason.set(Kick { code, reason: reason.to_owned() });
+        let _ = self.kick_reason.set(Kick {
+            code,
+            reason: reason.to_owned(),
+        });
         self.kick.cancel();
     }
 }
@@ -82,11 +85,20 @@ pub struct SubscribeError {
 
 impl Hub {
     pub fn new(bus: Bus, queue: usize) -> Self {
-        Self { bus, sessions: Default::default(), next_conn: AtomicU64::new(1), queue }
+        Self {
+            bus,
+            sessions: Default::default(),
+            next_conn: AtomicU64::new(1),
+            queue,
+        }
     }
 
     /// Registers a client, subscribing to the session if it is the first one here.
-    pub async fn join(&self, session: &SessionId, member: &MemberId) -> Result<ClientHandle, SubscribeError> {
+    pub async fn join(
+        &self,
+        session: &SessionId,
+        member: &MemberId,
+    ) -> Result<ClientHandle, SubscribeError> {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (events_tx, events_rx) = mpsc::channel(self.queue);
         let (ticks_tx, ticks_rx) = watch::channel(None);
@@ -105,10 +117,15 @@ impl Hub {
             Some(local) => local.clone(),
             None => {
                 let subject = self.bus.subjects.session_all(session);
-                let sub = self.bus.client.subscribe(subject).await.map_err(|e| SubscribeError {
-                    session: session.clone(),
-                    message: e.to_string(),
-                })?;
+                let sub = self
+                    .bus
+                    .client
+                    .subscribe(subject)
+                    .await
+                    .map_err(|e| SubscribeError {
+                        session: session.clone(),
+                        message: e.to_string(),
+                    })?;
                 let local = Arc::new(LocalSession {
                     clients: Mutex::new(Vec::new()),
                     epoch: AtomicU64::new(0),
@@ -121,13 +138,21 @@ impl Hub {
             }
         };
         lock(&local.clients).push(slot);
-        Ok(ClientHandle { conn, events: events_rx, ticks: ticks_rx, kick, kick_reason })
+        Ok(ClientHandle {
+            conn,
+            events: events_rx,
+            ticks: ticks_rx,
+            kick,
+            kick_reason,
+        })
     }
 
     /// Removes a client; unsubscribes from the session when it was the last one here.
     pub async fn leave(&self, session: &SessionId, conn: u64) {
         let mut sessions = self.sessions.lock().await;
-        let Some(local) = sessions.get(session).cloned() else { return };
+        let Some(local) = sessions.get(session).cloned() else {
+            return;
+        };
         let empty = {
             let mut clients = lock(&local.clients);
             clients.retain(|c| c.conn != conn);
@@ -164,7 +189,10 @@ async fn fan_out(session: SessionId, mut sub: async_nats::Subscriber, local: Arc
             tracing::warn!(session = %session, subject = %msg.subject, "dropping undecodable bus message");
             continue;
         };
-        let newest = local.epoch.fetch_max(head.epoch, Ordering::AcqRel).max(head.epoch);
+        let newest = local
+            .epoch
+            .fetch_max(head.epoch, Ordering::AcqRel)
+            .max(head.epoch);
         if head.epoch < newest {
             metrics::counter!("bandsync_gateway_stale_epoch_dropped_total").increment(1);
             continue;
@@ -179,23 +207,40 @@ async fn fan_out(session: SessionId, mut sub: async_nats::Subscriber, local: Arc
                 for c in clients.iter() {
                     c.ticks.send_replace(Some(text.clone()));
                 }
-                metrics::counter!("bandsync_gateway_ticks_forwarded_total").increment(clients.len() as u64);
+                metrics::counter!("bandsync_gateway_ticks_forwarded_total")
+                    .increment(clients.len() as u64);
             }
             "event" => {
                 for c in clients.iter() {
-                    let out = Outbound::Event { seq: head.seq, text: text.clone() };
+                    let out = Outbound::Event {
+                        seq: head.seq,
+                        text: text.clone(),
+                    };
                     if c.events.try_send(out).is_err() {
-                        c.kick(ErrorCode::SlowClient, "your device fell too far behind; reconnecting");
+                        c.kick(
+                            ErrorCode::SlowClient,
+                            "your device fell too far behind; reconnecting",
+                        );
                         metrics::counter!("bandsync_gateway_slow_clients_total").increment(1);
                     }
                 }
             }
             "error" => {
-                for c in clients.iter().filter(|c| head.to.as_ref() == Some(&c.member)) {
+                for c in clients
+                    .iter()
+                    .filter(|c| head.to.as_ref() == Some(&c.member))
+                {
                     if head.code == Some(ErrorCode::SessionFull) {
                         c.kick(ErrorCode::SessionFull, "this session is full");
-                    } else if c.events.try_send(Outbound::Error { text: text.clone() }).is_err() {
-                        c.kick(ErrorCode::SlowClient, "your device fell too far behind; reconnecting");
+                    } else if c
+                        .events
+                        .try_send(Outbound::Error { text: text.clone() })
+                        .is_err()
+                    {
+                        c.kick(
+                            ErrorCode::SlowClient,
+                            "your device fell too far behind; reconnecting",
+                        );
                     }
                 }
             }

@@ -73,7 +73,12 @@ pub fn prometheus() -> &'static PrometheusHandle {
 /// Connects to NATS, binds the listener and serves until `shutdown` is cancelled.
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Gateway> {
     config.validate()?;
-    let gateway_id = GatewayId::parse(config.gateway_id.clone().unwrap_or_else(|| format!("gw-{}", random_id(6))))?;
+    let gateway_id = GatewayId::parse(
+        config
+            .gateway_id
+            .clone()
+            .unwrap_or_else(|| format!("gw-{}", random_id(6))),
+    )?;
     let subjects = Subjects::new(&config.prefix)?;
     let settings = BusSettings {
         url: config.nats_url.clone(),
@@ -82,7 +87,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         lease_ttl: Duration::from_millis(config.lease_ttl_ms),
         name: format!("bandsync-gateway-{gateway_id}"),
     };
-    let bus = Bus::open(&settings, subjects).await.context("opening the NATS bus")?;
+    let bus = Bus::open(&settings, subjects)
+        .await
+        .context("opening the NATS bus")?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -123,14 +130,22 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         tracing::info!("gateway stopped");
         Ok(())
     });
-    Ok(Gateway { addr, id: gateway_id, task })
+    Ok(Gateway {
+        addr,
+        id: gateway_id,
+        task,
+    })
 }
 
 async fn readyz(State(app): State<Arc<AppState>>) -> (StatusCode, String) {
     let state = app.bus.client.connection_state();
     let ready = state == async_nats::connection::State::Connected;
     let sessions = app.hub.session_count().await;
-    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, format!("nats: {state:?}\nsessions: {sessions}\n"))
 }
 

@@ -14,7 +14,12 @@ pub struct RateLimit {
 impl RateLimit {
     pub fn new(rate_per_sec: u32, now: Instant) -> Self {
         let rate = f64::from(rate_per_sec);
-        Self { rate, burst: rate * 2.0, tokens: rate * 2.0, last: now }
+        Self {
+            rate,
+            burst: rate * 2.0,
+            tokens: rate * 2.0,
+            last: now,
+        }
     }
 
     /// Takes one token if there is one.
@@ -42,11 +47,22 @@ mod tests {
     fn bursts_then_sustained_rate() {
         let t0 = Instant::now();
         let mut rl = RateLimit::new(10, t0);
-        assert_eq!((0..30).filter(|_| rl.allow(t0)).count(), 20, "burst of twice the rate");
+        assert_eq!(
+            (0..30).filter(|_| rl.allow(t0)).count(),
+            20,
+            "burst of twice the rate"
+        );
         assert!(!rl.allow(t0));
-        assert!(rl.allow(t0 + Duration::from_millis(100)), "one token back after 1/rate seconds");
+        assert!(
+            rl.allow(t0 + Duration::from_millis(100)),
+            "one token back after 1/rate seconds"
+        );
         assert!(!rl.allow(t0 + Duration::from_millis(100)));
         let later = t0 + Duration::from_secs(60);
-        assert_eq!((0..30).filter(|_| rl.allow(later)).count(), 20, "refill is capped at the burst");
+        assert_eq!(
+            (0..30).filter(|_| rl.allow(later)).count(),
+            20,
+            "refill is capped at the burst"
+        );
     }
 }

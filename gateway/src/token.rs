@@ -4,9 +4,9 @@
 //! (jsonwebtoken's HMAC needs its rust_crypto feature, which drags in RSA and
 //! elliptic-curve crates; two well-kept primitives do the job here.)
 
+use bandsync_nats::{DisplayName, MemberId, SessionId};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use bandsync_nats::{DisplayName, MemberId, SessionId};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -33,7 +33,9 @@ pub struct TokenKey {
 
 impl TokenKey {
     pub fn new(secret: &[u8]) -> Self {
-        Self { secret: secret.to_vec() }
+        Self {
+            secret: secret.to_vec(),
+        }
     }
 
     fn mac(&self) -> Hmac<Sha256> {
@@ -50,11 +52,16 @@ impl TokenKey {
 
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         let (body, sig) = token.split_once('.').ok_or(TokenError::Malformed)?;
-        let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| TokenError::Malformed)?;
+        let sig = URL_SAFE_NO_PAD
+            .decode(sig)
+            .map_err(|_| TokenError::Malformed)?;
         let mut mac = self.mac();
         mac.update(body.as_bytes());
-        mac.verify_slice(&sig).map_err(|_| TokenError::BadSignature)?;
-        let json = URL_SAFE_NO_PAD.decode(body).map_err(|_| TokenError::Malformed)?;
+        mac.verify_slice(&sig)
+            .map_err(|_| TokenError::BadSignature)?;
+        let json = URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| TokenError::Malformed)?;
         serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)
     }
 }
@@ -76,10 +83,16 @@ mod tests {
         let key = TokenKey::new(b"0123456789abcdef");
         let token = key.sign(&claims());
         assert_eq!(key.verify(&token), Ok(claims()));
-        assert_eq!(TokenKey::new(b"another secret!!").verify(&token), Err(TokenError::BadSignature));
+        assert_eq!(
+            TokenKey::new(b"another secret!!").verify(&token),
+            Err(TokenError::BadSignature)
+        );
         let (body, sig) = token.split_once('.').expect("two parts");
         let forged = URL_SAFE_NO_PAD.encode(br#"{"session":"s1","member":"boss","name":"X"}"#);
-        assert_eq!(key.verify(&format!("{forged}.{sig}")), Err(TokenError::BadSignature));
+        assert_eq!(
+            key.verify(&format!("{forged}.{sig}")),
+            Err(TokenError::BadSignature)
+        );
         assert_eq!(key.verify(body), Err(TokenError::Malformed));
         assert_eq!(key.verify("a.b.c"), Err(TokenError::Malformed));
     }

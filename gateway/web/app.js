@@ -639,6 +639,8 @@
     $('#role').textContent = st ? (leader ? 'Leader' : 'Follower') : '—';
     $('#role').dataset.role = leader ? 'leader' : 'follower';
     $('#leader-controls').hidden = !st || !leader;
+    $('#quickbar').hidden = !st || !leader;
+    document.body.classList.toggle('has-quickbar', !!st && leader);
     $('#follower-controls').hidden = !st || leader;
     $('#song-editor').hidden = !st || !leader;
     document.body.dataset.role = leader ? 'leader' : 'follower';
@@ -794,9 +796,13 @@
     $('#play-btn').disabled = seg.playing;
     $('#pause-btn').disabled = !seg.playing;
     $('#stop-btn').disabled = !seg.playing && seg.anchor_beat === 0;
+    $('#q-play').textContent = seg.playing ? '❚❚ Pause' : '▶ Play';
+    $('#q-play').classList.toggle('play', !seg.playing);
+    $('#q-stop').disabled = $('#stop-btn').disabled;
     const now = performance.now();
     const ti = $('#tempo-input');
     if (document.activeElement !== ti && now > tempoDirty) ti.value = fmtBpm(seg.tempo_bpm);
+    $('#q-bpm').textContent = ti.value;
     const mb = $('#meter-beats');
     const mu = $('#meter-unit');
     if (document.activeElement !== mb && document.activeElement !== mu) {
@@ -887,6 +893,7 @@
   function setTempoSoon(bpm, delay) {
     bpm = Math.round(Math.min(400, Math.max(20, bpm)) * 10) / 10;
     $('#tempo-input').value = fmtBpm(bpm);
+    $('#q-bpm').textContent = fmtBpm(bpm);
     tempoDirty = performance.now() + delay + 1500;
     clearTimeout(tempoTimer);
     tempoTimer = setTimeout(() => send({ type: 'tempo', bpm }), delay);
@@ -996,6 +1003,7 @@
     });
 
     $('#leave-btn').addEventListener('click', () => {
+      releaseScreen();
       disconnect();
       Sound.disable();
       updateSoundBtn();
@@ -1020,6 +1028,13 @@
 
     $('#play-btn').addEventListener('click', () => send({ type: 'play', count_in_bars: Number($('#count-in').value) }));
     $('#pause-btn').addEventListener('click', () => send({ type: 'pause' }));
+    $('#q-play').addEventListener('click', () => {
+      if (latestSeg().playing) send({ type: 'pause' });
+      else send({ type: 'play', count_in_bars: Number($('#count-in').value) });
+    });
+    $('#q-stop').addEventListener('click', () => send({ type: 'stop' }));
+    $('#q-down').addEventListener('click', () => setTempoSoon(Number($('#tempo-input').value) - 1, 400));
+    $('#q-up').addEventListener('click', () => setTempoSoon(Number($('#tempo-input').value) + 1, 400));
     $('#stop-btn').addEventListener('click', () => send({ type: 'stop' }));
     $('#seek-form').addEventListener('submit', (e) => {
       e.preventDefault();
@@ -1066,14 +1081,43 @@
     $('#chart').addEventListener('touchmove', () => (userScrolledAt = performance.now()), { passive: true });
 
     document.addEventListener('visibilitychange', () => {
-      if (!document.hidden) ping(); // timers were throttled: refresh the clock at once
+      if (document.hidden) return;
+      ping(); // timers were throttled: refresh the clock at once
+      holdScreen();
     });
+    document.addEventListener('pointerdown', holdScreen);
+    document.addEventListener('keydown', onKey);
     window.addEventListener('online', () => {
       if (Conn.wanted && !Conn.ws) {
         Conn.attempt = 0;
         connect();
       }
     });
+  }
+
+  // Keep the screen on while in a session: a phone that dims mid-song is no use on stage.
+  let wakeLock = null;
+  async function holdScreen() {
+    if (wakeLock || !navigator.wakeLock || document.hidden || !S.auth) return;
+    try {
+      wakeLock = await navigator.wakeLock.request('screen');
+      wakeLock.addEventListener('release', () => (wakeLock = null));
+    } catch {
+      /* not allowed yet: tried again on the next tap */
+    }
+  }
+  function releaseScreen() {
+    wakeLock?.release().catch(() => {});
+    wakeLock = null;
+  }
+
+  /** Space plays or pauses for the leader, unless typing or on a button. */
+  function onKey(e) {
+    if (e.code !== 'Space' || e.repeat || !isLeader() || $('#session').hidden) return;
+    if (e.target.closest('input, textarea, select, button, summary, [contenteditable]')) return;
+    e.preventDefault();
+    if (latestSeg().playing) send({ type: 'pause' });
+    else send({ type: 'play', count_in_bars: Number($('#count-in').value) });
   }
 
   function updateSoundBtn() {

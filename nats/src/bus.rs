@@ -27,7 +27,10 @@ const MAX_STATE_BYTES: i32 = 512 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     #[error("cannot connect to NATS at {url}: {source}")]
-    Connect { url: String, source: async_nats::ConnectError },
+    Connect {
+        url: String,
+        source: async_nats::ConnectError,
+    },
     #[error("nats-server {found} is too old: BandSync needs {}.{} or newer (JetStream KV limit markers)", MIN_SERVER_VERSION.0, MIN_SERVER_VERSION.1)]
     ServerTooOld { found: String },
     #[error("declaring {what}: {message}")]
@@ -72,7 +75,10 @@ impl Bus {
             .retry_on_initial_connect()
             .connect(&settings.url)
             .await
-            .map_err(|source| BusError::Connect { url: settings.url.clone(), source })?;
+            .map_err(|source| BusError::Connect {
+                url: settings.url.clone(),
+                source,
+            })?;
         tokio::time::timeout(Duration::from_secs(5), async {
             while client.server_info().version.is_empty() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -83,8 +89,22 @@ impl Bus {
         check_version(&client.server_info().version)?;
         let js = jetstream::new(client.clone());
         let replicas = settings.replicas;
-        declare_stream(&js, &subjects.cmd_stream(), vec![subjects.cmd_all()], CMD_MAX_AGE, replicas).await?;
-        declare_stream(&js, &subjects.evt_stream(), vec![subjects.evt_all()], EVT_MAX_AGE, replicas).await?;
+        declare_stream(
+            &js,
+            &subjects.cmd_stream(),
+            vec![subjects.cmd_all()],
+            CMD_MAX_AGE,
+            replicas,
+        )
+        .await?;
+        declare_stream(
+            &js,
+            &subjects.evt_stream(),
+            vec![subjects.evt_all()],
+            EVT_MAX_AGE,
+            replicas,
+        )
+        .await?;
         let bucket = |name: String, max_age: Duration| kv::Config {
             bucket: name,
             history: 1,
@@ -98,16 +118,45 @@ impl Bus {
         let cursors = declare_kv(&js, bucket(subjects.cursors_bucket(), Duration::ZERO)).await?;
         let gateways = declare_kv(&js, bucket(subjects.gateways_bucket(), GATEWAY_TTL)).await?;
         // Limit markers make an expired lease visible to watchers, so standbys campaign at once.
-        let with_markers = |c: kv::Config| kv::Config { limit_markers: Some(Duration::from_secs(1)), ..c };
-        let leases = declare_kv(&js, with_markers(bucket(subjects.leases_bucket(), settings.lease_ttl))).await?;
-        let tickers = declare_kv(&js, with_markers(bucket(subjects.tickers_bucket(), settings.lease_ttl * 2))).await?;
-        Ok(Self { client, js, subjects, sessions, codes, leases, cursors, gateways, tickers })
+        let with_markers = |c: kv::Config| kv::Config {
+            limit_markers: Some(Duration::from_secs(1)),
+            ..c
+        };
+        let leases = declare_kv(
+            &js,
+            with_markers(bucket(subjects.leases_bucket(), settings.lease_ttl)),
+        )
+        .await?;
+        let tickers = declare_kv(
+            &js,
+            with_markers(bucket(subjects.tickers_bucket(), settings.lease_ttl * 2)),
+        )
+        .await?;
+        Ok(Self {
+            client,
+            js,
+            subjects,
+            sessions,
+            codes,
+            leases,
+            cursors,
+            gateways,
+            tickers,
+        })
     }
 
     /// Publishes to a JetStream-captured subject and waits for the ack. `msg_id`
     /// makes a retry within the duplicate window harmless.
-    pub async fn publish_durable(&self, subject: String, msg_id: &str, payload: Bytes) -> Result<u64, BusError> {
-        let fail = |message: String| BusError::Publish { subject: subject.clone(), message };
+    pub async fn publish_durable(
+        &self,
+        subject: String,
+        msg_id: &str,
+        payload: Bytes,
+    ) -> Result<u64, BusError> {
+        let fail = |message: String| BusError::Publish {
+            subject: subject.clone(),
+            message,
+        };
         let mut headers = HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
         let ack = tokio::time::timeout(PUBLISH_TIMEOUT, async {
@@ -126,10 +175,14 @@ impl Bus {
 
 /// Refuses servers older than `MIN_SERVER_VERSION`.
 pub fn check_version(version: &str) -> Result<(), BusError> {
-    let mut parts = version.split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    let mut parts = version
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
     let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     if found < MIN_SERVER_VERSION {
-        return Err(BusError::ServerTooOld { found: version.to_owned() });
+        return Err(BusError::ServerTooOld {
+            found: version.to_owned(),
+        });
     }
     Ok(())
 }
@@ -153,7 +206,10 @@ async fn declare_stream(
     js.get_or_create_stream(config)
         .await
         .map(|_| ())
-        .map_err(|e| BusError::Declare { what: format!("stream {name}"), message: e.to_string() })
+        .map_err(|e| BusError::Declare {
+            what: format!("stream {name}"),
+            message: e.to_string(),
+        })
 }
 
 async fn declare_kv(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, BusError> {
@@ -167,7 +223,10 @@ async fn declare_kv(js: &jetstream::Context, config: kv::Config) -> Result<kv::S
         Err(create_err) => js
             .get_key_value(&name)
             .await
-            .map_err(|_| BusError::Declare { what: format!("bucket {name}"), message: create_err.to_string() }),
+            .map_err(|_| BusError::Declare {
+                what: format!("bucket {name}"),
+                message: create_err.to_string(),
+            }),
     }
 }
 

@@ -29,24 +29,45 @@ pub struct Song {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
     // --- sent by members (leader-only unless noted) ---
-    Tempo { bpm: f64 },
-    Meter { beats_per_bar: u8, beat_unit: u8 },
+    Tempo {
+        bpm: f64,
+    },
+    Meter {
+        beats_per_bar: u8,
+        beat_unit: u8,
+    },
     Play {
         #[serde(default)]
         count_in_bars: u8,
     },
     Pause,
     Stop,
-    Seek { beat: f64 },
-    Setlist { songs: Vec<Song> },
-    Song { index: usize },
-    HandLeadership { to: MemberId },
+    Seek {
+        beat: f64,
+    },
+    Setlist {
+        songs: Vec<Song>,
+    },
+    Song {
+        index: usize,
+    },
+    HandLeadership {
+        to: MemberId,
+    },
     /// Any member; granted at once if the leader is away or it is the displaced leader.
     RequestLeadership,
     // --- sent by gateways on members' behalf; refused from clients ---
-    Create { code: JoinCode, name: DisplayName },
-    Hello { name: DisplayName, conn: String },
-    Bye { conn: String },
+    Create {
+        code: JoinCode,
+        name: DisplayName,
+    },
+    Hello {
+        name: DisplayName,
+        conn: String,
+    },
+    Bye {
+        conn: String,
+    },
 }
 
 impl Command {
@@ -68,13 +89,18 @@ impl Command {
     pub fn validate(&self) -> Result<(), InvalidValue> {
         match self {
             Command::Tempo { bpm } => check_bpm(*bpm),
-            Command::Meter { beats_per_bar, beat_unit } => check_meter(*beats_per_bar, *beat_unit),
-            Command::Play { count_in_bars } if *count_in_bars > MAX_COUNT_IN_BARS => Err(InvalidValue::new(
-                "count_in_bars",
-                format!("must be 0..={MAX_COUNT_IN_BARS}"),
-            )),
+            Command::Meter {
+                beats_per_bar,
+                beat_unit,
+            } => check_meter(*beats_per_bar, *beat_unit),
+            Command::Play { count_in_bars } if *count_in_bars > MAX_COUNT_IN_BARS => Err(
+                InvalidValue::new("count_in_bars", format!("must be 0..={MAX_COUNT_IN_BARS}")),
+            ),
             Command::Seek { beat } if !(beat.is_finite() && (0.0..=MAX_BEAT).contains(beat)) => {
-                Err(InvalidValue::new("beat", format!("must be a number in 0..={MAX_BEAT}")))
+                Err(InvalidValue::new(
+                    "beat",
+                    format!("must be a number in 0..={MAX_BEAT}"),
+                ))
             }
             Command::Setlist { songs } => check_setlist(songs),
             _ => Ok(()),
@@ -105,31 +131,49 @@ pub fn check_bpm(bpm: f64) -> Result<(), InvalidValue> {
     if bpm.is_finite() && (MIN_BPM..=MAX_BPM).contains(&bpm) {
         Ok(())
     } else {
-        Err(InvalidValue::new("bpm", format!("must be between {MIN_BPM} and {MAX_BPM}")))
+        Err(InvalidValue::new(
+            "bpm",
+            format!("must be between {MIN_BPM} and {MAX_BPM}"),
+        ))
     }
 }
 
 pub fn check_meter(beats_per_bar: u8, beat_unit: u8) -> Result<(), InvalidValue> {
     if !(1..=MAX_BEATS_PER_BAR).contains(&beats_per_bar) {
-        return Err(InvalidValue::new("beats_per_bar", format!("must be 1..={MAX_BEATS_PER_BAR}")));
+        return Err(InvalidValue::new(
+            "beats_per_bar",
+            format!("must be 1..={MAX_BEATS_PER_BAR}"),
+        ));
     }
     if !BEAT_UNITS.contains(&beat_unit) {
-        return Err(InvalidValue::new("beat_unit", format!("must be one of {BEAT_UNITS:?}")));
+        return Err(InvalidValue::new(
+            "beat_unit",
+            format!("must be one of {BEAT_UNITS:?}"),
+        ));
     }
     Ok(())
 }
 
 fn check_setlist(songs: &[Song]) -> Result<(), InvalidValue> {
     if songs.len() > MAX_SONGS {
-        return Err(InvalidValue::new("songs", format!("at most {MAX_SONGS} songs")));
+        return Err(InvalidValue::new(
+            "songs",
+            format!("at most {MAX_SONGS} songs"),
+        ));
     }
     for song in songs {
         let n = song.title.trim().chars().count();
         if n == 0 || n > MAX_TITLE_CHARS || song.title.chars().any(char::is_control) {
-            return Err(InvalidValue::new("title", format!("must be 1..={MAX_TITLE_CHARS} printable characters")));
+            return Err(InvalidValue::new(
+                "title",
+                format!("must be 1..={MAX_TITLE_CHARS} printable characters"),
+            ));
         }
         if song.chart.chars().count() > MAX_CHART_CHARS {
-            return Err(InvalidValue::new("chart", format!("at most {MAX_CHART_CHARS} characters")));
+            return Err(InvalidValue::new(
+                "chart",
+                format!("at most {MAX_CHART_CHARS} characters"),
+            ));
         }
         if let Some(bpm) = song.tempo_bpm {
             check_bpm(bpm)?;
@@ -163,9 +207,13 @@ mod tests {
 
     #[test]
     fn golden_command_json() {
-        let c: Command = serde_json::from_str(r#"{"type":"play","count_in_bars":2}"#).expect("parses");
+        let c: Command =
+            serde_json::from_str(r#"{"type":"play","count_in_bars":2}"#).expect("parses");
         assert_eq!(c, Command::Play { count_in_bars: 2 });
-        assert_eq!(serde_json::to_string(&Command::Pause).expect("ser"), r#"{"type":"pause"}"#);
+        assert_eq!(
+            serde_json::to_string(&Command::Pause).expect("ser"),
+            r#"{"type":"pause"}"#
+        );
         let c: Command = serde_json::from_str(r#"{"type":"play"}"#).expect("count-in defaults");
         assert_eq!(c, Command::Play { count_in_bars: 0 });
         assert!(serde_json::from_str::<Command>(r#"{"type":"tempo","bpm":"fast"}"#).is_err());
@@ -179,14 +227,58 @@ mod tests {
         assert!(Command::Tempo { bpm: f64::NAN }.validate().is_err());
         assert!(Command::Tempo { bpm: 120.0 }.validate().is_ok());
         assert!(Command::Seek { beat: -1.0 }.validate().is_err());
-        assert!(Command::Meter { beats_per_bar: 7, beat_unit: 8 }.validate().is_ok());
-        assert!(Command::Meter { beats_per_bar: 0, beat_unit: 4 }.validate().is_err());
-        assert!(Command::Meter { beats_per_bar: 4, beat_unit: 3 }.validate().is_err());
+        assert!(
+            Command::Meter {
+                beats_per_bar: 7,
+                beat_unit: 8
+            }
+            .validate()
+            .is_ok()
+        );
+        assert!(
+            Command::Meter {
+                beats_per_bar: 0,
+                beat_unit: 4
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            Command::Meter {
+                beats_per_bar: 4,
+                beat_unit: 3
+            }
+            .validate()
+            .is_err()
+        );
         assert!(Command::Play { count_in_bars: 9 }.validate().is_err());
-        let song = |t: &str| Song { title: t.into(), tempo_bpm: None, beats_per_bar: None, chart: String::new() };
-        assert!(Command::Setlist { songs: vec![song("Intro")] }.validate().is_ok());
-        assert!(Command::Setlist { songs: vec![song(" ")] }.validate().is_err());
-        assert!(Command::Setlist { songs: vec![song("x"); MAX_SONGS + 1] }.validate().is_err());
+        let song = |t: &str| Song {
+            title: t.into(),
+            tempo_bpm: None,
+            beats_per_bar: None,
+            chart: String::new(),
+        };
+        assert!(
+            Command::Setlist {
+                songs: vec![song("Intro")]
+            }
+            .validate()
+            .is_ok()
+        );
+        assert!(
+            Command::Setlist {
+                songs: vec![song(" ")]
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            Command::Setlist {
+                songs: vec![song("x"); MAX_SONGS + 1]
+            }
+            .validate()
+            .is_err()
+        );
     }
 
     #[test]
@@ -194,7 +286,10 @@ mod tests {
         let to = MemberId::parse("m").expect("valid");
         let member_commands = [
             Command::Tempo { bpm: 120.0 },
-            Command::Meter { beats_per_bar: 4, beat_unit: 4 },
+            Command::Meter {
+                beats_per_bar: 4,
+                beat_unit: 4,
+            },
             Command::Play { count_in_bars: 0 },
             Command::Pause,
             Command::Stop,

@@ -15,16 +15,28 @@ pub struct InvalidValue {
 
 impl InvalidValue {
     pub fn new(what: &'static str, why: impl Into<String>) -> Self {
-        Self { what, why: why.into() }
+        Self {
+            what,
+            why: why.into(),
+        }
     }
 }
 
 fn check_token(what: &'static str, s: &str, max: usize) -> Result<(), InvalidValue> {
     if s.is_empty() || s.len() > max {
-        return Err(InvalidValue::new(what, format!("must be 1..={max} characters")));
+        return Err(InvalidValue::new(
+            what,
+            format!("must be 1..={max} characters"),
+        ));
     }
-    if !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-        return Err(InvalidValue::new(what, "only letters, digits, '_' and '-' are allowed"));
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(InvalidValue::new(
+            what,
+            "only letters, digits, '_' and '-' are allowed",
+        ));
     }
     Ok(())
 }
@@ -140,10 +152,16 @@ impl DisplayName {
         let s = s.trim();
         let n = s.chars().count();
         if n == 0 || n > Self::MAX_CHARS {
-            return Err(InvalidValue::new("name", format!("must be 1..={} characters", Self::MAX_CHARS)));
+            return Err(InvalidValue::new(
+                "name",
+                format!("must be 1..={} characters", Self::MAX_CHARS),
+            ));
         }
         if s.chars().any(char::is_control) {
-            return Err(InvalidValue::new("name", "must not contain control characters"));
+            return Err(InvalidValue::new(
+                "name",
+                "must not contain control characters",
+            ));
         }
         Ok(Self(s.to_owned()))
     }
@@ -172,19 +190,28 @@ mod tests {
         for bad in ["", "a.b", "a*", ">", "a b", &"x".repeat(65)] {
             assert!(SessionId::parse(bad).is_err(), "{bad:?} accepted");
         }
-        assert_eq!(SessionId::parse("Ab_3-x").map(|s| s.to_string()), Ok("Ab_3-x".into()));
+        assert_eq!(
+            SessionId::parse("Ab_3-x").map(|s| s.to_string()),
+            Ok("Ab_3-x".into())
+        );
     }
 
     #[test]
     fn join_codes_are_forgiving_about_case_and_dashes() {
-        assert_eq!(JoinCode::parse(" k7m-q2x ").map(|c| c.to_string()), Ok("K7MQ2X".into()));
+        assert_eq!(
+            JoinCode::parse(" k7m-q2x ").map(|c| c.to_string()),
+            Ok("K7MQ2X".into())
+        );
         assert!(JoinCode::parse("K7MQ2").is_err());
         assert!(JoinCode::parse("K7MQ2O").is_err(), "O is ambiguous with 0");
     }
 
     #[test]
     fn names_are_trimmed_and_bounded() {
-        assert_eq!(DisplayName::parse("  Ana ").map(|n| n.as_str().to_owned()), Ok("Ana".into()));
+        assert_eq!(
+            DisplayName::parse("  Ana ").map(|n| n.as_str().to_owned()),
+            Ok("Ana".into())
+        );
         assert!(DisplayName::parse("   ").is_err());
         assert!(DisplayName::parse("a\u{7}b").is_err());
         assert!(DisplayName::parse(&"é".repeat(41)).is_err());

@@ -14,7 +14,10 @@ pub fn init_tracing_at(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // A second call (tests start several services in one process) is harmless.
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
 }
 
 /// A token cancelled on the first SIGINT or SIGTERM.
@@ -25,15 +28,16 @@ pub fn shutdown_on_signal() -> CancellationToken {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot listen for SIGTERM");
-                    let _ = ctrl_c.await;
-                    cancel.cancel();
-                    return;
-                }
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot listen for SIGTERM");
+                        let _ = ctrl_c.await;
+                        cancel.cancel();
+                        return;
+                    }
+                };
             tokio::select! {
                 _ = ctrl_c => {}
                 _ = term.recv() => {}
@@ -52,15 +56,18 @@ const ID_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 /// A random lowercase id of `len` characters (12 gives about 62 bits).
 pub fn random_id(len: usize) -> String {
     let mut rng = rand::rng();
-    (0..len).map(|_| ID_ALPHABET[rng.random_range(0..ID_ALPHABET.len())] as char).collect()
+    (0..len)
+        .map(|_| ID_ALPHABET[rng.random_range(0..ID_ALPHABET.len())] as char)
+        .collect()
 }
 
 /// A random join code from the unambiguous alphabet.
 pub fn random_join_code() -> crate::JoinCode {
     let mut rng = rand::rng();
     let alphabet = crate::ids::JOIN_CODE_ALPHABET;
-    let code: String =
-        (0..crate::ids::JOIN_CODE_LEN).map(|_| alphabet[rng.random_range(0..alphabet.len())] as char).collect();
+    let code: String = (0..crate::ids::JOIN_CODE_LEN)
+        .map(|_| alphabet[rng.random_range(0..alphabet.len())] as char)
+        .collect();
     crate::JoinCode::parse(&code).expect("generated from the join-code alphabet")
 }
 

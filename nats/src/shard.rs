@@ -15,7 +15,9 @@ const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
 /// FNV-1a 64 of `bytes`.
 pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(FNV_OFFSET, |h, &b| (h ^ u64::from(b)).wrapping_mul(FNV_PRIME))
+    bytes.iter().fold(FNV_OFFSET, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(FNV_PRIME)
+    })
 }
 
 /// FNV-1a 64 of the session id's UTF-8 bytes, modulo `shards`.
@@ -32,7 +34,10 @@ mod tests {
     fn golden_values_pin_the_hash() {
         // FNV-1a 64("a") = 0xaf63dc4c8601ec8c (published test vector).
         let a = SessionId::parse("a").expect("valid");
-        assert_eq!(shard_of(&a, u16::MAX), (0xaf63_dc4c_8601_ec8c_u64 % 65535) as u16);
+        assert_eq!(
+            shard_of(&a, u16::MAX),
+            (0xaf63_dc4c_8601_ec8c_u64 % 65535) as u16
+        );
         let s = SessionId::parse("k3j9x2m4q8wz").expect("valid");
         assert_eq!(shard_of(&s, 256), shard_of(&s, 256));
         assert!(shard_of(&s, 256) < 256);
@@ -45,6 +50,9 @@ mod tests {
             let id = SessionId::parse(format!("s{i}")).expect("valid");
             counts[shard_of(&id, 16) as usize] += 1;
         }
-        assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (800..1200).contains(&c)),
+            "{counts:?}"
+        );
     }
 }

@@ -25,7 +25,12 @@ pub struct Rules {
 
 impl Default for Rules {
     fn default() -> Self {
-        Self { lead_us: 150_000, max_members: 12, leader_grace_us: 5_000_000, idle_expiry_us: 3_600_000_000 }
+        Self {
+            lead_us: 150_000,
+            max_members: 12,
+            leader_grace_us: 5_000_000,
+            idle_expiry_us: 3_600_000_000,
+        }
     }
 }
 
@@ -60,21 +65,62 @@ pub enum LeaderReason {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Change {
-    Created { code: JoinCode },
-    MemberJoined { member: MemberId, name: DisplayName },
-    MemberConnected { member: MemberId },
-    MemberDisconnected { member: MemberId },
-    LeaderChanged { from: Option<MemberId>, to: MemberId, reason: LeaderReason },
-    LeadershipRequested { by: MemberId },
-    Tempo { bpm: f64, at: Micros },
-    Meter { beats_per_bar: u8, beat_unit: u8, at: Micros },
-    Play { at: Micros, count_in_bars: u8 },
-    Pause { at: Micros, beat: f64 },
-    Stop { at: Micros },
-    Seek { at: Micros, beat: f64 },
-    Setlist { songs: usize },
-    Song { index: usize, title: String, at: Micros },
-    Ended { reason: String },
+    Created {
+        code: JoinCode,
+    },
+    MemberJoined {
+        member: MemberId,
+        name: DisplayName,
+    },
+    MemberConnected {
+        member: MemberId,
+    },
+    MemberDisconnected {
+        member: MemberId,
+    },
+    LeaderChanged {
+        from: Option<MemberId>,
+        to: MemberId,
+        reason: LeaderReason,
+    },
+    LeadershipRequested {
+        by: MemberId,
+    },
+    Tempo {
+        bpm: f64,
+        at: Micros,
+    },
+    Meter {
+        beats_per_bar: u8,
+        beat_unit: u8,
+        at: Micros,
+    },
+    Play {
+        at: Micros,
+        count_in_bars: u8,
+    },
+    Pause {
+        at: Micros,
+        beat: f64,
+    },
+    Stop {
+        at: Micros,
+    },
+    Seek {
+        at: Micros,
+        beat: f64,
+    },
+    Setlist {
+        songs: usize,
+    },
+    Song {
+        index: usize,
+        title: String,
+        at: Micros,
+    },
+    Ended {
+        reason: String,
+    },
 }
 
 impl Change {
@@ -109,7 +155,10 @@ pub struct Rejection {
 
 impl Rejection {
     fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -154,8 +203,20 @@ pub const DEFAULT_BPM: f64 = 120.0;
 
 impl SessionState {
     /// A new session led by its creator, who is not connected yet.
-    pub fn create(id: SessionId, code: JoinCode, leader: MemberId, name: DisplayName, now: Micros) -> Self {
-        let member = Member { id: leader.clone(), name, joined_at: now, connected: false, conn: None };
+    pub fn create(
+        id: SessionId,
+        code: JoinCode,
+        leader: MemberId,
+        name: DisplayName,
+        now: Micros,
+    ) -> Self {
+        let member = Member {
+            id: leader.clone(),
+            name,
+            joined_at: now,
+            connected: false,
+            conn: None,
+        };
         Self {
             id,
             code: code.clone(),
@@ -173,9 +234,16 @@ impl SessionState {
             last_cmd_seq: 0,
             last_changes: vec![
                 Change::Created { code },
-                Change::LeaderChanged { from: None, to: leader, reason: LeaderReason::Created },
+                Change::LeaderChanged {
+                    from: None,
+                    to: leader,
+                    reason: LeaderReason::Created,
+                },
             ],
-            last_cause: Cause { cmd: None, by: None },
+            last_cause: Cause {
+                cmd: None,
+                by: None,
+            },
             last_change_at: now,
         }
     }
@@ -202,12 +270,20 @@ impl SessionState {
         now: Micros,
         rules: &Rules,
     ) -> Result<Vec<Change>, Rejection> {
-        cmd.validate().map_err(|e| Rejection::new(ErrorCode::Invalid, e.to_string()))?;
+        cmd.validate()
+            .map_err(|e| Rejection::new(ErrorCode::Invalid, e.to_string()))?;
         let changes = self.changes_for(cmd, actor, now, rules)?;
         self.last_activity = now;
         self.timeline.prune(now);
         if !changes.is_empty() {
-            self.record(changes.clone(), Cause { cmd: cmd_id.cloned(), by: Some(actor.clone()) }, now);
+            self.record(
+                changes.clone(),
+                Cause {
+                    cmd: cmd_id.cloned(),
+                    by: Some(actor.clone()),
+                },
+                now,
+            );
         }
         Ok(changes)
     }
@@ -221,25 +297,42 @@ impl SessionState {
 
     fn require_leader(&self, actor: &MemberId) -> Result<(), Rejection> {
         if self.member(actor).is_none() {
-            return Err(Rejection::new(ErrorCode::Unauthorized, "you are not a member of this session"));
+            return Err(Rejection::new(
+                ErrorCode::Unauthorized,
+                "you are not a member of this session",
+            ));
         }
         if !self.is_leader(actor) {
-            return Err(Rejection::new(ErrorCode::NotLeader, "only the leader can do that; ask for leadership first"));
+            return Err(Rejection::new(
+                ErrorCode::NotLeader,
+                "only the leader can do that; ask for leadership first",
+            ));
         }
         Ok(())
     }
 
-    fn changes_for(&mut self, cmd: &Command, actor: &MemberId, now: Micros, rules: &Rules) -> Result<Vec<Change>, Rejection> {
+    fn changes_for(
+        &mut self,
+        cmd: &Command,
+        actor: &MemberId,
+        now: Micros,
+        rules: &Rules,
+    ) -> Result<Vec<Change>, Rejection> {
         let lead = rules.lead_us;
         match cmd {
-            Command::Create { .. } => Err(Rejection::new(ErrorCode::Invalid, "session already exists")),
+            Command::Create { .. } => {
+                Err(Rejection::new(ErrorCode::Invalid, "session already exists"))
+            }
             Command::Hello { name, conn } => self.hello(actor, name, conn, now, rules),
             Command::Bye { conn } => Ok(self.bye(actor, conn, now)),
             Command::RequestLeadership => self.request_leadership(actor, now),
             Command::HandLeadership { to } => {
                 self.require_leader(actor)?;
                 if self.member(to).is_none() {
-                    return Err(Rejection::new(ErrorCode::Invalid, "that member is not in this session"));
+                    return Err(Rejection::new(
+                        ErrorCode::Invalid,
+                        "that member is not in this session",
+                    ));
                 }
                 if self.is_leader(to) {
                     return Ok(Vec::new());
@@ -253,18 +346,34 @@ impl SessionState {
         }
     }
 
-    fn timeline_command(&mut self, cmd: &Command, now: Micros, lead: Micros) -> Result<Vec<Change>, Rejection> {
+    fn timeline_command(
+        &mut self,
+        cmd: &Command,
+        now: Micros,
+        lead: Micros,
+    ) -> Result<Vec<Change>, Rejection> {
         let tl = &mut self.timeline;
         let change = match *cmd {
-            Command::Tempo { bpm } => Change::Tempo { bpm, at: tl.set_tempo(bpm, now, lead) },
-            Command::Meter { beats_per_bar, beat_unit } => {
-                Change::Meter { beats_per_bar, beat_unit, at: tl.set_meter(beats_per_bar, beat_unit, now, lead) }
-            }
+            Command::Tempo { bpm } => Change::Tempo {
+                bpm,
+                at: tl.set_tempo(bpm, now, lead),
+            },
+            Command::Meter {
+                beats_per_bar,
+                beat_unit,
+            } => Change::Meter {
+                beats_per_bar,
+                beat_unit,
+                at: tl.set_meter(beats_per_bar, beat_unit, now, lead),
+            },
             Command::Play { count_in_bars } => {
                 if tl.latest().playing {
                     return Err(Rejection::new(ErrorCode::Invalid, "already playing"));
                 }
-                Change::Play { at: tl.play(count_in_bars, now, lead), count_in_bars }
+                Change::Play {
+                    at: tl.play(count_in_bars, now, lead),
+                    count_in_bars,
+                }
             }
             Command::Pause => {
                 if !tl.latest().playing {
@@ -273,8 +382,13 @@ impl SessionState {
                 let (at, beat) = tl.pause(now, lead);
                 Change::Pause { at, beat }
             }
-            Command::Stop => Change::Stop { at: tl.stop(now, lead) },
-            Command::Seek { beat } => Change::Seek { at: tl.seek(beat, now, lead), beat },
+            Command::Stop => Change::Stop {
+                at: tl.stop(now, lead),
+            },
+            Command::Seek { beat } => Change::Seek {
+                at: tl.seek(beat, now, lead),
+                beat,
+            },
             Command::Setlist { ref songs } => {
                 self.setlist = songs.clone();
                 self.song = self.song.filter(|&i| i < self.setlist.len());
@@ -282,13 +396,17 @@ impl SessionState {
             }
             Command::Song { index } => {
                 let Some(song) = self.setlist.get(index) else {
-                    return Err(Rejection::new(ErrorCode::Invalid, format!("no song {index} in the setlist")));
+                    return Err(Rejection::new(
+                        ErrorCode::Invalid,
+                        format!("no song {index} in the setlist"),
+                    ));
                 };
                 let base = *tl.latest();
                 let bpm = song.tempo_bpm.unwrap_or(base.tempo_bpm);
                 let bpb = song.beats_per_bar.unwrap_or(base.beats_per_bar);
                 // Values were checked when the setlist was accepted; re-check what was stored.
-                check_bpm(bpm).and_then(|()| check_meter(bpb, base.beat_unit))
+                check_bpm(bpm)
+                    .and_then(|()| check_meter(bpb, base.beat_unit))
                     .map_err(|e| Rejection::new(ErrorCode::Invalid, e.to_string()))?;
                 let at = tl.reset(bpm, bpb, base.beat_unit, now, lead);
                 let title = song.title.clone();
@@ -300,13 +418,22 @@ impl SessionState {
         Ok(vec![change])
     }
 
-    fn hello(&mut self, actor: &MemberId, name: &DisplayName, conn: &str, now: Micros, rules: &Rules) -> Result<Vec<Change>, Rejection> {
+    fn hello(
+        &mut self,
+        actor: &MemberId,
+        name: &DisplayName,
+        conn: &str,
+        now: Micros,
+        rules: &Rules,
+    ) -> Result<Vec<Change>, Rejection> {
         let mut changes = Vec::new();
         match self.member_mut(actor) {
             Some(m) => {
                 m.connected = true;
                 m.conn = Some(conn.to_owned());
-                changes.push(Change::MemberConnected { member: actor.clone() });
+                changes.push(Change::MemberConnected {
+                    member: actor.clone(),
+                });
             }
             None => {
                 if self.members.len() >= rules.max_members {
@@ -322,7 +449,10 @@ impl SessionState {
                     connected: true,
                     conn: Some(conn.to_owned()),
                 });
-                changes.push(Change::MemberJoined { member: actor.clone(), name: name.clone() });
+                changes.push(Change::MemberJoined {
+                    member: actor.clone(),
+                    name: name.clone(),
+                });
             }
         }
         if self.is_leader(actor) {
@@ -334,7 +464,9 @@ impl SessionState {
     }
 
     fn bye(&mut self, actor: &MemberId, conn: &str, now: Micros) -> Vec<Change> {
-        let Some(m) = self.member_mut(actor) else { return Vec::new() };
+        let Some(m) = self.member_mut(actor) else {
+            return Vec::new();
+        };
         if m.conn.as_deref() != Some(conn) {
             return Vec::new(); // an older connection of a member who has already reconnected
         }
@@ -343,21 +475,38 @@ impl SessionState {
         if self.is_leader(actor) {
             self.leader_away_since = Some(now);
         }
-        vec![Change::MemberDisconnected { member: actor.clone() }]
+        vec![Change::MemberDisconnected {
+            member: actor.clone(),
+        }]
     }
 
-    fn request_leadership(&mut self, actor: &MemberId, now: Micros) -> Result<Vec<Change>, Rejection> {
+    fn request_leadership(
+        &mut self,
+        actor: &MemberId,
+        now: Micros,
+    ) -> Result<Vec<Change>, Rejection> {
         if self.member(actor).is_none() {
-            return Err(Rejection::new(ErrorCode::Unauthorized, "you are not a member of this session"));
+            return Err(Rejection::new(
+                ErrorCode::Unauthorized,
+                "you are not a member of this session",
+            ));
         }
         if self.is_leader(actor) {
             return Ok(Vec::new());
         }
         if self.displaced_leader.as_ref() == Some(actor) {
-            return Ok(vec![self.set_leader(actor.clone(), LeaderReason::Reclaimed, now)]);
+            return Ok(vec![self.set_leader(
+                actor.clone(),
+                LeaderReason::Reclaimed,
+                now,
+            )]);
         }
         if self.leader_away_since.is_some() || self.leader.is_none() {
-            return Ok(vec![self.set_leader(actor.clone(), LeaderReason::Requested, now)]);
+            return Ok(vec![self.set_leader(
+                actor.clone(),
+                LeaderReason::Requested,
+                now,
+            )]);
         }
         self.leadership_request = Some(actor.clone());
         Ok(vec![Change::LeadershipRequested { by: actor.clone() }])
@@ -366,7 +515,11 @@ impl SessionState {
     fn set_leader(&mut self, to: MemberId, reason: LeaderReason, now: Micros) -> Change {
         let from = self.leader.replace(to.clone());
         let connected = self.member(&to).is_some_and(|m| m.connected);
-        self.leader_away_since = if connected { None } else { self.leader_away_since.or(Some(now)) };
+        self.leader_away_since = if connected {
+            None
+        } else {
+            self.leader_away_since.or(Some(now))
+        };
         self.leadership_request = None;
         if reason != LeaderReason::Grace {
             self.displaced_leader = None;
@@ -378,37 +531,49 @@ impl SessionState {
     /// leadership passes on after the grace period, idle sessions end.
     pub fn housekeep(&mut self, now: Micros, rules: &Rules) -> Vec<Change> {
         let mut changes = Vec::new();
-        if let (Some(leader), Some(since)) = (self.leader.clone(), self.leader_away_since) {
-            if now - since >= rules.leader_grace_us {
-                let successor = self
-                    .members
-                    .iter()
-                    .filter(|m| m.connected && m.id != leader)
-                    .min_by_key(|m| m.joined_at)
-                    .map(|m| m.id.clone());
-                if let Some(to) = successor {
-                    changes.push(self.set_leader(to, LeaderReason::Grace, now));
-                    self.displaced_leader = Some(leader);
-                }
+        if let (Some(leader), Some(since)) = (self.leader.clone(), self.leader_away_since)
+            && now - since >= rules.leader_grace_us
+        {
+            let successor = self
+                .members
+                .iter()
+                .filter(|m| m.connected && m.id != leader)
+                .min_by_key(|m| m.joined_at)
+                .map(|m| m.id.clone());
+            if let Some(to) = successor {
+                changes.push(self.set_leader(to, LeaderReason::Grace, now));
+                self.displaced_leader = Some(leader);
             }
         }
         if self.is_idle(now, rules) {
-            changes.push(Change::Ended { reason: "idle".into() });
+            changes.push(Change::Ended {
+                reason: "idle".into(),
+            });
         }
         if !changes.is_empty() {
             self.timeline.prune(now);
-            self.record(changes.clone(), Cause { cmd: None, by: None }, now);
+            self.record(
+                changes.clone(),
+                Cause {
+                    cmd: None,
+                    by: None,
+                },
+                now,
+            );
         }
         changes
     }
 
     pub fn is_idle(&self, now: Micros, rules: &Rules) -> bool {
-        !self.members.iter().any(|m| m.connected) && now - self.last_activity >= rules.idle_expiry_us
+        !self.members.iter().any(|m| m.connected)
+            && now - self.last_activity >= rules.idle_expiry_us
     }
 
     /// Whether a housekeeping pass could change something soon (cheap pre-check).
     pub fn needs_housekeeping(&self, now: Micros, rules: &Rules) -> bool {
-        self.leader_away_since.is_some_and(|s| now - s >= rules.leader_grace_us) || self.is_idle(now, rules)
+        self.leader_away_since
+            .is_some_and(|s| now - s >= rules.leader_grace_us)
+            || self.is_idle(now, rules)
     }
 }
 

@@ -19,11 +19,18 @@ impl Subjects {
     pub fn new(prefix: &str) -> Result<Self, InvalidValue> {
         let ok = !prefix.is_empty()
             && prefix.len() <= 32
-            && prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         if !ok {
-            return Err(InvalidValue::new("prefix", "must be 1..=32 of a-z, 0-9, '_'"));
+            return Err(InvalidValue::new(
+                "prefix",
+                "must be 1..=32 of a-z, 0-9, '_'",
+            ));
         }
-        Ok(Self { prefix: prefix.to_owned() })
+        Ok(Self {
+            prefix: prefix.to_owned(),
+        })
     }
 
     pub fn prefix(&self) -> &str {

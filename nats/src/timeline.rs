@@ -15,7 +15,9 @@ pub type Micros = i64;
 
 /// The server's wall-clock time now.
 pub fn now_us() -> Micros {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
 }
 
@@ -63,7 +65,8 @@ impl Segment {
 
     /// Server time at which a playing segment reaches `beat`.
     pub fn time_of_beat(&self, beat: f64) -> Micros {
-        self.anchor_time + ((beat - self.anchor_beat) * MICROS_PER_MINUTE / self.tempo_bpm).round() as Micros
+        self.anchor_time
+            + ((beat - self.anchor_beat) * MICROS_PER_MINUTE / self.tempo_bpm).round() as Micros
     }
 
     /// Bar number (0-based) containing `beat`.
@@ -124,7 +127,9 @@ impl Timeline {
 
     /// The last scheduled segment: the base for the next change.
     pub fn latest(&self) -> &Segment {
-        self.segments.last().expect("a timeline always has a segment")
+        self.segments
+            .last()
+            .expect("a timeline always has a segment")
     }
 
     pub fn position(&self, t: Micros) -> f64 {
@@ -145,7 +150,11 @@ impl Timeline {
 
     /// Keeps the segment in force at `now` and all later ones.
     pub fn prune(&mut self, now: Micros) {
-        let in_force = self.segments.iter().rposition(|s| s.anchor_time <= now).unwrap_or(0);
+        let in_force = self
+            .segments
+            .iter()
+            .rposition(|s| s.anchor_time <= now)
+            .unwrap_or(0);
         let keep_from = in_force.max(self.segments.len().saturating_sub(MAX_SEGMENTS));
         self.segments.drain(..keep_from);
     }
@@ -162,16 +171,31 @@ impl Timeline {
         let at = self.effective(now, lead);
         let seg = if base.playing {
             let beat = (base.position(at) - EPS_BEATS).ceil();
-            Segment { anchor_time: base.time_of_beat(beat).max(at), anchor_beat: beat, tempo_bpm: bpm, ..base }
+            Segment {
+                anchor_time: base.time_of_beat(beat).max(at),
+                anchor_beat: beat,
+                tempo_bpm: bpm,
+                ..base
+            }
         } else {
-            Segment { anchor_time: at, tempo_bpm: bpm, ..base }
+            Segment {
+                anchor_time: at,
+                tempo_bpm: bpm,
+                ..base
+            }
         };
         self.schedule(seg, now);
         seg.anchor_time
     }
 
     /// New time signature, from the next bar line (playing) or the current bar (paused).
-    pub fn set_meter(&mut self, beats_per_bar: u8, beat_unit: u8, now: Micros, lead: Micros) -> Micros {
+    pub fn set_meter(
+        &mut self,
+        beats_per_bar: u8,
+        beat_unit: u8,
+        now: Micros,
+        lead: Micros,
+    ) -> Micros {
         let base = *self.latest();
         let at = self.effective(now, lead);
         let (anchor_time, bar_beat) = if base.playing {
@@ -218,7 +242,13 @@ impl Timeline {
         if let Some(music) = base.count_in_until {
             beat = beat.max(music);
         }
-        let seg = Segment { anchor_time: at, anchor_beat: beat, playing: false, count_in_until: None, ..base };
+        let seg = Segment {
+            anchor_time: at,
+            anchor_beat: beat,
+            playing: false,
+            count_in_until: None,
+            ..base
+        };
         self.schedule(seg, now);
         (at, beat)
     }
@@ -244,15 +274,30 @@ impl Timeline {
     pub fn seek(&mut self, beat: f64, now: Micros, lead: Micros) -> Micros {
         let base = *self.latest();
         let at = self.effective(now, lead);
-        let seg = Segment { anchor_time: at, anchor_beat: beat, count_in_until: None, ..base };
+        let seg = Segment {
+            anchor_time: at,
+            anchor_beat: beat,
+            count_in_until: None,
+            ..base
+        };
         self.schedule(seg, now);
         at
     }
 
     /// Replaces tempo and meter while stopped (used when a song is selected).
-    pub fn reset(&mut self, tempo_bpm: f64, beats_per_bar: u8, beat_unit: u8, now: Micros, lead: Micros) -> Micros {
+    pub fn reset(
+        &mut self,
+        tempo_bpm: f64,
+        beats_per_bar: u8,
+        beat_unit: u8,
+        now: Micros,
+        lead: Micros,
+    ) -> Micros {
         let at = self.effective(now, lead);
-        let seg = Segment { anchor_time: at, ..Timeline::new(at, tempo_bpm, beats_per_bar, beat_unit).segments[0] };
+        let seg = Segment {
+            anchor_time: at,
+            ..Timeline::new(at, tempo_bpm, beats_per_bar, beat_unit).segments[0]
+        };
         self.schedule(seg, now);
         at
     }
@@ -281,9 +326,16 @@ mod tests {
     #[test]
     fn position_advances_at_tempo_once_playing() {
         let tl = playing_at_120();
-        assert_eq!(tl.position(T0), 0.0, "nothing moves before the scheduled start");
+        assert_eq!(
+            tl.position(T0),
+            0.0,
+            "nothing moves before the scheduled start"
+        );
         assert_eq!(tl.position(T0 + LEAD), 0.0);
-        assert!((tl.position(T0 + LEAD + 500_000) - 1.0).abs() < 1e-9, "120 BPM = 2 beats/s");
+        assert!(
+            (tl.position(T0 + LEAD + 500_000) - 1.0).abs() < 1e-9,
+            "120 BPM = 2 beats/s"
+        );
     }
 
     #[test]
@@ -293,7 +345,10 @@ mod tests {
         let seg = tl.at(at);
         assert_eq!(seg.anchor_beat, -8.0);
         assert_eq!(seg.count_in_until, Some(0.0));
-        assert!((tl.position(at + 4_000_000) - 0.0).abs() < 1e-9, "8 beats at 120 BPM take 4 s");
+        assert!(
+            (tl.position(at + 4_000_000) - 0.0).abs() < 1e-9,
+            "8 beats at 120 BPM take 4 s"
+        );
     }
 
     #[test]
@@ -304,9 +359,18 @@ mod tests {
         let seg = tl.at(at);
         assert_eq!(seg.anchor_beat, 3.0, "2.2 + lead 0.3 = 2.5, next beat is 3");
         assert_eq!(at, T0 + LEAD + 1_500_000);
-        assert!((tl.position(at - 1) - 3.0).abs() < 1e-5, "continuous at the switch");
-        assert!((tl.position(at + 2_000_000) - 6.0).abs() < 1e-9, "90 BPM = 1.5 beats/s");
-        assert!(tl.position(now) < 3.0, "before the switch the old tempo holds");
+        assert!(
+            (tl.position(at - 1) - 3.0).abs() < 1e-5,
+            "continuous at the switch"
+        );
+        assert!(
+            (tl.position(at + 2_000_000) - 6.0).abs() < 1e-9,
+            "90 BPM = 1.5 beats/s"
+        );
+        assert!(
+            tl.position(now) < 3.0,
+            "before the switch the old tempo holds"
+        );
     }
 
     #[test]
@@ -316,7 +380,10 @@ mod tests {
         let (at, beat) = tl.pause(now, LEAD);
         assert!((beat - 2.3).abs() < 1e-9);
         assert!((tl.position(at + 10_000_000) - 2.3).abs() < 1e-9);
-        assert!((tl.position(now + 100_000) - 2.2).abs() < 1e-9, "still playing until the pause lands");
+        assert!(
+            (tl.position(now + 100_000) - 2.2).abs() < 1e-9,
+            "still playing until the pause lands"
+        );
         let later = at + 5_000_000;
         let start = tl.play(0, later, LEAD);
         assert!((tl.position(start + 500_000) - 3.3).abs() < 1e-9);

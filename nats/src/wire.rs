@@ -50,13 +50,22 @@ impl ErrorCode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMsg {
-    Welcome { member: MemberId, server_time: Micros, state: Box<SessionState> },
+    Welcome {
+        member: MemberId,
+        server_time: Micros,
+        state: Box<SessionState>,
+    },
     Event(Box<EventMsg>),
     Tick(TickMsg),
-    Pong { t0: f64, server_time: Micros },
+    Pong {
+        t0: f64,
+        server_time: Micros,
+    },
     Error(ErrorMsg),
     /// The gateway is going away: connect again (to any gateway) with the same token.
-    Reconnect { reason: String },
+    Reconnect {
+        reason: String,
+    },
 }
 
 impl ServerMsg {
@@ -125,7 +134,15 @@ pub struct ErrorMsg {
 
 impl ErrorMsg {
     pub fn new(code: ErrorCode, message: impl Into<String>, id: Option<String>) -> Self {
-        Self { code, message: message.into(), id, session: None, to: None, cmd: None, epoch: None }
+        Self {
+            code,
+            message: message.into(),
+            id,
+            session: None,
+            to: None,
+            cmd: None,
+            epoch: None,
+        }
     }
 }
 
@@ -147,8 +164,13 @@ pub struct BusHeader {
 /// Client → gateway.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientMsg {
-    Ping { t0: f64 },
-    Command { id: Option<String>, command: Command },
+    Ping {
+        t0: f64,
+    },
+    Command {
+        id: Option<String>,
+        command: Command,
+    },
 }
 
 /// Longest client `id` echoed back.
@@ -170,17 +192,32 @@ struct Ping {
 impl ClientMsg {
     /// Parses one text frame, with an error a person can act on. The error
     /// carries the client's `id` when it could be read.
+    // The error is the reply itself, built once per bad frame; boxing it would
+    // only add an allocation to the error path.
+    #[allow(clippy::result_large_err)]
     pub fn parse(text: &str) -> Result<Self, ErrorMsg> {
         let head: ClientHead = serde_json::from_str(text).map_err(|e| {
-            let code = if e.is_data() { ErrorCode::Invalid } else { ErrorCode::BadJson };
-            ErrorMsg::new(code, format!("expected a JSON object with a \"type\": {e}"), None)
+            let code = if e.is_data() {
+                ErrorCode::Invalid
+            } else {
+                ErrorCode::BadJson
+            };
+            ErrorMsg::new(
+                code,
+                format!("expected a JSON object with a \"type\": {e}"),
+                None,
+            )
         })?;
         let id = head.id.map(|v| match v {
             serde_json::Value::String(s) => s.chars().take(MAX_CLIENT_REF).collect(),
             other => other.to_string().chars().take(MAX_CLIENT_REF).collect(),
         });
         let invalid = |e: serde_json::Error, id: &Option<String>| {
-            ErrorMsg::new(ErrorCode::Invalid, format!("bad \"{}\" message: {e}", head.kind), id.clone())
+            ErrorMsg::new(
+                ErrorCode::Invalid,
+                format!("bad \"{}\" message: {e}", head.kind),
+                id.clone(),
+            )
         };
         if head.kind == "ping" {
             let ping: Ping = serde_json::from_str(text).map_err(|e| invalid(e, &id))?;
@@ -188,10 +225,15 @@ impl ClientMsg {
         }
         if !Command::CLIENT_TYPES.contains(&head.kind.as_str()) {
             let kind: String = head.kind.chars().take(40).collect();
-            return Err(ErrorMsg::new(ErrorCode::UnknownType, format!("unknown message type \"{kind}\""), id));
+            return Err(ErrorMsg::new(
+                ErrorCode::UnknownType,
+                format!("unknown message type \"{kind}\""),
+                id,
+            ));
         }
         // `id` is the client's own field, not part of the command.
-        let mut value: serde_json::Value = serde_json::from_str(text).map_err(|e| invalid(e, &id))?;
+        let mut value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| invalid(e, &id))?;
         if let Some(obj) = value.as_object_mut() {
             obj.remove("id");
         }
@@ -210,10 +252,16 @@ mod tests {
 
     #[test]
     fn parses_commands_and_pings() {
-        assert_eq!(ClientMsg::parse(r#"{"type":"ping","t0":12.5}"#), Ok(ClientMsg::Ping { t0: 12.5 }));
+        assert_eq!(
+            ClientMsg::parse(r#"{"type":"ping","t0":12.5}"#),
+            Ok(ClientMsg::Ping { t0: 12.5 })
+        );
         assert_eq!(
             ClientMsg::parse(r#"{"type":"tempo","bpm":96,"id":"c7"}"#),
-            Ok(ClientMsg::Command { id: Some("c7".into()), command: Command::Tempo { bpm: 96.0 } })
+            Ok(ClientMsg::Command {
+                id: Some("c7".into()),
+                command: Command::Tempo { bpm: 96.0 }
+            })
         );
     }
 
@@ -223,20 +271,41 @@ mod tests {
         assert_eq!(code("{not json"), Some(ErrorCode::BadJson));
         assert_eq!(code("[1,2]"), Some(ErrorCode::Invalid));
         assert_eq!(code(r#"{"type":"dance"}"#), Some(ErrorCode::UnknownType));
-        assert_eq!(code(r#"{"type":"hello","name":"x","conn":"y"}"#), Some(ErrorCode::UnknownType), "gateway-only");
-        assert_eq!(code(r#"{"type":"tempo","bpm":500}"#), Some(ErrorCode::Invalid));
-        assert_eq!(code(r#"{"type":"seek","beat":-4}"#), Some(ErrorCode::Invalid));
+        assert_eq!(
+            code(r#"{"type":"hello","name":"x","conn":"y"}"#),
+            Some(ErrorCode::UnknownType),
+            "gateway-only"
+        );
+        assert_eq!(
+            code(r#"{"type":"tempo","bpm":500}"#),
+            Some(ErrorCode::Invalid)
+        );
+        assert_eq!(
+            code(r#"{"type":"seek","beat":-4}"#),
+            Some(ErrorCode::Invalid)
+        );
         assert_eq!(code(r#"{"type":"tempo"}"#), Some(ErrorCode::Invalid));
-        let e = ClientMsg::parse(r#"{"type":"tempo","bpm":1000,"id":9}"#).expect_err("out of range");
+        let e =
+            ClientMsg::parse(r#"{"type":"tempo","bpm":1000,"id":9}"#).expect_err("out of range");
         assert_eq!(e.id.as_deref(), Some("9"));
         assert!(e.message.contains("bpm"), "{}", e.message);
     }
 
     #[test]
     fn golden_server_messages() {
-        let pong = ServerMsg::Pong { t0: 1.5, server_time: 42 };
-        assert_eq!(String::from_utf8_lossy(&pong.to_bytes()), r#"{"type":"pong","t0":1.5,"server_time":42}"#);
-        let err = ServerMsg::Error(ErrorMsg::new(ErrorCode::NotLeader, "only the leader", Some("c1".into())));
+        let pong = ServerMsg::Pong {
+            t0: 1.5,
+            server_time: 42,
+        };
+        assert_eq!(
+            String::from_utf8_lossy(&pong.to_bytes()),
+            r#"{"type":"pong","t0":1.5,"server_time":42}"#
+        );
+        let err = ServerMsg::Error(ErrorMsg::new(
+            ErrorCode::NotLeader,
+            "only the leader",
+            Some("c1".into()),
+        ));
         assert_eq!(
             String::from_utf8_lossy(&err.to_bytes()),
             r#"{"type":"error","code":"not_leader","message":"only the leader","id":"c1"}"#

@@ -5,13 +5,20 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "bandsync-ticker", about = "BandSync ticker: owns session timing for the shards it leases")]
+#[command(
+    name = "bandsync-ticker",
+    about = "BandSync ticker: owns session timing for the shards it leases"
+)]
 pub struct Config {
     /// Address for /healthz, /readyz and /metrics (port 0 picks a free port).
     #[arg(long, env = "BANDSYNC_TICKER_LISTEN", default_value = "127.0.0.1:9100")]
     pub listen: SocketAddr,
     /// NATS server URL(s), comma-separated; nats-server 2.11 or newer.
-    #[arg(long, env = "BANDSYNC_NATS_URL", default_value = "nats://127.0.0.1:14222")]
+    #[arg(
+        long,
+        env = "BANDSYNC_NATS_URL",
+        default_value = "nats://127.0.0.1:14222"
+    )]
     pub nats_url: String,
     /// Prefix of every subject, stream and bucket.
     #[arg(long, env = "BANDSYNC_PREFIX", default_value = "bandsync")]
@@ -49,11 +56,23 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.shards > 0, "--shards must be positive");
         anyhow::ensure!((1..=5).contains(&self.replicas), "--replicas must be 1..=5");
-        anyhow::ensure!(self.lease_ttl_ms >= 1000, "--lease-ttl-ms must be at least 1000 (KV ages are coarse)");
-        anyhow::ensure!((10..=60_000).contains(&self.tick_ms), "--tick-ms must be 10..=60000");
-        anyhow::ensure!((10..=5_000).contains(&self.lead_ms), "--lead-ms must be 10..=5000");
+        anyhow::ensure!(
+            self.lease_ttl_ms >= 1000,
+            "--lease-ttl-ms must be at least 1000 (KV ages are coarse)"
+        );
+        anyhow::ensure!(
+            (10..=60_000).contains(&self.tick_ms),
+            "--tick-ms must be 10..=60000"
+        );
+        anyhow::ensure!(
+            (10..=5_000).contains(&self.lead_ms),
+            "--lead-ms must be 10..=5000"
+        );
         anyhow::ensure!(self.max_members >= 1, "--max-members must be at least 1");
-        anyhow::ensure!(self.idle_expiry_secs >= 1, "--idle-expiry-secs must be at least 1");
+        anyhow::ensure!(
+            self.idle_expiry_secs >= 1,
+            "--idle-expiry-secs must be at least 1"
+        );
         bandsync_nats::Subjects::new(&self.prefix)?;
         if let Some(id) = &self.ticker_id {
             bandsync_nats::GatewayId::parse(id.clone())?;

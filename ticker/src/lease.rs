@@ -38,7 +38,14 @@ pub struct Leases {
 impl Leases {
     pub fn new(ctx: Arc<Ctx>, registry: Registry) -> Self {
         let ttl = ctx.config.lease_ttl();
-        Self { ctx, registry, held: HashMap::new(), taken: HashMap::new(), live_tickers: Vec::new(), ttl }
+        Self {
+            ctx,
+            registry,
+            held: HashMap::new(),
+            taken: HashMap::new(),
+            live_tickers: Vec::new(),
+            ttl,
+        }
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
@@ -67,13 +74,23 @@ impl Leases {
 
     /// Records who holds what; a lease that vanished is campaigned for at once.
     async fn observe(&mut self, entry: kv::Entry) {
-        let Ok(shard) = entry.key.parse::<Shard>() else { return };
+        let Ok(shard) = entry.key.parse::<Shard>() else {
+            return;
+        };
         if entry.operation == kv::Operation::Put {
-            self.taken.insert(shard, String::from_utf8_lossy(&entry.value).into_owned());
+            self.taken
+                .insert(shard, String::from_utf8_lossy(&entry.value).into_owned());
             return;
         }
-        let ours_before = self.held.get(&shard).is_some_and(|h| h.revision < entry.revision);
-        if self.held.get(&shard).is_some_and(|h| h.revision >= entry.revision) {
+        let ours_before = self
+            .held
+            .get(&shard)
+            .is_some_and(|h| h.revision < entry.revision);
+        if self
+            .held
+            .get(&shard)
+            .is_some_and(|h| h.revision >= entry.revision)
+        {
             return; // a marker from before we won this term
         }
         self.taken.remove(&shard);
@@ -88,7 +105,12 @@ impl Leases {
     /// Heartbeat, renewals, rebalancing and campaigns: once per TTL/3.
     async fn round(&mut self) {
         self.heartbeat().await;
-        let failed: Vec<Shard> = self.held.iter().filter(|(_, h)| h.worker.is_finished()).map(|(&s, _)| s).collect();
+        let failed: Vec<Shard> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.worker.is_finished())
+            .map(|(&s, _)| s)
+            .collect();
         for shard in failed {
             self.release(shard).await; // its worker gave up; let someone retry it
         }
@@ -96,14 +118,20 @@ impl Leases {
         let share = self.fair_share();
         let preferred = self.preferred();
         if self.held.len() > share {
-            let mut excess: Vec<Shard> = self.held.keys().copied().filter(|s| !preferred.contains(s)).collect();
+            let mut excess: Vec<Shard> = self
+                .held
+                .keys()
+                .copied()
+                .filter(|s| !preferred.contains(s))
+                .collect();
             excess.sort_unstable();
             for shard in excess.into_iter().take(self.held.len() - share) {
                 self.release(shard).await;
             }
         }
-        let mut wanted: Vec<Shard> =
-            (0..self.ctx.config.shards).filter(|s| !self.held.contains_key(s) && !self.taken.contains_key(s)).collect();
+        let mut wanted: Vec<Shard> = (0..self.ctx.config.shards)
+            .filter(|s| !self.held.contains_key(s) && !self.taken.contains_key(s))
+            .collect();
         wanted.sort_by_key(|s| !preferred.contains(s));
         for shard in wanted {
             if self.held.len() >= share {
@@ -125,14 +153,19 @@ impl Leases {
         (0..self.ctx.config.shards)
             .filter(|&shard| {
                 let mine = weight(me, shard);
-                self.live_tickers.iter().all(|t| t == me || weight(t, shard) < mine)
+                self.live_tickers
+                    .iter()
+                    .all(|t| t == me || weight(t, shard) < mine)
             })
             .collect()
     }
 
     async fn heartbeat(&mut self) {
         let tickers = &self.ctx.bus.tickers;
-        if let Err(e) = tickers.put(&self.ctx.ticker_id, now_us().to_string().into()).await {
+        if let Err(e) = tickers
+            .put(&self.ctx.ticker_id, now_us().to_string().into())
+            .await
+        {
             tracing::warn!(error = %e, "ticker heartbeat failed");
         }
         if let Ok(keys) = tickers.keys().await {
@@ -150,9 +183,19 @@ impl Leases {
         let renewals: Vec<_> = self
             .held
             .iter()
-            .map(|(&shard, held)| renew(self.ctx.bus.leases.clone(), self.ctx.ticker_id.clone(), shard, held.revision))
+            .map(|(&shard, held)| {
+                renew(
+                    self.ctx.bus.leases.clone(),
+                    self.ctx.ticker_id.clone(),
+                    shard,
+                    held.revision,
+                )
+            })
             .collect();
-        let results = futures::stream::iter(renewals).buffer_unordered(64).collect::<Vec<_>>().await;
+        let results = futures::stream::iter(renewals)
+            .buffer_unordered(64)
+            .collect::<Vec<_>>()
+            .await;
         let valid_until = sent_at + self.valid_for();
         for (shard, result) in results {
             match result {
@@ -179,12 +222,28 @@ impl Leases {
 
     async fn campaign(&mut self, shard: Shard) {
         let sent_at = now_us();
-        match self.ctx.bus.leases.create(Subjects::shard_key(shard), self.ctx.ticker_id.clone().into()).await {
+        match self
+            .ctx
+            .bus
+            .leases
+            .create(
+                Subjects::shard_key(shard),
+                self.ctx.ticker_id.clone().into(),
+            )
+            .await
+        {
             Ok(revision) => {
                 let owned = Arc::new(OwnedShard::new(shard, revision, sent_at + self.valid_for()));
                 self.registry.insert(owned.clone());
                 let worker = tokio::spawn(run_worker(self.ctx.clone(), owned.clone()));
-                self.held.insert(shard, Held { revision, owned, worker });
+                self.held.insert(
+                    shard,
+                    Held {
+                        revision,
+                        owned,
+                        worker,
+                    },
+                );
                 self.taken.insert(shard, self.ctx.ticker_id.clone());
                 metrics::counter!("bandsync_ticker_leases_acquired_total").increment(1);
                 tracing::info!(shard, epoch = revision, "lease acquired");
@@ -205,11 +264,18 @@ impl Leases {
 
     /// Gives a shard up cleanly: stop its worker (it saves its cursor), then delete the lease.
     async fn release(&mut self, shard: Shard) {
-        let Some(held) = self.held.remove(&shard) else { return };
+        let Some(held) = self.held.remove(&shard) else {
+            return;
+        };
         held.owned.stop.cancel();
         self.registry.remove(shard);
         let _ = tokio::time::timeout(Duration::from_secs(2), held.worker).await;
-        let _ = self.ctx.bus.leases.delete_expect_revision(Subjects::shard_key(shard), Some(held.revision)).await;
+        let _ = self
+            .ctx
+            .bus
+            .leases
+            .delete_expect_revision(Subjects::shard_key(shard), Some(held.revision))
+            .await;
         self.taken.remove(&shard);
         tracing::info!(shard, "lease released");
     }
@@ -227,19 +293,32 @@ impl Leases {
                 let Some(held) = held else { return };
                 registry.remove(shard);
                 let _ = tokio::time::timeout(Duration::from_secs(2), held.worker).await;
-                let _ = leases.delete_expect_revision(Subjects::shard_key(shard), Some(held.revision)).await;
+                let _ = leases
+                    .delete_expect_revision(Subjects::shard_key(shard), Some(held.revision))
+                    .await;
             }
         });
-        futures::stream::iter(releases).buffer_unordered(64).collect::<Vec<_>>().await;
+        futures::stream::iter(releases)
+            .buffer_unordered(64)
+            .collect::<Vec<_>>()
+            .await;
         let _ = self.ctx.bus.tickers.delete(&self.ctx.ticker_id).await;
         tracing::info!("all leases released");
     }
 }
 
-async fn renew(leases: kv::Store, id: String, shard: Shard, revision: u64) -> (Shard, Result<u64, kv::UpdateError>) {
+async fn renew(
+    leases: kv::Store,
+    id: String,
+    shard: Shard,
+    revision: u64,
+) -> (Shard, Result<u64, kv::UpdateError>) {
     let started = std::time::Instant::now();
-    let result = leases.update(Subjects::shard_key(shard), id.into(), revision).await;
-    metrics::histogram!("bandsync_ticker_lease_renew_seconds").record(started.elapsed().as_secs_f64());
+    let result = leases
+        .update(Subjects::shard_key(shard), id.into(), revision)
+        .await;
+    metrics::histogram!("bandsync_ticker_lease_renew_seconds")
+        .record(started.elapsed().as_secs_f64());
     (shard, result)
 }
 
@@ -280,9 +359,14 @@ mod tests {
         let tickers = ["t-a", "t-b", "t-c"];
         let mut counts = [0usize; 3];
         for shard in 0..256u16 {
-            let best = (0..3).max_by_key(|&i| weight(tickers[i], shard)).expect("non-empty");
+            let best = (0..3)
+                .max_by_key(|&i| weight(tickers[i], shard))
+                .expect("non-empty");
             counts[best] += 1;
         }
-        assert!(counts.iter().all(|&c| (60..=110).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (60..=110).contains(&c)),
+            "{counts:?}"
+        );
     }
 }

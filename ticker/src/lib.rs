@@ -16,20 +16,20 @@ mod ticks;
 mod worker;
 
 use anyhow::Context;
+use async_nats::jetstream::kv;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use bandsync_nats::bus::{Bus, BusSettings};
+use bandsync_nats::bus::{GATEWAY_HEARTBEAT, GATEWAY_TTL};
 use bandsync_nats::service::random_id;
+use bandsync_nats::{Micros, now_us};
 use bandsync_nats::{Rules, Subjects};
 pub use config::Config;
 use futures::StreamExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use owned::Registry;
-use async_nats::jetstream::kv;
-use bandsync_nats::bus::{GATEWAY_HEARTBEAT, GATEWAY_TTL};
-use bandsync_nats::{Micros, now_us};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -79,7 +79,10 @@ fn prometheus() -> &'static PrometheusHandle {
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Ticker> {
     config.validate()?;
-    let ticker_id = config.ticker_id.clone().unwrap_or_else(|| format!("ticker-{}", random_id(6)));
+    let ticker_id = config
+        .ticker_id
+        .clone()
+        .unwrap_or_else(|| format!("ticker-{}", random_id(6)));
     let subjects = Subjects::new(&config.prefix)?;
     let settings = BusSettings {
         url: config.nats_url.clone(),
@@ -88,14 +91,22 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         lease_ttl: config.lease_ttl(),
         name: format!("bandsync-{ticker_id}"),
     };
-    let bus = Bus::open(&settings, subjects.clone()).await.context("opening the NATS bus")?;
+    let bus = Bus::open(&settings, subjects.clone())
+        .await
+        .context("opening the NATS bus")?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     prometheus();
     let (live_tx, live_rx) = watch::channel(None);
-    let ctx = Arc::new(Ctx { bus: bus.clone(), rules: config.rules(), config, ticker_id: ticker_id.clone(), live_gateways: live_rx });
+    let ctx = Arc::new(Ctx {
+        bus: bus.clone(),
+        rules: config.rules(),
+        config,
+        ticker_id: ticker_id.clone(),
+        live_gateways: live_rx,
+    });
     let registry = Registry::default();
     let health = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -104,13 +115,20 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .with_state((ctx.clone(), registry.clone()));
     let http_stop = shutdown.clone();
     tokio::spawn(async move {
-        let serve = axum::serve(listener, health).with_graceful_shutdown(async move { http_stop.cancelled().await });
+        let serve = axum::serve(listener, health)
+            .with_graceful_shutdown(async move { http_stop.cancelled().await });
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "health server failed");
         }
     });
     tokio::spawn(watch_gateways(bus.clone(), live_tx, shutdown.clone()));
-    let ticks = tokio::spawn(ticks::run(bus.client.clone(), subjects, registry.clone(), ctx.config.tick_period(), shutdown.clone()));
+    let ticks = tokio::spawn(ticks::run(
+        bus.client.clone(),
+        subjects,
+        registry.clone(),
+        ctx.config.tick_period(),
+        shutdown.clone(),
+    ));
     let leases = lease::Leases::new(ctx.clone(), registry.clone());
     tracing::info!(%addr, ticker = %ticker_id, "ticker started");
     let task = tokio::spawn(async move {
@@ -119,20 +137,43 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         let _ = bus.client.flush().await;
         tracing::info!("ticker stopped");
     });
-    Ok(Ticker { addr, id: ticker_id, registry, task })
+    Ok(Ticker {
+        addr,
+        id: ticker_id,
+        registry,
+        task,
+    })
 }
 
 async fn readyz(State((ctx, registry)): State<(Arc<Ctx>, Registry)>) -> (StatusCode, String) {
     let state = ctx.bus.client.connection_state();
     let connected = state == async_nats::connection::State::Connected;
-    let code = if connected { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (code, format!("nats: {state:?}\nticker: {}\nshards_owned: {}\n", ctx.ticker_id, registry.len()))
+    let code = if connected {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        format!(
+            "nats: {state:?}\nticker: {}\nshards_owned: {}\n",
+            ctx.ticker_id,
+            registry.len()
+        ),
+    )
 }
 
 /// Follows gateway heartbeats on the gateways bucket (current values first,
 /// then every put), so owners can tell which members' gateways are gone.
-async fn watch_gateways(bus: Bus, view: watch::Sender<Option<Gateways>>, shutdown: CancellationToken) {
-    let mut gateways = Gateways { since: now_us(), last_seen: HashMap::new() };
+async fn watch_gateways(
+    bus: Bus,
+    view: watch::Sender<Option<Gateways>>,
+    shutdown: CancellationToken,
+) {
+    let mut gateways = Gateways {
+        since: now_us(),
+        last_seen: HashMap::new(),
+    };
     loop {
         let mut entries = match bus.gateways.watch_with_history(">").await {
             Ok(w) => w,
@@ -152,7 +193,8 @@ async fn watch_gateways(bus: Bus, view: watch::Sender<Option<Gateways>>, shutdow
             match entry {
                 Some(Ok(entry)) => {
                     if entry.operation == kv::Operation::Put {
-                        let seen = i64::try_from(entry.created.unix_timestamp_nanos() / 1000).unwrap_or(0);
+                        let seen =
+                            i64::try_from(entry.created.unix_timestamp_nanos() / 1000).unwrap_or(0);
                         gateways.last_seen.insert(entry.key, seen);
                     } else {
                         gateways.last_seen.remove(&entry.key);

@@ -6,6 +6,9 @@ async fn main() -> anyhow::Result<()> {
     bandsync_nats::service::init_tracing();
     let shutdown = bandsync_nats::service::shutdown_on_signal();
     let ticker = bandsync_ticker::start(config, shutdown).await?;
-    println!("bandsync-ticker {} health on http://{}", ticker.id, ticker.addr);
+    println!(
+        "bandsync-ticker {} health on http://{}",
+        ticker.id, ticker.addr
+    );
     ticker.wait().await
 }

@@ -69,7 +69,12 @@ impl Registry {
     }
 
     pub fn snapshot(&self) -> Vec<Arc<OwnedShard>> {
-        self.inner.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn len(&self) -> usize {

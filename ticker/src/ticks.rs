@@ -8,7 +8,13 @@ use bandsync_nats::{Micros, ServerMsg, Subjects, TickMsg, now_us};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-pub async fn run(client: async_nats::Client, subjects: Subjects, registry: Registry, period: Duration, shutdown: CancellationToken) {
+pub async fn run(
+    client: async_nats::Client,
+    subjects: Subjects,
+    registry: Registry,
+    period: Duration,
+    shutdown: CancellationToken,
+) {
     let period_us = Micros::try_from(period.as_micros()).unwrap_or(100_000);
     loop {
         let now = now_us();

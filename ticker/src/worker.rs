@@ -15,7 +15,8 @@ use async_nats::jetstream::kv::{self, UpdateErrorKind};
 use bandsync_nats::state::Cause;
 use bandsync_nats::wire::ErrorMsg;
 use bandsync_nats::{
-    Change, Command, CommandEnvelope, ErrorCode, EventMsg, SessionId, SessionState, ServerMsg, Subjects, now_us,
+    Change, Command, CommandEnvelope, ErrorCode, EventMsg, ServerMsg, SessionId, SessionState,
+    Subjects, now_us,
 };
 use futures::{StreamExt, TryStreamExt};
 use std::collections::HashMap;
@@ -54,8 +55,18 @@ pub struct Worker {
 impl Worker {
     pub async fn run(ctx: Arc<Ctx>, owned: Arc<OwnedShard>) -> Result<(), WorkerError> {
         let shard = owned.shard;
-        let mut worker = Worker { ctx, owned, sessions: HashMap::new(), cursor: 0, cursor_revision: None, cursor_saved: 0 };
-        worker.load().await.map_err(|message| WorkerError::Load { shard, message })?;
+        let mut worker = Worker {
+            ctx,
+            owned,
+            sessions: HashMap::new(),
+            cursor: 0,
+            cursor_revision: None,
+            cursor_saved: 0,
+        };
+        worker
+            .load()
+            .await
+            .map_err(|message| WorkerError::Load { shard, message })?;
         worker.republish_latest().await;
         let result = worker.consume().await;
         worker.save_cursor().await;
@@ -65,14 +76,23 @@ impl Worker {
     async fn load(&mut self) -> Result<(), String> {
         let shard = self.owned.shard;
         let bus = &self.ctx.bus;
-        if let Some(entry) = bus.cursors.entry(Subjects::shard_key(shard)).await.map_err(|e| e.to_string())? {
+        if let Some(entry) = bus
+            .cursors
+            .entry(Subjects::shard_key(shard))
+            .await
+            .map_err(|e| e.to_string())?
+        {
             if entry.operation == kv::Operation::Put {
                 self.cursor = String::from_utf8_lossy(&entry.value).parse().unwrap_or(0);
                 self.cursor_saved = self.cursor;
             }
             self.cursor_revision = Some(entry.revision);
         }
-        let stream = bus.js.get_stream(&bus.sessions.stream_name).await.map_err(|e| e.to_string())?;
+        let stream = bus
+            .js
+            .get_stream(&bus.sessions.stream_name)
+            .await
+            .map_err(|e| e.to_string())?;
         let filter = format!("{}{}.*", bus.sessions.prefix, shard);
         let subjects: Vec<(String, usize)> = stream
             .info_with_subjects(filter)
@@ -82,20 +102,36 @@ impl Worker {
             .await
             .map_err(|e| e.to_string())?;
         for (subject, _) in subjects {
-            let Some(key) = subject.strip_prefix(&bus.sessions.prefix) else { continue };
-            let Some(entry) = bus.sessions.entry(key).await.map_err(|e| e.to_string())? else { continue };
+            let Some(key) = subject.strip_prefix(&bus.sessions.prefix) else {
+                continue;
+            };
+            let Some(entry) = bus.sessions.entry(key).await.map_err(|e| e.to_string())? else {
+                continue;
+            };
             if entry.operation != kv::Operation::Put {
                 continue;
             }
             match serde_json::from_slice::<SessionState>(&entry.value) {
                 Ok(state) => {
                     self.track_timeline(&state);
-                    self.sessions.insert(state.id.clone(), Session { state, revision: entry.revision });
+                    self.sessions.insert(
+                        state.id.clone(),
+                        Session {
+                            state,
+                            revision: entry.revision,
+                        },
+                    );
                 }
                 Err(e) => tracing::error!(key, error = %e, "undecodable session state left alone"),
             }
         }
-        tracing::info!(shard, epoch = self.owned.epoch, sessions = self.sessions.len(), cursor = self.cursor, "shard loaded");
+        tracing::info!(
+            shard,
+            epoch = self.owned.epoch,
+            sessions = self.sessions.len(),
+            cursor = self.cursor,
+            "shard loaded"
+        );
         Ok(())
     }
 
@@ -108,9 +144,15 @@ impl Worker {
 
     async fn consume(&mut self) -> Result<(), String> {
         let bus = &self.ctx.bus;
-        let stream = bus.js.get_stream(bus.subjects.cmd_stream()).await.map_err(|e| e.to_string())?;
+        let stream = bus
+            .js
+            .get_stream(bus.subjects.cmd_stream())
+            .await
+            .map_err(|e| e.to_string())?;
         let deliver_policy = if self.cursor_revision.is_some() {
-            DeliverPolicy::ByStartSequence { start_sequence: self.cursor + 1 }
+            DeliverPolicy::ByStartSequence {
+                start_sequence: self.cursor + 1,
+            }
         } else {
             DeliverPolicy::All // the shard never had an owner: everything is new
         };
@@ -120,7 +162,10 @@ impl Worker {
             deliver_policy,
             ..Default::default()
         };
-        let consumer = stream.create_consumer(config).await.map_err(|e| e.to_string())?;
+        let consumer = stream
+            .create_consumer(config)
+            .await
+            .map_err(|e| e.to_string())?;
         let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         let mut cursor_save = tokio::time::interval(CURSOR_SAVE);
@@ -162,22 +207,39 @@ impl Worker {
             self.apply(&envelope, stream_seq).await;
         }
         metrics::counter!("bandsync_ticker_commands_applied_total").increment(1);
-        metrics::histogram!("bandsync_ticker_command_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("bandsync_ticker_command_seconds")
+            .record(started.elapsed().as_secs_f64());
     }
 
-    async fn create(&mut self, env: &CommandEnvelope, code: &bandsync_nats::JoinCode, name: &bandsync_nats::DisplayName, stream_seq: u64) {
+    async fn create(
+        &mut self,
+        env: &CommandEnvelope,
+        code: &bandsync_nats::JoinCode,
+        name: &bandsync_nats::DisplayName,
+        stream_seq: u64,
+    ) {
         if self.sessions.contains_key(&env.session) {
             return; // a replay of the create that made it
         }
-        let mut state = SessionState::create(env.session.clone(), code.clone(), env.actor.clone(), name.clone(), now_us());
+        let mut state = SessionState::create(
+            env.session.clone(),
+            code.clone(),
+            env.actor.clone(),
+            name.clone(),
+            now_us(),
+        );
         state.last_cmd_seq = stream_seq;
-        state.last_cause = Cause { cmd: Some(env.id.clone()), by: Some(env.actor.clone()) };
+        state.last_cause = Cause {
+            cmd: Some(env.id.clone()),
+            by: Some(env.actor.clone()),
+        };
         let key = Subjects::session_key(self.owned.shard, &env.session);
         let bytes = serde_json::to_vec(&state).expect("state serialises");
         match self.ctx.bus.sessions.create(&key, bytes.into()).await {
             Ok(revision) => {
                 self.publish_event(&state).await;
-                self.sessions.insert(env.session.clone(), Session { state, revision });
+                self.sessions
+                    .insert(env.session.clone(), Session { state, revision });
             }
             Err(e) => tracing::warn!(session = %env.session, error = %e, "create failed"),
         }
@@ -188,14 +250,25 @@ impl Worker {
             self.reload(&env.session).await;
         }
         let Some(current) = self.sessions.get(&env.session) else {
-            self.reject(env, ErrorCode::UnknownSession, "this session has ended or never existed").await;
+            self.reject(
+                env,
+                ErrorCode::UnknownSession,
+                "this session has ended or never existed",
+            )
+            .await;
             return;
         };
         if stream_seq <= current.state.last_cmd_seq {
             return; // applied before a failover
         }
         let mut next = current.state.clone();
-        match next.apply(&env.command, &env.actor, Some(&env.id), now_us(), &self.ctx.rules) {
+        match next.apply(
+            &env.command,
+            &env.actor,
+            Some(&env.id),
+            now_us(),
+            &self.ctx.rules,
+        ) {
             Ok(changes) if changes.is_empty() => {}
             Ok(_) => {
                 next.last_cmd_seq = stream_seq;
@@ -208,21 +281,38 @@ impl Worker {
     /// Writes `next` with compare-and-set and publishes its event.
     async fn commit(&mut self, next: SessionState) {
         let id = next.id.clone();
-        let Some(current) = self.sessions.get(&id) else { return };
+        let Some(current) = self.sessions.get(&id) else {
+            return;
+        };
         if !self.owned.is_valid() {
             return;
         }
         let key = Subjects::session_key(self.owned.shard, &id);
-        let ended = next.last_changes.iter().any(|c| matches!(c, Change::Ended { .. }));
+        let ended = next
+            .last_changes
+            .iter()
+            .any(|c| matches!(c, Change::Ended { .. }));
         let bytes = serde_json::to_vec(&next).expect("state serialises");
-        match self.ctx.bus.sessions.update(&key, bytes.into(), current.revision).await {
+        match self
+            .ctx
+            .bus
+            .sessions
+            .update(&key, bytes.into(), current.revision)
+            .await
+        {
             Ok(revision) => {
                 self.publish_event(&next).await;
                 if ended {
                     self.end(&next).await;
                 } else {
                     self.track_timeline(&next);
-                    self.sessions.insert(id, Session { state: next, revision });
+                    self.sessions.insert(
+                        id,
+                        Session {
+                            state: next,
+                            revision,
+                        },
+                    );
                 }
             }
             Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
@@ -250,7 +340,13 @@ impl Worker {
             Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
                 if let Ok(state) = serde_json::from_slice::<SessionState>(&entry.value) {
                     self.track_timeline(&state);
-                    self.sessions.insert(id.clone(), Session { state, revision: entry.revision });
+                    self.sessions.insert(
+                        id.clone(),
+                        Session {
+                            state,
+                            revision: entry.revision,
+                        },
+                    );
                 }
             }
             Ok(_) => {
@@ -280,7 +376,8 @@ impl Worker {
                     .filter_map(|m| {
                         let conn = m.conn.as_deref()?;
                         let gateway = conn.split('/').next()?;
-                        live.is_gone(gateway, now).then(|| (m.id.clone(), conn.to_owned()))
+                        live.is_gone(gateway, now)
+                            .then(|| (m.id.clone(), conn.to_owned()))
                     })
                     .collect(),
             };
@@ -290,7 +387,9 @@ impl Worker {
             let mut next = s.state.clone();
             let mut changed = false;
             for (member, conn) in dead {
-                changed |= next.apply(&Command::Bye { conn }, &member, None, now, &rules).is_ok_and(|c| !c.is_empty());
+                changed |= next
+                    .apply(&Command::Bye { conn }, &member, None, now, &rules)
+                    .is_ok_and(|c| !c.is_empty());
             }
             changed |= !next.housekeep(now, &rules).is_empty();
             if changed {
@@ -310,8 +409,14 @@ impl Worker {
         let value = self.cursor.to_string();
         let cursors = &self.ctx.bus.cursors;
         let result = match self.cursor_revision {
-            Some(rev) => cursors.update(&key, value.into(), rev).await.map_err(|e| e.to_string()),
-            None => cursors.create(&key, value.into()).await.map_err(|e| e.to_string()),
+            Some(rev) => cursors
+                .update(&key, value.into(), rev)
+                .await
+                .map_err(|e| e.to_string()),
+            None => cursors
+                .create(&key, value.into())
+                .await
+                .map_err(|e| e.to_string()),
         };
         match result {
             Ok(rev) => {
@@ -330,13 +435,19 @@ impl Worker {
 
     fn track_timeline(&self, state: &SessionState) {
         let active = state.timeline.is_active(now_us());
-        self.owned.set_timeline(&state.id, active.then_some(&state.timeline));
+        self.owned
+            .set_timeline(&state.id, active.then_some(&state.timeline));
     }
 
     async fn publish_event(&self, state: &SessionState) {
         let msg = ServerMsg::Event(Box::new(EventMsg::latest(state, self.owned.epoch)));
         let msg_id = format!("{}-{}", state.id, state.seq);
-        self.publish_durable(self.ctx.bus.subjects.evt(&state.id), &msg_id, msg.to_bytes()).await;
+        self.publish_durable(
+            self.ctx.bus.subjects.evt(&state.id),
+            &msg_id,
+            msg.to_bytes(),
+        )
+        .await;
     }
 
     async fn reject(&self, env: &CommandEnvelope, code: ErrorCode, message: &str) {
@@ -347,7 +458,12 @@ impl Worker {
         err.epoch = Some(self.owned.epoch);
         metrics::counter!("bandsync_ticker_commands_rejected_total").increment(1);
         let msg_id = format!("rej-{}", env.id);
-        self.publish_durable(self.ctx.bus.subjects.evt(&env.session), &msg_id, ServerMsg::Error(err).to_bytes()).await;
+        self.publish_durable(
+            self.ctx.bus.subjects.evt(&env.session),
+            &msg_id,
+            ServerMsg::Error(err).to_bytes(),
+        )
+        .await;
     }
 
     async fn publish_durable(&self, subject: String, msg_id: &str, payload: bytes::Bytes) {
@@ -355,7 +471,12 @@ impl Worker {
             if !self.owned.is_valid() {
                 return;
             }
-            match self.ctx.bus.publish_durable(subject.clone(), msg_id, payload.clone()).await {
+            match self
+                .ctx
+                .bus
+                .publish_durable(subject.clone(), msg_id, payload.clone())
+                .await
+            {
                 Ok(_) => return,
                 Err(e) => tracing::warn!(subject, attempt, error = %e, "event publish failed"),
             }

@@ -21,7 +21,12 @@ pub struct Knobs {
 
 impl Default for Knobs {
     fn default() -> Self {
-        Self { gateways: 2, tick_ms: 100, leader_grace_ms: 1_000, max_members: 12 }
+        Self {
+            gateways: 2,
+            tick_ms: 100,
+            leader_grace_ms: 1_000,
+            max_members: 12,
+        }
     }
 }
 
@@ -36,7 +41,12 @@ impl Stack {
     pub async fn start(knobs: Knobs) -> Stack {
         bandsync_nats::service::init_tracing_at("warn");
         let nats = NatsServer::start().await;
-        let mut stack = Stack { nats, gateways: Vec::new(), tickers: Vec::new(), knobs };
+        let mut stack = Stack {
+            nats,
+            gateways: Vec::new(),
+            tickers: Vec::new(),
+            knobs,
+        };
         stack.add_ticker().await;
         for i in 0..knobs.gateways {
             stack.add_gateway(&format!("gw-{i}")).await;
@@ -57,7 +67,9 @@ impl Stack {
             "--shards=16".into(),
         ]);
         let token = CancellationToken::new();
-        let ticker = bandsync_ticker::start(config, token.clone()).await.expect("ticker starts");
+        let ticker = bandsync_ticker::start(config, token.clone())
+            .await
+            .expect("ticker starts");
         self.tickers.push((ticker, token));
     }
 
@@ -73,15 +85,26 @@ impl Stack {
             "--shards=16".into(),
         ]);
         let token = CancellationToken::new();
-        let gateway = bandsync_gateway::start(config, token.clone()).await.expect("gateway starts");
+        let gateway = bandsync_gateway::start(config, token.clone())
+            .await
+            .expect("gateway starts");
         self.gateways.push((gateway, token));
     }
 
     /// Until the ticker owns every shard, commands would only queue.
     async fn wait_for_shards(&self) {
         let deadline = tokio::time::Instant::now() + WAIT;
-        while self.tickers.iter().map(|(t, _)| t.shards_owned()).sum::<usize>() < 16 {
-            assert!(tokio::time::Instant::now() < deadline, "ticker never took its shards");
+        while self
+            .tickers
+            .iter()
+            .map(|(t, _)| t.shards_owned())
+            .sum::<usize>()
+            < 16
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "ticker never took its shards"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -96,7 +119,9 @@ impl Stack {
 
     /// Connects with a token and waits until the member shows as connected.
     pub async fn connect(&self, gateway: usize, joined: &Joined) -> Connection {
-        let mut c = Connection::connect(&self.base(gateway), &joined.token).await.expect("connects");
+        let mut c = Connection::connect(&self.base(gateway), &joined.token)
+            .await
+            .expect("connects");
         let me = joined.member.clone();
         if !c.state.member(&me).is_some_and(|m| m.connected) {
             c.wait_for(WAIT, |m| matches!(m, ServerMsg::Event(e) if e.state.member(&me).is_some_and(|m| m.connected)))
@@ -108,13 +133,21 @@ impl Stack {
 }
 
 /// A leader plus followers at the gateways given, all connected and clock-synced.
-pub async fn band(stack: &Stack, leader_gw: usize, follower_gws: &[usize]) -> (Connection, Vec<Connection>) {
+pub async fn band(
+    stack: &Stack,
+    leader_gw: usize,
+    follower_gws: &[usize],
+) -> (Connection, Vec<Connection>) {
     let api = stack.api(leader_gw);
     let lead = api.create("Leader").await.expect("create");
     let mut leader = stack.connect(leader_gw, &lead).await;
     let mut followers = Vec::new();
     for (i, &gw) in follower_gws.iter().enumerate() {
-        let joined = stack.api(gw).join(lead.code.as_str(), &format!("Follower {i}")).await.expect("join");
+        let joined = stack
+            .api(gw)
+            .join(lead.code.as_str(), &format!("Follower {i}"))
+            .await
+            .expect("join");
         let mut f = stack.connect(gw, &joined).await;
         f.sync_clock(8).await.expect("clock sync");
         followers.push(f);
@@ -135,11 +168,21 @@ pub async fn band(stack: &Stack, leader_gw: usize, follower_gws: &[usize]) -> (C
 /// Waits for the next event whose changes include one of `kind`.
 pub async fn event_of_kind(c: &mut Connection, kind: &str) -> (bandsync_nats::EventMsg, Change) {
     let msg = c
-        .wait_for(WAIT, |m| matches!(m, ServerMsg::Event(e) if e.changes.iter().any(|ch| ch.kind() == kind)))
+        .wait_for(
+            WAIT,
+            |m| matches!(m, ServerMsg::Event(e) if e.changes.iter().any(|ch| ch.kind() == kind)),
+        )
         .await
         .unwrap_or_else(|e| panic!("no {kind} event: {e}"));
-    let ServerMsg::Event(e) = msg else { unreachable!("matched an event") };
-    let change = e.changes.iter().find(|ch| ch.kind() == kind).cloned().expect("matched");
+    let ServerMsg::Event(e) = msg else {
+        unreachable!("matched an event")
+    };
+    let change = e
+        .changes
+        .iter()
+        .find(|ch| ch.kind() == kind)
+        .cloned()
+        .expect("matched");
     (*e, change)
 }
 

@@ -6,7 +6,10 @@ use bandsync_nats::{Command, ErrorCode, ServerMsg};
 use std::time::Duration;
 
 async fn expect_error(c: &mut bandsync_client::Connection, code: ErrorCode) -> String {
-    let msg = c.wait_for(WAIT, |m| matches!(m, ServerMsg::Error(_))).await.expect("an error reply");
+    let msg = c
+        .wait_for(WAIT, |m| matches!(m, ServerMsg::Error(_)))
+        .await
+        .expect("an error reply");
     let err = as_error(&msg).expect("error");
     assert_eq!(err.code, code, "got {}: {}", err.code.as_str(), err.message);
     assert!(!err.message.is_empty());
@@ -20,33 +23,66 @@ async fn follower_commands_and_bad_input_get_clear_errors() {
     let seq_before = leader.state.seq;
 
     let f = &mut followers[0];
-    f.send(&Command::Tempo { bpm: 90.0 }, Some("c1")).await.expect("send");
-    let msg = f.wait_for(WAIT, |m| matches!(m, ServerMsg::Error(_))).await.expect("reply");
+    f.send(&Command::Tempo { bpm: 90.0 }, Some("c1"))
+        .await
+        .expect("send");
+    let msg = f
+        .wait_for(WAIT, |m| matches!(m, ServerMsg::Error(_)))
+        .await
+        .expect("reply");
     let err = as_error(&msg).expect("error");
-    assert_eq!((err.code, err.id.as_deref()), (ErrorCode::NotLeader, Some("c1")));
+    assert_eq!(
+        (err.code, err.id.as_deref()),
+        (ErrorCode::NotLeader, Some("c1"))
+    );
 
     f.send_raw("{not json".into()).await.expect("send");
     expect_error(f, ErrorCode::BadJson).await;
-    f.send_raw(r#"{"type":"moonwalk"}"#.into()).await.expect("send");
+    f.send_raw(r#"{"type":"moonwalk"}"#.into())
+        .await
+        .expect("send");
     expect_error(f, ErrorCode::UnknownType).await;
-    f.send_raw(r#"{"type":"hello","name":"x","conn":"gw/1"}"#.into()).await.expect("send");
+    f.send_raw(r#"{"type":"hello","name":"x","conn":"gw/1"}"#.into())
+        .await
+        .expect("send");
     expect_error(f, ErrorCode::UnknownType).await;
 
-    leader.send_raw(r#"{"type":"tempo","bpm":500}"#.into()).await.expect("send");
+    leader
+        .send_raw(r#"{"type":"tempo","bpm":500}"#.into())
+        .await
+        .expect("send");
     let message = expect_error(&mut leader, ErrorCode::Invalid).await;
     assert!(message.contains("bpm"), "{message}");
-    leader.send_raw(r#"{"type":"tempo","bpm":19}"#.into()).await.expect("send");
+    leader
+        .send_raw(r#"{"type":"tempo","bpm":19}"#.into())
+        .await
+        .expect("send");
     expect_error(&mut leader, ErrorCode::Invalid).await;
-    leader.send_raw(r#"{"type":"seek","beat":-1}"#.into()).await.expect("send");
+    leader
+        .send_raw(r#"{"type":"seek","beat":-1}"#.into())
+        .await
+        .expect("send");
     expect_error(&mut leader, ErrorCode::Invalid).await;
 
     // Nothing changed, and every connection is still usable.
-    leader.sync_clock(1).await.expect("leader still answers pings");
-    followers[0].sync_clock(1).await.expect("follower still answers pings");
-    assert_eq!(leader.state.seq, seq_before, "rejected commands change nothing");
+    leader
+        .sync_clock(1)
+        .await
+        .expect("leader still answers pings");
+    followers[0]
+        .sync_clock(1)
+        .await
+        .expect("follower still answers pings");
+    assert_eq!(
+        leader.state.seq, seq_before,
+        "rejected commands change nothing"
+    );
 
     // An over-size frame closes only that connection, with a reason.
-    let big = format!(r#"{{"type":"tempo","bpm":100,"pad":"{}"}}"#, "x".repeat(8_192));
+    let big = format!(
+        r#"{{"type":"tempo","bpm":100,"pad":"{}"}}"#,
+        "x".repeat(8_192)
+    );
     followers[1].send_raw(big).await.expect("send");
     let closed = loop {
         match followers[1].next_within(WAIT).await {
@@ -60,29 +96,52 @@ async fn follower_commands_and_bad_input_get_clear_errors() {
     assert_eq!(frame.reason.as_str(), "too_large");
 
     // The others carry on.
-    leader.send(&Command::Tempo { bpm: 101.0 }, None).await.expect("send");
+    leader
+        .send(&Command::Tempo { bpm: 101.0 }, None)
+        .await
+        .expect("send");
     let (event, _) = event_of_kind(&mut followers[0], "tempo").await;
     assert_eq!(event.state.timeline.latest().tempo_bpm, 101.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_errors_are_specific() {
-    let stack = Stack::start(Knobs { max_members: 2, gateways: 1, ..Knobs::default() }).await;
+    let stack = Stack::start(Knobs {
+        max_members: 2,
+        gateways: 1,
+        ..Knobs::default()
+    })
+    .await;
     let api = stack.api(0);
     let refused = |r: Result<bandsync_client::Joined, bandsync_client::ApiError>| match r {
         Err(bandsync_client::ApiError::Refused { status, code, .. }) => (status, code),
         other => panic!("expected a refusal, got {other:?}"),
     };
-    assert_eq!(refused(api.join("ZZZZZZ", "Ann").await), (404, "unknown_session".into()));
-    assert_eq!(refused(api.join("12", "Ann").await), (400, "invalid".into()));
+    assert_eq!(
+        refused(api.join("ZZZZZZ", "Ann").await),
+        (404, "unknown_session".into())
+    );
+    assert_eq!(
+        refused(api.join("12", "Ann").await),
+        (400, "invalid".into())
+    );
     assert_eq!(refused(api.create("   ").await), (400, "invalid".into()));
     let lead = api.create("Lead").await.expect("create");
-    let b = api.join(lead.code.as_str(), "B").await.expect("second member");
+    let b = api
+        .join(lead.code.as_str(), "B")
+        .await
+        .expect("second member");
     let _lead_conn = stack.connect(0, &lead).await;
     let _b_conn = stack.connect(0, &b).await;
-    assert_eq!(refused(api.join(&lead.code.as_str().to_lowercase(), "C").await), (409, "session_full".into()));
+    assert_eq!(
+        refused(api.join(&lead.code.as_str().to_lowercase(), "C").await),
+        (409, "session_full".into())
+    );
     // A bad token never gets a socket.
-    let err = bandsync_client::Connection::connect(&stack.base(0), "forged.token").await.err().expect("refused");
+    let err = bandsync_client::Connection::connect(&stack.base(0), "forged.token")
+        .await
+        .err()
+        .expect("refused");
     assert!(err.to_string().contains("401"), "{err}");
     tokio::time::sleep(Duration::from_millis(10)).await;
 }

@@ -14,19 +14,30 @@ async fn reconnecting_with_the_same_token_is_the_same_member() {
     let joined = api.join(lead.code.as_str(), "Bea").await.expect("join");
     let mut leader = stack.connect(0, &lead).await;
     let first = stack.connect(0, &joined).await;
-    leader.send(&Command::Tempo { bpm: 87.0 }, None).await.expect("send");
+    leader
+        .send(&Command::Tempo { bpm: 87.0 }, None)
+        .await
+        .expect("send");
     event_of_kind(&mut leader, "tempo").await;
     first.close().await;
     // Back through the other gateway.
     let again = stack.connect(1, &joined).await;
     assert_eq!(again.member, joined.member);
     assert_eq!(again.state.members.len(), 2, "no duplicate member");
-    assert_eq!(again.state.timeline.latest().tempo_bpm, 87.0, "current state on reconnect");
+    assert_eq!(
+        again.state.timeline.latest().tempo_bpm,
+        87.0,
+        "current state on reconnect"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_leaving_keeps_the_music_and_passes_leadership() {
-    let stack = Stack::start(Knobs { leader_grace_ms: 1_000, ..Knobs::default() }).await;
+    let stack = Stack::start(Knobs {
+        leader_grace_ms: 1_000,
+        ..Knobs::default()
+    })
+    .await;
     let api = stack.api(0);
     let lead = api.create("Lead").await.expect("create");
     let mut leader = stack.connect(0, &lead).await;
@@ -34,18 +45,30 @@ async fn leader_leaving_keeps_the_music_and_passes_leadership() {
     let mut a = stack.connect(1, &first).await;
     let second = api.join(lead.code.as_str(), "Second").await.expect("join");
     let mut b = stack.connect(1, &second).await;
-    leader.send(&Command::Play { count_in_bars: 0 }, None).await.expect("play");
+    leader
+        .send(&Command::Play { count_in_bars: 0 }, None)
+        .await
+        .expect("play");
     event_of_kind(&mut a, "play").await;
     leader.close().await;
 
     let (event, _) = event_of_kind(&mut a, "member_disconnected").await;
-    assert!(event.state.timeline.latest().playing, "the music keeps going");
+    assert!(
+        event.state.timeline.latest().playing,
+        "the music keeps going"
+    );
     // Ticks keep flowing to followers during the grace period.
-    a.wait_for(WAIT, |m| matches!(m, ServerMsg::Tick(_))).await.expect("ticks continue");
+    a.wait_for(WAIT, |m| matches!(m, ServerMsg::Tick(_)))
+        .await
+        .expect("ticks continue");
     let (event, change) = event_of_kind(&mut a, "leader_changed").await;
     assert_eq!(
         change,
-        Change::LeaderChanged { from: Some(lead.member.clone()), to: first.member.clone(), reason: LeaderReason::Grace },
+        Change::LeaderChanged {
+            from: Some(lead.member.clone()),
+            to: first.member.clone(),
+            reason: LeaderReason::Grace
+        },
         "the longest-present member leads"
     );
     assert!(event.state.timeline.latest().playing);
@@ -54,10 +77,20 @@ async fn leader_leaving_keeps_the_music_and_passes_leadership() {
     let mut back = stack.connect(0, &lead).await;
     assert!(!back.state.is_leader(&lead.member));
     back.send(&Command::Pause, None).await.expect("send");
-    let msg = back.wait_for(WAIT, |m| matches!(m, ServerMsg::Error(_))).await.expect("refused");
+    let msg = back
+        .wait_for(WAIT, |m| matches!(m, ServerMsg::Error(_)))
+        .await
+        .expect("refused");
     assert!(matches!(msg, ServerMsg::Error(e) if e.code == bandsync_nats::ErrorCode::NotLeader));
     // …and can be handed leadership back.
-    a.send(&Command::HandLeadership { to: lead.member.clone() }, None).await.expect("hand");
+    a.send(
+        &Command::HandLeadership {
+            to: lead.member.clone(),
+        },
+        None,
+    )
+    .await
+    .expect("hand");
     let (event, _) = event_of_kind(&mut back, "leader_changed").await;
     assert!(event.state.is_leader(&lead.member));
     back.send(&Command::Pause, None).await.expect("send");

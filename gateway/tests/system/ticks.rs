@@ -6,9 +6,16 @@ use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ticks_arrive_at_the_configured_rate_with_increasing_seq() {
-    let stack = Stack::start(Knobs { tick_ms: 50, ..Knobs::default() }).await;
+    let stack = Stack::start(Knobs {
+        tick_ms: 50,
+        ..Knobs::default()
+    })
+    .await;
     let (mut leader, mut followers) = band(&stack, 0, &[1]).await;
-    leader.send(&Command::Play { count_in_bars: 0 }, None).await.expect("play");
+    leader
+        .send(&Command::Play { count_in_bars: 0 }, None)
+        .await
+        .expect("play");
     event_of_kind(&mut leader, "play").await;
     let follower = &mut followers[0];
     let mut ticks = Vec::new();
@@ -20,30 +27,53 @@ async fn ticks_arrive_at_the_configured_rate_with_increasing_seq() {
     }
     assert!(ticks.len() >= 2, "no ticks");
     for w in ticks.windows(2) {
-        assert!(w[1].seq > w[0].seq, "tick seq must increase strictly: {} then {}", w[0].seq, w[1].seq);
+        assert!(
+            w[1].seq > w[0].seq,
+            "tick seq must increase strictly: {} then {}",
+            w[0].seq,
+            w[1].seq
+        );
     }
     // 2 s at 50 ms = 40 ticks (the first 150 ms are the lead time).
     let span_us = ticks.last().map(|t| t.server_time).unwrap_or(0) - ticks[0].server_time;
     let rate = (ticks.len() - 1) as f64 / (span_us as f64 / 1e6);
-    println!("ticks: {} in {:.2} s = {rate:.1}/s (configured 20/s)", ticks.len(), span_us as f64 / 1e6);
-    assert!((14.0..=26.0).contains(&rate), "tick rate {rate:.1}/s is far from 20/s");
+    println!(
+        "ticks: {} in {:.2} s = {rate:.1}/s (configured 20/s)",
+        ticks.len(),
+        span_us as f64 / 1e6
+    );
+    assert!(
+        (14.0..=26.0).contains(&rate),
+        "tick rate {rate:.1}/s is far from 20/s"
+    );
     let skipped: u64 = ticks.windows(2).map(|w| w[1].seq - w[0].seq - 1).sum();
     assert!(skipped <= 4, "{skipped} tick periods missed on loopback");
     for t in &ticks {
         let pos = t.timeline.position(t.server_time);
-        assert!((pos - leader.timeline.position(t.server_time)).abs() < 1e-6, "tick timeline matches the session's");
+        assert!(
+            (pos - leader.timeline.position(t.server_time)).abs() < 1e-6,
+            "tick timeline matches the session's"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_ticks_while_paused() {
-    let stack = Stack::start(Knobs { tick_ms: 50, gateways: 1, ..Knobs::default() }).await;
+    let stack = Stack::start(Knobs {
+        tick_ms: 50,
+        gateways: 1,
+        ..Knobs::default()
+    })
+    .await;
     let (_leader, mut followers) = band(&stack, 0, &[0]).await;
     let f = &mut followers[0];
     let deadline = Instant::now() + Duration::from_millis(600);
     while Instant::now() < deadline {
         if let Ok(msg) = f.next_within(Duration::from_millis(100)).await {
-            assert!(!matches!(msg, ServerMsg::Tick(_)), "a stopped session does not tick");
+            assert!(
+                !matches!(msg, ServerMsg::Tick(_)),
+                "a stopped session does not tick"
+            );
         }
     }
 }

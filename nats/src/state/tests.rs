@@ -10,7 +10,10 @@ fn name(s: &str) -> DisplayName {
     DisplayName::parse(s).expect("valid name")
 }
 fn hello(conn: &str) -> Command {
-    Command::Hello { name: name("X"), conn: conn.into() }
+    Command::Hello {
+        name: name("X"),
+        conn: conn.into(),
+    }
 }
 
 /// A session led by "lead" with "lead", "a" and "b" connected.
@@ -24,7 +27,14 @@ fn band() -> (SessionState, Rules) {
         T0,
     );
     for (i, m) in ["lead", "a", "b"].iter().enumerate() {
-        s.apply(&hello(&format!("gw/{m}")), &id(m), None, T0 + i as i64, &rules).expect("joins");
+        s.apply(
+            &hello(&format!("gw/{m}")),
+            &id(m),
+            None,
+            T0 + i as i64,
+            &rules,
+        )
+        .expect("joins");
     }
     (s, rules)
 }
@@ -33,12 +43,36 @@ fn band() -> (SessionState, Rules) {
 fn only_the_leader_steers_and_rejections_change_nothing() {
     let (mut s, rules) = band();
     let before = s.clone();
-    let err = s.apply(&Command::Tempo { bpm: 90.0 }, &id("a"), None, T0 + 10, &rules).expect_err("follower");
+    let err = s
+        .apply(
+            &Command::Tempo { bpm: 90.0 },
+            &id("a"),
+            None,
+            T0 + 10,
+            &rules,
+        )
+        .expect_err("follower");
     assert_eq!(err.code, ErrorCode::NotLeader);
     assert_eq!(s, before);
-    let err = s.apply(&Command::Play { count_in_bars: 0 }, &id("stranger"), None, T0 + 10, &rules).expect_err("non-member");
+    let err = s
+        .apply(
+            &Command::Play { count_in_bars: 0 },
+            &id("stranger"),
+            None,
+            T0 + 10,
+            &rules,
+        )
+        .expect_err("non-member");
     assert_eq!(err.code, ErrorCode::Unauthorized);
-    let changes = s.apply(&Command::Tempo { bpm: 90.0 }, &id("lead"), None, T0 + 10, &rules).expect("leader");
+    let changes = s
+        .apply(
+            &Command::Tempo { bpm: 90.0 },
+            &id("lead"),
+            None,
+            T0 + 10,
+            &rules,
+        )
+        .expect("leader");
     assert!(matches!(changes[..], [Change::Tempo { bpm, .. }] if bpm == 90.0));
     assert_eq!(s.seq, before.seq + 1);
 }
@@ -46,64 +80,157 @@ fn only_the_leader_steers_and_rejections_change_nothing() {
 #[test]
 fn out_of_range_values_are_invalid_even_from_the_leader() {
     let (mut s, rules) = band();
-    let err = s.apply(&Command::Tempo { bpm: 401.0 }, &id("lead"), None, T0, &rules).expect_err("range");
+    let err = s
+        .apply(
+            &Command::Tempo { bpm: 401.0 },
+            &id("lead"),
+            None,
+            T0,
+            &rules,
+        )
+        .expect_err("range");
     assert_eq!(err.code, ErrorCode::Invalid);
-    let err = s.apply(&Command::Song { index: 3 }, &id("lead"), None, T0, &rules).expect_err("no such song");
+    let err = s
+        .apply(&Command::Song { index: 3 }, &id("lead"), None, T0, &rules)
+        .expect_err("no such song");
     assert_eq!(err.code, ErrorCode::Invalid);
 }
 
 #[test]
 fn member_cap_is_enforced() {
     let (mut s, _) = band();
-    let rules = Rules { max_members: 3, ..Rules::default() };
-    let err = s.apply(&hello("gw/4"), &id("d"), None, T0, &rules).expect_err("full");
+    let rules = Rules {
+        max_members: 3,
+        ..Rules::default()
+    };
+    let err = s
+        .apply(&hello("gw/4"), &id("d"), None, T0, &rules)
+        .expect_err("full");
     assert_eq!(err.code, ErrorCode::SessionFull);
     // An existing member reconnecting is never refused.
-    s.apply(&hello("gw/a2"), &id("a"), None, T0, &rules).expect("reconnect");
+    s.apply(&hello("gw/a2"), &id("a"), None, T0, &rules)
+        .expect("reconnect");
 }
 
 #[test]
 fn reconnect_is_the_same_member_and_stale_bye_is_ignored() {
     let (mut s, rules) = band();
     let n = s.members.len();
-    let changes = s.apply(&hello("gw2/9"), &id("a"), None, T0 + 5, &rules).expect("reconnect");
+    let changes = s
+        .apply(&hello("gw2/9"), &id("a"), None, T0 + 5, &rules)
+        .expect("reconnect");
     assert_eq!(changes, vec![Change::MemberConnected { member: id("a") }]);
     assert_eq!(s.members.len(), n);
-    let stale = s.apply(&Command::Bye { conn: "gw/a".into() }, &id("a"), None, T0 + 6, &rules).expect("ok");
-    assert!(stale.is_empty(), "bye from the old connection changes nothing");
+    let stale = s
+        .apply(
+            &Command::Bye {
+                conn: "gw/a".into(),
+            },
+            &id("a"),
+            None,
+            T0 + 6,
+            &rules,
+        )
+        .expect("ok");
+    assert!(
+        stale.is_empty(),
+        "bye from the old connection changes nothing"
+    );
     assert!(s.member(&id("a")).is_some_and(|m| m.connected));
 }
 
 #[test]
 fn leadership_passes_after_grace_and_can_be_reclaimed() {
     let (mut s, rules) = band();
-    s.apply(&Command::Play { count_in_bars: 0 }, &id("lead"), None, T0 + 100, &rules).expect("play");
-    s.apply(&Command::Bye { conn: "gw/lead".into() }, &id("lead"), None, T0 + 1_000, &rules).expect("bye");
-    assert!(s.housekeep(T0 + 1_000 + rules.leader_grace_us - 1, &rules).is_empty(), "still in grace");
+    s.apply(
+        &Command::Play { count_in_bars: 0 },
+        &id("lead"),
+        None,
+        T0 + 100,
+        &rules,
+    )
+    .expect("play");
+    s.apply(
+        &Command::Bye {
+            conn: "gw/lead".into(),
+        },
+        &id("lead"),
+        None,
+        T0 + 1_000,
+        &rules,
+    )
+    .expect("bye");
+    assert!(
+        s.housekeep(T0 + 1_000 + rules.leader_grace_us - 1, &rules)
+            .is_empty(),
+        "still in grace"
+    );
     let changes = s.housekeep(T0 + 1_000 + rules.leader_grace_us, &rules);
     assert_eq!(
         changes,
-        vec![Change::LeaderChanged { from: Some(id("lead")), to: id("a"), reason: LeaderReason::Grace }],
+        vec![Change::LeaderChanged {
+            from: Some(id("lead")),
+            to: id("a"),
+            reason: LeaderReason::Grace
+        }],
         "the longest-present member takes over"
     );
     assert!(s.timeline.latest().playing, "the music keeps going");
-    s.apply(&hello("gw/lead2"), &id("lead"), None, T0 + 9_000_000, &rules).expect("back");
+    s.apply(
+        &hello("gw/lead2"),
+        &id("lead"),
+        None,
+        T0 + 9_000_000,
+        &rules,
+    )
+    .expect("back");
     assert!(!s.is_leader(&id("lead")), "returns as a follower");
-    let changes = s.apply(&Command::RequestLeadership, &id("lead"), None, T0 + 9_100_000, &rules).expect("reclaim");
-    assert!(matches!(changes[..], [Change::LeaderChanged { reason: LeaderReason::Reclaimed, .. }]));
+    let changes = s
+        .apply(
+            &Command::RequestLeadership,
+            &id("lead"),
+            None,
+            T0 + 9_100_000,
+            &rules,
+        )
+        .expect("reclaim");
+    assert!(matches!(
+        changes[..],
+        [Change::LeaderChanged {
+            reason: LeaderReason::Reclaimed,
+            ..
+        }]
+    ));
     assert!(s.is_leader(&id("lead")));
 }
 
 #[test]
 fn hand_over_and_request() {
     let (mut s, rules) = band();
-    let changes = s.apply(&Command::RequestLeadership, &id("b"), None, T0, &rules).expect("request");
+    let changes = s
+        .apply(&Command::RequestLeadership, &id("b"), None, T0, &rules)
+        .expect("request");
     assert_eq!(changes, vec![Change::LeadershipRequested { by: id("b") }]);
     assert_eq!(s.leadership_request, Some(id("b")));
-    s.apply(&Command::HandLeadership { to: id("b") }, &id("lead"), None, T0, &rules).expect("hand");
+    s.apply(
+        &Command::HandLeadership { to: id("b") },
+        &id("lead"),
+        None,
+        T0,
+        &rules,
+    )
+    .expect("hand");
     assert!(s.is_leader(&id("b")));
     assert_eq!(s.leadership_request, None);
-    let err = s.apply(&Command::HandLeadership { to: id("zz") }, &id("b"), None, T0, &rules).expect_err("unknown");
+    let err = s
+        .apply(
+            &Command::HandLeadership { to: id("zz") },
+            &id("b"),
+            None,
+            T0,
+            &rules,
+        )
+        .expect_err("unknown");
     assert_eq!(err.code, ErrorCode::Invalid);
 }
 
@@ -111,11 +238,27 @@ fn hand_over_and_request() {
 fn idle_sessions_end_only_when_nobody_is_there() {
     let (mut s, rules) = band();
     let later = T0 + rules.idle_expiry_us + 1;
-    assert!(s.housekeep(later, &rules).is_empty(), "connected members keep it alive");
+    assert!(
+        s.housekeep(later, &rules).is_empty(),
+        "connected members keep it alive"
+    );
     for m in ["lead", "a", "b"] {
-        s.apply(&Command::Bye { conn: format!("gw/{m}") }, &id(m), None, later, &rules).expect("bye");
+        s.apply(
+            &Command::Bye {
+                conn: format!("gw/{m}"),
+            },
+            &id(m),
+            None,
+            later,
+            &rules,
+        )
+        .expect("bye");
     }
-    assert!(s.housekeep(later + rules.idle_expiry_us - 1, &rules).iter().all(|c| c.kind() != "ended"));
+    assert!(
+        s.housekeep(later + rules.idle_expiry_us - 1, &rules)
+            .iter()
+            .all(|c| c.kind() != "ended")
+    );
     let changes = s.housekeep(later + rules.idle_expiry_us, &rules);
     assert!(changes.iter().any(|c| c.kind() == "ended"));
 }
@@ -123,13 +266,44 @@ fn idle_sessions_end_only_when_nobody_is_there() {
 #[test]
 fn selecting_a_song_applies_its_tempo_and_rewinds() {
     let (mut s, rules) = band();
-    let songs = vec![Song { title: "Blue".into(), tempo_bpm: Some(96.0), beats_per_bar: Some(3), chart: "A\nB".into() }];
-    s.apply(&Command::Setlist { songs }, &id("lead"), None, T0, &rules).expect("setlist");
-    s.apply(&Command::Play { count_in_bars: 0 }, &id("lead"), None, T0, &rules).expect("play");
-    let changes = s.apply(&Command::Song { index: 0 }, &id("lead"), None, T0 + 2_000_000, &rules).expect("song");
-    let Change::Song { at, .. } = changes[0] else { panic!("song change expected: {changes:?}") };
+    let songs = vec![Song {
+        title: "Blue".into(),
+        tempo_bpm: Some(96.0),
+        beats_per_bar: Some(3),
+        chart: "A\nB".into(),
+    }];
+    s.apply(&Command::Setlist { songs }, &id("lead"), None, T0, &rules)
+        .expect("setlist");
+    s.apply(
+        &Command::Play { count_in_bars: 0 },
+        &id("lead"),
+        None,
+        T0,
+        &rules,
+    )
+    .expect("play");
+    let changes = s
+        .apply(
+            &Command::Song { index: 0 },
+            &id("lead"),
+            None,
+            T0 + 2_000_000,
+            &rules,
+        )
+        .expect("song");
+    let Change::Song { at, .. } = changes[0] else {
+        panic!("song change expected: {changes:?}")
+    };
     let seg = s.timeline.at(at);
-    assert_eq!((seg.tempo_bpm, seg.beats_per_bar, seg.playing, seg.anchor_beat), (96.0, 3, false, 0.0));
+    assert_eq!(
+        (
+            seg.tempo_bpm,
+            seg.beats_per_bar,
+            seg.playing,
+            seg.anchor_beat
+        ),
+        (96.0, 3, false, 0.0)
+    );
     assert_eq!(s.song, Some(0));
 }
 
@@ -149,9 +323,16 @@ fn any_command() -> impl Strategy<Value = (Command, usize)> {
         Just(Command::Stop),
         (-5.0..500.0f64).prop_map(|beat| Command::Seek { beat }),
         Just(Command::RequestLeadership),
-        (0usize..5).prop_map(|i| Command::HandLeadership { to: id(&format!("m{i}")) }),
-        (0usize..5).prop_map(|i| Command::Hello { name: name("M"), conn: format!("c{i}") }),
-        (0usize..5).prop_map(|i| Command::Bye { conn: format!("c{i}") }),
+        (0usize..5).prop_map(|i| Command::HandLeadership {
+            to: id(&format!("m{i}"))
+        }),
+        (0usize..5).prop_map(|i| Command::Hello {
+            name: name("M"),
+            conn: format!("c{i}")
+        }),
+        (0usize..5).prop_map(|i| Command::Bye {
+            conn: format!("c{i}")
+        }),
     ];
     (cmd, 0usize..5)
 }
