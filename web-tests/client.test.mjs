@@ -46,7 +46,7 @@ async function inSession(profile, token, fakeOpts) {
 
 const welcomeWith = (state) => (token) => ({ member: tokens[token], state: typeof state === 'function' ? state() : state });
 const text = (page, sel) => page.$eval(sel, (e) => e.textContent.trim());
-const visible = (page, sel) => page.$eval(sel, (e) => !e.hidden && e.offsetParent !== null).catch(() => false);
+const visible = (page, sel) => page.$eval(sel, (e) => !e.hidden && e.getClientRects().length > 0).catch(() => false);
 
 describe('web client against a stand-in gateway', () => {
   test('landing: creating a session opens it with the join code and the leader role', async () => {
@@ -213,7 +213,20 @@ describe('web client against a stand-in gateway', () => {
       setlist: [{ title: 'Intro', chart: 'a\nb' }],
     });
     const { page, fake } = await inSession(LAPTOP, 'tok-ana', { welcome: welcomeWith(state) });
+    // Just enough of the owner for the transport buttons to follow the state.
+    let seq = state.seq;
+    fake.onCommand = (msg) => {
+      const seg = { ...state.timeline.segments.at(-1), anchor_time: fake.serverNow() + 150_000 };
+      if (msg.type === 'play') Object.assign(seg, { playing: true });
+      else if (msg.type === 'pause') Object.assign(seg, { playing: false, anchor_beat: 3.5 });
+      else if (msg.type === 'stop') Object.assign(seg, { playing: false, anchor_beat: 0 });
+      else return;
+      state.timeline = { segments: [state.timeline.segments.at(-1), seg] };
+      seq += 1;
+      fake.send({ type: 'event', session: 'sess1', seq, epoch: 1, at: fake.serverNow(), cause: { by: 'm-ana' }, changes: [], state: { ...state, seq } });
+    };
     await until('leader controls', () => visible(page, '#leader-controls'));
+    assert.ok(await page.$eval('#pause-btn', (b) => b.disabled), 'nothing to pause');
     const cmds = () => fake.received.filter((m) => m.type !== 'ping').map(({ id, ...m }) => m);
     await page.click('#tempo-up');
     await page.click('#tempo-up');
@@ -361,6 +374,13 @@ describe('web client against a stand-in gateway', () => {
     await until('browsing', () => visible(follower.page, '#browse-bar'));
     await screenshot(follower.page, 'client-follower-phone-browsing');
     await follower.page.click('#go-live');
+    const phoneLeader = await inSession(PHONE, 'tok-ana', { welcome: welcomeWith(state) });
+    await until('quick bar', () => visible(phoneLeader.page, '#quickbar'));
+    assert.equal(await text(phoneLeader.page, '#q-play'), '❚❚ Pause');
+    assert.equal(await text(phoneLeader.page, '#q-bpm'), '72');
+    await sleep(200);
+    await screenshot(phoneLeader.page, 'client-leader-phone');
+    await phoneLeader.page.context().close();
     await until('live again', async () => !(await visible(follower.page, '#browse-bar')));
     assert.deepEqual(leader.page.errors, []);
     assert.deepEqual(follower.page.errors, []);

@@ -21,7 +21,7 @@ let leader; // page on gateway A
 let follower; // page on gateway B
 
 const text = (page, sel) => page.$eval(sel, (e) => e.textContent.trim());
-const visible = (page, sel) => page.$eval(sel, (e) => !e.hidden && e.offsetParent !== null).catch(() => false);
+const visible = (page, sel) => page.$eval(sel, (e) => !e.hidden && e.getClientRects().length > 0).catch(() => false);
 const bs = (page, fn, arg) => page.evaluate(fn, arg);
 
 /** Both pages' positions at one local instant (same machine, same local clock). */
