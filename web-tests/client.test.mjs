@@ -337,6 +337,10 @@ describe('web client against a stand-in gateway', () => {
       assert.ok(Math.abs(c.t - expect) < 1, `beat ${c.beat} at ${c.t}, expected ${expect}`);
       assert.equal(c.accent, ((c.beat % 4) + 4) % 4 === 0, `accent of beat ${c.beat}`);
       assert.equal(c.countIn, c.beat < 0);
+      // The audio clock mapping: a click due in x s on the server clock is scheduled
+      // x s ahead on the audio clock, less the output latency (a few tens of ms at most).
+      const early = c.serverLead - c.audioLead;
+      assert.ok(early > -0.005 && early < 0.08, `beat ${c.beat}: audio lead ${c.audioLead}, server lead ${c.serverLead}`);
     }
     const beats = clicks.map((c) => c.beat);
     assert.deepEqual(beats, [...new Set(beats)], 'no beat scheduled twice');

@@ -399,7 +399,7 @@
           stopPings();
           ws.close(1000, 'reconnecting');
         }
-        scheduleReconnect(50 + Math.random() * 250);
+        scheduleReconnect(200 + Math.random() * 600);
         setConn('offline', 'moving to another server');
         break;
       default:
@@ -566,7 +566,8 @@
         const at = this.audioTimeOf(w.t);
         if (at < this.ctx.currentTime) continue;
         this.scheduled.push({ t: w.t, osc: this.click(at, w) });
-        this.recent.push(w);
+        // For tests: how far ahead on the audio clock vs. on the server clock.
+        this.recent.push({ ...w, audioLead: at - this.ctx.currentTime, serverLead: (w.t - Clock.serverNow()) / 1e6 });
         if (this.recent.length > 64) this.recent.shift();
       }
     },
