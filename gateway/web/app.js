@@ -452,7 +452,7 @@
     S.state = state;
     S.seq = fromWelcome ? state.seq : Math.max(S.seq, state.seq);
     S.timeline = state.timeline;
-    if (S.browse != null && S.browse >= state.setlist.length) S.browse = null;
+    if (S.browse != null && (S.browse >= state.setlist.length || S.browse === state.song)) S.browse = null;
     renderStatic();
   }
 
@@ -617,6 +617,13 @@
     $('#landing-error').hidden = true;
     $('#session').hidden = false;
     $('#join-code-big').textContent = fmtCode(auth.code);
+    // Nothing of a previous session may show while this one connects.
+    for (const sel of ['#members', '#setlist', '#chart']) $(sel).textContent = '';
+    chartKey = null;
+    lastDynamic = null;
+    $('#status').textContent = 'Connecting…';
+    $('#status').dataset.mode = 'connecting';
+    $('#member-count').textContent = '';
     document.title = `BandSync · ${fmtCode(auth.code)}`;
     renderStatic();
     Conn.attempt = 0;
