@@ -385,6 +385,10 @@ describe('web client against a stand-in gateway', () => {
     await sleep(200);
     await screenshot(phoneLeader.page, 'client-leader-phone');
     await phoneLeader.page.context().close();
+    const tablet = await inSession({ viewport: { width: 820, height: 1180 }, hasTouch: true }, 'tok-ben', { welcome: welcomeWith({ ...state, leadership_request: undefined }) });
+    await until('playing (tablet)', async () => (await text(tablet.page, '#status')) === 'Playing');
+    await screenshot(tablet.page, 'client-follower-tablet');
+    await tablet.page.context().close();
     await until('live again', async () => !(await visible(follower.page, '#browse-bar')));
     assert.deepEqual(leader.page.errors, []);
     assert.deepEqual(follower.page.errors, []);
