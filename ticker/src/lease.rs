@@ -1,23 +1,37 @@
 //! Shard leases in the leases bucket (max age = TTL, with limit markers).
-//! Campaign with `create`, renew with `update` on the revision, and treat any
-//! failed renewal as lost leadership: stop the shard at once. The epoch of an
-//! ownership term is the revision at which the lease was won, so a later
+//! Campaign with `create` (or, for a lease its holder handed over, `update` on
+//! the hand-over's revision), renew with `update` on the revision every TTL/3,
+//! and treat any failed renewal, or a newer revision of our key on the watch, as
+//! lost leadership: stop the shard at once. The epoch of an ownership term is the
+//! revision at which the lease was won; revisions of a bucket only grow, so a later
 //! owner's epoch is always larger.
 //!
-//! Fair share: each ticker aims for ⌈shards ÷ live tickers⌉, preferring the
-//! shards rendezvous hashing gives it, and releases the excess when tickers join.
+//! Handing over (rebalance or shutdown): stop the shard, wait until nothing is
+//! being published for it, then overwrite the lease with a "released" value that
+//! names the last tick sequence published. The next owner continues from the next
+//! sequence, so no tick period is published twice nor, if it is quick, skipped.
+//! Which shards to take or give is decided by `fleet::Fleet`.
 
 use crate::Ctx;
+use crate::fleet::{Fleet, LeaseEvent, LeaseValue, Vacancy, Vacated};
 use crate::owned::{OwnedShard, Registry};
 use crate::worker::Worker;
 use async_nats::jetstream::kv;
+use bandsync_nats::timeline::tick_seq;
 use bandsync_nats::{Micros, Shard, Subjects, now_us};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+/// Lease operations in flight at once (renewals, campaigns, releases).
+const PARALLEL: usize = 64;
+/// How long a release waits for the shard's worker to save its cursor.
+const WORKER_STOP_WAIT: Duration = Duration::from_millis(300);
+/// How long start-up waits to read the current leases and heartbeats.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 
 struct Held {
     revision: u64,
@@ -28,158 +42,200 @@ struct Held {
 pub struct Leases {
     ctx: Arc<Ctx>,
     registry: Registry,
+    fleet: Fleet,
     held: HashMap<Shard, Held>,
-    /// Shards some ticker holds, as seen on the leases bucket.
-    taken: HashMap<Shard, String>,
-    live_tickers: Vec<String>,
     ttl: Duration,
+    /// The part of the TTL a successful renewal proves, counted from its send time.
+    valid_for: Duration,
 }
+
+type Watch = Option<kv::Watch>;
 
 impl Leases {
     pub fn new(ctx: Arc<Ctx>, registry: Registry) -> Self {
         let ttl = ctx.config.lease_ttl();
+        let fleet = Fleet::new(
+            &ctx.ticker_id,
+            ctx.config.shards,
+            ttl,
+            ttl / 3,
+            Instant::now(),
+        );
         Self {
             ctx,
             registry,
+            fleet,
             held: HashMap::new(),
-            taken: HashMap::new(),
-            live_tickers: Vec::new(),
             ttl,
+            valid_for: ttl - ttl / 5,
         }
     }
 
-    pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut watch = match self.ctx.bus.leases.watch_with_history(">").await {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch leases; campaigning on the timer only");
-                None
-            }
-        };
+    pub async fn run(mut self, shutdown: CancellationToken, ready: CancellationToken) {
+        let heartbeat_stop = CancellationToken::new();
+        let heartbeat = tokio::spawn(heartbeat(self.ctx.clone(), heartbeat_stop.clone()));
+        let mut leases = self.open_watch(true).await;
+        let mut tickers = self.open_watch(false).await;
+        self.catch_up(&mut leases, true).await;
+        self.catch_up(&mut tickers, false).await;
+        ready.cancel();
         let mut every = tokio::time::interval(self.ttl / 3);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                _ = every.tick() => self.round().await,
-                entry = next_entry(&mut watch) => match entry {
-                    Some(entry) => self.observe(entry).await,
-                    None => watch = None,
-                },
+                _ = every.tick() => {
+                    if leases.is_none() {
+                        leases = self.open_watch(true).await;
+                    }
+                    if tickers.is_none() {
+                        tickers = self.open_watch(false).await;
+                    }
+                    self.round().await;
+                }
+                entry = next_entry(&mut leases) => {
+                    let Some(entry) = entry else { leases = None; continue };
+                    self.observe_lease(entry).await;
+                    // Fold in whatever else already arrived before deciding.
+                    while let Some(Some(entry)) = next_entry(&mut leases).now_or_never() {
+                        self.observe_lease(entry).await;
+                    }
+                    self.act().await;
+                }
+                entry = next_entry(&mut tickers) => {
+                    let Some(entry) = entry else { tickers = None; continue };
+                    self.observe_ticker(&entry);
+                    self.act().await;
+                }
             }
         }
+        heartbeat_stop.cancel();
+        let _ = heartbeat.await;
         self.release_all().await;
     }
 
-    /// Records who holds what; a lease that vanished is campaigned for at once.
-    async fn observe(&mut self, entry: kv::Entry) {
-        let Ok(shard) = entry.key.parse::<Shard>() else {
-            return;
+    async fn open_watch(&self, leases: bool) -> Watch {
+        let bucket = if leases {
+            &self.ctx.bus.leases
+        } else {
+            &self.ctx.bus.tickers
         };
-        if entry.operation == kv::Operation::Put {
-            self.taken
-                .insert(shard, String::from_utf8_lossy(&entry.value).into_owned());
-            return;
-        }
-        let ours_before = self
-            .held
-            .get(&shard)
-            .is_some_and(|h| h.revision < entry.revision);
-        if self
-            .held
-            .get(&shard)
-            .is_some_and(|h| h.revision >= entry.revision)
-        {
-            return; // a marker from before we won this term
-        }
-        self.taken.remove(&shard);
-        if ours_before {
-            // Our own lease expired or was deleted: we no longer own it.
-            self.lose(shard, "lease vanished").await;
-        } else if entry.seen_current && self.held.len() < self.fair_share() {
-            self.campaign(shard).await;
+        match bucket.watch_with_history(">").await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, leases, "cannot watch; campaigning on the timer only");
+                None
+            }
         }
     }
 
-    /// Heartbeat, renewals, rebalancing and campaigns: once per TTL/3.
+    /// Reads the bucket's current values before the first decision, so a
+    /// joining ticker does not campaign for shards that are held.
+    async fn catch_up(&mut self, watch: &mut Watch, leases: bool) {
+        let bucket = if leases {
+            &self.ctx.bus.leases
+        } else {
+            &self.ctx.bus.tickers
+        };
+        let stored = match bucket.status().await {
+            Ok(status) => status.values(),
+            Err(_) => 0,
+        };
+        if stored == 0 {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+        while let Ok(Some(entry)) = tokio::time::timeout_at(deadline, next_entry(watch)).await {
+            let caught_up = entry.delta == 0;
+            if leases {
+                self.observe_lease(entry).await;
+            } else {
+                self.observe_ticker(&entry);
+            }
+            if caught_up {
+                return;
+            }
+        }
+    }
+
+    fn observe_ticker(&mut self, entry: &kv::Entry) {
+        if entry.operation == kv::Operation::Put {
+            // A heartbeat read from history is as old as its write.
+            let age_us = (now_us() - timestamp_us(entry)).max(0);
+            let age = Duration::from_micros(u64::try_from(age_us).unwrap_or(0));
+            let seen = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+            self.fleet.observe_heartbeat(&entry.key, seen);
+        } else {
+            self.fleet.observe_ticker_gone(&entry.key);
+        }
+    }
+
+    /// Records a lease change; one that shows our own lease gone loses the shard.
+    async fn observe_lease(&mut self, entry: kv::Entry) {
+        let Ok(shard) = entry.key.parse::<Shard>() else {
+            return;
+        };
+        let event = match entry.operation {
+            kv::Operation::Put => {
+                LeaseEvent::Put(LeaseValue::parse(&String::from_utf8_lossy(&entry.value)))
+            }
+            kv::Operation::Purge => LeaseEvent::Expired,
+            kv::Operation::Delete => LeaseEvent::Deleted,
+        };
+        if let Some(held) = self.held.get(&shard) {
+            let ours = matches!(&event, LeaseEvent::Put(LeaseValue::Held { ticker }) if *ticker == self.ctx.ticker_id);
+            if entry.revision > held.revision && !ours {
+                self.lose(shard, "lease changed under us").await;
+            }
+        }
+        self.fleet
+            .observe_lease(shard, event, entry.revision, Instant::now());
+    }
+
+    /// Campaigns and hands over as the fleet view says.
+    async fn act(&mut self) {
+        let held: HashSet<Shard> = self.held.keys().copied().collect();
+        let plan = self.fleet.plan(&held, Instant::now());
+        if !plan.release.is_empty() {
+            tracing::info!(
+                shards = plan.release.len(),
+                target = self.fleet.target(Instant::now()),
+                "handing shards over"
+            );
+            let releases: Vec<_> = plan
+                .release
+                .iter()
+                .filter_map(|s| self.held.remove(s).map(|h| (*s, h)))
+                .collect();
+            self.release_many(releases, false).await;
+        }
+        if !plan.campaign.is_empty() {
+            self.campaign_many(plan.campaign).await;
+        }
+        self.publish_gauges();
+    }
+
+    /// Renewals, then campaigns and hand-overs: once per TTL/3.
     async fn round(&mut self) {
-        self.heartbeat().await;
         let failed: Vec<Shard> = self
             .held
             .iter()
             .filter(|(_, h)| h.worker.is_finished())
             .map(|(&s, _)| s)
             .collect();
-        for shard in failed {
-            self.release(shard).await; // its worker gave up; let someone retry it
-        }
-        self.renew_all().await;
-        let share = self.fair_share();
-        let preferred = self.preferred();
-        if self.held.len() > share {
-            let mut excess: Vec<Shard> = self
-                .held
-                .keys()
-                .copied()
-                .filter(|s| !preferred.contains(s))
-                .collect();
-            excess.sort_unstable();
-            for shard in excess.into_iter().take(self.held.len() - share) {
-                self.release(shard).await;
-            }
-        }
-        let mut wanted: Vec<Shard> = (0..self.ctx.config.shards)
-            .filter(|s| !self.held.contains_key(s) && !self.taken.contains_key(s))
+        let failed: Vec<_> = failed
+            .into_iter()
+            .filter_map(|s| self.held.remove(&s).map(|h| (s, h)))
             .collect();
-        wanted.sort_by_key(|s| !preferred.contains(s));
-        for shard in wanted {
-            if self.held.len() >= share {
-                break;
-            }
-            self.campaign(shard).await;
-        }
-        metrics::gauge!("bandsync_ticker_shards_owned").set(self.held.len() as f64);
-    }
-
-    fn fair_share(&self) -> usize {
-        let live = self.live_tickers.len().max(1);
-        usize::from(self.ctx.config.shards).div_ceil(live)
-    }
-
-    /// Shards for which this ticker has the highest rendezvous weight among live tickers.
-    fn preferred(&self) -> HashSet<Shard> {
-        let me = &self.ctx.ticker_id;
-        (0..self.ctx.config.shards)
-            .filter(|&shard| {
-                let mine = weight(me, shard);
-                self.live_tickers
-                    .iter()
-                    .all(|t| t == me || weight(t, shard) < mine)
-            })
-            .collect()
-    }
-
-    async fn heartbeat(&mut self) {
-        let tickers = &self.ctx.bus.tickers;
-        if let Err(e) = tickers
-            .put(&self.ctx.ticker_id, now_us().to_string().into())
-            .await
-        {
-            tracing::warn!(error = %e, "ticker heartbeat failed");
-        }
-        if let Ok(keys) = tickers.keys().await {
-            let mut live: Vec<String> = keys.filter_map(|k| async move { k.ok() }).collect().await;
-            live.sort();
-            if !live.contains(&self.ctx.ticker_id) {
-                live.push(self.ctx.ticker_id.clone());
-            }
-            self.live_tickers = live;
-        }
+        // Their workers gave up: let the fleet (or us, later) try them afresh.
+        self.release_many(failed, false).await;
+        self.renew_all().await;
+        self.act().await;
     }
 
     async fn renew_all(&mut self) {
-        let sent_at = now_us();
+        let sent_at = Instant::now();
         let renewals: Vec<_> = self
             .held
             .iter()
@@ -193,20 +249,25 @@ impl Leases {
             })
             .collect();
         let results = futures::stream::iter(renewals)
-            .buffer_unordered(64)
+            .buffer_unordered(PARALLEL)
             .collect::<Vec<_>>()
             .await;
-        let valid_until = sent_at + self.valid_for();
         for (shard, result) in results {
             match result {
                 Ok(revision) => {
                     metrics::counter!("bandsync_ticker_lease_renewals_total").increment(1);
                     if let Some(held) = self.held.get_mut(&shard) {
                         held.revision = revision;
-                        held.owned.extend(valid_until);
+                        held.owned.extend(sent_at + self.valid_for);
                     }
+                    let me = LeaseValue::Held {
+                        ticker: self.ctx.ticker_id.clone(),
+                    };
+                    self.fleet
+                        .observe_lease(shard, LeaseEvent::Put(me), revision, Instant::now());
                 }
                 Err(e) => {
+                    metrics::counter!("bandsync_ticker_lease_renewal_failures_total").increment(1);
                     tracing::warn!(shard, error = %e, "lease renewal failed");
                     self.lose(shard, "renewal failed").await;
                 }
@@ -214,43 +275,79 @@ impl Leases {
         }
     }
 
-    /// How long after sending a renewal the lease is surely still ours: the TTL less a margin.
-    fn valid_for(&self) -> Micros {
-        let ttl = Micros::try_from(self.ttl.as_micros()).unwrap_or(1_500_000);
-        ttl - ttl / 5
+    async fn campaign_many(&mut self, vacancies: Vec<Vacancy>) {
+        let leases = self.ctx.bus.leases.clone();
+        let value: bytes::Bytes = LeaseValue::Held {
+            ticker: self.ctx.ticker_id.clone(),
+        }
+        .encode()
+        .into();
+        let attempts = vacancies.into_iter().map(|v| {
+            let (leases, value) = (leases.clone(), value.clone());
+            async move {
+                let sent_at = Instant::now();
+                (v, sent_at, campaign(&leases, &v, value).await)
+            }
+        });
+        let results = futures::stream::iter(attempts)
+            .buffer_unordered(PARALLEL)
+            .collect::<Vec<_>>()
+            .await;
+        for (vacancy, sent_at, result) in results {
+            match result {
+                Some(revision) => self.won(vacancy, revision, sent_at),
+                None => metrics::counter!("bandsync_ticker_campaigns_lost_total").increment(1),
+            }
+        }
     }
 
-    async fn campaign(&mut self, shard: Shard) {
-        let sent_at = now_us();
-        match self
-            .ctx
-            .bus
-            .leases
-            .create(
-                Subjects::shard_key(shard),
-                self.ctx.ticker_id.clone().into(),
-            )
-            .await
-        {
-            Ok(revision) => {
-                let owned = Arc::new(OwnedShard::new(shard, revision, sent_at + self.valid_for()));
-                self.registry.insert(owned.clone());
-                let worker = tokio::spawn(run_worker(self.ctx.clone(), owned.clone()));
-                self.held.insert(
-                    shard,
-                    Held {
-                        revision,
-                        owned,
-                        worker,
-                    },
-                );
-                self.taken.insert(shard, self.ctx.ticker_id.clone());
-                metrics::counter!("bandsync_ticker_leases_acquired_total").increment(1);
-                tracing::info!(shard, epoch = revision, "lease acquired");
+    fn won(&mut self, vacancy: Vacancy, revision: u64, sent_at: Instant) {
+        let shard = vacancy.shard;
+        let first_tick = match vacancy.how {
+            Vacated::Released { last_tick } => last_tick,
+            // Whoever held it before stopped publishing before its lease ran out,
+            // and that was before now: every tick period from now on is ours.
+            Vacated::Expired | Vacated::Absent => tick_seq(now_us(), self.tick_period_us()),
+        };
+        let owned = Arc::new(OwnedShard::new(
+            shard,
+            revision,
+            vacancy.how,
+            sent_at + self.valid_for,
+            first_tick,
+        ));
+        self.registry.insert(owned.clone());
+        let worker = tokio::spawn(run_worker(self.ctx.clone(), owned.clone()));
+        self.held.insert(
+            shard,
+            Held {
+                revision,
+                owned,
+                worker,
+            },
+        );
+        let me = LeaseValue::Held {
+            ticker: self.ctx.ticker_id.clone(),
+        };
+        self.fleet
+            .observe_lease(shard, LeaseEvent::Put(me), revision, Instant::now());
+        metrics::counter!("bandsync_ticker_leases_acquired_total").increment(1);
+        let after = match vacancy.how {
+            Vacated::Expired => {
+                metrics::counter!("bandsync_ticker_failovers_total").increment(1);
+                "expiry"
             }
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-            Err(e) => tracing::debug!(shard, error = %e, "campaign failed"),
-        }
+            Vacated::Released { .. } => {
+                metrics::counter!("bandsync_ticker_handovers_total").increment(1);
+                "hand-over"
+            }
+            Vacated::Absent => "vacancy",
+        };
+        tracing::info!(shard, epoch = revision, after, "lease acquired");
+    }
+
+    fn tick_period_us(&self) -> Micros {
+        Micros::try_from(self.ctx.config.tick_period().as_micros()).unwrap_or(100_000)
     }
 
     async fn lose(&mut self, shard: Shard, why: &str) {
@@ -262,48 +359,120 @@ impl Leases {
         }
     }
 
-    /// Gives a shard up cleanly: stop its worker (it saves its cursor), then delete the lease.
-    async fn release(&mut self, shard: Shard) {
-        let Some(held) = self.held.remove(&shard) else {
+    /// Hands shards over: stop each, wait until nothing is published for it and
+    /// its worker saved its cursor, then mark the lease released.
+    async fn release_many(&mut self, shards: Vec<(Shard, Held)>, leaving: bool) {
+        if shards.is_empty() {
             return;
-        };
-        held.owned.stop.cancel();
-        self.registry.remove(shard);
-        let _ = tokio::time::timeout(Duration::from_secs(2), held.worker).await;
-        let _ = self
-            .ctx
-            .bus
-            .leases
-            .delete_expect_revision(Subjects::shard_key(shard), Some(held.revision))
+        }
+        for (shard, held) in &shards {
+            held.owned.stop.cancel();
+            self.registry.remove(*shard);
+        }
+        let leases = self.ctx.bus.leases.clone();
+        let me = self.ctx.ticker_id.clone();
+        let releases = shards.into_iter().map(|(shard, held)| {
+            let (leases, me) = (leases.clone(), me.clone());
+            async move {
+                let _quiet = held.owned.gate.write().await;
+                let _ = tokio::time::timeout(WORKER_STOP_WAIT, held.worker).await;
+                let value = LeaseValue::Released {
+                    ticker: me,
+                    last_tick: held.owned.last_tick(),
+                    leaving,
+                };
+                let result = leases
+                    .update(
+                        Subjects::shard_key(shard),
+                        value.encode().into(),
+                        held.revision,
+                    )
+                    .await;
+                (shard, value, result)
+            }
+        });
+        let results = futures::stream::iter(releases)
+            .buffer_unordered(PARALLEL)
+            .collect::<Vec<_>>()
             .await;
-        self.taken.remove(&shard);
-        tracing::info!(shard, "lease released");
+        for (shard, value, result) in results {
+            match result {
+                Ok(revision) => {
+                    self.fleet.observe_lease(
+                        shard,
+                        LeaseEvent::Put(value),
+                        revision,
+                        Instant::now(),
+                    );
+                    metrics::counter!("bandsync_ticker_leases_released_total").increment(1);
+                    tracing::info!(shard, "lease released");
+                }
+                // It lapses by itself within the TTL.
+                Err(e) => tracing::warn!(shard, error = %e, "lease release failed"),
+            }
+        }
     }
 
     async fn release_all(&mut self) {
-        let shards: Vec<Shard> = self.held.keys().copied().collect();
-        for held in self.held.values() {
-            held.owned.stop.cancel();
+        // Leave the live set first, so the others' targets already count our shards.
+        if let Err(e) = self.ctx.bus.tickers.delete(&self.ctx.ticker_id).await {
+            tracing::warn!(error = %e, "cannot withdraw the heartbeat");
         }
-        let releases = shards.into_iter().map(|shard| {
-            let held = self.held.remove(&shard);
-            let leases = self.ctx.bus.leases.clone();
-            let registry = self.registry.clone();
-            async move {
-                let Some(held) = held else { return };
-                registry.remove(shard);
-                let _ = tokio::time::timeout(Duration::from_secs(2), held.worker).await;
-                let _ = leases
-                    .delete_expect_revision(Subjects::shard_key(shard), Some(held.revision))
-                    .await;
-            }
-        });
-        futures::stream::iter(releases)
-            .buffer_unordered(64)
-            .collect::<Vec<_>>()
-            .await;
-        let _ = self.ctx.bus.tickers.delete(&self.ctx.ticker_id).await;
-        tracing::info!("all leases released");
+        let all: Vec<_> = self.held.drain().collect();
+        let count = all.len();
+        self.release_many(all, true).await;
+        self.publish_gauges();
+        tracing::info!(shards = count, "all leases released");
+    }
+
+    fn publish_gauges(&self) {
+        let now = Instant::now();
+        metrics::gauge!("bandsync_ticker_shards_owned").set(self.held.len() as f64);
+        metrics::gauge!("bandsync_ticker_shards_target").set(self.fleet.target(now) as f64);
+        metrics::gauge!("bandsync_ticker_live_tickers").set(self.fleet.live(now).len() as f64);
+    }
+}
+
+/// Announces this ticker in the tickers bucket every TTL/3 (the others count
+/// live tickers from these to size their share).
+async fn heartbeat(ctx: Arc<Ctx>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(ctx.config.lease_ttl() / 3);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let put = ctx
+            .bus
+            .tickers
+            .put(&ctx.ticker_id, now_us().to_string().into());
+        if let Err(e) = put.await {
+            tracing::warn!(error = %e, "ticker heartbeat failed");
+        }
+    }
+}
+
+/// One campaign: the revision won, or `None` if someone else holds the shard.
+async fn campaign(leases: &kv::Store, vacancy: &Vacancy, value: bytes::Bytes) -> Option<u64> {
+    let key = Subjects::shard_key(vacancy.shard);
+    // A known revision (a hand-over or an expiry marker) is one round trip;
+    // `create` also copes with a key that has no message left at all.
+    if let Some(revision) = vacancy.revision
+        && let Ok(won) = leases.update(&key, value.clone(), revision).await
+    {
+        return Some(won);
+    }
+    if matches!(vacancy.how, Vacated::Released { .. }) {
+        return None; // a hand-over someone else took first
+    }
+    match leases.create(&key, value).await {
+        Ok(won) => Some(won),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => None,
+        Err(e) => {
+            tracing::debug!(shard = vacancy.shard, error = %e, "campaign failed");
+            None
+        }
     }
 }
 
@@ -313,9 +482,10 @@ async fn renew(
     shard: Shard,
     revision: u64,
 ) -> (Shard, Result<u64, kv::UpdateError>) {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
+    let value = LeaseValue::Held { ticker: id }.encode();
     let result = leases
-        .update(Subjects::shard_key(shard), id.into(), revision)
+        .update(Subjects::shard_key(shard), value.into(), revision)
         .await;
     metrics::histogram!("bandsync_ticker_lease_renew_seconds")
         .record(started.elapsed().as_secs_f64());
@@ -324,19 +494,18 @@ async fn renew(
 
 async fn run_worker(ctx: Arc<Ctx>, owned: Arc<OwnedShard>) {
     let shard = owned.shard;
-    if let Err(e) = Worker::run(ctx, owned.clone()).await {
+    if let Err(e) = Worker::run(ctx, owned).await {
+        // The lease manager sees the worker finished and hands the shard over.
         tracing::error!(shard, error = %e, "shard worker failed; giving the shard up");
-        // Let the lease lapse so another ticker (or this one, later) takes over.
-        owned.stop.cancel();
     }
 }
 
-async fn next_entry(watch: &mut Option<kv::Watch>) -> Option<kv::Entry> {
+async fn next_entry(watch: &mut Watch) -> Option<kv::Entry> {
     match watch {
         Some(w) => match w.next().await {
             Some(Ok(entry)) => Some(entry),
             Some(Err(e)) => {
-                tracing::warn!(error = %e, "lease watch error");
+                tracing::warn!(error = %e, "watch error");
                 None
             }
             None => None,
@@ -345,28 +514,6 @@ async fn next_entry(watch: &mut Option<kv::Watch>) -> Option<kv::Entry> {
     }
 }
 
-/// Rendezvous weight of a (ticker, shard) pair: FNV-1a of "ticker/shard".
-fn weight(ticker: &str, shard: Shard) -> u64 {
-    bandsync_nats::shard::fnv1a(format!("{ticker}/{shard}").as_bytes())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::weight;
-
-    #[test]
-    fn rendezvous_spreads_shards_evenly() {
-        let tickers = ["t-a", "t-b", "t-c"];
-        let mut counts = [0usize; 3];
-        for shard in 0..256u16 {
-            let best = (0..3)
-                .max_by_key(|&i| weight(tickers[i], shard))
-                .expect("non-empty");
-            counts[best] += 1;
-        }
-        assert!(
-            counts.iter().all(|&c| (60..=110).contains(&c)),
-            "{counts:?}"
-        );
-    }
+fn timestamp_us(entry: &kv::Entry) -> Micros {
+    i64::try_from(entry.created.unix_timestamp_nanos() / 1000).unwrap_or(0)
 }

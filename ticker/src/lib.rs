@@ -7,9 +7,16 @@
 //! Invariants: **nothing is published for a shard whose lease is not proven**
 //! (fencing by `OwnedShard::is_valid`, epochs on every message); **each command
 //! applies at most once** (its stream sequence is stored with the state it
-//! produced); **positions are computed from the timeline, never counted**.
+//! produced); **a tick period is published at most once per session** (each shard
+//! remembers the last sequence, and a hand-over passes it on); **positions are
+//! computed from the timeline, never counted**.
+//!
+//! `/readyz` lists the shards owned with their epochs; `/metrics` exports shards
+//! owned, lease renewals and their latency, failovers, ticks per second and
+//! commands applied (see `docs/ARCHITECTURE.md`).
 
 pub mod config;
+mod fleet;
 mod lease;
 mod owned;
 mod ticks;
@@ -45,6 +52,7 @@ pub struct Ctx {
     pub ticker_id: String,
     /// Gateway heartbeats (`None` until the watch starts): members on dead gateways are gone.
     pub live_gateways: watch::Receiver<Option<Gateways>>,
+    pub ticks: ticks::Ticks,
 }
 
 /// A running ticker.
@@ -100,19 +108,26 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let addr = listener.local_addr()?;
     prometheus();
     let (live_tx, live_rx) = watch::channel(None);
+    let config_tick_period = config.tick_period();
     let ctx = Arc::new(Ctx {
         bus: bus.clone(),
         rules: config.rules(),
         config,
         ticker_id: ticker_id.clone(),
         live_gateways: live_rx,
+        ticks: ticks::Ticks {
+            client: bus.client.clone(),
+            subjects,
+            period: config_tick_period,
+        },
     });
+    let leases_known = CancellationToken::new();
     let registry = Registry::default();
     let health = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(|| async { prometheus().render() }))
-        .with_state((ctx.clone(), registry.clone()));
+        .with_state((ctx.clone(), registry.clone(), leases_known.clone()));
     let http_stop = shutdown.clone();
     tokio::spawn(async move {
         let serve = axum::serve(listener, health)
@@ -122,17 +137,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         }
     });
     tokio::spawn(watch_gateways(bus.clone(), live_tx, shutdown.clone()));
-    let ticks = tokio::spawn(ticks::run(
-        bus.client.clone(),
-        subjects,
-        registry.clone(),
-        ctx.config.tick_period(),
-        shutdown.clone(),
-    ));
+    let ticks = tokio::spawn({
+        let (ctx, registry, shutdown) = (ctx.clone(), registry.clone(), shutdown.clone());
+        async move { ctx.ticks.run(registry, shutdown).await }
+    });
     let leases = lease::Leases::new(ctx.clone(), registry.clone());
     tracing::info!(%addr, ticker = %ticker_id, "ticker started");
     let task = tokio::spawn(async move {
-        leases.run(shutdown).await;
+        leases.run(shutdown, leases_known).await;
         let _ = ticks.await;
         let _ = bus.client.flush().await;
         tracing::info!("ticker stopped");
@@ -145,20 +157,33 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     })
 }
 
-async fn readyz(State((ctx, registry)): State<(Arc<Ctx>, Registry)>) -> (StatusCode, String) {
+/// 200 once NATS is connected and the current leases have been read; the body
+/// lists the shards owned (`shards: 3@1042 17@1043`, shard@epoch).
+async fn readyz(
+    State((ctx, registry, leases_known)): State<(Arc<Ctx>, Registry, CancellationToken)>,
+) -> (StatusCode, String) {
     let state = ctx.bus.client.connection_state();
     let connected = state == async_nats::connection::State::Connected;
-    let code = if connected {
+    let known = leases_known.is_cancelled();
+    let code = if connected && known {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let mut owned: Vec<(u16, u64)> = registry
+        .snapshot()
+        .iter()
+        .map(|o| (o.shard, o.epoch))
+        .collect();
+    owned.sort_unstable();
+    let list: Vec<String> = owned.iter().map(|(s, e)| format!("{s}@{e}")).collect();
     (
         code,
         format!(
-            "nats: {state:?}\nticker: {}\nshards_owned: {}\n",
+            "nats: {state:?}\nleases_known: {known}\nticker: {}\nshards_owned: {}\nshards: {}\n",
             ctx.ticker_id,
-            registry.len()
+            owned.len(),
+            list.join(" ")
         ),
     )
 }

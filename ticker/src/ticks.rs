@@ -1,61 +1,126 @@
 //! The heartbeat: at every tick boundary (wall-clock aligned, so every ticker
 //! agrees on them) publish the timeline of every playing session we own.
 //! Ticks go over core NATS only; they are cheap to lose.
+//!
+//! A tick sequence number is `floor(boundary / period)`. Each owned shard
+//! remembers the highest one published for it (`OwnedShard::claim_tick`), seeded
+//! from the previous owner's hand-over, so no period is ever published twice for
+//! a session, by one owner or by two.
 
-use crate::owned::Registry;
+use crate::owned::{OwnedShard, Registry};
 use bandsync_nats::timeline::tick_seq;
 use bandsync_nats::{Micros, ServerMsg, Subjects, TickMsg, now_us};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-pub async fn run(
-    client: async_nats::Client,
-    subjects: Subjects,
-    registry: Registry,
-    period: Duration,
-    shutdown: CancellationToken,
-) {
-    let period_us = Micros::try_from(period.as_micros()).unwrap_or(100_000);
-    loop {
-        let now = now_us();
-        let next = (now / period_us + 1) * period_us;
-        let wait = Duration::from_micros(u64::try_from(next - now).unwrap_or(0));
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
-        let seq = tick_seq(next, period_us);
-        let mut sent = 0u64;
-        for owned in registry.snapshot() {
-            if !owned.is_valid() {
-                continue;
+pub struct Ticks {
+    pub client: async_nats::Client,
+    pub subjects: Subjects,
+    pub period: Duration,
+}
+
+impl Ticks {
+    fn period_us(&self) -> Micros {
+        Micros::try_from(self.period.as_micros()).unwrap_or(100_000)
+    }
+
+    pub async fn run(&self, registry: Registry, shutdown: CancellationToken) {
+        let period_us = self.period_us();
+        let mut rate = Rate::new();
+        loop {
+            let now = now_us();
+            let next = (now / period_us + 1) * period_us;
+            let wait = Duration::from_micros(u64::try_from(next - now).unwrap_or(0));
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
             }
-            let server_time = now_us();
-            let ticks: Vec<(String, bytes::Bytes)> = {
-                let mut playing = owned.playing.lock().unwrap_or_else(|e| e.into_inner());
-                playing.retain(|_, tl| tl.is_active(server_time));
-                playing
-                    .iter()
-                    .map(|(session, timeline)| {
-                        let msg = ServerMsg::Tick(TickMsg {
-                            session: session.clone(),
-                            seq,
-                            epoch: owned.epoch,
-                            server_time,
-                            timeline: timeline.clone(),
-                        });
-                        (subjects.tick(session), msg.to_bytes())
-                    })
-                    .collect()
-            };
-            for (subject, payload) in ticks {
-                if client.publish(subject, payload).await.is_err() {
-                    metrics::counter!("bandsync_ticker_tick_publish_failures_total").increment(1);
-                } else {
-                    sent += 1;
+            let seq = tick_seq(next, period_us);
+            let mut sent = 0u64;
+            let mut playing = 0usize;
+            for owned in registry.snapshot() {
+                // The worker's catch-up tick covers a shard still loading.
+                if owned.is_loaded() {
+                    sent += self.publish_shard(&owned, seq).await;
+                    playing += owned.playing_count();
                 }
             }
+            metrics::counter!("bandsync_ticker_ticks_total").increment(sent);
+            metrics::gauge!("bandsync_ticker_playing_sessions").set(playing as f64);
+            if let Some(per_second) = rate.add(sent) {
+                metrics::gauge!("bandsync_ticker_ticks_per_second").set(per_second);
+            }
         }
+    }
+
+    /// Right after a shard is loaded: the tick for the current period, unless it
+    /// went out already (from the previous owner or from the tick loop).
+    pub async fn catch_up(&self, owned: &OwnedShard) -> u64 {
+        let seq = tick_seq(now_us(), self.period_us());
+        let sent = self.publish_shard(owned, seq).await;
         metrics::counter!("bandsync_ticker_ticks_total").increment(sent);
+        sent
+    }
+
+    /// Publishes tick `seq` for every playing session of the shard, if the lease
+    /// is proven and nobody published that period yet. Returns how many went out.
+    async fn publish_shard(&self, owned: &OwnedShard, seq: u64) -> u64 {
+        let _gate = owned.gate.read().await;
+        if !owned.is_valid() || !owned.claim_tick(seq) {
+            return 0;
+        }
+        let server_time = now_us();
+        let ticks: Vec<(String, bytes::Bytes)> = {
+            let mut playing = owned.playing.lock().unwrap_or_else(|e| e.into_inner());
+            playing.retain(|_, tl| tl.is_active(server_time));
+            playing
+                .iter()
+                .map(|(session, timeline)| {
+                    let msg = ServerMsg::Tick(TickMsg {
+                        session: session.clone(),
+                        seq,
+                        epoch: owned.epoch,
+                        server_time,
+                        timeline: timeline.clone(),
+                    });
+                    (self.subjects.tick(session), msg.to_bytes())
+                })
+                .collect()
+        };
+        let mut sent = 0;
+        for (subject, payload) in ticks {
+            if self.client.publish(subject, payload).await.is_err() {
+                metrics::counter!("bandsync_ticker_tick_publish_failures_total").increment(1);
+            } else {
+                sent += 1;
+            }
+        }
+        sent
+    }
+}
+
+/// Ticks per second over the last whole second.
+struct Rate {
+    since: Instant,
+    count: u64,
+}
+
+impl Rate {
+    fn new() -> Self {
+        Self {
+            since: Instant::now(),
+            count: 0,
+        }
+    }
+
+    fn add(&mut self, n: u64) -> Option<f64> {
+        self.count += n;
+        let elapsed = self.since.elapsed();
+        if elapsed < Duration::from_secs(1) {
+            return None;
+        }
+        let rate = self.count as f64 / elapsed.as_secs_f64();
+        *self = Self::new();
+        Some(rate)
     }
 }

@@ -7,8 +7,16 @@
 //! (after a failover, from a cursor a little behind) skips what was applied.
 //! Events are published with `Nats-Msg-Id = <session>-<seq>`; a new owner
 //! re-publishes each session's latest event and the stream drops duplicates.
+//!
+//! Fencing: a command is applied only while the lease is proven; while it is not
+//! (a renewal is late) the worker waits, and once the shard is stopped it leaves
+//! the command unhandled, so its cursor never passes a command it did not apply.
+//! An owner that took a shard whose lease *expired* first rewrites every session
+//! of it once: any write still in flight from the frozen or cut-off previous owner
+//! then fails its compare-and-set instead of landing after the takeover.
 
 use crate::Ctx;
+use crate::fleet::Vacated;
 use crate::owned::OwnedShard;
 use async_nats::jetstream::consumer::{DeliverPolicy, push::OrderedConfig};
 use async_nats::jetstream::kv::{self, UpdateErrorKind};
@@ -29,6 +37,11 @@ const HOUSEKEEPING: Duration = Duration::from_millis(250);
 const CURSOR_SAVE: Duration = Duration::from_millis(500);
 /// Attempts to publish an event before giving up (the next owner re-publishes it).
 const EVENT_PUBLISH_ATTEMPTS: usize = 3;
+/// Attempts to apply a command whose state write keeps conflicting or failing
+/// before the worker gives the shard up (the next owner replays from the cursor).
+const WRITE_ATTEMPTS: usize = 3;
+/// Session states read or rewritten at once while a shard loads.
+const LOAD_PARALLEL: usize = 16;
 
 struct Session {
     state: SessionState,
@@ -41,6 +54,24 @@ pub enum WorkerError {
     Load { shard: u16, message: String },
     #[error("consuming commands of shard {shard}: {message}")]
     Consume { shard: u16, message: String },
+}
+
+/// What became of a state write.
+enum Commit {
+    Done,
+    /// Someone else wrote first; the session was re-read.
+    Conflict,
+    /// The shard was stopped: nothing may be written any more.
+    Fenced,
+    Failed,
+}
+
+/// Whether a command is done with (applied, rejected or skipped as a replay).
+enum Handled {
+    Yes,
+    /// The shard stopped first: the command is left for the next owner.
+    Fenced,
+    Failed,
 }
 
 pub struct Worker {
@@ -67,6 +98,11 @@ impl Worker {
             .load()
             .await
             .map_err(|message| WorkerError::Load { shard, message })?;
+        worker.owned.mark_loaded();
+        worker.ctx.ticks.catch_up(&worker.owned).await;
+        if worker.owned.vacated == Vacated::Expired {
+            worker.fence().await;
+        }
         worker.republish_latest().await;
         let result = worker.consume().await;
         worker.save_cursor().await;
@@ -101,11 +137,20 @@ impl Worker {
             .try_collect()
             .await
             .map_err(|e| e.to_string())?;
-        for (subject, _) in subjects {
-            let Some(key) = subject.strip_prefix(&bus.sessions.prefix) else {
-                continue;
-            };
-            let Some(entry) = bus.sessions.entry(key).await.map_err(|e| e.to_string())? else {
+        let sessions = &bus.sessions;
+        let reads = subjects.into_iter().filter_map(|(subject, _)| {
+            let key = subject.strip_prefix(&sessions.prefix)?.to_owned();
+            Some(async move {
+                let entry = sessions.entry(&key).await.map_err(|e| e.to_string());
+                (key, entry)
+            })
+        });
+        let entries: Vec<_> = futures::stream::iter(reads)
+            .buffer_unordered(LOAD_PARALLEL)
+            .collect()
+            .await;
+        for (key, entry) in entries {
+            let Some(entry) = entry? else {
                 continue;
             };
             if entry.operation != kv::Operation::Put {
@@ -133,6 +178,45 @@ impl Worker {
             "shard loaded"
         );
         Ok(())
+    }
+
+    /// Rewrites every session once (same state, new revision), so that a write
+    /// the previous owner still had in flight fails its compare-and-set.
+    async fn fence(&mut self) {
+        let sessions = &self.ctx.bus.sessions;
+        let shard = self.owned.shard;
+        let current: Vec<(SessionId, String, Vec<u8>, u64)> = self
+            .sessions
+            .values()
+            .map(|s| {
+                let key = Subjects::session_key(shard, &s.state.id);
+                let bytes = serde_json::to_vec(&s.state).expect("state serialises");
+                (s.state.id.clone(), key, bytes, s.revision)
+            })
+            .collect();
+        let writes = current
+            .into_iter()
+            .map(|(id, key, bytes, revision)| async move {
+                (id, sessions.update(&key, bytes.into(), revision).await)
+            });
+        let results: Vec<_> = futures::stream::iter(writes)
+            .buffer_unordered(LOAD_PARALLEL)
+            .collect()
+            .await;
+        for (id, result) in results {
+            match result {
+                Ok(revision) => {
+                    if let Some(s) = self.sessions.get_mut(&id) {
+                        s.revision = revision;
+                    }
+                }
+                Err(e) => {
+                    // The previous owner's last write landed after our read: take it.
+                    tracing::warn!(session = %id, error = %e, "fencing write failed; reloading");
+                    self.reload(&id).await;
+                }
+            }
+        }
     }
 
     /// Re-publishes every session's latest event; the stream drops those it already has.
@@ -177,8 +261,12 @@ impl Worker {
                 msg = messages.next() => match msg {
                     Some(Ok(msg)) => {
                         let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-                        self.handle(seq, &msg.payload).await;
-                        self.cursor = self.cursor.max(seq);
+                        match self.handle(seq, &msg.payload).await {
+                            Handled::Yes => self.cursor = self.cursor.max(seq),
+                            // Left for the next owner, which replays from the cursor.
+                            Handled::Fenced => return Ok(()),
+                            Handled::Failed => return Err(format!("cannot apply command {seq}")),
+                        }
                     }
                     Some(Err(e)) => return Err(e.to_string()),
                     None => return Err("command consumer ended".into()),
@@ -189,26 +277,26 @@ impl Worker {
         }
     }
 
-    async fn handle(&mut self, stream_seq: u64, payload: &[u8]) {
+    async fn handle(&mut self, stream_seq: u64, payload: &[u8]) -> Handled {
         let envelope: CommandEnvelope = match serde_json::from_slice(payload) {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(shard = self.owned.shard, stream_seq, error = %e, "skipping undecodable command");
-                return;
+                return Handled::Yes;
             }
         };
-        if !self.owned.is_valid() {
-            return; // fenced: the next owner replays from the cursor
+        if !self.owned.wait_valid().await {
+            return Handled::Fenced;
         }
         let started = std::time::Instant::now();
-        if let Command::Create { code, name } = &envelope.command {
-            self.create(&envelope, code, name, stream_seq).await;
+        let handled = if let Command::Create { code, name } = &envelope.command {
+            self.create(&envelope, code, name, stream_seq).await
         } else {
-            self.apply(&envelope, stream_seq).await;
-        }
-        metrics::counter!("bandsync_ticker_commands_applied_total").increment(1);
+            self.apply(&envelope, stream_seq).await
+        };
         metrics::histogram!("bandsync_ticker_command_seconds")
             .record(started.elapsed().as_secs_f64());
+        handled
     }
 
     async fn create(
@@ -217,9 +305,12 @@ impl Worker {
         code: &bandsync_nats::JoinCode,
         name: &bandsync_nats::DisplayName,
         stream_seq: u64,
-    ) {
+    ) -> Handled {
+        if !self.sessions.contains_key(&env.session) {
+            self.reload(&env.session).await;
+        }
         if self.sessions.contains_key(&env.session) {
-            return; // a replay of the create that made it
+            return Handled::Yes; // a replay of the create that made it
         }
         let mut state = SessionState::create(
             env.session.clone(),
@@ -237,55 +328,80 @@ impl Worker {
         let bytes = serde_json::to_vec(&state).expect("state serialises");
         match self.ctx.bus.sessions.create(&key, bytes.into()).await {
             Ok(revision) => {
+                metrics::counter!("bandsync_ticker_commands_applied_total").increment(1);
                 self.publish_event(&state).await;
                 self.sessions
                     .insert(env.session.clone(), Session { state, revision });
+                Handled::Yes
             }
-            Err(e) => tracing::warn!(session = %env.session, error = %e, "create failed"),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                self.reload(&env.session).await;
+                Handled::Yes
+            }
+            Err(e) => {
+                tracing::warn!(session = %env.session, error = %e, "create failed");
+                Handled::Failed
+            }
         }
     }
 
-    async fn apply(&mut self, env: &CommandEnvelope, stream_seq: u64) {
-        if !self.sessions.contains_key(&env.session) {
-            self.reload(&env.session).await;
-        }
-        let Some(current) = self.sessions.get(&env.session) else {
-            self.reject(
-                env,
-                ErrorCode::UnknownSession,
-                "this session has ended or never existed",
-            )
-            .await;
-            return;
-        };
-        if stream_seq <= current.state.last_cmd_seq {
-            return; // applied before a failover
-        }
-        let mut next = current.state.clone();
-        match next.apply(
-            &env.command,
-            &env.actor,
-            Some(&env.id),
-            now_us(),
-            &self.ctx.rules,
-        ) {
-            Ok(changes) if changes.is_empty() => {}
-            Ok(_) => {
-                next.last_cmd_seq = stream_seq;
-                self.commit(next).await;
+    async fn apply(&mut self, env: &CommandEnvelope, stream_seq: u64) -> Handled {
+        for _ in 0..WRITE_ATTEMPTS {
+            if !self.sessions.contains_key(&env.session) {
+                self.reload(&env.session).await;
             }
-            Err(rejection) => self.reject(env, rejection.code, &rejection.message).await,
+            let Some(current) = self.sessions.get(&env.session) else {
+                self.reject(
+                    env,
+                    ErrorCode::UnknownSession,
+                    "this session has ended or never existed",
+                )
+                .await;
+                return Handled::Yes;
+            };
+            if stream_seq <= current.state.last_cmd_seq {
+                metrics::counter!("bandsync_ticker_commands_replayed_total").increment(1);
+                return Handled::Yes; // applied before a failover
+            }
+            let mut next = current.state.clone();
+            match next.apply(
+                &env.command,
+                &env.actor,
+                Some(&env.id),
+                now_us(),
+                &self.ctx.rules,
+            ) {
+                Ok(changes) if changes.is_empty() => return Handled::Yes,
+                Ok(_) => {
+                    next.last_cmd_seq = stream_seq;
+                    match self.commit(next).await {
+                        Commit::Done => {
+                            metrics::counter!("bandsync_ticker_commands_applied_total")
+                                .increment(1);
+                            return Handled::Yes;
+                        }
+                        Commit::Fenced => return Handled::Fenced,
+                        Commit::Conflict | Commit::Failed => continue,
+                    }
+                }
+                Err(rejection) => {
+                    self.reject(env, rejection.code, &rejection.message).await;
+                    return Handled::Yes;
+                }
+            }
         }
+        Handled::Failed
     }
 
     /// Writes `next` with compare-and-set and publishes its event.
-    async fn commit(&mut self, next: SessionState) {
+    async fn commit(&mut self, next: SessionState) -> Commit {
         let id = next.id.clone();
         let Some(current) = self.sessions.get(&id) else {
-            return;
+            return Commit::Conflict;
         };
-        if !self.owned.is_valid() {
-            return;
+        let expected = current.revision;
+        if !self.owned.wait_valid().await {
+            return Commit::Fenced;
         }
         let key = Subjects::session_key(self.owned.shard, &id);
         let ended = next
@@ -297,7 +413,7 @@ impl Worker {
             .ctx
             .bus
             .sessions
-            .update(&key, bytes.into(), current.revision)
+            .update(&key, bytes.into(), expected)
             .await
         {
             Ok(revision) => {
@@ -314,14 +430,19 @@ impl Worker {
                         },
                     );
                 }
+                Commit::Done
             }
             Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
                 // Someone else wrote: we are no longer the owner, or our copy is stale.
                 tracing::warn!(session = %id, "state changed under us; reloading");
                 metrics::counter!("bandsync_ticker_cas_conflicts_total").increment(1);
                 self.reload(&id).await;
+                Commit::Conflict
             }
-            Err(e) => tracing::warn!(session = %id, error = %e, "state write failed"),
+            Err(e) => {
+                tracing::warn!(session = %id, error = %e, "state write failed");
+                Commit::Failed
+            }
         }
     }
 
@@ -397,12 +518,14 @@ impl Worker {
             }
         }
         for next in due {
-            self.commit(next).await;
+            // A conflict or failure is retried at the next housekeeping.
+            let _ = self.commit(next).await;
         }
     }
 
     async fn save_cursor(&mut self) {
-        if self.cursor == self.cursor_saved || !self.owned.is_valid() {
+        // `lease_proven`, not `is_valid`: a shard being handed over saves its cursor.
+        if self.cursor == self.cursor_saved || !self.owned.lease_proven() {
             return;
         }
         let key = Subjects::shard_key(self.owned.shard);
