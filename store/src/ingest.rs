@@ -14,6 +14,8 @@ use deadpool_postgres::Pool;
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -25,6 +27,11 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(3);
 /// Delivered-but-unacked messages per consumer, across all workers: bounds what
 /// the server hands out while writes are slow.
 const MAX_ACK_PENDING: i64 = 20_000;
+/// Batches written at once: while one transaction waits on PostgreSQL (its
+/// commit's fsync, its rows' parsing in the server) the next is decoded and sent.
+/// Two keep both of a small machine's cores busy; concurrent batches lock session
+/// rows in key order, so they cannot deadlock.
+const WRITERS: usize = 2;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -116,6 +123,25 @@ impl Ingest {
             })?;
         self.metrics.set_nats_up(true);
         info!(stream = %self.stream, durable = %self.durable, "consuming");
+        let writers = Arc::new(Semaphore::new(WRITERS));
+        let mut in_flight = JoinSet::new();
+        let result = self
+            .batches(&mut messages, &writers, &mut in_flight, shutdown)
+            .await;
+        // The batches already handed to writers commit (or nak) before we return.
+        while in_flight.join_next().await.is_some() {}
+        result
+    }
+
+    /// Gathers batches (up to `batch_max` messages or `batch_wait`) and hands each
+    /// to a writer, at most `WRITERS` at once.
+    async fn batches(
+        &self,
+        messages: &mut pull::Stream,
+        writers: &Arc<Semaphore>,
+        in_flight: &mut JoinSet<()>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), IngestError> {
         let mut batch: Vec<Message> = Vec::with_capacity(self.batch_max);
         loop {
             let first = tokio::select! {
@@ -141,7 +167,15 @@ impl Ingest {
                     },
                 }
             }
-            self.commit(std::mem::take(&mut batch), shutdown).await;
+            let Ok(permit) = writers.clone().acquire_owned().await else {
+                return Ok(()); // never closed
+            };
+            let (this, token, batch) = (self.clone(), shutdown.clone(), std::mem::take(&mut batch));
+            in_flight.spawn(async move {
+                this.commit(batch, &token).await;
+                drop(permit);
+            });
+            while in_flight.try_join_next().is_some() {}
             if shutdown.is_cancelled() {
                 return Ok(());
             }
@@ -152,6 +186,7 @@ impl Ingest {
     /// then acks it. On shutdown before a commit it naks instead, so another
     /// worker (or this one, restarted) takes the messages at once.
     async fn commit(&self, batch: Vec<Message>, shutdown: &CancellationToken) {
+        let started = Instant::now();
         let mut rows = Vec::with_capacity(batch.len());
         let mut acks = Vec::with_capacity(batch.len());
         let mut pending = 0;
@@ -176,6 +211,7 @@ impl Ingest {
         if rows.is_empty() {
             return;
         }
+        let decoded = started.elapsed();
         let Some(written) = self.write_with_retry(&rows, &acks, shutdown).await else {
             for m in &acks {
                 let _ = m.ack_with(AckKind::Nak(None)).await;
@@ -183,12 +219,21 @@ impl Ingest {
             return;
         };
         let committed_us = now_us();
+        let written_in = started.elapsed();
         for m in &acks {
             // A lost ack only means a redelivery, which the insert skips.
             if let Err(e) = m.ack().await {
                 debug!(stream = %self.stream, error = %e, "ack");
             }
         }
+        debug!(
+            stream = %self.stream,
+            messages = rows.len(),
+            decode_us = decoded.as_micros() as u64,
+            write_us = (written_in - decoded).as_micros() as u64,
+            ack_us = (started.elapsed() - written_in).as_micros() as u64,
+            "batch committed"
+        );
         let report = BatchReport {
             messages: rows.len() as u64,
             inserted: written.inserted,

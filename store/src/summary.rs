@@ -84,6 +84,15 @@ pub fn summarise<'a>(events: impl IntoIterator<Item = &'a EventRow>) -> Summary 
             }
             Some(acc) => merge_session(acc, fresh),
         }
+        // Members only change when one joins or leadership moves; other events
+        // would re-send the same rows.
+        let roster_changed = row
+            .changes
+            .split(',')
+            .any(|k| matches!(k, "created" | "member_joined" | "leader_changed"));
+        if !roster_changed {
+            continue;
+        }
         for m in &state.members {
             let led = state.leader.as_ref() == Some(&m.id);
             members
@@ -172,11 +181,12 @@ mod tests {
             .expect("applies");
         s.apply(&hello("Bo", "g/2"), &bo, None, 3_000, &rules)
             .expect("applies");
+        let joined = row(&s, 3);
         s.apply(&Command::Tempo { bpm: 90.0 }, &ana, None, 4_000, &rules)
             .expect("applies");
         let last = row(&s, 4);
-        let forward = summarise([&first, &last]);
-        let backward = summarise([&last, &first]);
+        let forward = summarise([&first, &joined, &last]);
+        let backward = summarise([&last, &joined, &first]);
         assert_eq!(forward.sessions, backward.sessions);
         let s1 = &forward.sessions[0];
         assert_eq!(
@@ -189,5 +199,9 @@ mod tests {
             .map(|m| (m.member_id.as_str(), m.has_led))
             .collect();
         assert_eq!(names, [("ana", true), ("bo", false)]);
+        assert!(
+            summarise([&last]).members.is_empty(),
+            "a tempo change re-sends no members"
+        );
     }
 }

@@ -22,6 +22,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "views",
         sql: include_str!("../../migrations/0002_views.sql"),
     },
+    Migration {
+        version: 3,
+        name: "ingest_speed",
+        sql: include_str!("../../migrations/0003_ingest_speed.sql"),
+    },
 ];
 
 /// Arbitrary constant naming the store's migration lock.

@@ -1,0 +1,223 @@
+//! Store benchmark: sustained ingest (events/s) and stream→table lag at a steady
+//! 10,000 events/s, against a real nats-server (testkit) and the local PostgreSQL.
+//!
+//!     scripts/install-nats-server
+//!     cargo run --release -p bandsync-store --example ingest_bench [-- EVENTS RATE SECONDS [small]]
+//!
+//! Prints one line per figure; docs/benchmarks.md records the results.
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use bandsync_nats::bus::{Bus, BusSettings};
+use bandsync_nats::state::Rules;
+use bandsync_nats::testkit::NatsServer;
+use bandsync_nats::{
+    Command, DisplayName, EventMsg, JoinCode, MemberId, ServerMsg, SessionId, SessionState, Song,
+    Subjects, now_us,
+};
+use bandsync_store::decode::StreamKind;
+use bandsync_store::{Config, Store};
+use bytes::Bytes;
+use std::time::{Duration, Instant};
+use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
+
+const SESSIONS: usize = 500;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let bulk: usize = args.first().map_or(Ok(200_000), |a| a.parse())?;
+    let rate: usize = args.get(1).map_or(Ok(10_000), |a| a.parse())?;
+    let seconds: usize = args.get(2).map_or(Ok(20), |a| a.parse())?;
+    // "small": one member and no setlist (about 0.8 kB an event) instead of five and ten songs.
+    let small = args.get(3).is_some_and(|a| a == "small");
+    let pg = std::env::var("BANDSYNC_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let db_name = format!("bandsync_bench_{:08x}", rand::random::<u32>());
+    let db_url = format!("{pg}/{db_name}");
+
+    let nats = NatsServer::start().await;
+    let subjects = Subjects::new("bandsync")?;
+    let settings = BusSettings {
+        url: nats.url(),
+        prefix: "bandsync".into(),
+        replicas: 1,
+        lease_ttl: Duration::from_millis(1500),
+        name: "bench".into(),
+    };
+    let bus = Bus::open(&settings, subjects.clone()).await?;
+    let mut events = Generator::new(&subjects, small);
+
+    // 1. Sustained ingest: a backlog of `bulk` events, then the store drains it.
+    let backlog: Vec<_> = (0..bulk).map(|_| events.next_event()).collect();
+    let bytes: usize = backlog.iter().map(|(_, b)| b.len()).sum();
+    let t = Instant::now();
+    publish(&bus.js, backlog).await?;
+    println!(
+        "published {bulk} events ({} bytes avg) in {:.2} s",
+        bytes / bulk.max(1),
+        t.elapsed().as_secs_f64()
+    );
+    let token = CancellationToken::new();
+    let config = Config::new(&nats.url(), &db_url, "127.0.0.1:0".parse()?);
+    let store = Store::start(config, token.clone()).await?;
+    let t = Instant::now();
+    while store.metrics().rows_inserted(StreamKind::Events) < bulk as u64 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "ingest: {bulk} events in {secs:.2} s = {:.0} events/s",
+        bulk as f64 / secs
+    );
+
+    // 2. Lag at a steady rate: publish `rate` events/s for `seconds` s.
+    let (client, conn) = tokio_postgres::connect(&db_url, NoTls).await?;
+    tokio::spawn(conn);
+    let first_seq: i64 = client
+        .query_one("SELECT coalesce(max(stream_seq), 0) FROM events", &[])
+        .await?
+        .get(0);
+    let tick = Duration::from_millis(10);
+    let per_tick = rate / 100;
+    let mut interval = tokio::time::interval(tick);
+    let total = per_tick * 100 * seconds;
+    for _ in 0..(100 * seconds) {
+        interval.tick().await;
+        let chunk: Vec<_> = (0..per_tick).map(|_| events.next_event()).collect();
+        publish(&bus.js, chunk).await?;
+    }
+    let target = bulk + total;
+    while store.metrics().rows_inserted(StreamKind::Events) < target as u64 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let row = client
+        .query_one(
+            "SELECT count(*),
+                    percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM stored_at - published_at)),
+                    percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM stored_at - published_at)),
+                    max(extract(epoch FROM stored_at - published_at))::float8
+             FROM events WHERE stream_seq > $1",
+            &[&first_seq],
+        )
+        .await?;
+    let (n, p50, p99, max): (i64, f64, f64, f64) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    println!(
+        "lag at {rate} events/s for {seconds} s ({n} events): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        p50 * 1e3,
+        p99 * 1e3,
+        max * 1e3
+    );
+    token.cancel();
+    store.wait().await;
+    drop(client);
+    let (admin, conn) = tokio_postgres::connect(&format!("{pg}/postgres"), NoTls).await?;
+    tokio::spawn(conn);
+    admin
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)"
+        ))
+        .await?;
+    Ok(())
+}
+
+/// Publishes with a window of outstanding acks.
+async fn publish(js: &jetstream::Context, msgs: Vec<(String, Bytes)>) -> anyhow::Result<()> {
+    let mut inflight = Vec::with_capacity(1024);
+    for (subject, payload) in msgs {
+        inflight.push(
+            js.publish_with_headers(subject, HeaderMap::new(), payload)
+                .await?,
+        );
+        if inflight.len() == 1024 {
+            for ack in inflight.drain(..) {
+                ack.await?;
+            }
+        }
+    }
+    for ack in inflight {
+        ack.await?;
+    }
+    Ok(())
+}
+
+/// Realistic events: sessions of five members with a ten-song setlist, the leader
+/// changing tempo; round-robin across sessions.
+struct Generator {
+    states: Vec<SessionState>,
+    subjects: Subjects,
+    rules: Rules,
+    leader: MemberId,
+    i: usize,
+}
+
+impl Generator {
+    fn new(subjects: &Subjects, small: bool) -> Self {
+        let (members, songs) = if small { (1, 0) } else { (5, 10) };
+        let rules = Rules::default();
+        let leader = MemberId::parse("m0").expect("valid");
+        let now = now_us();
+        let states = (0..SESSIONS)
+            .map(|s| {
+                let id = SessionId::parse(format!("bench{s}")).expect("valid");
+                let name = |i: usize| DisplayName::parse(&format!("Player {i}")).expect("valid");
+                let mut st = SessionState::create(
+                    id,
+                    JoinCode::parse("K7MQ2X").expect("valid"),
+                    leader.clone(),
+                    name(0),
+                    now,
+                );
+                for i in 0..members {
+                    let m = MemberId::parse(format!("m{i}")).expect("valid");
+                    let hello = Command::Hello {
+                        name: name(i),
+                        conn: format!("g1/{s}-{i}"),
+                    };
+                    st.apply(&hello, &m, None, now, &rules).expect("joins");
+                }
+                let songs = (0..songs)
+                    .map(|i| Song {
+                        title: format!("Song number {i}"),
+                        tempo_bpm: Some(90.0 + i as f64),
+                        beats_per_bar: Some(4),
+                        chart: String::new(),
+                    })
+                    .collect();
+                st.apply(&Command::Setlist { songs }, &leader, None, now, &rules)
+                    .expect("setlist");
+                st
+            })
+            .collect();
+        Self {
+            states,
+            subjects: subjects.clone(),
+            rules,
+            leader,
+            i: 0,
+        }
+    }
+
+    fn next_event(&mut self) -> (String, Bytes) {
+        let n = self.i;
+        self.i += 1;
+        let st = &mut self.states[n % SESSIONS];
+        let bpm = 60.0 + (n % 140) as f64;
+        st.apply(
+            &Command::Tempo { bpm },
+            &self.leader,
+            None,
+            now_us(),
+            &self.rules,
+        )
+        .expect("tempo");
+        let bytes = ServerMsg::Event(Box::new(EventMsg::latest(st, 1))).to_bytes();
+        (self.subjects.evt(&st.id), bytes)
+    }
+}
