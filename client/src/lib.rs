@@ -124,6 +124,18 @@ impl Connection {
         }
     }
 
+    /// Every message as it arrives, with whether the local view took it: false
+    /// for what `next` skips (an older owner's epoch, an event already seen).
+    /// For tests that must check what a client was sent, not only what it used.
+    pub async fn next_unfiltered(&mut self) -> Result<(ServerMsg, bool), ClientError> {
+        if let Some(msg) = self.backlog.pop_front() {
+            return Ok((msg, true));
+        }
+        let msg = self.next_raw().await?;
+        let taken = self.absorb(&msg);
+        Ok((msg, taken))
+    }
+
     /// Like `next`, with a deadline.
     pub async fn next_within(&mut self, limit: Duration) -> Result<ServerMsg, ClientError> {
         tokio::time::timeout(limit, self.next())

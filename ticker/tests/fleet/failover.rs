@@ -1,0 +1,81 @@
+//! Acceptance 1: kill -9 one of three tickers under 200 playing sessions.
+
+use crate::common::*;
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_one_of_three_tickers_every_session_ticks_again_within_2_s() {
+    let _turn = exclusive().await;
+    let mut fleet = Fleet::start(3).await;
+    let bands = bands(&fleet, 200).await;
+    let victim = 1;
+    let orphans = fleet.sessions_of(victim, &bands).await;
+    assert!(!orphans.is_empty(), "the victim owns some of the sessions");
+    let recorder = Recorder::start(bands);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let killed_at = Instant::now();
+    fleet.tickers[victim].signal("KILL");
+    fleet.tickers[victim].wait_exit(WAIT).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let end = Instant::now();
+    let logs = recorder.finish().await;
+
+    let gaps = longest_gaps(&logs, killed_at, end);
+    let (longest, session) = worst(&gaps);
+    let orphan_gaps: Vec<Duration> = orphans
+        .iter()
+        .filter_map(|s| gaps.get(s))
+        .copied()
+        .collect();
+    println!(
+        "kill -9 with 200 sessions ({} on the victim): longest tick gap {longest:?} ({session:?}); \
+         orphans' gaps min {:?} max {:?}",
+        orphans.len(),
+        orphan_gaps.iter().min(),
+        orphan_gaps.iter().max()
+    );
+    assert_eq!(gaps.len(), 200, "every session was heard from");
+    assert!(
+        longest < Duration::from_secs(2),
+        "session {session:?} went {longest:?} without ticks"
+    );
+    let doubled = doubled_periods(&logs);
+    assert!(
+        doubled.is_empty(),
+        "ticks from two owners for one period: {doubled:?}"
+    );
+    let error = worst_position_error_ms(&logs);
+    println!("worst tick position error: {error:.6} ms");
+    assert!(
+        error < 1.0,
+        "a tick was {error} ms off the session timeline"
+    );
+    for log in logs.iter().filter(|l| orphans.contains(&l.session)) {
+        let before = log
+            .ticks
+            .iter()
+            .filter(|t| t.at < killed_at)
+            .map(|t| t.epoch)
+            .max();
+        let after = log
+            .ticks
+            .iter()
+            .filter(|t| t.at > killed_at)
+            .map(|t| t.epoch)
+            .min();
+        assert!(
+            before.is_some() && after > before,
+            "{}: after the kill its ticks come from a newer owner ({before:?} then {after:?})",
+            log.session
+        );
+    }
+    fleet.wait_balanced(&[0, 2], WAIT).await;
+    let failovers = fleet.tickers[0]
+        .metric("bandsync_ticker_failovers_total")
+        .await
+        + fleet.tickers[2]
+            .metric("bandsync_ticker_failovers_total")
+            .await;
+    assert!(failovers >= 1.0, "/metrics counts the failovers");
+}
