@@ -33,6 +33,8 @@ pub enum ApiError {
 #[derive(Debug, Clone)]
 pub struct Api {
     base: String,
+    /// Source address for the requests (see `ConnectOptions::local_ip`).
+    local_ip: Option<std::net::IpAddr>,
 }
 
 #[derive(Deserialize)]
@@ -45,7 +47,14 @@ impl Api {
     pub fn new(base: impl Into<String>) -> Self {
         Self {
             base: base.into().trim_end_matches('/').to_owned(),
+            local_ip: None,
         }
+    }
+
+    /// The same API, reached from `ip` (e.g. one of 127.0.0.0/8).
+    pub fn with_local_ip(mut self, ip: std::net::IpAddr) -> Self {
+        self.local_ip = Some(ip);
+        self
     }
 
     pub fn base(&self) -> &str {
@@ -73,7 +82,12 @@ impl Api {
             .base
             .strip_prefix("http://")
             .ok_or_else(|| transport(&"base must start with http://"))?;
-        let stream = tokio::net::TcpStream::connect(authority)
+        let addr = tokio::net::lookup_host(authority)
+            .await
+            .map_err(|e| transport(&e))?
+            .next()
+            .ok_or_else(|| transport(&"the gateway address does not resolve"))?;
+        let stream = crate::connect::tcp_connect(addr, self.local_ip)
             .await
             .map_err(|e| transport(&e))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))

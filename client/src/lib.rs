@@ -3,9 +3,11 @@
 //! protocol (docs/protocol.md) with clock sync and a local timeline estimate.
 
 mod clock;
+mod connect;
 mod http;
 
 pub use clock::ClockSync;
+pub use connect::{Backoff, ConnectOptions, tcp_connect};
 pub use http::{Api, ApiError, Joined};
 
 use bandsync_nats::wire::ErrorMsg;
@@ -19,6 +21,10 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    #[error("connecting: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("bad gateway address {0:?} (expected http://host:port)")]
+    BadAddress(String),
     #[error("websocket: {0}")]
     WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
     #[error("server sent something that is not a BandSync message: {0}")]
@@ -57,8 +63,18 @@ pub fn ws_url(base: &str, token: &str) -> String {
 impl Connection {
     /// Connects and waits for the welcome.
     pub async fn connect(base: &str, token: &str) -> Result<Self, ClientError> {
-        let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(base, token)).await?;
-        let first = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        Self::connect_with(base, token, &ConnectOptions::default()).await
+    }
+
+    /// Connects with options (source address, light buffers, welcome deadline)
+    /// and waits for the welcome.
+    pub async fn connect_with(
+        base: &str,
+        token: &str,
+        options: &ConnectOptions,
+    ) -> Result<Self, ClientError> {
+        let mut ws = connect::open(base, token, options).await?;
+        let first = tokio::time::timeout(options.welcome_timeout(), ws.next())
             .await
             .map_err(|_| ClientError::Timeout)?;
         let msg = match first {

@@ -1,0 +1,153 @@
+//! A small, fast run of the load generator against a real stack started in
+//! this process (nats-server, one ticker, two gateways). It checks that the
+//! tool works — connections made, figures computed, sync error finite — and
+//! never how fast anything is: that is `scripts/bench`'s job.
+
+use bandsync_load::Config;
+use bandsync_nats::testkit::NatsServer;
+use clap::Parser;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const SECRET: &str = "load-smoke-secret-0123456789";
+const SHARDS: &str = "--shards=16";
+
+struct Stack {
+    _nats: NatsServer,
+    gateways: Vec<String>,
+    stop: CancellationToken,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn stack() -> Stack {
+    bandsync_nats::service::init_tracing_at("warn");
+    let nats = NatsServer::start().await;
+    let stop = CancellationToken::new();
+    let ticker = bandsync_ticker::Config::parse_from([
+        "bandsync-ticker".to_string(),
+        format!("--nats-url={}", nats.url()),
+        "--listen=127.0.0.1:0".into(),
+        "--tick-ms=100".into(),
+        SHARDS.into(),
+    ]);
+    let ticker = bandsync_ticker::start(ticker, stop.clone())
+        .await
+        .expect("ticker starts");
+    let mut gateways = Vec::new();
+    for i in 0..2 {
+        let config = bandsync_gateway::Config::parse_from([
+            "bandsync-gateway".to_string(),
+            format!("--nats-url={}", nats.url()),
+            "--listen=127.0.0.1:0".into(),
+            format!("--token-secret={SECRET}"),
+            format!("--gateway-id=smoke-{i}"),
+            SHARDS.into(),
+        ]);
+        let gw = bandsync_gateway::start(config, stop.clone())
+            .await
+            .expect("gateway starts");
+        gateways.push(format!("http://{}", gw.addr));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while ticker.shards_owned() < 16 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ticker never took its shards"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Stack {
+        _nats: nats,
+        gateways,
+        stop,
+    }
+}
+
+fn config(stack: &Stack, extra: &[&str]) -> Config {
+    let mut args = vec![
+        "bandsync-load".to_string(),
+        format!("--gateway={}", stack.gateways.join(",")),
+        "--members=3".into(),
+        "--duration-secs=2".into(),
+        "--warmup-secs=1".into(),
+        "--command-ms=400".into(),
+        "--sample-ms=100".into(),
+        "--ping-ms=200".into(),
+        "--tick-ms=100".into(),
+        "--nofile=4096".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Config::parse_from(args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_run_connects_everyone_and_computes_every_figure() {
+    let stack = stack().await;
+    let report = bandsync_load::run(
+        config(&stack, &["--sessions=3", "--source-addrs=2"]),
+        CancellationToken::new(),
+    )
+    .await
+    .expect("the run completes");
+    assert_eq!(report.steps.len(), 1);
+    let step = &report.steps[0];
+    assert_eq!((step.connections_target, step.connections_held), (9, 9));
+    assert!(step.connect_rate_per_sec > 0.0);
+    assert!(step.ticks_received > 0, "ticks arrive: {step:?}");
+    let tick = step.tick_latency.expect("tick latency measured");
+    assert!(tick.p50_ms.is_finite() && tick.max_ms >= tick.p50_ms);
+    assert!(step.commands_sent > 0);
+    assert!(
+        step.command_to_all_followers.is_some(),
+        "commands reached the followers: {step:?}"
+    );
+    let sync = step.sync_error.expect("sync error sampled");
+    assert!(sync.count > 0 && sync.p99_ms.is_finite() && sync.max_ms.is_finite());
+    assert!(step.click_skew.is_some(), "skew computed");
+    assert!(
+        step.processes.iter().any(|p| p.name == "bandsync-load"),
+        "own process measured"
+    );
+    let table = report.table();
+    assert!(table.contains("sync error"), "{table}");
+    let json = serde_json::to_value(&report).expect("report serialises");
+    assert_eq!(json["steps"][0]["connections_held"], 9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ramp_through_an_impairing_proxy() {
+    let stack = stack().await;
+    let report = bandsync_load::run(
+        config(
+            &stack,
+            &[
+                "--ramp=1,2",
+                "--up-delay-ms=5",
+                "--up-jitter-ms=2",
+                "--down-delay-ms=2",
+                "--down-jitter-ms=1",
+                // Ramp verdicts are not the point here; a loaded CI box must not end the ramp early.
+                "--slo-command-p99-ms=100000",
+                "--slo-tick-ratio=0",
+            ],
+        ),
+        CancellationToken::new(),
+    )
+    .await
+    .expect("the run completes");
+    assert!(report.setup.impairment.is_some());
+    let held: Vec<_> = report.steps.iter().map(|s| s.connections_held).collect();
+    assert_eq!(held.first(), Some(&3), "{held:?}");
+    let first = &report.steps[0];
+    assert!(first.sync_error.is_some_and(|s| s.max_ms.is_finite()));
+    // The proxy's delay is on every tick's path.
+    assert!(
+        first.tick_latency.is_some_and(|t| t.p50_ms >= 1.0),
+        "{first:?}"
+    );
+}
