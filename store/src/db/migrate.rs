@@ -27,6 +27,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "ingest_speed",
         sql: include_str!("../../migrations/0003_ingest_speed.sql"),
     },
+    Migration {
+        version: 4,
+        name: "stops",
+        sql: include_str!("../../migrations/0004_stops.sql"),
+    },
 ];
 
 /// Arbitrary constant naming the store's migration lock.

@@ -26,7 +26,7 @@ SELECT coalesce(jsonb_agg(x ORDER BY x.created_at DESC, x.session_id), '[]')::te
            extract(epoch FROM s.duration)::float8 AS duration_s, s.ended_at, s.end_reason,
            s.members, s.member_names, s.leaders, s.songs_played, s.tempo_changes,
            s.rejected_commands, s.changes_applied, s.last_song, s.last_bar, s.last_beat,
-           s.playing, s.last_tempo_bpm
+           s.playing, s.last_tempo_bpm, s.stopped_in_song, s.stopped_at_bar, s.stopped_at
     FROM session_summary s
     WHERE ($1::text IS NULL OR s.created_at >= $1::text::timestamptz)
       AND ($2::text IS NULL OR s.created_at < $2::text::timestamptz)

@@ -87,6 +87,21 @@ async fn rehearsal_lands_once_and_is_served() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(bpms, [120.0, 140.0, 150.0, 136.0]);
+    let stops: Vec<(String, Option<String>)> = client
+        .query(
+            "SELECT kind, song FROM session_stops WHERE session_id = 'reh1' ORDER BY seq",
+            &[],
+        )
+        .await
+        .expect("stops")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let stop = |k: &str, s: &str| (k.to_owned(), Some(s.to_owned()));
+    assert_eq!(
+        stops,
+        [stop("pause", "Blue Train"), stop("stop", "So What")]
+    );
     let rejected: (String, Option<String>) = client
         .query_one(
             "SELECT error_code, command FROM rejected_commands WHERE session_id = 'reh1'",
