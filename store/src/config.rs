@@ -39,7 +39,7 @@ pub struct Config {
     /// Longest wait, in milliseconds, for a batch to fill before it is written.
     #[arg(long, env = "BANDSYNC_STORE_BATCH_WAIT_MS", default_value_t = 50)]
     pub batch_wait_ms: u64,
-    /// PostgreSQL connections in the pool (ingest uses one per stream, the API the rest).
+    /// PostgreSQL connections in the pool (ingest uses up to two per stream, the API the rest).
     #[arg(long, env = "BANDSYNC_STORE_POOL", default_value_t = 8)]
     pub pool_size: usize,
     /// JetStream replicas for streams and buckets this process declares.
@@ -83,8 +83,8 @@ impl Config {
             "--batch-wait-ms must be 1..=10000"
         );
         anyhow::ensure!(
-            (3..=64).contains(&self.pool_size),
-            "--pool-size must be 3..=64"
+            (5..=64).contains(&self.pool_size),
+            "--pool-size must be 5..=64"
         );
         anyhow::ensure!((1..=5).contains(&self.replicas), "--replicas must be 1..=5");
         anyhow::ensure!(

@@ -104,6 +104,11 @@ impl Ingest {
                 }
             }
         }
+        // Acks are queued publishes: push them out before the process may exit, so
+        // what was committed is not redelivered to the next worker.
+        if let Err(e) = self.js.client().flush().await {
+            warn!(stream = %self.stream, error = %e, "flushing acks at shutdown");
+        }
         info!(stream = %self.stream, "ingest stopped");
     }
 

@@ -107,3 +107,42 @@ async fn db_count_or_zero(db: &TestDb) -> i64 {
         Err(_) => 0,
     }
 }
+
+/// Graceful shutdown commits and acks the batch in flight: the next worker gets
+/// no redelivery of anything already stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_acks_everything_it_committed() {
+    let nats = NatsServer::start().await;
+    let db = TestDb::fresh();
+    let bus = bus(&nats.url()).await;
+    let events = bulk_events("g", 20, 1_000);
+    let total = events.len() as i64;
+    publish_all(&bus.js, events).await;
+
+    let (first, token) = start_store(&nats.url(), &db.url()).await;
+    eventually(Duration::from_secs(60), "a first part stored", || async {
+        db_count_or_zero(&db).await >= total / 4
+    })
+    .await;
+    token.cancel();
+    first.wait().await;
+    let stored = db.count("SELECT count(*) FROM events").await;
+    assert!(stored < total, "stopped mid-stream ({stored} of {total})");
+
+    let (second, token) = start_store(&nats.url(), &db.url()).await;
+    eventually(Duration::from_secs(60), "the rest stored", || async {
+        db.count("SELECT count(*) FROM events").await == total
+    })
+    .await;
+    let metrics = second.metrics().render();
+    assert!(
+        metrics.contains("bandsync_store_duplicates_total{stream=\"events\"} 0"),
+        "nothing the first store committed came back: {metrics}"
+    );
+    assert!(metrics.contains(&format!(
+        "bandsync_store_rows_inserted_total{{stream=\"events\"}} {}",
+        total - stored
+    )));
+    token.cancel();
+    second.wait().await;
+}
