@@ -257,21 +257,28 @@ pub async fn websocket(
     State(app): State<Arc<AppState>>,
     Query(q): Query<WsQuery>,
     ws: WebSocketUpgrade,
-) -> Result<Response, ApiError> {
-    let claims = app.tokens.verify(&q.token).map_err(|e| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthorized,
-            e.to_string(),
-        )
-    })?;
+) -> Response {
+    let verified = app.tokens.verify(&q.token);
     // Messages up to 4x the limit are read whole and refused with a clean
     // close (`too_large`); only larger ones hit the transport's hard cap.
     let max = app.config.max_frame_bytes.saturating_mul(4);
-    Ok(ws
-        .read_buffer_size(4096)
+    ws.read_buffer_size(4096)
         .write_buffer_size(4096)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| crate::conn::serve(socket, app, claims)))
+        .on_upgrade(move |socket| async move {
+            match verified {
+                Ok(claims) => crate::conn::serve(socket, app, claims).await,
+                // A browser cannot read an HTTP status on a failed upgrade, so the
+                // refusal is said on the socket, where the client can act on it.
+                Err(e) => {
+                    crate::conn::refuse(
+                        socket,
+                        ErrorCode::Unauthorized,
+                        &format!("{e}; join the session again"),
+                    )
+                    .await
+                }
+            }
+        })
 }

@@ -9,7 +9,11 @@ use std::net::SocketAddr;
 )]
 pub struct Config {
     /// Address to listen on for HTTP and WebSocket (port 0 picks a free port).
-    #[arg(long, env = "BANDSYNC_GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "BANDSYNC_GATEWAY_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
     pub listen: SocketAddr,
     /// NATS server URL(s), comma-separated; nats-server 2.11 or newer.
     #[arg(

@@ -27,7 +27,7 @@ pub async fn serve(socket: WebSocket, app: Arc<AppState>, claims: Claims) {
         Ok(h) => h,
         Err(e) => {
             tracing::warn!(error = %e, "cannot subscribe");
-            close_with(
+            refuse(
                 socket,
                 ErrorCode::Unavailable,
                 "the message bus is unavailable; try again",
@@ -296,12 +296,13 @@ fn is_too_large(e: &axum::Error) -> bool {
     matches!(inner, Some(tungstenite::Error::Capacity(_)))
 }
 
-async fn close_with(mut socket: WebSocket, code: ErrorCode, reason: &str) {
+/// Tells a client why it cannot stay, then closes with the error code as the reason.
+pub async fn refuse(mut socket: WebSocket, code: ErrorCode, reason: &str) {
     let err = ServerMsg::Error(ErrorMsg::new(code, reason, None));
     let text = serde_json::to_string(&err).expect("server messages serialise");
     let _ = socket.send(Message::Text(text.into())).await;
     let frame = CloseFrame {
-        code: close_code::AGAIN,
+        code: close_code::POLICY,
         reason: Utf8Bytes::from(code.as_str()),
     };
     let _ = socket.send(Message::Close(Some(frame))).await;

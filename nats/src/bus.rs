@@ -31,6 +31,8 @@ pub enum BusError {
         url: String,
         source: async_nats::ConnectError,
     },
+    #[error("bad NATS URL {url:?}: {message}")]
+    BadUrl { url: String, message: String },
     #[error("nats-server {found} is too old: BandSync needs {}.{} or newer (JetStream KV limit markers)", MIN_SERVER_VERSION.0, MIN_SERVER_VERSION.1)]
     ServerTooOld { found: String },
     #[error("declaring {what}: {message}")]
@@ -73,7 +75,7 @@ impl Bus {
             // Ticks fan out from one subscription per session; a deep buffer rides out bursts.
             .subscription_capacity(65_536)
             .retry_on_initial_connect()
-            .connect(&settings.url)
+            .connect(server_addrs(&settings.url)?)
             .await
             .map_err(|source| BusError::Connect {
                 url: settings.url.clone(),
@@ -173,6 +175,30 @@ impl Bus {
     }
 }
 
+/// `nats://a:4222,nats://b:4222` → the list async-nats connects to (any of them).
+pub fn server_addrs(urls: &str) -> Result<Vec<async_nats::ServerAddr>, BusError> {
+    let invalid = |url: &str, e: std::io::Error| BusError::BadUrl {
+        url: url.to_owned(),
+        message: e.to_string(),
+    };
+    let addrs = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>()
+                .map_err(|e| invalid(u, e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if addrs.is_empty() {
+        return Err(BusError::BadUrl {
+            url: urls.to_owned(),
+            message: "no server URL given".into(),
+        });
+    }
+    Ok(addrs)
+}
+
 /// Refuses servers older than `MIN_SERVER_VERSION`.
 pub fn check_version(version: &str) -> Result<(), BusError> {
     let mut parts = version
@@ -233,6 +259,18 @@ async fn declare_kv(js: &jetstream::Context, config: kv::Config) -> Result<kv::S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_urls_split_on_commas() {
+        assert_eq!(
+            server_addrs("nats://127.0.0.1:1, nats://127.0.0.1:2")
+                .map(|a| a.len())
+                .ok(),
+            Some(2)
+        );
+        assert!(server_addrs("").is_err());
+        assert!(server_addrs("nats://bad host:x").is_err());
+    }
 
     #[test]
     fn version_gate() {

@@ -390,8 +390,14 @@ impl SessionState {
                 beat,
             },
             Command::Setlist { ref songs } => {
+                // The live song is remembered by index: follow it by title when the list changes.
+                let live = self
+                    .song
+                    .and_then(|i| self.setlist.get(i))
+                    .map(|s| s.title.clone());
                 self.setlist = songs.clone();
-                self.song = self.song.filter(|&i| i < self.setlist.len());
+                self.song =
+                    live.and_then(|title| self.setlist.iter().position(|s| s.title == title));
                 Change::Setlist { songs: songs.len() }
             }
             Command::Song { index } => {

@@ -369,3 +369,48 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn editing_the_setlist_keeps_the_live_song() {
+    let (mut s, rules) = band();
+    let song = |t: &str| Song {
+        title: t.into(),
+        tempo_bpm: None,
+        beats_per_bar: None,
+        chart: String::new(),
+    };
+    s.apply(
+        &Command::Setlist {
+            songs: vec![song("A"), song("B"), song("C")],
+        },
+        &id("lead"),
+        None,
+        T0,
+        &rules,
+    )
+    .expect("setlist");
+    s.apply(&Command::Song { index: 2 }, &id("lead"), None, T0, &rules)
+        .expect("song");
+    s.apply(
+        &Command::Setlist {
+            songs: vec![song("B"), song("C")],
+        },
+        &id("lead"),
+        None,
+        T0,
+        &rules,
+    )
+    .expect("edit");
+    assert_eq!(s.song, Some(1), "C is still live after A was removed");
+    s.apply(
+        &Command::Setlist {
+            songs: vec![song("B")],
+        },
+        &id("lead"),
+        None,
+        T0,
+        &rules,
+    )
+    .expect("edit");
+    assert_eq!(s.song, None, "the live song was removed");
+}
