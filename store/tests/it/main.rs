@@ -7,3 +7,4 @@ mod dead_letter;
 mod pg_outage;
 mod replay;
 mod support;
+mod through_services;

@@ -1,0 +1,189 @@
+//! Acceptance 1: a scripted band session driven through real gateways and a
+//! real ticker; PostgreSQL then holds exactly the streams' messages.
+
+use crate::support::{TestDb, eventually, start_store};
+use async_nats::jetstream::consumer::{DeliverPolicy, push::OrderedConfig};
+use bandsync_client::{Api, Connection};
+use bandsync_nats::testkit::NatsServer;
+use bandsync_nats::{Command, ServerMsg, Song, Subjects};
+use clap::Parser;
+use futures::StreamExt;
+use std::collections::BTreeSet;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Every stream sequence a stream holds, read back with an ordered consumer.
+async fn stream_seqs(client: &async_nats::Client, stream: &str) -> BTreeSet<i64> {
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = js.get_stream(stream).await.expect("stream exists");
+    let last = stream.get_info().await.expect("info").state.last_sequence;
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let mut seqs = BTreeSet::new();
+    while seqs.last().is_none_or(|&s| (s as u64) < last) {
+        let msg = tokio::time::timeout(WAIT, messages.next())
+            .await
+            .expect("stream read")
+            .expect("message")
+            .expect("ok");
+        seqs.insert(msg.info().expect("info").stream_sequence as i64);
+    }
+    seqs
+}
+
+async fn table_seqs(db: &TestDb, table: &str) -> (i64, BTreeSet<i64>) {
+    let rows = db
+        .client()
+        .await
+        .query(&format!("SELECT stream_seq FROM {table}"), &[])
+        .await
+        .expect("query");
+    let seqs: BTreeSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+    (rows.len() as i64, seqs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_band_session_through_gateways_and_ticker_is_stored_exactly_once() {
+    bandsync_nats::service::init_tracing_at("warn");
+    let nats = NatsServer::start().await;
+    let stop = CancellationToken::new();
+    let ticker_config = bandsync_ticker::Config::parse_from([
+        "bandsync-ticker".to_string(),
+        format!("--nats-url={}", nats.url()),
+        "--listen=127.0.0.1:0".into(),
+        "--shards=8".into(),
+    ]);
+    let ticker = bandsync_ticker::start(ticker_config, stop.clone())
+        .await
+        .expect("ticker");
+    let mut bases = Vec::new();
+    for id in ["gw-a", "gw-b"] {
+        let config = bandsync_gateway::Config::parse_from([
+            "bandsync-gateway".to_string(),
+            format!("--nats-url={}", nats.url()),
+            "--listen=127.0.0.1:0".into(),
+            "--token-secret=store-test-secret-0123456789".into(),
+            format!("--gateway-id={id}"),
+            "--shards=8".into(),
+        ]);
+        let gw = bandsync_gateway::start(config, stop.clone())
+            .await
+            .expect("gateway");
+        bases.push(format!("http://{}", gw.addr));
+    }
+    while ticker.shards_owned() < 8 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let db = TestDb::fresh();
+    let (_store, store_stop) = start_store(&nats.url(), &db.url()).await;
+
+    // The rehearsal: a leader on gateway A, two followers on B.
+    let lead = Api::new(&bases[0]).create("Lead").await.expect("create");
+    let mut leader = Connection::connect(&bases[0], &lead.token)
+        .await
+        .expect("leader connects");
+    let mut followers = Vec::new();
+    for name in ["Bass", "Keys"] {
+        let joined = Api::new(&bases[1])
+            .join(lead.code.as_str(), name)
+            .await
+            .expect("join");
+        followers.push(
+            Connection::connect(&bases[1], &joined.token)
+                .await
+                .expect("follower connects"),
+        );
+    }
+    let song = |title: &str, bpm: f64| Song {
+        title: title.into(),
+        tempo_bpm: Some(bpm),
+        beats_per_bar: Some(4),
+        chart: "C | F | G | C".into(),
+    };
+    let script = [
+        Command::Setlist {
+            songs: vec![song("Opener", 120.0), song("Ballad", 72.0)],
+        },
+        Command::Song { index: 0 },
+        Command::Play { count_in_bars: 1 },
+        Command::Tempo { bpm: 126.0 },
+        Command::Pause,
+        Command::Song { index: 1 },
+        Command::Play { count_in_bars: 0 },
+        Command::Stop,
+    ];
+    for command in &script {
+        leader.send(command, None).await.expect("send");
+        let kind = command.kind();
+        leader
+            .wait_for(
+                WAIT,
+                |m| matches!(m, ServerMsg::Event(e) if e.changes.iter().any(|c| c.kind() == kind)),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{kind}: {e}"));
+    }
+    // A follower's command is rejected, and that is stored too.
+    followers[0]
+        .send(&Command::Tempo { bpm: 90.0 }, None)
+        .await
+        .expect("send");
+    followers[0]
+        .wait_for(WAIT, |m| matches!(m, ServerMsg::Error(_)))
+        .await
+        .expect("rejected");
+    for f in followers {
+        f.close().await;
+    }
+    leader.close().await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // the last byes reach the streams
+
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let subjects = Subjects::new("bandsync").expect("prefix");
+    let cmd_seqs = stream_seqs(&client, &subjects.cmd_stream()).await;
+    let evt_seqs = stream_seqs(&client, &subjects.evt_stream()).await;
+    assert!(
+        cmd_seqs.len() >= script.len() + 3,
+        "commands reached the stream: {}",
+        cmd_seqs.len()
+    );
+    assert!(
+        evt_seqs.len() >= script.len() + 3,
+        "events reached the stream: {}",
+        evt_seqs.len()
+    );
+    eventually(WAIT, "every message stored", || async {
+        table_seqs(&db, "commands").await.0 == cmd_seqs.len() as i64
+            && table_seqs(&db, "events").await.0 == evt_seqs.len() as i64
+    })
+    .await;
+    let (n, seqs) = table_seqs(&db, "commands").await;
+    assert_eq!(
+        (n as usize, &seqs),
+        (cmd_seqs.len(), &cmd_seqs),
+        "commands: same count, same sequence set"
+    );
+    let (n, seqs) = table_seqs(&db, "events").await;
+    assert_eq!(
+        (n as usize, &seqs),
+        (evt_seqs.len(), &evt_seqs),
+        "events: same count, same sequence set"
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM events WHERE kind = 'rejected'")
+            .await,
+        1
+    );
+    assert_eq!(db.count("SELECT count(*) FROM dead_letters").await, 0);
+    store_stop.cancel();
+    stop.cancel();
+}
