@@ -88,7 +88,8 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<Repo
             run_dir: config.run_dir.as_deref(),
         })
         .await?;
-        tracing::info!(dir = %s.dir.display(), "stack started");
+        let listed: Vec<String> = s.pids().iter().map(|(n, p)| format!("{n}={p}")).collect();
+        eprintln!("stack started in {}: {}", s.dir.display(), listed.join(" "));
         let g = s.gateways.clone();
         let p = s.pids();
         stack = Some(s);
