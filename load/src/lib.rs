@@ -272,6 +272,7 @@ async fn drive(
             sync_error: window.sync_error.summary(),
             click_skew: window.skew.summary(),
             errors: window.errors,
+            leader_reclaims: window.leader_reclaims,
             processes,
             gateway_kib_per_connection: per_conn(&|n| n.contains("gateway")),
             load_kib_per_connection: per_conn(&|n| n == "bandsync-load"),
@@ -422,38 +423,49 @@ async fn setup_session(
         run.recorder.with(|w| w.error(&what));
         run.connect_failed.fetch_add(n, Ordering::Relaxed);
     };
-    let mut joined = Vec::with_capacity(config.members);
-    {
+    let lead = {
         let Ok(_permit) = http_gate.acquire().await else {
             return;
         };
         match tokio::time::timeout(API_TIMEOUT, api(0).create(&format!("Lead {s}"))).await {
-            Ok(Ok(j)) => joined.push(j),
+            Ok(Ok(j)) => j,
             Ok(Err(e)) => return fail(config.members, format!("create: {}", api_kind(&e))),
             Err(_) => return fail(config.members, "create: timeout".into()),
         }
-    }
+    };
+    let code = lead.code.as_str().to_owned();
+    let session = Arc::new(Session::new(config.members));
+    let mut tasks = JoinSet::new();
+    let member = |m: usize, joined| Member {
+        joined,
+        leader: m == 0,
+        gateway: (s + m) % g,
+        local_ip: config.source_ip(s * config.members + m),
+    };
+    // The leader connects first: a leader still away after the grace period
+    // is displaced (and would have to reclaim leadership).
+    tasks.spawn(member::run(
+        run.clone(),
+        session.clone(),
+        member(0, lead),
+        play.clone(),
+    ));
     for m in 1..config.members {
         let Ok(_permit) = http_gate.acquire().await else {
             return;
         };
-        let code = joined[0].code.as_str().to_owned();
         match tokio::time::timeout(API_TIMEOUT, api(m).join(&code, &format!("M{m}"))).await {
-            Ok(Ok(j)) => joined.push(j),
+            Ok(Ok(j)) => {
+                tasks.spawn(member::run(
+                    run.clone(),
+                    session.clone(),
+                    member(m, j),
+                    play.clone(),
+                ));
+            }
             Ok(Err(e)) => fail(1, format!("join: {}", api_kind(&e))),
             Err(_) => fail(1, "join: timeout".into()),
         }
-    }
-    let session = Arc::new(Session::new(joined.len()));
-    let mut tasks = JoinSet::new();
-    for (m, j) in joined.into_iter().enumerate() {
-        let me = Member {
-            joined: j,
-            leader: m == 0,
-            gateway: (s + m) % g,
-            local_ip: config.source_ip(s * config.members + m),
-        };
-        tasks.spawn(member::run(run.clone(), session.clone(), me, play.clone()));
     }
     while tasks.join_next().await.is_some() {}
 }

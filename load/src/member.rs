@@ -32,6 +32,8 @@ const TEMPO_BASE: f64 = 100.0;
 const TEMPO_STEP: f64 = 0.25;
 /// Clock-sync round trips before a member counts as ready.
 const INITIAL_PINGS: usize = 4;
+/// How often a displaced leader asks for leadership back.
+const RECLAIM_EVERY: Duration = Duration::from_secs(2);
 /// Sampling instants kept waiting for every member's report.
 const SKEW_KEEP: i64 = 8;
 
@@ -182,16 +184,10 @@ pub async fn run(
         return;
     };
     let mut played = false;
-    if me.leader && *play.borrow_and_update() {
-        played = true;
-        if conn
-            .send(&Command::Play { count_in_bars: 0 }, None)
-            .await
-            .is_err()
-        {
-            run.recorder.with(|w| w.error("send failed"));
-        }
-    }
+    // Set once the step's playback signal fired; the leader plays as soon as
+    // it also holds leadership (it may have to reclaim it first).
+    let mut play_due = *play.borrow_and_update();
+    let mut reclaim_after = tokio::time::Instant::now();
     let mut next_key: u32 = 0;
     let mut ping = tokio::time::interval(run.ping_every);
     let mut command = tokio::time::interval(run.command_every.unwrap_or(Duration::from_secs(3600)));
@@ -230,13 +226,8 @@ pub async fn run(
                     }
                 }
             },
-            changed = play.changed(), if me.leader && !played => {
-                if changed.is_ok() && *play.borrow() {
-                    played = true;
-                    if conn.send(&Command::Play { count_in_bars: 0 }, None).await.is_err() {
-                        run.recorder.with(|w| w.error("send failed"));
-                    }
-                }
+            changed = play.changed(), if me.leader && !play_due => {
+                play_due = changed.is_ok() && *play.borrow();
             }
             _ = ping.tick() => {
                 let t0 = now_us();
@@ -244,7 +235,7 @@ pub async fn run(
                     run.recorder.with(|w| w.error("send failed"));
                 }
             }
-            _ = command.tick(), if me.leader && played && run.command_every.is_some() => {
+            _ = command.tick(), if me.leader && played && is_leader(&conn) && run.command_every.is_some() => {
                 next_key = (next_key + 1) % TEMPO_KEYS;
                 let sent_at = now_us();
                 session.command_sent(next_key, sent_at);
@@ -255,6 +246,29 @@ pub async fn run(
                 }
             }
             _ = tokio::time::sleep(sample_in) => sample(&run, &session, &me, &conn, next_sample, sample_us),
+        }
+        if !me.leader {
+            continue;
+        }
+        if !is_leader(&conn) {
+            // Displaced (it connected after the grace period, or was away): a
+            // real leader's client takes leadership back.
+            if tokio::time::Instant::now() >= reclaim_after {
+                reclaim_after = tokio::time::Instant::now() + RECLAIM_EVERY;
+                run.recorder.with(|w| w.leader_reclaims += 1);
+                if conn.send(&Command::RequestLeadership, None).await.is_err() {
+                    run.recorder.with(|w| w.error("send failed"));
+                }
+            }
+        } else if play_due && !played {
+            played = true;
+            if conn
+                .send(&Command::Play { count_in_bars: 0 }, None)
+                .await
+                .is_err()
+            {
+                run.recorder.with(|w| w.error("send failed"));
+            }
         }
     }
     conn.close().await;
@@ -319,6 +333,10 @@ async fn reconnect(run: &Run, me: &Member, options: &ConnectOptions) -> Option<C
             }
         },
     }
+}
+
+fn is_leader(conn: &Connection) -> bool {
+    conn.state.leader.as_ref() == Some(&conn.member)
 }
 
 fn kind(e: &ClientError) -> &'static str {

@@ -90,6 +90,9 @@ pub struct Step {
     pub sync_error: Option<Summary>,
     pub click_skew: Option<Summary>,
     pub errors: BTreeMap<String, u64>,
+    /// Leadership requests sent by leaders displaced after the grace period
+    /// (they connected late or were away); not errors, but worth knowing.
+    pub leader_reclaims: u64,
     pub processes: Vec<Usage>,
     /// Growth of the gateways' RSS from before any client connected to after
     /// this step connected (before its playback), per connection held.
@@ -153,6 +156,7 @@ impl Report {
                     .join(" ")
             }
         });
+        row("leader reclaims", &|s| s.leader_reclaims.to_string());
         let names: Vec<String> = self
             .steps
             .first()

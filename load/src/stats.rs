@@ -96,6 +96,8 @@ pub struct Window {
     pub sync_error: Samples,
     /// Per session and sampling instant: latest − earliest member click.
     pub skew: Samples,
+    /// Leadership requests by designated leaders that found themselves displaced.
+    pub leader_reclaims: u64,
     /// Error messages from the gateway, by code, and client-side failures.
     pub errors: BTreeMap<String, u64>,
 }
