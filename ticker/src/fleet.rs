@@ -325,9 +325,16 @@ impl Fleet {
     }
 }
 
-/// Rendezvous weight of a (ticker, shard) pair: FNV-1a of "ticker/shard".
+/// Rendezvous weight of a (ticker, shard) pair: FNV-1a of "ticker/shard", then
+/// MurmurHash3's 64-bit finaliser. FNV alone barely mixes its last bytes, so ids
+/// that differ in one character would rank shards almost alike.
 pub fn weight(ticker: &str, shard: Shard) -> u64 {
-    bandsync_nats::shard::fnv1a(format!("{ticker}/{shard}").as_bytes())
+    let mut h = bandsync_nats::shard::fnv1a(format!("{ticker}/{shard}").as_bytes());
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 #[cfg(test)]
@@ -521,6 +528,22 @@ mod tests {
         // b goes silent: nobody to hand to, so a keeps everything.
         let later = t0 + TTL + Duration::from_millis(1);
         assert!(fleet.plan(&mine(&fleet), later).release.is_empty());
+    }
+
+    #[test]
+    fn rendezvous_preferences_spread_shards_evenly() {
+        let tickers = ["t-a", "t-b", "t-c"];
+        let mut counts = [0usize; 3];
+        for shard in 0..256u16 {
+            let best = (0..3)
+                .max_by_key(|&i| weight(tickers[i], shard))
+                .expect("non-empty");
+            counts[best] += 1;
+        }
+        assert!(
+            counts.iter().all(|&c| (60..=110).contains(&c)),
+            "{counts:?}"
+        );
     }
 
     #[test]

@@ -81,8 +81,103 @@ fn prometheus() -> &'static PrometheusHandle {
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         let _ = metrics::set_global_recorder(recorder);
+        describe_metrics();
         handle
     })
+}
+
+/// The ticker's metrics with their help text, exported at 0 from the start so a
+/// dashboard can tell "none yet" from "not exported".
+fn describe_metrics() {
+    let counters = [
+        (
+            "bandsync_ticker_lease_renewals_total",
+            "Lease renewals that succeeded.",
+        ),
+        (
+            "bandsync_ticker_lease_renewal_failures_total",
+            "Lease renewals that failed (each loses its shard).",
+        ),
+        ("bandsync_ticker_leases_acquired_total", "Shard leases won."),
+        (
+            "bandsync_ticker_failovers_total",
+            "Shards taken over after their owner's lease expired.",
+        ),
+        (
+            "bandsync_ticker_handovers_total",
+            "Shards taken over after their owner released them.",
+        ),
+        (
+            "bandsync_ticker_leases_released_total",
+            "Shards handed over (rebalance or shutdown).",
+        ),
+        (
+            "bandsync_ticker_leases_lost_total",
+            "Shards lost: a failed renewal or a newer lease seen.",
+        ),
+        (
+            "bandsync_ticker_campaigns_lost_total",
+            "Campaigns another ticker won.",
+        ),
+        ("bandsync_ticker_ticks_total", "Ticks published."),
+        (
+            "bandsync_ticker_tick_publish_failures_total",
+            "Ticks the NATS client refused.",
+        ),
+        (
+            "bandsync_ticker_commands_applied_total",
+            "Commands applied to session state.",
+        ),
+        (
+            "bandsync_ticker_commands_replayed_total",
+            "Replayed commands skipped as already applied.",
+        ),
+        (
+            "bandsync_ticker_commands_rejected_total",
+            "Commands rejected with an error to the member.",
+        ),
+        (
+            "bandsync_ticker_cas_conflicts_total",
+            "Session state writes that lost a compare-and-set.",
+        ),
+    ];
+    for (name, help) in counters {
+        metrics::describe_counter!(name, help);
+        metrics::counter!(name).increment(0);
+    }
+    let gauges = [
+        ("bandsync_ticker_shards_owned", "Shards this ticker owns."),
+        (
+            "bandsync_ticker_shards_target",
+            "This ticker's fair share of the shards.",
+        ),
+        (
+            "bandsync_ticker_live_tickers",
+            "Tickers this one counts as alive.",
+        ),
+        (
+            "bandsync_ticker_playing_sessions",
+            "Playing sessions on the owned shards.",
+        ),
+        (
+            "bandsync_ticker_ticks_per_second",
+            "Ticks published over the last second.",
+        ),
+    ];
+    for (name, help) in gauges {
+        metrics::describe_gauge!(name, help);
+        metrics::gauge!(name).set(0.0);
+    }
+    metrics::describe_histogram!(
+        "bandsync_ticker_lease_renew_seconds",
+        metrics::Unit::Seconds,
+        "Round trip of one lease renewal."
+    );
+    metrics::describe_histogram!(
+        "bandsync_ticker_command_seconds",
+        metrics::Unit::Seconds,
+        "Time to apply one command (state write and event publish)."
+    );
 }
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Ticker> {
@@ -158,7 +253,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
 }
 
 /// 200 once NATS is connected and the current leases have been read; the body
-/// lists the shards owned (`shards: 3@1042 17@1043`, shard@epoch).
+/// lists the shards owned (`shards: 3@1042 17@1043`, shard@epoch) and counts
+/// those still registered but no longer proven (`shards_fenced`).
 async fn readyz(
     State((ctx, registry, leases_known)): State<(Arc<Ctx>, Registry, CancellationToken)>,
 ) -> (StatusCode, String) {
@@ -170,17 +266,21 @@ async fn readyz(
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let mut owned: Vec<(u16, u64)> = registry
-        .snapshot()
+    // Only shards whose lease is proven: a ticker resuming from a freeze lists
+    // none of its old terms, even before its failed renewals have removed them.
+    let snapshot = registry.snapshot();
+    let mut owned: Vec<(u16, u64)> = snapshot
         .iter()
+        .filter(|o| o.is_valid())
         .map(|o| (o.shard, o.epoch))
         .collect();
+    let fenced = snapshot.len() - owned.len();
     owned.sort_unstable();
     let list: Vec<String> = owned.iter().map(|(s, e)| format!("{s}@{e}")).collect();
     (
         code,
         format!(
-            "nats: {state:?}\nleases_known: {known}\nticker: {}\nshards_owned: {}\nshards: {}\n",
+            "nats: {state:?}\nleases_known: {known}\nticker: {}\nshards_owned: {}\nshards_fenced: {fenced}\nshards: {}\n",
             ctx.ticker_id,
             owned.len(),
             list.join(" ")

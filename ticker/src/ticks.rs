@@ -10,9 +10,15 @@
 use crate::owned::{OwnedShard, Registry};
 use bandsync_nats::timeline::tick_seq;
 use bandsync_nats::{Micros, ServerMsg, Subjects, TickMsg, now_us};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+/// Most tasks one tick round is split over: serialising is the bulk of the
+/// work, and more lanes than cores only adds switching.
+const MAX_LANES: usize = 4;
+
+#[derive(Clone)]
 pub struct Ticks {
     pub client: async_nats::Client,
     pub subjects: Subjects,
@@ -27,6 +33,7 @@ impl Ticks {
     pub async fn run(&self, registry: Registry, shutdown: CancellationToken) {
         let period_us = self.period_us();
         let mut rate = Rate::new();
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
         loop {
             let now = now_us();
             let next = (now / period_us + 1) * period_us;
@@ -36,14 +43,22 @@ impl Ticks {
                 _ = tokio::time::sleep(wait) => {}
             }
             let seq = tick_seq(next, period_us);
-            let mut sent = 0u64;
-            let mut playing = 0usize;
-            for owned in registry.snapshot() {
-                // The worker's catch-up tick covers a shard still loading.
-                if owned.is_loaded() {
-                    sent += self.publish_shard(&owned, seq).await;
-                    playing += owned.playing_count();
-                }
+            // The shards are split over a few tasks so a big round uses every core.
+            let shards = registry.snapshot();
+            let lanes = cores.clamp(1, MAX_LANES).min(shards.len().max(1));
+            let rounds: Vec<_> = (0..lanes)
+                .map(|lane| {
+                    let part: Vec<Arc<OwnedShard>> =
+                        shards.iter().skip(lane).step_by(lanes).cloned().collect();
+                    let ticks = self.clone();
+                    tokio::spawn(async move { ticks.publish_round(part, seq).await })
+                })
+                .collect();
+            let (mut sent, mut playing) = (0u64, 0usize);
+            for round in futures::future::join_all(rounds).await {
+                let (s, p) = round.unwrap_or_default();
+                sent += s;
+                playing += p;
             }
             metrics::counter!("bandsync_ticker_ticks_total").increment(sent);
             metrics::gauge!("bandsync_ticker_playing_sessions").set(playing as f64);
@@ -51,6 +66,19 @@ impl Ticks {
                 metrics::gauge!("bandsync_ticker_ticks_per_second").set(per_second);
             }
         }
+    }
+
+    /// One lane of a tick round: (ticks sent, sessions playing).
+    async fn publish_round(&self, shards: Vec<Arc<OwnedShard>>, seq: u64) -> (u64, usize) {
+        let (mut sent, mut playing) = (0, 0);
+        for owned in shards {
+            // The worker's catch-up tick covers a shard still loading.
+            if owned.is_loaded() {
+                sent += self.publish_shard(&owned, seq).await;
+                playing += owned.playing_count();
+            }
+        }
+        (sent, playing)
     }
 
     /// Right after a shard is loaded: the tick for the current period, unless it
