@@ -576,10 +576,18 @@ impl SessionState {
     }
 
     /// Whether a housekeeping pass could change something soon (cheap pre-check).
+    /// A leader away past the grace matters only if someone could take over:
+    /// otherwise an owner would re-check every such session several times a second
+    /// for as long as it lingers (up to the idle expiry).
     pub fn needs_housekeeping(&self, now: Micros, rules: &Rules) -> bool {
-        self.leader_away_since
+        let successor_waiting = self
+            .leader_away_since
             .is_some_and(|s| now - s >= rules.leader_grace_us)
-            || self.is_idle(now, rules)
+            && self
+                .members
+                .iter()
+                .any(|m| m.connected && Some(&m.id) != self.leader.as_ref());
+        successor_waiting || self.is_idle(now, rules)
     }
 }
 

@@ -144,6 +144,16 @@ impl Proc {
             .unwrap_or(0.0)
     }
 
+    /// Resident memory, from /proc/<pid>/status.
+    fn rss_mb(&self) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+
     /// User + system CPU seconds so far, from /proc/<pid>/stat.
     fn cpu_seconds(&self) -> f64 {
         let stat =
@@ -402,13 +412,15 @@ async fn capacity(hz: u64) {
     let ticker = Proc::spawn(&nats.url(), "cap", tick_ms).await;
     wait_balanced(std::slice::from_ref(&ticker)).await;
     let steps: &[usize] = if hz >= 10 {
-        &[1_000, 2_000, 5_000, 10_000, 15_000, 20_000]
+        &[1_000, 2_000, 5_000, 10_000, 20_000, 30_000, 40_000, 50_000]
     } else {
-        &[5_000, 10_000, 20_000, 40_000, 60_000]
+        &[10_000, 20_000, 50_000, 100_000, 150_000]
     };
     let mut sessions: Vec<SessionId> = Vec::new();
     println!("capacity at {hz} Hz (one ticker, {SHARDS} shards, release build):");
-    println!("  sessions  ticks/s sent (expected)  ticker CPU  lateness p50 / p99 / max");
+    println!(
+        "  sessions  ticks/s sent (expected)  ticker CPU  ticker RSS  lateness p50 / p99 / max"
+    );
     for &n in steps {
         let more = playing_sessions(&bus, n - sessions.len()).await;
         sessions.extend(more);
@@ -465,8 +477,9 @@ async fn capacity(hz: u64) {
             late[((late.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
         };
         println!(
-            "  {n:>8}  {rate:>10.0} ({:>8})  {cpu:>8.1} %  {:.1} / {:.1} / {:.1} ms",
+            "  {n:>8}  {rate:>10.0} ({:>8})  {cpu:>8.1} %  {:>7.0} MB  {:.1} / {:.1} / {:.1} ms",
             n as u64 * hz,
+            ticker.rss_mb(),
             ms(0.5),
             ms(0.99),
             ms(1.0)

@@ -18,6 +18,13 @@
 //! whose lease expired is presumed dead until it sends a heartbeat after that,
 //! and one that released its shards because it is leaving is dropped at once: in
 //! both cases the others' targets grow before they look for takers.
+//!
+//! **Silent leases.** A lease whose holder has not renewed it for 0.9·TTL (as
+//! seen on the watch) is treated as expired before the bucket's max age removes
+//! it: the holder sent that last renewal before we saw it, and it stops
+//! publishing 0.8·TTL after sending it, so it is fenced by then. The takeover is
+//! an `update` on the holder's last revision, which fails if it renewed after all.
+//! This takes about half a second off a failover; max age stays the backstop.
 
 use bandsync_nats::Shard;
 use std::collections::{HashMap, HashSet};
@@ -96,6 +103,8 @@ enum Slot {
     Held {
         ticker: String,
         revision: u64,
+        /// When we saw this revision.
+        seen: Instant,
     },
     Vacant {
         since: Instant,
@@ -125,6 +134,8 @@ pub struct Fleet {
     shards: u16,
     ttl: Duration,
     grace: Duration,
+    /// A lease not renewed for this long (seen from here) counts as expired.
+    silence: Duration,
     slots: Vec<Slot>,
     /// When each ticker's latest heartbeat was seen.
     heartbeats: HashMap<String, Instant>,
@@ -140,6 +151,7 @@ impl Fleet {
             shards,
             ttl,
             grace,
+            silence: ttl * 9 / 10,
             slots: vec![
                 Slot::Vacant {
                     since: now,
@@ -174,7 +186,11 @@ impl Fleet {
             return;
         }
         let next = match event {
-            LeaseEvent::Put(LeaseValue::Held { ticker }) => Slot::Held { ticker, revision },
+            LeaseEvent::Put(LeaseValue::Held { ticker }) => Slot::Held {
+                ticker,
+                revision,
+                seen: now,
+            },
             LeaseEvent::Put(LeaseValue::Released {
                 ticker,
                 last_tick,
@@ -226,14 +242,40 @@ impl Fleet {
         self.heartbeats.remove(ticker);
     }
 
+    /// When a slot held by another ticker fell silent, if it has.
+    fn silent_since(&self, slot: &Slot, now: Instant) -> Option<Instant> {
+        match slot {
+            Slot::Held { ticker, seen, .. }
+                if *ticker != self.me && now.saturating_duration_since(*seen) > self.silence =>
+            {
+                Some(*seen + self.silence)
+            }
+            _ => None,
+        }
+    }
+
+    /// Tickers holding a silent lease: presumed dead like those whose lease expired.
+    fn silent_holders(&self, now: Instant) -> HashSet<&str> {
+        self.slots
+            .iter()
+            .filter(|slot| self.silent_since(slot, now).is_some())
+            .filter_map(|slot| match slot {
+                Slot::Held { ticker, .. } => Some(ticker.as_str()),
+                Slot::Vacant { .. } => None,
+            })
+            .collect()
+    }
+
     /// Live tickers, sorted; always includes this one.
     pub fn live(&self, now: Instant) -> Vec<String> {
+        let silent = self.silent_holders(now);
         let mut live: Vec<String> = self
             .heartbeats
             .iter()
             .filter(|(t, seen)| {
                 now.saturating_duration_since(**seen) <= self.ttl
                     && !self.leaving.contains(*t)
+                    && !silent.contains(t.as_str())
                     && self.suspects.get(*t).is_none_or(|at| **seen > *at)
             })
             .map(|(t, _)| t.clone())
@@ -270,14 +312,20 @@ impl Fleet {
         counts
     }
 
-    pub fn vacancy(&self, shard: Shard) -> Option<Vacancy> {
-        match self.slot(shard)? {
+    /// The shard as a campaign needs it, if it is vacant (or silent) at `now`.
+    pub fn vacancy(&self, shard: Shard, now: Instant) -> Option<Vacancy> {
+        let slot = self.slot(shard)?;
+        match slot {
             Slot::Vacant { how, revision, .. } => Some(Vacancy {
                 shard,
                 how: *how,
                 revision: *revision,
             }),
-            Slot::Held { .. } => None,
+            Slot::Held { revision, .. } => self.silent_since(slot, now).map(|_| Vacancy {
+                shard,
+                how: Vacated::Expired,
+                revision: Some(*revision),
+            }),
         }
     }
 
@@ -294,7 +342,9 @@ impl Fleet {
             .filter(|(_, shard)| !held.contains(shard))
             .filter_map(|(slot, shard)| match slot {
                 Slot::Vacant { since, .. } => Some((shard, now.saturating_duration_since(*since))),
-                Slot::Held { .. } => None,
+                Slot::Held { .. } => self
+                    .silent_since(slot, now)
+                    .map(|since| (shard, now.saturating_duration_since(since))),
             })
             .collect();
         vacant.sort_by_key(|&(shard, _)| std::cmp::Reverse(weight(&self.me, shard)));
@@ -303,7 +353,7 @@ impl Fleet {
             .iter()
             .enumerate()
             .filter(|&(i, &(_, vacant_for))| i < wanted || vacant_for >= self.grace)
-            .filter_map(|(_, &(shard, _))| self.vacancy(shard))
+            .filter_map(|(_, &(shard, _))| self.vacancy(shard, now))
             .collect();
         let mut release = Vec::new();
         if mine > target {
@@ -466,6 +516,45 @@ mod tests {
     }
 
     #[test]
+    fn a_lease_not_renewed_for_most_of_the_ttl_is_taken_on_its_last_revision() {
+        let t0 = Instant::now();
+        let mut fleet = Fleet::new("a", 4, TTL, GRACE, t0);
+        fleet.observe_heartbeat("b", t0);
+        held_by(&mut fleet, "a", 0..2, t0);
+        held_by(&mut fleet, "b", 2..4, t0);
+        let quiet = t0 + TTL * 9 / 10;
+        fleet.observe_heartbeat("b", quiet);
+        assert!(
+            fleet.plan(&mine(&fleet), quiet).campaign.is_empty(),
+            "not yet"
+        );
+        let later = quiet + Duration::from_millis(1);
+        fleet.observe_heartbeat("b", later);
+        assert_eq!(
+            fleet.live(later),
+            vec!["a"],
+            "a silent holder is presumed dead"
+        );
+        let plan = fleet.plan(&mine(&fleet), later);
+        let taken: Vec<(Shard, Vacated, Option<u64>)> = plan
+            .campaign
+            .iter()
+            .map(|v| (v.shard, v.how, v.revision))
+            .collect();
+        assert_eq!(
+            taken.len(),
+            2,
+            "both of b's shards, on b's revisions: {taken:?}"
+        );
+        assert!(taken.contains(&(2, Vacated::Expired, Some(1002))));
+        // b renews after all: its lease is live again.
+        let renewed = LeaseValue::Held { ticker: "b".into() };
+        fleet.observe_lease(2, LeaseEvent::Put(renewed.clone()), 1100, later);
+        fleet.observe_lease(3, LeaseEvent::Put(renewed), 1101, later);
+        assert!(fleet.plan(&mine(&fleet), later).campaign.is_empty());
+    }
+
+    #[test]
     fn a_leaving_ticker_is_dropped_with_its_first_release() {
         let t0 = Instant::now();
         let mut fleet = Fleet::new("a", 4, TTL, GRACE, t0);
@@ -557,8 +646,8 @@ mod tests {
         };
         fleet.observe_lease(0, held("b"), 10, t0);
         fleet.observe_lease(0, LeaseEvent::Expired, 5, t0);
-        assert!(fleet.vacancy(0).is_none());
+        assert!(fleet.vacancy(0, t0).is_none());
         fleet.observe_lease(0, LeaseEvent::Expired, 11, t0);
-        assert_eq!(fleet.vacancy(0).map(|v| v.how), Some(Vacated::Expired));
+        assert_eq!(fleet.vacancy(0, t0).map(|v| v.how), Some(Vacated::Expired));
     }
 }

@@ -10,7 +10,8 @@
 //! being published for it, then overwrite the lease with a "released" value that
 //! names the last tick sequence published. The next owner continues from the next
 //! sequence, so no tick period is published twice nor, if it is quick, skipped.
-//! Which shards to take or give is decided by `fleet::Fleet`.
+//! Which shards to take or give is decided by `fleet::Fleet`, including when a
+//! holder's lease counts as expired because it stopped renewing it.
 
 use crate::Ctx;
 use crate::fleet::{Fleet, LeaseEvent, LeaseValue, Vacancy, Vacated};
@@ -30,6 +31,8 @@ use tokio_util::sync::CancellationToken;
 const PARALLEL: usize = 64;
 /// How long a release waits for the shard's worker to save its cursor.
 const WORKER_STOP_WAIT: Duration = Duration::from_millis(300);
+/// How often the fleet view is checked for leases that fell silent.
+const SILENCE_CHECK: Duration = Duration::from_millis(50);
 /// How long start-up waits to read the current leases and heartbeats.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 
@@ -81,6 +84,9 @@ impl Leases {
         ready.cancel();
         let mut every = tokio::time::interval(self.ttl / 3);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Between rounds: notice leases that fell silent without waiting for a round.
+        let mut watchdog = tokio::time::interval(SILENCE_CHECK);
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 biased;
@@ -108,6 +114,7 @@ impl Leases {
                     self.observe_ticker(&entry);
                     self.act().await;
                 }
+                _ = watchdog.tick() => self.act().await,
             }
         }
         heartbeat_stop.cancel();
@@ -463,9 +470,8 @@ async fn campaign(leases: &kv::Store, vacancy: &Vacancy, value: bytes::Bytes) ->
     {
         return Some(won);
     }
-    if matches!(vacancy.how, Vacated::Released { .. }) {
-        return None; // a hand-over someone else took first
-    }
+    // Someone else took it first, or the hand-over value itself has expired
+    // since: `create` tells the two apart.
     match leases.create(&key, value).await {
         Ok(won) => Some(won),
         Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => None,

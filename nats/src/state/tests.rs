@@ -140,6 +140,27 @@ fn reconnect_is_the_same_member_and_stale_bye_is_ignored() {
 }
 
 #[test]
+fn housekeeping_is_needed_only_when_it_could_change_something() {
+    let rules = Rules::default();
+    let mut s = SessionState::create(
+        SessionId::parse("s1").expect("valid"),
+        JoinCode::parse("ABCDEF").expect("valid"),
+        id("lead"),
+        name("Lead"),
+        T0,
+    );
+    let past_grace = T0 + rules.leader_grace_us;
+    assert!(
+        !s.needs_housekeeping(past_grace, &rules),
+        "a leader away with nobody to take over"
+    );
+    s.apply(&hello("gw/a"), &id("a"), None, T0 + 1, &rules)
+        .expect("joins");
+    assert!(s.needs_housekeeping(past_grace, &rules), "a can take over");
+    assert!(!s.housekeep(past_grace, &rules).is_empty());
+}
+
+#[test]
 fn leadership_passes_after_grace_and_can_be_reclaimed() {
     let (mut s, rules) = band();
     s.apply(
