@@ -262,8 +262,8 @@ pub async fn websocket(
     // Messages up to 4x the limit are read whole and refused with a clean
     // close (`too_large`); only larger ones hit the transport's hard cap.
     let max = app.config.max_frame_bytes.saturating_mul(4);
-    ws.read_buffer_size(4096)
-        .write_buffer_size(4096)
+    ws.read_buffer_size(1024)
+        .write_buffer_size(0)
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| async move {

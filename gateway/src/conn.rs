@@ -55,7 +55,7 @@ pub async fn serve(socket: WebSocket, app: Arc<AppState>, claims: Claims) {
     let bye = Command::Bye {
         conn: c.conn_id.clone(),
     };
-    let _ = publish(&app, &c.claims, bye, None).await;
+    let _ = Box::pin(publish(&app, &c.claims, bye, None)).await;
 }
 
 struct Conn {
@@ -69,7 +69,7 @@ struct Conn {
 
 impl Conn {
     async fn run(&mut self, mut handle: ClientHandle) -> Result<(), &'static str> {
-        let state = match read_state(&self.app, &self.claims).await {
+        let state = match Box::pin(read_state(&self.app, &self.claims)).await {
             Ok(Some(state)) => state,
             Ok(None) => {
                 self.close(
@@ -99,7 +99,10 @@ impl Conn {
             name: self.claims.name.clone(),
             conn: self.conn_id.clone(),
         };
-        if publish(&self.app, &self.claims, hello, None).await.is_err() {
+        if Box::pin(publish(&self.app, &self.claims, hello, None))
+            .await
+            .is_err()
+        {
             self.close(
                 ErrorCode::Unavailable,
                 "cannot reach the session owner; try again",
@@ -180,7 +183,7 @@ impl Conn {
                 .await
             }
             Ok(ClientMsg::Command { id, command }) => {
-                if publish(&self.app, &self.claims, command, id.clone())
+                if Box::pin(publish(&self.app, &self.claims, command, id.clone()))
                     .await
                     .is_err()
                 {
