@@ -81,6 +81,8 @@ struct Proc {
 
 impl Proc {
     async fn spawn(nats: &str, id: &str, tick_ms: u64) -> Proc {
+        // BANDSYNC_BENCH_LOGS=<dir> keeps each ticker's log as <dir>/<id>.log.
+        let logs = std::env::var_os("BANDSYNC_BENCH_LOGS").map(std::path::PathBuf::from);
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bandsync-ticker"))
             .args([
                 format!("--nats-url={nats}"),
@@ -89,7 +91,7 @@ impl Proc {
                 format!("--shards={SHARDS}"),
                 format!("--tick-ms={tick_ms}"),
             ])
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", if logs.is_some() { "info" } else { "warn" })
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -109,7 +111,18 @@ impl Proc {
             }
         }
         assert!(!addr.is_empty(), "ticker {id} did not start");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let mut sink = match logs {
+            Some(dir) => std::fs::File::create(dir.join(format!("{id}.log"))).ok(),
+            None => None,
+        };
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(file) = sink.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(file, "{line}");
+                }
+            }
+        });
         Proc { child, addr }
     }
 
@@ -335,8 +348,17 @@ async fn failover_rounds(
             .iter()
             .filter(|s| owned.contains(&shard_of(s, SHARDS)))
             .collect();
+        if orphans.is_empty() {
+            continue; // nothing of ours on it: nothing to measure
+        }
         let signalled = Instant::now();
         tickers[victim].signal(signal);
+        if std::env::var_os("BANDSYNC_BENCH_LOGS").is_some() {
+            println!(
+                "  round {round}: SIG{signal} to ticker #{victim} at {} µs",
+                now_us()
+            );
+        }
         let old = tickers.remove(victim);
         // Every orphan hears from a new owner (or 5 s pass).
         let deadline = signalled + Duration::from_secs(5);
@@ -363,6 +385,9 @@ async fn failover_rounds(
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if std::env::var_os("BANDSYNC_BENCH_LOGS").is_some() {
+            println!("  round {round}: worst orphan gap {worst:?}");
         }
         gaps.push(worst);
         drop(old);

@@ -186,11 +186,21 @@ impl Fleet {
             return;
         }
         let next = match event {
-            LeaseEvent::Put(LeaseValue::Held { ticker }) => Slot::Held {
-                ticker,
-                revision,
-                seen: now,
-            },
+            LeaseEvent::Put(LeaseValue::Held { ticker }) => {
+                // Taken from a holder that never released it: the holder fell
+                // silent, so it is presumed dead like one whose lease expired.
+                if let Slot::Held { ticker: before, .. } = slot
+                    && *before != ticker
+                    && *before != self.me
+                {
+                    self.suspects.insert(before.clone(), now);
+                }
+                Slot::Held {
+                    ticker,
+                    revision,
+                    seen: now,
+                }
+            }
             LeaseEvent::Put(LeaseValue::Released {
                 ticker,
                 last_tick,
@@ -547,11 +557,21 @@ mod tests {
             "both of b's shards, on b's revisions: {taken:?}"
         );
         assert!(taken.contains(&(2, Vacated::Expired, Some(1002))));
+        // a takes shard 2: b stays presumed dead although its slot 3 is no longer silent.
+        let taken_by_a = LeaseValue::Held { ticker: "a".into() };
+        fleet.observe_lease(2, LeaseEvent::Put(taken_by_a), 1200, later);
+        assert_eq!(fleet.live(later), vec!["a"]);
         // b renews after all: its lease is live again.
         let renewed = LeaseValue::Held { ticker: "b".into() };
-        fleet.observe_lease(2, LeaseEvent::Put(renewed.clone()), 1100, later);
         fleet.observe_lease(3, LeaseEvent::Put(renewed), 1101, later);
         assert!(fleet.plan(&mine(&fleet), later).campaign.is_empty());
+        let beat = later + Duration::from_millis(1);
+        fleet.observe_heartbeat("b", beat);
+        assert_eq!(
+            fleet.live(beat),
+            vec!["a", "b"],
+            "a heartbeat after it revives b"
+        );
     }
 
     #[test]

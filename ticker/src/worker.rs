@@ -250,31 +250,39 @@ impl Worker {
             .create_consumer(config)
             .await
             .map_err(|e| e.to_string())?;
+        let name = consumer.cached_info().name.clone();
         let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         let mut cursor_save = tokio::time::interval(CURSOR_SAVE);
         let stop = self.owned.stop.clone();
-        loop {
+        let result = loop {
             tokio::select! {
                 biased;
-                _ = stop.cancelled() => return Ok(()),
+                _ = stop.cancelled() => break Ok(()),
                 msg = messages.next() => match msg {
                     Some(Ok(msg)) => {
                         let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
                         match self.handle(seq, &msg.payload).await {
                             Handled::Yes => self.cursor = self.cursor.max(seq),
                             // Left for the next owner, which replays from the cursor.
-                            Handled::Fenced => return Ok(()),
-                            Handled::Failed => return Err(format!("cannot apply command {seq}")),
+                            Handled::Fenced => break Ok(()),
+                            Handled::Failed => break Err(format!("cannot apply command {seq}")),
                         }
                     }
-                    Some(Err(e)) => return Err(e.to_string()),
-                    None => return Err("command consumer ended".into()),
+                    Some(Err(e)) => break Err(e.to_string()),
+                    None => break Err("command consumer ended".into()),
                 },
                 _ = housekeeping.tick() => self.housekeep().await,
                 _ = cursor_save.tick() => self.save_cursor().await,
             }
+        };
+        drop(messages);
+        // Ordered consumers linger 30 s after their subscriber goes; with many
+        // hand-overs that would pile up against the server's consumer limit.
+        if let Err(e) = stream.delete_consumer(&name).await {
+            tracing::debug!(shard = self.owned.shard, error = %e, "cannot delete the command consumer");
         }
+        result
     }
 
     async fn handle(&mut self, stream_seq: u64, payload: &[u8]) -> Handled {
