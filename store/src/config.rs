@@ -28,7 +28,7 @@ pub struct Config {
     )]
     pub database_url: String,
     /// Address of the HTTP API, health and metrics (port 0 picks a free port).
-    #[arg(long, env = "BANDSYNC_LISTEN", default_value = "127.0.0.1:9200")]
+    #[arg(long, env = "BANDSYNC_STORE_LISTEN", default_value = "127.0.0.1:9200")]
     pub listen: SocketAddr,
     /// Durable consumer name; store workers sharing it split the work.
     #[arg(long, env = "BANDSYNC_STORE_DURABLE", default_value = "store")]
