@@ -408,7 +408,12 @@ async fn failover(kills: usize) {
     let sessions = playing_sessions(&bus, FAILOVER_SESSIONS).await;
     let arrivals = record_ticks(bus.client.clone(), "bandsync.sess.*.tick".into()).await;
     drop(creator);
-    for signal in ["KILL", "TERM"] {
+    for (i, signal) in ["KILL", "TERM"].into_iter().enumerate() {
+        if i > 0 {
+            // A killed ticker's command consumers linger 30 s on the server (its
+            // default limit is 1000 per stream): let those of the kill rounds go.
+            tokio::time::sleep(Duration::from_secs(31)).await;
+        }
         let mut gaps = failover_rounds(
             &nats.url(),
             &sessions,
