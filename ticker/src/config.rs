@@ -32,7 +32,7 @@ pub struct Config {
     /// JetStream replicas for streams and buckets this process declares.
     #[arg(long, env = "BANDSYNC_REPLICAS", default_value_t = 1)]
     pub replicas: usize,
-    /// Shard lease TTL in milliseconds; a dead owner's shards move after about this long.
+    /// Shard lease TTL in milliseconds; a dead owner's shards move 0.9·TTL after its last renewal.
     #[arg(long, env = "BANDSYNC_LEASE_TTL_MS", default_value_t = 1500)]
     pub lease_ttl_ms: u64,
     /// Tick period in milliseconds while a session plays.
