@@ -33,6 +33,9 @@ const PARALLEL: usize = 64;
 const WORKER_STOP_WAIT: Duration = Duration::from_millis(300);
 /// How often the fleet view is checked for leases that fell silent.
 const SILENCE_CHECK: Duration = Duration::from_millis(50);
+/// Shutdown: how long the heartbeat may take to stop, and the releases to finish.
+const SHUTDOWN_STEP: Duration = Duration::from_secs(1);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How long start-up waits to read the current leases and heartbeats.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 
@@ -77,21 +80,27 @@ impl Leases {
     pub async fn run(mut self, shutdown: CancellationToken, ready: CancellationToken) {
         let heartbeat_stop = CancellationToken::new();
         let heartbeat = tokio::spawn(heartbeat(self.ctx.clone(), heartbeat_stop.clone()));
-        let mut leases = self.open_watch(true).await;
-        let mut tickers = self.open_watch(false).await;
-        self.catch_up(&mut leases, true).await;
-        self.catch_up(&mut tickers, false).await;
+        let (mut leases, mut tickers) = (None, None);
+        interruptible(&shutdown, async {
+            leases = self.open_watch(true).await;
+            tickers = self.open_watch(false).await;
+            self.catch_up(&mut leases, true).await;
+            self.catch_up(&mut tickers, false).await;
+        })
+        .await;
         ready.cancel();
         let mut every = tokio::time::interval(self.ttl / 3);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Between rounds: notice leases that fell silent without waiting for a round.
         let mut watchdog = tokio::time::interval(SILENCE_CHECK);
         watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // Every step is cut short by a shutdown: with NATS unreachable a step may
+        // wait for a reconnection that never comes, and SIGTERM must still work.
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                _ = every.tick() => {
+                _ = every.tick() => interruptible(&shutdown, async {
                     if leases.is_none() {
                         leases = self.open_watch(true).await;
                     }
@@ -99,27 +108,41 @@ impl Leases {
                         tickers = self.open_watch(false).await;
                     }
                     self.round().await;
-                }
+                }).await,
                 entry = next_entry(&mut leases) => {
                     let Some(entry) = entry else { leases = None; continue };
-                    self.observe_lease(entry).await;
-                    // Fold in whatever else already arrived before deciding.
-                    while let Some(Some(entry)) = next_entry(&mut leases).now_or_never() {
+                    interruptible(&shutdown, async {
                         self.observe_lease(entry).await;
-                    }
-                    self.act().await;
+                        // Fold in whatever else already arrived before deciding.
+                        while let Some(Some(entry)) = next_entry(&mut leases).now_or_never() {
+                            self.observe_lease(entry).await;
+                        }
+                        self.act().await;
+                    }).await;
                 }
                 entry = next_entry(&mut tickers) => {
                     let Some(entry) = entry else { tickers = None; continue };
                     self.observe_ticker(&entry);
-                    self.act().await;
+                    interruptible(&shutdown, self.act()).await;
                 }
-                _ = watchdog.tick() => self.act().await,
+                _ = watchdog.tick() => interruptible(&shutdown, self.act()).await,
             }
         }
         heartbeat_stop.cancel();
-        let _ = heartbeat.await;
-        self.release_all().await;
+        // With NATS unreachable these would wait for a reconnection that may never
+        // come: the leases then lapse by themselves, and the process still exits.
+        if tokio::time::timeout(SHUTDOWN_STEP, heartbeat)
+            .await
+            .is_err()
+        {
+            tracing::warn!("heartbeat still pending at shutdown");
+        }
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.release_all())
+            .await
+            .is_err()
+        {
+            tracing::warn!("leases not all released in time; they lapse within the TTL");
+        }
     }
 
     async fn open_watch(&self, leases: bool) -> Watch {
@@ -421,6 +444,13 @@ impl Leases {
     }
 
     async fn release_all(&mut self) {
+        if self.ctx.bus.client.connection_state() != async_nats::connection::State::Connected {
+            tracing::warn!(
+                shards = self.held.len(),
+                "NATS unreachable: leases lapse within the TTL"
+            );
+            return;
+        }
         // Leave the live set first, so the others' targets already count our shards.
         if let Err(e) = self.ctx.bus.tickers.delete(&self.ctx.ticker_id).await {
             tracing::warn!(error = %e, "cannot withdraw the heartbeat");
@@ -437,6 +467,16 @@ impl Leases {
         metrics::gauge!("bandsync_ticker_shards_owned").set(self.held.len() as f64);
         metrics::gauge!("bandsync_ticker_shards_target").set(self.fleet.target(now) as f64);
         metrics::gauge!("bandsync_ticker_live_tickers").set(self.fleet.live(now).len() as f64);
+    }
+}
+
+/// Runs `work` unless a shutdown comes first; then drops it half done (leases it
+/// leaves behind are released by the shutdown, or lapse within the TTL).
+async fn interruptible(shutdown: &CancellationToken, work: impl std::future::Future<Output = ()>) {
+    tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => {}
+        _ = work => {}
     }
 }
 

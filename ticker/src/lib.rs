@@ -40,6 +40,7 @@ use owned::Registry;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -240,8 +241,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     tracing::info!(%addr, ticker = %ticker_id, "ticker started");
     let task = tokio::spawn(async move {
         leases.run(shutdown, leases_known).await;
-        let _ = ticks.await;
-        let _ = bus.client.flush().await;
+        // Bounded: with NATS gone a publish can wait for a reconnection.
+        let _ = tokio::time::timeout(Duration::from_secs(1), ticks).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), bus.client.flush()).await;
         tracing::info!("ticker stopped");
     });
     Ok(Ticker {
