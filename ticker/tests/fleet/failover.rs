@@ -70,12 +70,21 @@ async fn kill_9_one_of_three_tickers_every_session_ticks_again_within_2_s() {
             log.session
         );
     }
-    fleet.wait_balanced(&[0, 2], WAIT).await;
-    let failovers = fleet.tickers[0]
-        .metric("bandsync_ticker_failovers_total")
-        .await
-        + fleet.tickers[2]
-            .metric("bandsync_ticker_failovers_total")
-            .await;
+    let (_, owned) = fleet.wait_balanced(&[0, 2], WAIT).await;
+    // What an operator sees: /readyz and /metrics agree and count the takeover.
+    let mut failovers = 0.0;
+    for (i, shards) in [0, 2].into_iter().zip(&owned) {
+        let metrics = fleet.tickers[i].metrics().await;
+        let value = |name: &str| metric_value(&metrics, name);
+        failovers += value("bandsync_ticker_failovers_total");
+        assert_eq!(value("bandsync_ticker_shards_owned"), shards.len() as f64);
+        assert!(value("bandsync_ticker_lease_renewals_total") > 0.0);
+        assert!(
+            metrics.contains("bandsync_ticker_lease_renew_seconds{quantile=\"0.99\"}"),
+            "renewal latency is exported"
+        );
+        assert!(value("bandsync_ticker_ticks_per_second") > 0.0);
+        assert!(value("bandsync_ticker_commands_applied_total") > 0.0);
+    }
     assert!(failovers >= 1.0, "/metrics counts the failovers");
 }
