@@ -33,8 +33,9 @@ const PARALLEL: usize = 64;
 const WORKER_STOP_WAIT: Duration = Duration::from_millis(300);
 /// How often the fleet view is checked for leases that fell silent.
 const SILENCE_CHECK: Duration = Duration::from_millis(50);
-/// Shutdown: how long the heartbeat may take to stop, and the releases to finish.
-const SHUTDOWN_STEP: Duration = Duration::from_secs(1);
+/// Shutdown: how long a step under way, or the heartbeat, may take to finish, and
+/// how long the releases may take.
+const SHUTDOWN_STEP: Duration = Duration::from_millis(500);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How long start-up waits to read the current leases and heartbeats.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
@@ -470,14 +471,18 @@ impl Leases {
     }
 }
 
-/// Runs `work` unless a shutdown comes first; then drops it half done (leases it
-/// leaves behind are released by the shutdown, or lapse within the TTL).
+/// Runs `work`; if a shutdown comes first, gives it `SHUTDOWN_STEP` more and then
+/// drops it half done. A step under way (renewals, a hand-over) normally ends in
+/// milliseconds and leaves revisions the releases can use; one waiting for an
+/// unreachable NATS is abandoned, and leases it leaves behind lapse within the TTL.
 async fn interruptible(shutdown: &CancellationToken, work: impl std::future::Future<Output = ()>) {
+    tokio::pin!(work);
     tokio::select! {
         biased;
+        _ = &mut work => return,
         _ = shutdown.cancelled() => {}
-        _ = work => {}
     }
+    let _ = tokio::time::timeout(SHUTDOWN_STEP, work).await;
 }
 
 /// Announces this ticker in the tickers bucket every TTL/3 (the others count
