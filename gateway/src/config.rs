@@ -1,5 +1,6 @@
 //! Gateway configuration: every flag also reads a `BANDSYNC_` environment variable.
 
+use bandsync_nats::bus::BusArgs;
 use std::net::SocketAddr;
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -8,6 +9,8 @@ use std::net::SocketAddr;
     about = "BandSync WebSocket gateway: serves the web client and fans out session traffic"
 )]
 pub struct Config {
+    #[command(flatten)]
+    pub bus: BusArgs,
     /// Address to listen on for HTTP and WebSocket (port 0 picks a free port).
     #[arg(
         long,
@@ -15,16 +18,6 @@ pub struct Config {
         default_value = "127.0.0.1:8080"
     )]
     pub listen: SocketAddr,
-    /// NATS server URL(s), comma-separated; nats-server 2.11 or newer.
-    #[arg(
-        long,
-        env = "BANDSYNC_NATS_URL",
-        default_value = "nats://127.0.0.1:14222"
-    )]
-    pub nats_url: String,
-    /// Prefix of every subject, stream and bucket.
-    #[arg(long, env = "BANDSYNC_PREFIX", default_value = "bandsync")]
-    pub prefix: String,
     /// HMAC secret shared by all gateways for member tokens (at least 16 bytes).
     #[arg(long, env = "BANDSYNC_TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: String,
@@ -34,12 +27,6 @@ pub struct Config {
     /// Number of shards; must match the tickers.
     #[arg(long, env = "BANDSYNC_SHARDS", default_value_t = bandsync_nats::shard::DEFAULT_SHARDS)]
     pub shards: u16,
-    /// JetStream replicas for streams and buckets this process declares.
-    #[arg(long, env = "BANDSYNC_REPLICAS", default_value_t = 1)]
-    pub replicas: usize,
-    /// Shard lease TTL in milliseconds (declares the lease bucket; must match the tickers).
-    #[arg(long, env = "BANDSYNC_LEASE_TTL_MS", default_value_t = 1500)]
-    pub lease_ttl_ms: u64,
     /// Members per session, checked early on join (the ticker enforces it).
     #[arg(long, env = "BANDSYNC_MAX_MEMBERS", default_value_t = 12)]
     pub max_members: usize,
@@ -62,11 +49,6 @@ impl Config {
             "--token-secret must be at least 16 bytes"
         );
         anyhow::ensure!(self.shards > 0, "--shards must be positive");
-        anyhow::ensure!((1..=5).contains(&self.replicas), "--replicas must be 1..=5");
-        anyhow::ensure!(
-            self.lease_ttl_ms >= 1000,
-            "--lease-ttl-ms must be at least 1000"
-        );
         anyhow::ensure!(self.max_members >= 1, "--max-members must be at least 1");
         anyhow::ensure!(
             (1024..=1 << 20).contains(&self.max_frame_bytes),
@@ -74,7 +56,7 @@ impl Config {
         );
         anyhow::ensure!(self.client_queue >= 4, "--client-queue must be at least 4");
         anyhow::ensure!(self.rate_limit >= 1, "--rate-limit must be at least 1");
-        bandsync_nats::Subjects::new(&self.prefix)?;
+        self.bus.validate()?;
         if let Some(id) = &self.gateway_id {
             bandsync_nats::GatewayId::parse(id.clone())?;
         }

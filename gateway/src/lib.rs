@@ -21,13 +21,12 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use bandsync_nats::bus::{Bus, BusSettings, GATEWAY_HEARTBEAT};
+use bandsync_nats::GatewayId;
+use bandsync_nats::bus::{Bus, GATEWAY_HEARTBEAT};
 use bandsync_nats::service::random_id;
-use bandsync_nats::{GatewayId, Subjects};
 pub use config::Config;
-use metrics_exporter_prometheus::PrometheusHandle;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -59,17 +58,6 @@ impl Gateway {
 /// Grace for open sockets to be told to reconnect elsewhere.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// The process-wide Prometheus recorder (several services may share a test process).
-pub fn prometheus() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        let _ = metrics::set_global_recorder(recorder);
-        handle
-    })
-}
-
 /// Connects to NATS, binds the listener and serves until `shutdown` is cancelled.
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Gateway> {
     config.validate()?;
@@ -79,22 +67,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             .clone()
             .unwrap_or_else(|| format!("gw-{}", random_id(6))),
     )?;
-    let subjects = Subjects::new(&config.prefix)?;
-    let settings = BusSettings {
-        url: config.nats_url.clone(),
-        prefix: config.prefix.clone(),
-        replicas: config.replicas,
-        lease_ttl: Duration::from_millis(config.lease_ttl_ms),
-        name: format!("bandsync-gateway-{gateway_id}"),
-    };
-    let bus = Bus::open(&settings, subjects)
+    let bus = config
+        .bus
+        .open(format!("bandsync-gateway-{gateway_id}"))
         .await
         .context("opening the NATS bus")?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
-    prometheus();
+    bandsync_nats::service::prometheus();
     let app = Arc::new(AppState {
         hub: hub::Hub::new(bus.clone(), config.client_queue),
         tokens: token::TokenKey::new(config.token_secret.as_bytes()),
@@ -113,7 +95,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .route("/ws", get(api::websocket))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(|| async { prometheus().render() }))
+        .route(
+            "/metrics",
+            get(|| async { bandsync_nats::service::prometheus().render() }),
+        )
         .with_state(app.clone());
     tracing::info!(%addr, gateway = %gateway_id, "gateway listening");
     let task = tokio::spawn(async move {

@@ -31,6 +31,8 @@ pub enum BusError {
         url: String,
         source: async_nats::ConnectError,
     },
+    #[error("{flag} {message}")]
+    Config { flag: &'static str, message: String },
     #[error("bad NATS URL {url:?}: {message}")]
     BadUrl { url: String, message: String },
     #[error("nats-server {found} is too old: BandSync needs {}.{} or newer (JetStream KV limit markers)", MIN_SERVER_VERSION.0, MIN_SERVER_VERSION.1)]
@@ -52,6 +54,79 @@ pub struct BusSettings {
     pub lease_ttl: Duration,
     /// Connection name shown by nats-server (e.g. `gateway-a`).
     pub name: String,
+}
+
+/// The bus flags every service shares (flattened into each service's `Config`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct BusArgs {
+    /// NATS server URL(s), comma-separated; nats-server 2.11 or newer.
+    #[arg(
+        long,
+        env = "BANDSYNC_NATS_URL",
+        default_value = "nats://127.0.0.1:14222"
+    )]
+    pub nats_url: String,
+    /// Prefix of every subject, stream and bucket.
+    #[arg(long, env = "BANDSYNC_PREFIX", default_value = crate::subjects::DEFAULT_PREFIX)]
+    pub prefix: String,
+    /// JetStream replicas for streams and buckets this process declares (3 on a three-node cluster).
+    #[arg(long, env = "BANDSYNC_REPLICAS", default_value_t = 1)]
+    pub replicas: usize,
+    /// Shard lease TTL in milliseconds: the leases bucket's max age; every process must agree.
+    #[arg(long, env = "BANDSYNC_LEASE_TTL_MS", default_value_t = 1500)]
+    pub lease_ttl_ms: u64,
+}
+
+impl BusArgs {
+    /// Defaults for `url`, as the flags would give them.
+    pub fn new(url: &str) -> Self {
+        Self {
+            nats_url: url.to_owned(),
+            prefix: crate::subjects::DEFAULT_PREFIX.to_owned(),
+            replicas: 1,
+            lease_ttl_ms: 1500,
+        }
+    }
+
+    /// Checks the values (the URL list is parsed too) before anything connects.
+    pub fn validate(&self) -> Result<Subjects, BusError> {
+        let bad = |flag: &'static str, message: &str| BusError::Config {
+            flag,
+            message: message.to_owned(),
+        };
+        server_addrs(&self.nats_url)?;
+        if !(1..=5).contains(&self.replicas) {
+            return Err(bad("--replicas", "must be 1..=5"));
+        }
+        if self.lease_ttl_ms < 1000 {
+            return Err(bad(
+                "--lease-ttl-ms",
+                "must be at least 1000 (KV ages are coarse)",
+            ));
+        }
+        Subjects::new(&self.prefix).map_err(|e| bad("--prefix", &e.to_string()))
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms)
+    }
+
+    /// Connection settings for a process named `name` (shown by nats-server).
+    pub fn settings(&self, name: String) -> BusSettings {
+        BusSettings {
+            url: self.nats_url.clone(),
+            prefix: self.prefix.clone(),
+            replicas: self.replicas,
+            lease_ttl: self.lease_ttl(),
+            name,
+        }
+    }
+
+    /// Validates, connects and declares everything.
+    pub async fn open(&self, name: String) -> Result<Bus, BusError> {
+        let subjects = self.validate()?;
+        Bus::open(&self.settings(name), subjects).await
+    }
 }
 
 /// A connected client with every stream and bucket declared.

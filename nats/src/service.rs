@@ -51,6 +51,20 @@ pub fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
+/// The process-wide Prometheus recorder, installed on first use. Services in one
+/// process (as in tests) share it; each describes its own metrics after.
+pub fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder was installed first; its metrics then go there.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
 const ID_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 
 /// A random lowercase id of `len` characters (12 gives about 62 bits).

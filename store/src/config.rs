@@ -1,5 +1,6 @@
 //! Store configuration: every flag also reads a `BANDSYNC_` environment variable.
 
+use bandsync_nats::bus::BusArgs;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -9,16 +10,8 @@ use std::time::Duration;
     about = "BandSync store: every command and event into PostgreSQL exactly once, and an HTTP API for analysts"
 )]
 pub struct Config {
-    /// NATS server URL(s), comma-separated; nats-server 2.11 or newer.
-    #[arg(
-        long,
-        env = "BANDSYNC_NATS_URL",
-        default_value = "nats://127.0.0.1:14222"
-    )]
-    pub nats_url: String,
-    /// Prefix of every subject, stream and bucket.
-    #[arg(long, env = "BANDSYNC_PREFIX", default_value = "bandsync")]
-    pub prefix: String,
+    #[command(flatten)]
+    pub bus: BusArgs,
     /// PostgreSQL URL; the database is created if missing (also read from DATABASE_URL).
     #[arg(
         long,
@@ -42,12 +35,6 @@ pub struct Config {
     /// PostgreSQL connections in the pool (ingest uses up to two per stream, the API the rest).
     #[arg(long, env = "BANDSYNC_STORE_POOL", default_value_t = 8)]
     pub pool_size: usize,
-    /// JetStream replicas for streams and buckets this process declares.
-    #[arg(long, env = "BANDSYNC_REPLICAS", default_value_t = 1)]
-    pub replicas: usize,
-    /// Shard lease TTL in milliseconds (declares the lease bucket; must match the tickers).
-    #[arg(long, env = "BANDSYNC_LEASE_TTL_MS", default_value_t = 1500)]
-    pub lease_ttl_ms: u64,
 }
 
 /// Largest batch accepted: bounds memory held while PostgreSQL is down and
@@ -73,7 +60,7 @@ impl Config {
 
     /// Checks everything before anything is bound or connected.
     pub fn validate(&self) -> anyhow::Result<()> {
-        bandsync_nats::Subjects::new(&self.prefix)?;
+        self.bus.validate()?;
         anyhow::ensure!(
             (1..=MAX_BATCH).contains(&self.batch_max),
             "--batch-max must be 1..={MAX_BATCH}"
@@ -85,11 +72,6 @@ impl Config {
         anyhow::ensure!(
             (5..=64).contains(&self.pool_size),
             "--pool-size must be 5..=64"
-        );
-        anyhow::ensure!((1..=5).contains(&self.replicas), "--replicas must be 1..=5");
-        anyhow::ensure!(
-            self.lease_ttl_ms >= 1000,
-            "--lease-ttl-ms must be at least 1000"
         );
         let durable_ok = !self.durable.is_empty()
             && self.durable.len() <= 64
@@ -119,16 +101,13 @@ impl Config {
     /// Settings for tests and embedding: everything defaulted except the three addresses.
     pub fn new(nats_url: &str, database_url: &str, listen: SocketAddr) -> Self {
         Self {
-            nats_url: nats_url.to_owned(),
-            prefix: bandsync_nats::subjects::DEFAULT_PREFIX.to_owned(),
+            bus: BusArgs::new(nats_url),
             database_url: database_url.to_owned(),
             listen,
             durable: "store".to_owned(),
             batch_max: 1000,
             batch_wait_ms: 50,
             pool_size: 8,
-            replicas: 1,
-            lease_ttl_ms: 1500,
         }
     }
 }
@@ -165,10 +144,21 @@ mod tests {
                 .to_string()
                 .contains("name a database")
         );
-        let bad = Config {
-            prefix: "Bad.Prefix".into(),
-            ..ok
-        };
-        assert!(bad.validate().is_err());
+        let mut bad = ok.clone();
+        bad.bus.prefix = "Bad.Prefix".into();
+        assert!(
+            bad.validate()
+                .expect_err("refused")
+                .to_string()
+                .contains("--prefix")
+        );
+        let mut bad = ok;
+        bad.bus.replicas = 0;
+        assert!(
+            bad.validate()
+                .expect_err("refused")
+                .to_string()
+                .contains("--replicas")
+        );
     }
 }

@@ -19,8 +19,7 @@ pub mod summary;
 pub use config::Config;
 
 use anyhow::Context;
-use bandsync_nats::Subjects;
-use bandsync_nats::bus::{Bus, BusSettings};
+use bandsync_nats::bus::Bus;
 use deadpool_postgres::Pool;
 use decode::StreamKind;
 use metrics::Metrics;
@@ -47,20 +46,14 @@ impl Store {
     /// ingesting and serving. Returns once everything runs.
     pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
         config.validate()?;
-        let subjects = Subjects::new(&config.prefix)?;
+        let subjects = config.bus.validate()?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr().context("reading the bound address")?;
 
         let pool = prepare_database(&config, &shutdown).await?;
-        let settings = BusSettings {
-            url: config.nats_url.clone(),
-            prefix: config.prefix.clone(),
-            replicas: config.replicas,
-            lease_ttl: Duration::from_millis(config.lease_ttl_ms),
-            name: format!("store-{}", std::process::id()),
-        };
+        let settings = config.bus.settings(format!("store-{}", std::process::id()));
         let bus = Bus::open(&settings, subjects.clone())
             .await
             .context("opening the bus")?;

@@ -1,6 +1,7 @@
 //! Ticker configuration: every flag also reads a `BANDSYNC_` environment variable.
 
 use bandsync_nats::Rules;
+use bandsync_nats::bus::BusArgs;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -10,31 +11,17 @@ use std::time::Duration;
     about = "BandSync ticker: owns session timing for the shards it leases"
 )]
 pub struct Config {
+    #[command(flatten)]
+    pub bus: BusArgs,
     /// Address for /healthz, /readyz and /metrics (port 0 picks a free port).
     #[arg(long, env = "BANDSYNC_TICKER_LISTEN", default_value = "127.0.0.1:9100")]
     pub listen: SocketAddr,
-    /// NATS server URL(s), comma-separated; nats-server 2.11 or newer.
-    #[arg(
-        long,
-        env = "BANDSYNC_NATS_URL",
-        default_value = "nats://127.0.0.1:14222"
-    )]
-    pub nats_url: String,
-    /// Prefix of every subject, stream and bucket.
-    #[arg(long, env = "BANDSYNC_PREFIX", default_value = "bandsync")]
-    pub prefix: String,
     /// This ticker's id; random if not given.
     #[arg(long, env = "BANDSYNC_TICKER_ID")]
     pub ticker_id: Option<String>,
     /// Number of shards; must match the gateways.
     #[arg(long, env = "BANDSYNC_SHARDS", default_value_t = bandsync_nats::shard::DEFAULT_SHARDS)]
     pub shards: u16,
-    /// JetStream replicas for streams and buckets this process declares.
-    #[arg(long, env = "BANDSYNC_REPLICAS", default_value_t = 1)]
-    pub replicas: usize,
-    /// Shard lease TTL in milliseconds; a dead owner's shards move 0.9·TTL after its last renewal.
-    #[arg(long, env = "BANDSYNC_LEASE_TTL_MS", default_value_t = 1500)]
-    pub lease_ttl_ms: u64,
     /// Tick period in milliseconds while a session plays.
     #[arg(long, env = "BANDSYNC_TICK_MS", default_value_t = 100)]
     pub tick_ms: u64,
@@ -55,11 +42,6 @@ pub struct Config {
 impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.shards > 0, "--shards must be positive");
-        anyhow::ensure!((1..=5).contains(&self.replicas), "--replicas must be 1..=5");
-        anyhow::ensure!(
-            self.lease_ttl_ms >= 1000,
-            "--lease-ttl-ms must be at least 1000 (KV ages are coarse)"
-        );
         anyhow::ensure!(
             (10..=60_000).contains(&self.tick_ms),
             "--tick-ms must be 10..=60000"
@@ -73,7 +55,7 @@ impl Config {
             self.idle_expiry_secs >= 1,
             "--idle-expiry-secs must be at least 1"
         );
-        bandsync_nats::Subjects::new(&self.prefix)?;
+        self.bus.validate()?;
         if let Some(id) = &self.ticker_id {
             bandsync_nats::GatewayId::parse(id.clone())?;
         }
@@ -90,7 +72,7 @@ impl Config {
     }
 
     pub fn lease_ttl(&self) -> Duration {
-        Duration::from_millis(self.lease_ttl_ms)
+        self.bus.lease_ttl()
     }
 
     pub fn tick_period(&self) -> Duration {

@@ -28,18 +28,18 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use bandsync_nats::bus::{Bus, BusSettings};
+use bandsync_nats::Rules;
+use bandsync_nats::bus::Bus;
 use bandsync_nats::bus::{GATEWAY_HEARTBEAT, GATEWAY_TTL};
 use bandsync_nats::service::random_id;
 use bandsync_nats::{Micros, now_us};
-use bandsync_nats::{Rules, Subjects};
 pub use config::Config;
 use futures::StreamExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use owned::Registry;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -77,14 +77,10 @@ impl Ticker {
 }
 
 fn prometheus() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        let _ = metrics::set_global_recorder(recorder);
-        describe_metrics();
-        handle
-    })
+    let handle = bandsync_nats::service::prometheus();
+    static DESCRIBED: std::sync::Once = std::sync::Once::new();
+    DESCRIBED.call_once(describe_metrics);
+    handle
 }
 
 /// The ticker's metrics with their help text, exported at 0 from the start so a
@@ -187,15 +183,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .ticker_id
         .clone()
         .unwrap_or_else(|| format!("ticker-{}", random_id(6)));
-    let subjects = Subjects::new(&config.prefix)?;
-    let settings = BusSettings {
-        url: config.nats_url.clone(),
-        prefix: config.prefix.clone(),
-        replicas: config.replicas,
-        lease_ttl: config.lease_ttl(),
-        name: format!("bandsync-{ticker_id}"),
-    };
-    let bus = Bus::open(&settings, subjects.clone())
+    let bus = config
+        .bus
+        .open(format!("bandsync-{ticker_id}"))
         .await
         .context("opening the NATS bus")?;
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -213,7 +203,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         live_gateways: live_rx,
         ticks: ticks::Ticks {
             client: bus.client.clone(),
-            subjects,
+            subjects: bus.subjects.clone(),
             period: config_tick_period,
         },
     });
