@@ -303,10 +303,22 @@ impl Timeline {
     }
 }
 
-/// Sequence number of the tick due at `t` for a tick period: derived from the
-/// clock, so it increases strictly and carries on across owners.
-pub fn tick_seq(t: Micros, period_us: Micros) -> u64 {
-    u64::try_from(t.max(0) / period_us.max(1)).unwrap_or(0)
+/// Tick periods are split into this many slots; a shard ticks in one of them, so
+/// an owner's ticks (and the gateways' fan-out) spread over the period instead
+/// of all leaving at its start.
+pub const TICK_SLOTS: i64 = 10;
+
+/// When in each period a shard's sessions tick: its slot's offset from the
+/// period boundary. The same for every ticker, so owners agree on it.
+pub fn tick_phase(shard: crate::Shard, period_us: Micros) -> Micros {
+    i64::from(shard) % TICK_SLOTS * (period_us.max(TICK_SLOTS) / TICK_SLOTS)
+}
+
+/// Sequence number of the latest tick due at or before `t`, for a tick period
+/// and a shard's phase: derived from the clock, so it increases strictly and
+/// carries on across owners.
+pub fn tick_seq(t: Micros, period_us: Micros, phase_us: Micros) -> u64 {
+    u64::try_from((t - phase_us).max(0) / period_us.max(1)).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -432,9 +444,24 @@ mod tests {
 
     #[test]
     fn tick_seq_is_monotonic_in_time() {
-        assert_eq!(tick_seq(1_000_000, 100_000), 10);
-        assert_eq!(tick_seq(1_099_999, 100_000), 10);
-        assert_eq!(tick_seq(1_100_000, 100_000), 11);
+        assert_eq!(tick_seq(1_000_000, 100_000, 0), 10);
+        assert_eq!(tick_seq(1_099_999, 100_000, 0), 10);
+        assert_eq!(tick_seq(1_100_000, 100_000, 0), 11);
+        assert_eq!(
+            tick_seq(1_029_999, 100_000, 30_000),
+            9,
+            "a shard in slot 3 ticks 30 ms into the period"
+        );
+        assert_eq!(tick_seq(1_030_000, 100_000, 30_000), 10);
+    }
+
+    #[test]
+    fn shards_spread_over_the_slots_of_a_period() {
+        let phases: std::collections::BTreeSet<Micros> =
+            (0..256).map(|s| tick_phase(s, 100_000)).collect();
+        assert_eq!(phases.len(), TICK_SLOTS as usize);
+        assert!(phases.iter().all(|&p| (0..100_000).contains(&p)));
+        assert_eq!(tick_phase(13, 1_000_000), 300_000);
     }
 
     #[test]

@@ -107,7 +107,7 @@ impl EventMsg {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TickMsg {
     pub session: SessionId,
-    /// `timeline::tick_seq(server_time, period)`: strictly increasing.
+    /// `timeline::tick_seq(server_time, period, shard phase)`: strictly increasing.
     pub seq: u64,
     pub epoch: u64,
     pub server_time: Micros,

@@ -18,7 +18,7 @@ use crate::fleet::{Fleet, LeaseEvent, LeaseValue, Vacancy, Vacated};
 use crate::owned::{OwnedShard, Registry};
 use crate::worker::Worker;
 use async_nats::jetstream::kv;
-use bandsync_nats::timeline::tick_seq;
+use bandsync_nats::timeline::{tick_phase, tick_seq};
 use bandsync_nats::{Micros, Shard, Subjects, now_us};
 use futures::{FutureExt, StreamExt};
 use std::collections::{HashMap, HashSet};
@@ -338,7 +338,10 @@ impl Leases {
             Vacated::Released { last_tick } => last_tick,
             // Whoever held it before stopped publishing before its lease ran out,
             // and that was before now: every tick period from now on is ours.
-            Vacated::Expired | Vacated::Absent => tick_seq(now_us(), self.tick_period_us()),
+            Vacated::Expired | Vacated::Absent => {
+                let period = self.tick_period_us();
+                tick_seq(now_us(), period, tick_phase(shard, period))
+            }
         };
         let owned = Arc::new(OwnedShard::new(
             shard,

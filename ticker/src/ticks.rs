@@ -1,14 +1,16 @@
-//! The heartbeat: at every tick boundary (wall-clock aligned, so every ticker
-//! agrees on them) publish the timeline of every playing session we own.
+//! The heartbeat: publish the timeline of every playing session we own once a
+//! period. A period is split into `TICK_SLOTS` wall-clock-aligned slots and each
+//! shard ticks in its own (`tick_phase`), so every ticker agrees on when a
+//! session ticks and the work is spread over the period, not burst at its start.
 //! Ticks go over core NATS only; they are cheap to lose.
 //!
-//! A tick sequence number is `floor(boundary / period)`. Each owned shard
+//! A tick sequence number is `floor((t − phase) / period)`. Each owned shard
 //! remembers the highest one published for it (`OwnedShard::claim_tick`), seeded
 //! from the previous owner's hand-over, so no period is ever published twice for
 //! a session, by one owner or by two.
 
 use crate::owned::{OwnedShard, Registry};
-use bandsync_nats::timeline::tick_seq;
+use bandsync_nats::timeline::{TICK_SLOTS, tick_phase, tick_seq};
 use bandsync_nats::{Micros, ServerMsg, Subjects, TickMsg, now_us};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,19 +34,25 @@ impl Ticks {
 
     pub async fn run(&self, registry: Registry, shutdown: CancellationToken) {
         let period_us = self.period_us();
+        let slot_us = (period_us / TICK_SLOTS).max(1);
         let mut rate = Rate::new();
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         loop {
             let now = now_us();
-            let next = (now / period_us + 1) * period_us;
+            let next = (now / slot_us + 1) * slot_us;
             let wait = Duration::from_micros(u64::try_from(next - now).unwrap_or(0));
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
-            let seq = tick_seq(next, period_us);
-            // The shards are split over a few tasks so a big round uses every core.
-            let shards = registry.snapshot();
+            let seq = tick_seq(next, period_us, 0);
+            let slot = (next / slot_us) % TICK_SLOTS;
+            // This slot's shards, split over a few tasks so a big round uses every core.
+            let shards: Vec<Arc<OwnedShard>> = registry
+                .snapshot()
+                .into_iter()
+                .filter(|o| tick_phase(o.shard, period_us) == slot * slot_us)
+                .collect();
             let lanes = cores.clamp(1, MAX_LANES).min(shards.len().max(1));
             let rounds: Vec<_> = (0..lanes)
                 .map(|lane| {
@@ -54,37 +62,38 @@ impl Ticks {
                     tokio::spawn(async move { ticks.publish_round(part, seq).await })
                 })
                 .collect();
-            let (mut sent, mut playing) = (0u64, 0usize);
+            let mut sent = 0u64;
             for round in futures::future::join_all(rounds).await {
-                let (s, p) = round.unwrap_or_default();
-                sent += s;
-                playing += p;
+                sent += round.unwrap_or_default();
             }
             metrics::counter!("bandsync_ticker_ticks_total").increment(sent);
-            metrics::gauge!("bandsync_ticker_playing_sessions").set(playing as f64);
+            if slot == 0 {
+                let playing: usize = registry.snapshot().iter().map(|o| o.playing_count()).sum();
+                metrics::gauge!("bandsync_ticker_playing_sessions").set(playing as f64);
+            }
             if let Some(per_second) = rate.add(sent) {
                 metrics::gauge!("bandsync_ticker_ticks_per_second").set(per_second);
             }
         }
     }
 
-    /// One lane of a tick round: (ticks sent, sessions playing).
-    async fn publish_round(&self, shards: Vec<Arc<OwnedShard>>, seq: u64) -> (u64, usize) {
-        let (mut sent, mut playing) = (0, 0);
+    /// One lane of a tick round: how many ticks went out.
+    async fn publish_round(&self, shards: Vec<Arc<OwnedShard>>, seq: u64) -> u64 {
+        let mut sent = 0;
         for owned in shards {
             // The worker's catch-up tick covers a shard still loading.
             if owned.is_loaded() {
                 sent += self.publish_shard(&owned, seq).await;
-                playing += owned.playing_count();
             }
         }
-        (sent, playing)
+        sent
     }
 
     /// Right after a shard is loaded: the tick for the current period, unless it
     /// went out already (from the previous owner or from the tick loop).
     pub async fn catch_up(&self, owned: &OwnedShard) -> u64 {
-        let seq = tick_seq(now_us(), self.period_us());
+        let period = self.period_us();
+        let seq = tick_seq(now_us(), period, tick_phase(owned.shard, period));
         let sent = self.publish_shard(owned, seq).await;
         metrics::counter!("bandsync_ticker_ticks_total").increment(sent);
         sent
