@@ -169,6 +169,16 @@ fn check_setlist(songs: &[Song]) -> Result<(), InvalidValue> {
                 format!("must be 1..={MAX_TITLE_CHARS} printable characters"),
             ));
         }
+        if song
+            .chart
+            .chars()
+            .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+        {
+            return Err(InvalidValue::new(
+                "chart",
+                "must be text: no control characters besides line breaks and tabs",
+            ));
+        }
         if song.chart.chars().count() > MAX_CHART_CHARS {
             return Err(InvalidValue::new(
                 "chart",
@@ -268,6 +278,24 @@ mod tests {
         assert!(
             Command::Setlist {
                 songs: vec![song(" ")]
+            }
+            .validate()
+            .is_err()
+        );
+        let with_chart = |chart: &str| Song {
+            chart: chart.into(),
+            ..song("Intro")
+        };
+        assert!(
+            Command::Setlist {
+                songs: vec![with_chart("| G |\n| C |\t")]
+            }
+            .validate()
+            .is_ok()
+        );
+        assert!(
+            Command::Setlist {
+                songs: vec![with_chart("intro\u{0}verse")]
             }
             .validate()
             .is_err()

@@ -32,6 +32,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "stops",
         sql: include_str!("../../migrations/0004_stops.sql"),
     },
+    Migration {
+        version: 5,
+        name: "state_column",
+        sql: include_str!("../../migrations/0005_state_column.sql"),
+    },
 ];
 
 /// Arbitrary constant naming the store's migration lock.

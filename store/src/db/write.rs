@@ -26,13 +26,14 @@ impl std::ops::AddAssign for Written {
 
 const INSERT_EVENTS: &str = "
 INSERT INTO events (stream, stream_seq, session_id, kind, changes, actor, cmd_id, seq, epoch,
-                    error_code, occurred_at, published_at, payload)
+                    error_code, occurred_at, published_at, payload, state)
 SELECT $1, r.stream_seq, r.session_id, r.kind, string_to_array(r.changes, ','), r.actor, r.cmd_id,
-       r.seq, r.epoch, r.error_code, bandsync_ts(r.occurred_us), bandsync_ts(r.published_us), r.payload::jsonb
+       r.seq, r.epoch, r.error_code, bandsync_ts(r.occurred_us), bandsync_ts(r.published_us), r.payload::jsonb,
+       r.state::json
 FROM UNNEST($2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int8[],
-            $9::int8[], $10::text[], $11::int8[], $12::int8[], $13::text[])
+            $9::int8[], $10::text[], $11::int8[], $12::int8[], $13::text[], $14::text[])
      AS r(stream_seq, session_id, kind, changes, actor, cmd_id, seq, epoch, error_code,
-          occurred_us, published_us, payload)
+          occurred_us, published_us, payload, state)
 ON CONFLICT (stream, stream_seq) DO NOTHING";
 
 const INSERT_COMMANDS: &str = "
@@ -241,6 +242,7 @@ async fn insert_events(
             &col(|r| r.occurred_us),
             &col(|r| r.published_us),
             &text(|r| &r.payload),
+            &opt(|r| r.state_json.as_deref()),
         ],
     )
     .await

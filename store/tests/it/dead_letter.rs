@@ -108,35 +108,44 @@ async fn a_row_postgres_refuses_is_isolated() {
         beats_per_bar: None,
         chart,
     };
-    band.hello("ana", now_us()).send(
-        "ana",
-        bandsync_nats::Command::Setlist { songs: vec![song] },
-        now_us(),
-    );
+    band.hello("ana", now_us());
+    // The state machine refuses such a chart; this owner slipped it in anyway.
+    band.state.setlist = vec![song];
     band.send("ana", bandsync_nats::Command::Tempo { bpm: 99.0 }, now_us());
-    // Every event after the setlist carries the chart in its state: all three are refused.
+    band.send("ana", bandsync_nats::Command::Tempo { bpm: 98.0 }, now_us());
+    // Both events carry the chart in their state: the decoder refuses them.
     publish_all(&bus.js, band.events()).await;
+    // A rejection whose text PostgreSQL's jsonb refuses: the batch is split and only
+    // that row goes to the dead letters.
+    let mut err =
+        bandsync_nats::ErrorMsg::new(bandsync_nats::ErrorCode::Invalid, "bad\u{0}text", None);
+    err.session = Some(bandsync_nats::SessionId::parse("nul1").expect("valid"));
+    let refused = bandsync_nats::ServerMsg::Error(err).to_bytes();
+    publish_raw(&bus.js, "bandsync.sess.nul1.evt".into(), refused).await;
     let (store, token) = start_store(&nats.url(), &db.url()).await;
     eventually(
         Duration::from_secs(20),
         "events and dead letters",
         || async {
             db.count("SELECT count(*) FROM events").await == 2
-                && db.count("SELECT count(*) FROM dead_letters").await == 2
+                && db.count("SELECT count(*) FROM dead_letters").await == 3
         },
     )
     .await;
-    let reason: String = db
+    let reasons: Vec<String> = db
         .client()
         .await
-        .query_one(
-            "SELECT reason FROM dead_letters ORDER BY stream_seq LIMIT 1",
-            &[],
-        )
+        .query("SELECT reason FROM dead_letters ORDER BY stream_seq", &[])
         .await
-        .expect("row")
-        .get(0);
-    assert!(reason.contains("refused by PostgreSQL"), "{reason}");
+        .expect("rows")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        reasons[..2].iter().all(|r| r.contains("NUL character")),
+        "{reasons:?}"
+    );
+    assert!(reasons[2].contains("refused by PostgreSQL"), "{reasons:?}");
     token.cancel();
     store.wait().await;
 }
