@@ -36,6 +36,10 @@ pub struct Config {
     /// Events queued per client before it is dropped as too slow.
     #[arg(long, env = "BANDSYNC_CLIENT_QUEUE", default_value_t = 64)]
     pub client_queue: usize,
+    /// Kernel send buffer per client socket, in bytes: what a device that stops
+    /// reading can hold up before its gateway notices and drops it.
+    #[arg(long, env = "BANDSYNC_SOCKET_SEND_BUFFER", default_value_t = 64 * 1024)]
+    pub socket_send_buffer: usize,
     /// Messages per second a client may send (sustained); bursts up to twice that.
     #[arg(long, env = "BANDSYNC_RATE_LIMIT", default_value_t = 20)]
     pub rate_limit: u32,
@@ -55,6 +59,10 @@ impl Config {
             "--max-frame-bytes must be 1 KiB..=1 MiB"
         );
         anyhow::ensure!(self.client_queue >= 4, "--client-queue must be at least 4");
+        anyhow::ensure!(
+            (4096..=16 << 20).contains(&self.socket_send_buffer),
+            "--socket-send-buffer must be 4 KiB..=16 MiB"
+        );
         anyhow::ensure!(self.rate_limit >= 1, "--rate-limit must be at least 1");
         self.bus.validate()?;
         if let Some(id) = &self.gateway_id {

@@ -15,6 +15,7 @@ use bandsync_nats::{
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// A socket that cannot take a frame for this long is given up on.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,6 +46,7 @@ pub async fn serve(socket: WebSocket, app: Arc<AppState>, claims: Claims) {
         conn_id,
         socket,
         last_seq: 0,
+        kick: handle.kick.clone(),
     };
     if let Err(reason) = c.run(handle).await {
         tracing::debug!(member = %c.claims.member, reason, "connection ended");
@@ -65,6 +67,9 @@ struct Conn {
     socket: WebSocket,
     /// Newest event seq this client has; older ones are skipped.
     last_seq: u64,
+    /// Cancelled by the hub when this client must go (e.g. it fell behind):
+    /// it also interrupts a write stuck on a socket that does not drain.
+    kick: CancellationToken,
 }
 
 impl Conn {
@@ -229,10 +234,11 @@ impl Conn {
     }
 
     async fn send(&mut self, msg: Message) -> Result<(), &'static str> {
-        match tokio::time::timeout(SEND_TIMEOUT, self.socket.send(msg)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err("send failed"),
-            Err(_) => Err("send timed out"),
+        let kick = self.kick.clone();
+        tokio::select! {
+            biased;
+            _ = kick.cancelled() => Err("kicked"),
+            sent = write(&mut self.socket, msg, SEND_TIMEOUT) => sent,
         }
     }
 
@@ -244,12 +250,15 @@ impl Conn {
     /// and waits briefly for the client's close so it reads both before the
     /// TCP connection goes.
     async fn close_code(&mut self, ws_code: u16, code: ErrorCode, reason: &str) {
-        let _ = self.send_error(code, reason, None).await;
+        // Not `send`: a kicked client is still told why, if its socket takes it.
+        let err = ServerMsg::Error(ErrorMsg::new(code, reason, None));
+        let text = serde_json::to_string(&err).expect("server messages serialise");
+        let _ = write(&mut self.socket, Message::Text(text.into()), CLOSE_LINGER).await;
         let frame = CloseFrame {
             code: ws_code,
             reason: Utf8Bytes::from(code.as_str()),
         };
-        let _ = self.send(Message::Close(Some(frame))).await;
+        let _ = write(&mut self.socket, Message::Close(Some(frame)), CLOSE_LINGER).await;
         let _ = tokio::time::timeout(CLOSE_LINGER, async {
             while let Some(Ok(msg)) = self.socket.recv().await {
                 if matches!(msg, Message::Close(_)) {
@@ -258,6 +267,15 @@ impl Conn {
             }
         })
         .await;
+    }
+}
+
+/// One frame to the socket, given up after `limit`.
+async fn write(socket: &mut WebSocket, msg: Message, limit: Duration) -> Result<(), &'static str> {
+    match tokio::time::timeout(limit, socket.send(msg)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err("send failed"),
+        Err(_) => Err("send timed out"),
     }
 }
 

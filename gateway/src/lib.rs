@@ -21,6 +21,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use bandsync_nats::GatewayId;
 use bandsync_nats::bus::{Bus, GATEWAY_HEARTBEAT};
 use bandsync_nats::service::random_id;
@@ -108,6 +109,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             stop.cancelled().await;
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
+        let send_buffer = app.config.socket_send_buffer;
+        let listener = listener.tap_io(move |tcp| tune_socket(tcp, send_buffer));
         let serve = axum::serve(listener, router).with_graceful_shutdown(graceful);
         serve.await.context("serving HTTP")?;
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, app.bus.client.flush()).await;
@@ -120,6 +123,19 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         id: gateway_id,
         task,
     })
+}
+
+/// Ticks and events are small and latency-bound: no Nagle delay. A bounded
+/// kernel send buffer makes a device that stops reading block its own writes
+/// soon, so the hub drops it (`slow_client`) instead of the kernel queueing
+/// megabytes for it.
+fn tune_socket(tcp: &mut tokio::net::TcpStream, send_buffer: usize) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
+    if let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer) {
+        tracing::debug!(error = %e, "cannot set SO_SNDBUF");
+    }
 }
 
 async fn readyz(State(app): State<Arc<AppState>>) -> (StatusCode, String) {

@@ -17,6 +17,7 @@ pub struct Knobs {
     pub tick_ms: u64,
     pub leader_grace_ms: u64,
     pub max_members: usize,
+    pub client_queue: usize,
 }
 
 impl Default for Knobs {
@@ -26,6 +27,7 @@ impl Default for Knobs {
             tick_ms: 100,
             leader_grace_ms: 1_000,
             max_members: 12,
+            client_queue: 64,
         }
     }
 }
@@ -82,6 +84,7 @@ impl Stack {
             format!("--gateway-id={id}"),
             format!("--max-members={}", self.knobs.max_members),
             "--max-frame-bytes=4096".into(),
+            format!("--client-queue={}", self.knobs.client_queue),
             "--shards=16".into(),
         ]);
         let token = CancellationToken::new();

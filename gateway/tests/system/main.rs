@@ -5,5 +5,6 @@
 mod common;
 mod errors;
 mod leadership;
+mod slow;
 mod sync;
 mod ticks;
