@@ -127,13 +127,7 @@ impl Connection {
             return Ok(msg);
         }
         loop {
-            let msg = match self.ws.next().await {
-                Some(Ok(Message::Text(t))) => parse(&t)?,
-                Some(Ok(Message::Close(f))) => return Err(ClientError::Closed(f)),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Err(e.into()),
-                None => return Err(ClientError::Closed(None)),
-            };
+            let msg = self.next_raw().await?;
             if self.absorb(&msg) {
                 return Ok(msg);
             }

@@ -251,14 +251,7 @@ impl Conn {
     /// TCP connection goes.
     async fn close_code(&mut self, ws_code: u16, code: ErrorCode, reason: &str) {
         // Not `send`: a kicked client is still told why, if its socket takes it.
-        let err = ServerMsg::Error(ErrorMsg::new(code, reason, None));
-        let text = serde_json::to_string(&err).expect("server messages serialise");
-        let _ = write(&mut self.socket, Message::Text(text.into()), CLOSE_LINGER).await;
-        let frame = CloseFrame {
-            code: ws_code,
-            reason: Utf8Bytes::from(code.as_str()),
-        };
-        let _ = write(&mut self.socket, Message::Close(Some(frame)), CLOSE_LINGER).await;
+        goodbye(&mut self.socket, ws_code, code, reason).await;
         let _ = tokio::time::timeout(CLOSE_LINGER, async {
             while let Some(Ok(msg)) = self.socket.recv().await {
                 if matches!(msg, Message::Close(_)) {
@@ -319,14 +312,20 @@ fn is_too_large(e: &axum::Error) -> bool {
 
 /// Tells a client why it cannot stay, then closes with the error code as the reason.
 pub async fn refuse(mut socket: WebSocket, code: ErrorCode, reason: &str) {
+    goodbye(&mut socket, close_code::POLICY, code, reason).await;
+}
+
+/// An error frame saying why, then a close frame whose reason is the error code;
+/// each write is given up after `CLOSE_LINGER`.
+async fn goodbye(socket: &mut WebSocket, ws_code: u16, code: ErrorCode, reason: &str) {
     let err = ServerMsg::Error(ErrorMsg::new(code, reason, None));
     let text = serde_json::to_string(&err).expect("server messages serialise");
-    let _ = socket.send(Message::Text(text.into())).await;
+    let _ = write(socket, Message::Text(text.into()), CLOSE_LINGER).await;
     let frame = CloseFrame {
-        code: close_code::POLICY,
+        code: ws_code,
         reason: Utf8Bytes::from(code.as_str()),
     };
-    let _ = socket.send(Message::Close(Some(frame))).await;
+    let _ = write(socket, Message::Close(Some(frame)), CLOSE_LINGER).await;
 }
 
 /// The session's current state from KV (`None` if it does not exist).
