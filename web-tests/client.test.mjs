@@ -301,6 +301,44 @@ describe('web client against a stand-in gateway', () => {
     await page.context().close();
   });
 
+  test('setlist by reference: light events keep the charts; an event naming a setlist never received brings a fresh welcome', async () => {
+    const first = [{ title: 'Let It Be', tempo_bpm: 72, chart: CHART }];
+    const second = [...first, { title: 'Blackbird', tempo_bpm: 94, chart: 'G Am7 G/B G' }];
+    let welcomes = 0;
+    const base = { members: [{ ...ANA }, { ...BEN }], leader: 'm-ana', segments: [segment({})], song: 0 };
+    const { page, fake } = await inSession(PHONE, 'tok-ben', {
+      welcome: welcomeWith(() => {
+        welcomes += 1;
+        return welcomes === 1
+          ? sessionState({ ...base, setlist: first, setlist_rev: 3, seq: 5 })
+          : sessionState({ ...base, setlist: second, setlist_rev: 7, seq: 8 });
+      }),
+    });
+    await until('online', () => page.evaluate(() => bandsync.connection === 'online'));
+    const event = (seq, setlistRev, extra = {}) => ({
+      type: 'event', session: 'sess1', seq, epoch: 1, at: fake.serverNow(), cause: { by: 'm-ana' },
+      changes: [{ kind: 'tempo', bpm: 80, at: fake.serverNow() }],
+      state: sessionState({ ...base, setlist: [], setlist_rev: setlistRev, seq }), ...extra,
+    });
+    // Same revision, no setlist in the event: the chart stays.
+    fake.send(event(6, 3));
+    await until('event applied', () => page.evaluate(() => bandsync.state.seq === 6));
+    assert.equal(await page.evaluate(() => bandsync.state.setlist.length), 1);
+    assert.equal(await text(page, '#song-title'), 'Let It Be');
+    assert.ok((await page.$$('#chart li')).length > 0, 'the chart is still shown');
+    // An event naming revision 7, which this device never received: it reconnects
+    // (same token) and the welcome brings the whole state.
+    fake.send(event(8, 7));
+    await until('second socket', () => fake.sockets.length === 2, { timeout: 3000 });
+    await until('fresh state', () => page.evaluate(() => bandsync.state.setlist.length === 2));
+    assert.deepEqual(fake.sockets.map((s) => s.token), ['tok-ben', 'tok-ben']);
+    // An event carrying the new setlist replaces it.
+    fake.send(event(9, 9, { setlist: [{ title: 'So What', chart: 'Dm7' }] }));
+    await until('carried setlist', () => page.evaluate(() => bandsync.state.setlist.map((s) => s.title).join() === 'So What'));
+    assert.deepEqual(page.errors, []);
+    await page.context().close();
+  });
+
   test('a session that has ended sends the musician back to the landing screen', async () => {
     const page = await device(browser, PHONE);
     await page.routeWebSocket(/\/ws\?/, (ws) => {

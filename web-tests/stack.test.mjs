@@ -81,8 +81,11 @@ describe('a band on the real stack (nats-server, ticker, two gateways)', () => {
     await sleep(1000); // the burst of 8 pings is done
     const [a, b] = await Promise.all([leader, follower].map((p) => bs(p, () => ({ offset: bandsync.offsetUs, rtt: bandsync.rttUs }))));
     // Gateways and browser share this machine's clock: the true offset is about 0.
-    assert.ok(Math.abs(a.offset) < 3000 && Math.abs(b.offset) < 3000, `offsets ${a.offset} ${b.offset}`);
-    assert.ok(Math.abs(a.offset - b.offset) < 2000, `offsets differ: ${a.offset} vs ${b.offset}`);
+    // An exchange can only place it within half its round trip, which a busy
+    // machine (CI beside other work) stretches: the bound allows for that.
+    const bound = (rtt) => Math.max(3000, rtt / 2 + 1000);
+    assert.ok(Math.abs(a.offset) < bound(a.rtt) && Math.abs(b.offset) < bound(b.rtt), `offsets ${a.offset} ${b.offset} (rtts ${a.rtt} ${b.rtt})`);
+    assert.ok(Math.abs(a.offset - b.offset) < bound(a.rtt) + bound(b.rtt) - 4000, `offsets differ: ${a.offset} vs ${b.offset} (rtts ${a.rtt} ${b.rtt})`);
     assert.ok(a.rtt < 50_000 && b.rtt < 50_000, `rtts ${a.rtt} ${b.rtt}`);
   });
 

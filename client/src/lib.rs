@@ -35,12 +35,17 @@ pub enum ClientError {
     NoWelcome(String),
     #[error("timed out")]
     Timeout,
+    #[error(
+        "event {seq} refers to setlist revision {needed} but this connection holds {held}: \
+         it missed the event that replaced the setlist; reconnect for a fresh welcome"
+    )]
+    MissedSetlist { seq: u64, needed: u64, held: u64 },
 }
 
 /// One member's live connection.
 pub struct Connection {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    /// The session as last seen (welcome, then every event).
+    /// The session as last seen (welcome, then every event), setlist included.
     pub state: SessionState,
     /// The newest timeline: from the state, or a newer tick.
     pub timeline: Timeline,
@@ -128,7 +133,7 @@ impl Connection {
         }
         loop {
             let msg = self.next_raw().await?;
-            if self.absorb(&msg) {
+            if self.absorb(&msg)? {
                 return Ok(msg);
             }
         }
@@ -142,7 +147,7 @@ impl Connection {
             return Ok((msg, true));
         }
         let msg = self.next_raw().await?;
-        let taken = self.absorb(&msg);
+        let taken = self.absorb(&msg)?;
         Ok((msg, taken))
     }
 
@@ -170,19 +175,25 @@ impl Connection {
     }
 
     /// Returns false for messages a client must ignore.
-    fn absorb(&mut self, msg: &ServerMsg) -> bool {
+    fn absorb(&mut self, msg: &ServerMsg) -> Result<bool, ClientError> {
         match msg {
             ServerMsg::Event(e) => {
                 if e.epoch < self.epoch || e.seq <= self.state.seq {
-                    return false;
+                    return Ok(false);
                 }
+                self.state = e
+                    .state_after(&self.state)
+                    .ok_or(ClientError::MissedSetlist {
+                        seq: e.seq,
+                        needed: e.state.setlist_rev,
+                        held: self.state.setlist_rev,
+                    })?;
                 self.epoch = e.epoch;
-                self.state = e.state.clone();
                 self.timeline = e.state.timeline.clone();
             }
             ServerMsg::Tick(t) => {
                 if t.epoch < self.epoch {
-                    return false;
+                    return Ok(false);
                 }
                 self.epoch = t.epoch;
                 self.timeline = t.timeline.clone();
@@ -193,7 +204,7 @@ impl Connection {
             }
             _ => {}
         }
-        true
+        Ok(true)
     }
 
     /// Sends `n` pings one after another and folds the pongs into the clock.
@@ -209,7 +220,7 @@ impl Connection {
                     .map_err(|_| ClientError::Timeout)??;
                 let is_pong =
                     matches!(msg, ServerMsg::Pong { t0: echoed, .. } if echoed as Micros == t0);
-                if self.absorb(&msg) && !is_pong {
+                if self.absorb(&msg)? && !is_pong {
                     self.backlog.push_back(msg);
                 }
                 if is_pong {

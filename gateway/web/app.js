@@ -391,29 +391,48 @@
         break;
       case 'reconnect':
         // The gateway is going away: come back at once (any gateway), same token.
-        S.reconnects.push(msg.reason);
-        Conn.attempt = 0;
-        if (Conn.ws) {
-          const ws = Conn.ws;
-          Conn.ws = null;
-          stopPings();
-          ws.close(1000, 'reconnecting');
-        }
-        scheduleReconnect(200 + Math.random() * 600);
-        setConn('offline', 'moving to another server');
+        reconnectSoon(msg.reason, 200 + Math.random() * 600, 'moving to another server');
         break;
       default:
         break; // newer servers may send more; ignore what we do not know
     }
   }
 
+  // Leaves this socket and connects again (same token): the welcome brings the whole state.
+  function reconnectSoon(reason, delayMs, why) {
+    S.reconnects.push(reason);
+    Conn.attempt = 0;
+    if (Conn.ws) {
+      const ws = Conn.ws;
+      Conn.ws = null;
+      stopPings();
+      ws.close(1000, 'reconnecting');
+    }
+    scheduleReconnect(delayMs);
+    setConn('offline', why);
+  }
+
+  // Events leave the setlist (charts and all) out unless they replaced it, and name
+  // the revision they refer to: ours, unless we missed the event that replaced it.
+  function stateAfter(m) {
+    const st = m.state;
+    if (m.setlist) st.setlist = m.setlist;
+    else if (!(st.setlist && st.setlist.length)) {
+      if ((st.setlist_rev || 0) !== (S.state.setlist_rev || 0)) return null;
+      st.setlist = S.state.setlist;
+    }
+    return st;
+  }
+
   function onEvent(m) {
     if (m.epoch < S.epoch) return; // from an owner that lost its lease
     S.epoch = Math.max(S.epoch, m.epoch);
-    if (m.seq <= S.seq) return; // already have it (or newer)
+    if (m.seq <= S.seq || !S.state) return; // already have it (or newer)
+    const state = stateAfter(m);
+    if (!state) return reconnectSoon('missed_setlist', 0, 'fetching the setlist');
     S.lastEventAt = m.at;
     const wasLeader = isLeader();
-    applyState(m.state, false);
+    applyState(state, false);
     for (const c of m.changes || []) {
       if (c.kind === 'ended') {
         return endMembership('ended', `The session ended (${c.reason || 'closed'}).`);

@@ -348,6 +348,7 @@ fn kind(e: &ClientError) -> &'static str {
         ClientError::Closed(_) => "closed",
         ClientError::NoWelcome(_) => "refused",
         ClientError::Timeout => "timeout",
+        ClientError::MissedSetlist { .. } => "missed setlist",
     }
 }
 

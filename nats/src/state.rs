@@ -171,7 +171,8 @@ pub struct Cause {
     pub by: Option<MemberId>,
 }
 
-/// Everything about one session. Stored as JSON in KV and sent to clients whole.
+/// Everything about one session. Stored whole as JSON in KV and sent whole in a
+/// `welcome`; events leave the setlist out unless they changed it (`setlist_rev`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionState {
     pub id: SessionId,
@@ -182,7 +183,12 @@ pub struct SessionState {
     pub leader: Option<MemberId>,
     pub members: Vec<Member>,
     pub timeline: Timeline,
+    #[serde(default)]
     pub setlist: Vec<Song>,
+    /// `seq` of the change set that last replaced the setlist (0: never): a
+    /// receiver whose setlist is of another revision has missed that event.
+    #[serde(default)]
+    pub setlist_rev: u64,
     pub song: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leadership_request: Option<MemberId>,
@@ -226,6 +232,7 @@ impl SessionState {
             members: vec![member],
             timeline: Timeline::new(now, DEFAULT_BPM, 4, 4),
             setlist: Vec::new(),
+            setlist_rev: 0,
             song: None,
             leadership_request: None,
             leader_away_since: Some(now),
@@ -290,6 +297,9 @@ impl SessionState {
 
     fn record(&mut self, changes: Vec<Change>, cause: Cause, now: Micros) {
         self.seq += 1;
+        if changes.iter().any(|c| matches!(c, Change::Setlist { .. })) {
+            self.setlist_rev = self.seq;
+        }
         self.last_changes = changes;
         self.last_cause = cause;
         self.last_change_at = now;

@@ -2,7 +2,7 @@
 //! an event or tick is serialised once by the owner and the gateway forwards
 //! those exact bytes to every member's socket. docs/protocol.md documents them.
 
-use crate::command::Command;
+use crate::command::{Command, Song};
 use crate::ids::{CommandId, MemberId, SessionId};
 use crate::state::{Cause, Change, SessionState};
 use crate::timeline::{Micros, Timeline};
@@ -74,7 +74,10 @@ impl ServerMsg {
     }
 }
 
-/// A state change: what changed, why, and the whole state after it.
+/// A state change: what changed, why, and the state after it. The setlist
+/// (charts included, the bulk of a state) travels only in the event that
+/// replaced it; every other event's `state.setlist` is empty and its
+/// `state.setlist_rev` names the setlist the receiver should already hold.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventMsg {
     pub session: SessionId,
@@ -86,11 +89,16 @@ pub struct EventMsg {
     pub cause: Cause,
     pub changes: Vec<Change>,
     pub state: SessionState,
+    /// The new setlist, in the event that replaced it (`state.setlist_rev == seq`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setlist: Option<Vec<Song>>,
 }
 
 impl EventMsg {
     /// The event describing the state's latest change set.
     pub fn latest(state: &SessionState, epoch: u64) -> Self {
+        let mut sent = state.clone();
+        let setlist = std::mem::take(&mut sent.setlist);
         Self {
             session: state.id.clone(),
             seq: state.seq,
@@ -98,8 +106,25 @@ impl EventMsg {
             at: state.last_change_at,
             cause: state.last_cause.clone(),
             changes: state.last_changes.clone(),
-            state: state.clone(),
+            state: sent,
+            setlist: (state.setlist_rev == state.seq).then_some(setlist),
         }
+    }
+
+    /// The whole state after this event, for a receiver that held `held` before
+    /// it. `None` when the event leaves the setlist out and `held`'s is of another
+    /// revision: the receiver missed the event that replaced it and must read the
+    /// state afresh (a client reconnects and gets it in its `welcome`).
+    pub fn state_after(&self, held: &SessionState) -> Option<SessionState> {
+        let setlist = match &self.setlist {
+            Some(list) => list.clone(),
+            None if held.setlist_rev == self.state.setlist_rev => held.setlist.clone(),
+            None => return None,
+        };
+        Some(SessionState {
+            setlist,
+            ..self.state.clone()
+        })
     }
 }
 
@@ -327,5 +352,54 @@ mod tests {
         assert_eq!(back, msg);
         let head: BusHeader = serde_json::from_slice(&bytes).expect("header");
         assert_eq!((head.kind.as_str(), head.seq, head.epoch), ("event", 1, 7));
+    }
+
+    #[test]
+    fn only_the_event_that_replaced_the_setlist_carries_it() {
+        let leader = MemberId::parse("m1").expect("valid");
+        let mut state = SessionState::create(
+            SessionId::parse("s1").expect("valid"),
+            JoinCode::parse("ABCDEF").expect("valid"),
+            leader.clone(),
+            DisplayName::parse("Ana").expect("valid"),
+            1_000,
+        );
+        let rules = crate::state::Rules::default();
+        let held_before = state.clone();
+        let song = |title: &str| Song {
+            title: title.into(),
+            tempo_bpm: Some(100.0),
+            beats_per_bar: Some(4),
+            chart: "| C | G |\n".repeat(50),
+        };
+        let setlist = Command::Setlist {
+            songs: vec![song("One"), song("Two")],
+        };
+        state
+            .apply(&setlist, &leader, None, 2_000, &rules)
+            .expect("leader sets it");
+        let carrying = EventMsg::latest(&state, 1);
+        assert_eq!(carrying.setlist.as_deref(), Some(&state.setlist[..]));
+        assert!(carrying.state.setlist.is_empty(), "not twice in one event");
+        assert_eq!(carrying.state_after(&held_before), Some(state.clone()));
+
+        let held = state.clone();
+        state
+            .apply(&Command::Tempo { bpm: 90.0 }, &leader, None, 3_000, &rules)
+            .expect("leader steers");
+        let light = EventMsg::latest(&state, 1);
+        assert_eq!(light.setlist, None);
+        let bytes = ServerMsg::Event(Box::new(light.clone())).to_bytes();
+        assert!(
+            bytes.len()
+                < ServerMsg::Event(Box::new(carrying.clone()))
+                    .to_bytes()
+                    .len()
+                    / 2,
+            "an event without the setlist is small"
+        );
+        assert_eq!(light.state_after(&held), Some(state.clone()));
+        // A receiver that missed the setlist event cannot rebuild the state.
+        assert_eq!(light.state_after(&held_before), None);
     }
 }

@@ -12,8 +12,8 @@ use bandsync_nats::bus::{Bus, BusSettings};
 use bandsync_nats::state::Rules;
 use bandsync_nats::testkit::NatsServer;
 use bandsync_nats::{
-    Command, DisplayName, EventMsg, JoinCode, MemberId, ServerMsg, SessionId, SessionState, Song,
-    Subjects, now_us,
+    Command, DisplayName, EventMsg, JoinCode, MemberId, Micros, ServerMsg, SessionId, SessionState,
+    Song, Subjects, now_us,
 };
 use bandsync_store::decode::StreamKind;
 use bandsync_store::{Config, Store};
@@ -35,7 +35,7 @@ async fn main() -> anyhow::Result<()> {
     let bulk: usize = args.first().map_or(Ok(200_000), |a| a.parse())?;
     let rate: usize = args.get(1).map_or(Ok(10_000), |a| a.parse())?;
     let seconds: usize = args.get(2).map_or(Ok(20), |a| a.parse())?;
-    // "small": one member and no setlist (about 0.8 kB an event) instead of five and ten songs.
+    // "small": one member and no setlist instead of five and ten songs.
     let small = args.get(3).is_some_and(|a| a == "small");
     let pg = std::env::var("BANDSYNC_TEST_PG")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
@@ -53,6 +53,10 @@ async fn main() -> anyhow::Result<()> {
     };
     let bus = Bus::open(&settings, subjects.clone()).await?;
     let mut events = Generator::new(&subjects, small);
+    if std::env::var_os("BANDSYNC_BENCH_SHOW_EVENT").is_some() {
+        let (_, sample) = events.next_event();
+        println!("a benchmark event: {}", String::from_utf8_lossy(&sample));
+    }
 
     // 1. Sustained ingest: a backlog of `bulk` events, then the store drains it.
     let backlog: Vec<_> = (0..bulk).map(|_| events.next_event()).collect();
@@ -147,13 +151,18 @@ async fn publish(js: &jetstream::Context, msgs: Vec<(String, Bytes)>) -> anyhow:
     Ok(())
 }
 
-/// Realistic events: sessions of five members with a ten-song setlist, the leader
-/// changing tempo; round-robin across sessions.
+/// Realistic events: sessions of five members with a ten-song setlist (charts
+/// of about 1 kB), the leader changing tempo once a second; round-robin across
+/// sessions. Time is simulated (starting an hour ago) so a session's changes are
+/// a second apart, as a band's are, however fast the benchmark publishes them:
+/// at wall-clock pace every session would hold hundreds of changes still pending
+/// in its timeline, which no real session does.
 struct Generator {
     states: Vec<SessionState>,
     subjects: Subjects,
     rules: Rules,
     leader: MemberId,
+    t0: Micros,
     i: usize,
 }
 
@@ -162,7 +171,7 @@ impl Generator {
         let (members, songs) = if small { (1, 0) } else { (5, 10) };
         let rules = Rules::default();
         let leader = MemberId::parse("m0").expect("valid");
-        let now = now_us();
+        let now = now_us() - 3_600_000_000;
         let states = (0..SESSIONS)
             .map(|s| {
                 let id = SessionId::parse(format!("bench{s}")).expect("valid");
@@ -187,7 +196,7 @@ impl Generator {
                         title: format!("Song number {i}"),
                         tempo_bpm: Some(90.0 + i as f64),
                         beats_per_bar: Some(4),
-                        chart: String::new(),
+                        chart: "| C    | Am   | F    | G7   |\n".repeat(30),
                     })
                     .collect();
                 st.apply(&Command::Setlist { songs }, &leader, None, now, &rules)
@@ -200,6 +209,7 @@ impl Generator {
             subjects: subjects.clone(),
             rules,
             leader,
+            t0: now,
             i: 0,
         }
     }
@@ -209,14 +219,9 @@ impl Generator {
         self.i += 1;
         let st = &mut self.states[n % SESSIONS];
         let bpm = 60.0 + (n % 140) as f64;
-        st.apply(
-            &Command::Tempo { bpm },
-            &self.leader,
-            None,
-            now_us(),
-            &self.rules,
-        )
-        .expect("tempo");
+        let at = self.t0 + 1_000_000 * (1 + (n / SESSIONS) as Micros);
+        st.apply(&Command::Tempo { bpm }, &self.leader, None, at, &self.rules)
+            .expect("tempo");
         let bytes = ServerMsg::Event(Box::new(EventMsg::latest(st, 1))).to_bytes();
         (self.subjects.evt(&st.id), bytes)
     }

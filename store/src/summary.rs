@@ -3,7 +3,7 @@
 //! so applying a batch twice, or two batches in either order, gives one result.
 
 use crate::decode::EventRow;
-use bandsync_nats::{Change, Micros};
+use bandsync_nats::{Change, Micros, SessionState};
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -16,6 +16,9 @@ pub struct SessionRow {
     pub last_seq: i64,
     pub last_epoch: i64,
     pub song: Option<String>,
+    /// The `seq` as of which `song` is known; `None` when this event cannot tell
+    /// (it names a song index, but neither carries the setlist nor picked the song).
+    pub song_seq: Option<i64>,
     pub playing: bool,
     /// Where the band is (playing) or stopped (paused), in beats, as of the last event.
     pub position_beat: f64,
@@ -59,6 +62,7 @@ pub fn summarise<'a>(events: impl IntoIterator<Item = &'a EventRow>) -> Summary 
             Change::Ended { reason } => Some(reason.clone()),
             _ => None,
         });
+        let song = song_title(state);
         let fresh = SessionRow {
             session_id: row.session_id.clone(),
             code: state.code.to_string(),
@@ -67,10 +71,8 @@ pub fn summarise<'a>(events: impl IntoIterator<Item = &'a EventRow>) -> Summary 
             last_us: row.occurred_us,
             last_seq: seq,
             last_epoch: epoch,
-            song: state
-                .song
-                .and_then(|i| state.setlist.get(i))
-                .map(|s| s.title.clone()),
+            song: song.clone().flatten(),
+            song_seq: song.map(|_| seq),
             playing: latest.playing,
             position_beat,
             bar: latest.bar_of(position_beat),
@@ -113,6 +115,25 @@ pub fn summarise<'a>(events: impl IntoIterator<Item = &'a EventRow>) -> Summary 
     }
 }
 
+/// The live song's title after `row`, if the event can tell: `Some(None)` for
+/// no song. Events leave the setlist out unless they replaced it, so a title is
+/// known from a carried (or, in events logged earlier, embedded) setlist, from
+/// a song pick, or when no song is live.
+fn song_title(state: &SessionState) -> Option<Option<String>> {
+    let Some(index) = state.song else {
+        return Some(None);
+    };
+    if let Some(song) = state.setlist.get(index) {
+        return Some(Some(song.title.clone()));
+    }
+    state.last_changes.iter().rev().find_map(|c| match c {
+        Change::Song {
+            index: i, title, ..
+        } if *i == index => Some(Some(title.clone())),
+        _ => None,
+    })
+}
+
 /// Folds a newer or older row of the same session into `acc`, as the SQL upsert does.
 fn merge_session(acc: &mut SessionRow, row: SessionRow) {
     acc.first_us = acc.first_us.min(row.first_us);
@@ -122,10 +143,13 @@ fn merge_session(acc: &mut SessionRow, row: SessionRow) {
         acc.ended_us = row.ended_us;
         acc.end_reason = row.end_reason.clone();
     }
+    if row.song_seq > acc.song_seq {
+        acc.song_seq = row.song_seq;
+        acc.song = row.song;
+    }
     if (row.last_seq, row.last_epoch) > (acc.last_seq, acc.last_epoch) {
         acc.last_seq = row.last_seq;
         acc.last_epoch = row.last_epoch;
-        acc.song = row.song;
         acc.playing = row.playing;
         acc.position_beat = row.position_beat;
         acc.bar = row.bar;
@@ -203,5 +227,59 @@ mod tests {
             summarise([&last]).members.is_empty(),
             "a tempo change re-sends no members"
         );
+    }
+
+    #[test]
+    fn the_live_song_is_known_from_the_setlist_event_or_the_pick_only() {
+        let ana = MemberId::parse("ana").expect("valid");
+        let rules = Rules::default();
+        let mut s = SessionState::create(
+            SessionId::parse("s1").expect("valid"),
+            JoinCode::parse("ABCDEF").expect("valid"),
+            ana.clone(),
+            DisplayName::parse("Ana").expect("valid"),
+            1_000,
+        );
+        let song = |title: &str| bandsync_nats::Song {
+            title: title.into(),
+            tempo_bpm: None,
+            beats_per_bar: None,
+            chart: "| C |".into(),
+        };
+        let apply = |s: &mut SessionState, cmd: Command, at| {
+            s.apply(&cmd, &ana, None, at, &rules).expect("applies");
+        };
+        apply(
+            &mut s,
+            Command::Setlist {
+                songs: vec![song("A"), song("B")],
+            },
+            2_000,
+        );
+        let listed = row(&s, 2);
+        apply(&mut s, Command::Song { index: 1 }, 3_000);
+        let picked = row(&s, 3);
+        apply(&mut s, Command::Tempo { bpm: 90.0 }, 4_000);
+        let later = row(&s, 4);
+        apply(
+            &mut s,
+            Command::Setlist {
+                songs: vec![song("B2"), song("B")],
+            },
+            5_000,
+        );
+        let relisted = row(&s, 5);
+
+        let known = |rows: &[&EventRow]| {
+            let r = &summarise(rows.iter().copied()).sessions[0];
+            (r.song.clone(), r.song_seq)
+        };
+        assert_eq!(known(&[&listed]), (None, Some(2)), "no song live yet");
+        assert_eq!(known(&[&picked]), (Some("B".into()), Some(3)));
+        // A tempo change carries no setlist: it cannot name the song, nor blank it.
+        assert_eq!(known(&[&later]), (None, None));
+        assert_eq!(known(&[&later, &picked]), (Some("B".into()), Some(3)));
+        // The live song followed by title into the new setlist.
+        assert_eq!(known(&[&relisted, &later]), (Some("B".into()), Some(5)));
     }
 }

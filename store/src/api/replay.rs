@@ -1,8 +1,9 @@
 //! `GET /sessions/{id}/state?at=`: the session as it stood at an instant.
 //!
-//! Every event carries the whole state after it, so the state at `t` is the
-//! state of the last event applied at or before `t`; the timeline inside it
-//! (the same `Timeline` the ticker and clients use) gives the position at `t`.
+//! Every event carries the state after it (its setlist by reference, see
+//! `bandsync_setlist`), so the state at `t` is the state of the last event
+//! applied at or before `t`; the timeline inside it (the same `Timeline` the
+//! ticker and clients use) gives the position at `t`.
 
 use super::sessions::session_id;
 use super::{ApiError, AppState};
@@ -77,12 +78,14 @@ pub async fn state_at(
         .ok_or_else(|| {
             ApiError::not_found(format!("session {id} has no event at or before {at}"))
         })?;
-    let state: SessionState = serde_json::from_str(&row.state_json).map_err(|e| {
+    let bad = |e: serde_json::Error| {
         ApiError::invalid(format!(
             "stored state of event {} does not decode: {e}",
             row.seq
         ))
-    })?;
+    };
+    let mut state: SessionState = serde_json::from_str(&row.state_json).map_err(bad)?;
+    state.setlist = serde_json::from_str(&row.setlist_json).map_err(bad)?;
     let position = replay(&state, at);
     let song = state
         .song

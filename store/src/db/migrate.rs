@@ -37,6 +37,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "state_column",
         sql: include_str!("../../migrations/0005_state_column.sql"),
     },
+    Migration {
+        version: 6,
+        name: "setlist_on_its_own",
+        sql: include_str!("../../migrations/0006_setlist_on_its_own.sql"),
+    },
 ];
 
 /// Arbitrary constant naming the store's migration lock.

@@ -26,14 +26,14 @@ impl std::ops::AddAssign for Written {
 
 const INSERT_EVENTS: &str = "
 INSERT INTO events (stream, stream_seq, session_id, kind, changes, actor, cmd_id, seq, epoch,
-                    error_code, occurred_at, published_at, payload, state)
+                    error_code, occurred_at, published_at, payload, state, setlist)
 SELECT $1, r.stream_seq, r.session_id, r.kind, string_to_array(r.changes, ','), r.actor, r.cmd_id,
        r.seq, r.epoch, r.error_code, bandsync_ts(r.occurred_us), bandsync_ts(r.published_us), r.payload::jsonb,
-       r.state::json
+       r.state::json, r.setlist::json
 FROM UNNEST($2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int8[],
-            $9::int8[], $10::text[], $11::int8[], $12::int8[], $13::text[], $14::text[])
+            $9::int8[], $10::text[], $11::int8[], $12::int8[], $13::text[], $14::text[], $15::text[])
      AS r(stream_seq, session_id, kind, changes, actor, cmd_id, seq, epoch, error_code,
-          occurred_us, published_us, payload, state)
+          occurred_us, published_us, payload, state, setlist)
 ON CONFLICT (stream, stream_seq) DO NOTHING";
 
 const INSERT_COMMANDS: &str = "
@@ -56,14 +56,16 @@ ON CONFLICT (stream, stream_seq) DO NOTHING";
 /// "Newer state wins": the row whose (seq, epoch) is higher sets the live columns.
 const UPSERT_SESSIONS: &str = "
 INSERT INTO sessions AS s (session_id, code, created_at, first_event_at, last_event_at, last_seq,
-                      last_epoch, song, playing, position_beat, bar, tempo_bpm, ended_at, end_reason)
+                      last_epoch, song, song_seq, playing, position_beat, bar, tempo_bpm, ended_at,
+                      end_reason)
 SELECT r.session_id, r.code, bandsync_ts(r.created_us), bandsync_ts(r.first_us), bandsync_ts(r.last_us),
-       r.last_seq, r.last_epoch, r.song, r.playing, r.position_beat, r.bar, r.tempo_bpm,
+       r.last_seq, r.last_epoch, r.song, r.song_seq, r.playing, r.position_beat, r.bar, r.tempo_bpm,
        bandsync_ts(r.ended_us), r.end_reason
 FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[],
-            $8::text[], $9::bool[], $10::float8[], $11::int8[], $12::float8[], $13::int8[], $14::text[])
-     AS r(session_id, code, created_us, first_us, last_us, last_seq, last_epoch, song, playing,
-          position_beat, bar, tempo_bpm, ended_us, end_reason)
+            $8::text[], $9::int8[], $10::bool[], $11::float8[], $12::int8[], $13::float8[], $14::int8[],
+            $15::text[])
+     AS r(session_id, code, created_us, first_us, last_us, last_seq, last_epoch, song, song_seq,
+          playing, position_beat, bar, tempo_bpm, ended_us, end_reason)
 ON CONFLICT (session_id) DO UPDATE SET
     created_at     = least(s.created_at, excluded.created_at),
     first_event_at = least(s.first_event_at, excluded.first_event_at),
@@ -71,7 +73,8 @@ ON CONFLICT (session_id) DO UPDATE SET
     ended_at       = coalesce(s.ended_at, excluded.ended_at),
     end_reason     = CASE WHEN s.ended_at IS NULL THEN excluded.end_reason ELSE s.end_reason END,
     code          = CASE WHEN (excluded.last_seq, excluded.last_epoch) > (s.last_seq, s.last_epoch) THEN excluded.code ELSE s.code END,
-    song          = CASE WHEN (excluded.last_seq, excluded.last_epoch) > (s.last_seq, s.last_epoch) THEN excluded.song ELSE s.song END,
+    song          = CASE WHEN excluded.song_seq > coalesce(s.song_seq, -1) THEN excluded.song ELSE s.song END,
+    song_seq      = greatest(s.song_seq, excluded.song_seq),
     playing       = CASE WHEN (excluded.last_seq, excluded.last_epoch) > (s.last_seq, s.last_epoch) THEN excluded.playing ELSE s.playing END,
     position_beat = CASE WHEN (excluded.last_seq, excluded.last_epoch) > (s.last_seq, s.last_epoch) THEN excluded.position_beat ELSE s.position_beat END,
     bar           = CASE WHEN (excluded.last_seq, excluded.last_epoch) > (s.last_seq, s.last_epoch) THEN excluded.bar ELSE s.bar END,
@@ -243,6 +246,7 @@ async fn insert_events(
             &col(|r| r.published_us),
             &text(|r| &r.payload),
             &opt(|r| r.state_json.as_deref()),
+            &opt(|r| r.setlist_json.as_deref()),
         ],
     )
     .await
@@ -311,6 +315,7 @@ async fn upsert_sessions(tx: &Transaction<'_>, rows: &[SessionRow]) -> Result<u6
     let seq: Vec<i64> = rows.iter().map(|r| r.last_seq).collect();
     let epoch: Vec<i64> = rows.iter().map(|r| r.last_epoch).collect();
     let song: Vec<Option<&str>> = rows.iter().map(|r| r.song.as_deref()).collect();
+    let song_seq: Vec<Option<i64>> = rows.iter().map(|r| r.song_seq).collect();
     let playing: Vec<bool> = rows.iter().map(|r| r.playing).collect();
     let beat: Vec<f64> = rows.iter().map(|r| r.position_beat).collect();
     let bar: Vec<i64> = rows.iter().map(|r| r.bar).collect();
@@ -321,8 +326,8 @@ async fn upsert_sessions(tx: &Transaction<'_>, rows: &[SessionRow]) -> Result<u6
         tx,
         UPSERT_SESSIONS,
         &[
-            &ids, &codes, &created, &first, &last, &seq, &epoch, &song, &playing, &beat, &bar,
-            &tempo, &ended, &reason,
+            &ids, &codes, &created, &first, &last, &seq, &epoch, &song, &song_seq, &playing, &beat,
+            &bar, &tempo, &ended, &reason,
         ],
     )
     .await

@@ -109,11 +109,14 @@ async fn a_row_postgres_refuses_is_isolated() {
         chart,
     };
     band.hello("ana", now_us());
-    // The state machine refuses such a chart; this owner slipped it in anyway.
-    band.state.setlist = vec![song];
-    band.send("ana", bandsync_nats::Command::Tempo { bpm: 99.0 }, now_us());
-    band.send("ana", bandsync_nats::Command::Tempo { bpm: 98.0 }, now_us());
-    // Both events carry the chart in their state: the decoder refuses them.
+    // The state machine refuses such a chart; this owner slipped it in anyway, as
+    // a new setlist riding on each of two tempo changes.
+    for bpm in [99.0, 98.0] {
+        band.state.setlist = vec![song.clone()];
+        band.state.setlist_rev = band.state.seq + 1;
+        band.send("ana", bandsync_nats::Command::Tempo { bpm }, now_us());
+    }
+    // Both events carry the chart in their setlist: the decoder refuses them.
     publish_all(&bus.js, band.events()).await;
     // A rejection whose text PostgreSQL's jsonb refuses: the batch is split and only
     // that row goes to the dead letters.
