@@ -10,7 +10,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream;
 use bandsync_nats::bus::{Bus, BusSettings};
 use bandsync_nats::state::Rules;
-use bandsync_nats::testkit::NatsServer;
+use bandsync_nats::testkit::{NatsServer, cpu_time};
 use bandsync_nats::{
     Command, DisplayName, EventMsg, JoinCode, MemberId, Micros, ServerMsg, SessionId, SessionState,
     Song, Subjects, now_us,
@@ -70,16 +70,23 @@ async fn main() -> anyhow::Result<()> {
     );
     let token = CancellationToken::new();
     let config = Config::new(&nats.url(), &db_url, "127.0.0.1:0".parse()?);
+    let (admin, conn) = tokio_postgres::connect(&format!("{pg}/postgres"), NoTls).await?;
+    tokio::spawn(conn);
+    let mut cpu = CpuWatch::new(nats.pid());
+    cpu.sample(&admin, &db_name).await?;
     let store = Store::start(config, token.clone()).await?;
     let t = Instant::now();
     while store.metrics().rows_inserted(StreamKind::Events) < bulk as u64 {
         tokio::time::sleep(Duration::from_millis(10)).await;
+        cpu.sample(&admin, &db_name).await?;
     }
     let secs = t.elapsed().as_secs_f64();
     println!(
         "ingest: {bulk} events in {secs:.2} s = {:.0} events/s",
         bulk as f64 / secs
     );
+    cpu.sample(&admin, &db_name).await?;
+    cpu.report(bulk);
 
     // 2. Lag at a steady rate: publish `rate` events/s for `seconds` s.
     let (client, conn) = tokio_postgres::connect(&db_url, NoTls).await?;
@@ -118,17 +125,84 @@ async fn main() -> anyhow::Result<()> {
         p99 * 1e3,
         max * 1e3
     );
+    let row = client
+        .query_one(
+            "SELECT pg_table_size('events')::float8 / count(*), pg_indexes_size('events')::float8 / count(*)
+             FROM events",
+            &[],
+        )
+        .await?;
+    let (table, indexes): (f64, f64) = (row.get(0), row.get(1));
+    println!("on disk: {table:.0} bytes per event in the table, {indexes:.0} in its indexes");
     token.cancel();
     store.wait().await;
     drop(client);
-    let (admin, conn) = tokio_postgres::connect(&format!("{pg}/postgres"), NoTls).await?;
-    tokio::spawn(conn);
     admin
         .batch_execute(&format!(
             "DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)"
         ))
         .await?;
     Ok(())
+}
+
+/// CPU time spent by each part of the pipeline during the ingest: this process
+/// (the store; the publisher is idle then), the PostgreSQL processes serving
+/// the store's database and the server's own (WAL writer, checkpointer), and
+/// nats-server. Per event, it holds where a rate does not: on a busy machine.
+struct CpuWatch {
+    nats: Option<u32>,
+    /// CPU time of each process when first seen, and when last seen.
+    seen: std::collections::HashMap<(&'static str, u32), (Duration, Duration)>,
+}
+
+impl CpuWatch {
+    fn new(nats: Option<u32>) -> Self {
+        Self {
+            nats,
+            seen: Default::default(),
+        }
+    }
+
+    /// Reads every watched process (PostgreSQL backends come and go with the pool).
+    async fn sample(&mut self, admin: &tokio_postgres::Client, db: &str) -> anyhow::Result<()> {
+        let rows = admin
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1 OR datname IS NULL",
+                &[&db],
+            )
+            .await?;
+        let mut pids: Vec<(&'static str, u32)> = rows
+            .iter()
+            .map(|r| ("postgres", r.get::<_, i32>(0) as u32))
+            .collect();
+        pids.push(("store", std::process::id()));
+        pids.extend(self.nats.map(|p| ("nats-server", p)));
+        for key in pids {
+            if let Some(t) = cpu_time(key.1) {
+                self.seen.entry(key).or_insert((t, t)).1 = t;
+            }
+        }
+        Ok(())
+    }
+
+    fn report(&self, events: usize) {
+        let mut per: std::collections::BTreeMap<&str, Duration> = Default::default();
+        for ((name, _), (first, last)) in &self.seen {
+            *per.entry(name).or_default() += *last - *first;
+        }
+        let us = |d: Duration| d.as_secs_f64() * 1e6 / events.max(1) as f64;
+        let total: Duration = per.values().sum();
+        let parts: Vec<String> = per
+            .iter()
+            .map(|(name, d)| format!("{name} {:.1}", us(*d)))
+            .collect();
+        println!(
+            "CPU per event: {} = {:.1} us in all (2 cores at 100% would ingest {:.0} events/s)",
+            parts.join(" + "),
+            us(total),
+            2e6 / us(total).max(f64::MIN_POSITIVE)
+        );
+    }
 }
 
 /// Publishes with a window of outstanding acks.

@@ -214,9 +214,15 @@ struct EventWire<'a> {
 }
 
 fn decode_event(subjects: &Subjects, raw: &Raw<'_>, stream_seq: i64) -> Result<EventRow, String> {
-    let head: TypeOnly<'_> =
-        serde_json::from_slice(raw.payload).map_err(|e| format!("not an event or error: {e}"))?;
-    match head.kind.as_ref() {
+    // Owners write the tag first: the common case needs no separate pass to find it.
+    let kind = if raw.payload.starts_with(br#"{"type":"event","#) {
+        Cow::Borrowed("event")
+    } else {
+        serde_json::from_slice::<TypeOnly<'_>>(raw.payload)
+            .map_err(|e| format!("not an event or error: {e}"))?
+            .kind
+    };
+    match kind.as_ref() {
         "event" => {
             let ev: EventWire<'_> =
                 serde_json::from_slice(raw.payload).map_err(|e| format!("bad event: {e}"))?;
