@@ -69,7 +69,16 @@ async fn main() -> anyhow::Result<()> {
         t.elapsed().as_secs_f64()
     );
     let token = CancellationToken::new();
-    let config = Config::new(&nats.url(), &db_url, "127.0.0.1:0".parse()?);
+    let mut config = Config::new(&nats.url(), &db_url, "127.0.0.1:0".parse()?);
+    // The store's own settings, from the environment as the service reads them.
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
+    config.writers = env("BANDSYNC_STORE_WRITERS").unwrap_or(config.writers);
+    config.batch_max = env("BANDSYNC_STORE_BATCH").unwrap_or(config.batch_max);
+    config.pool_size = env("BANDSYNC_STORE_POOL").unwrap_or(config.pool_size);
+    println!(
+        "store: {} writers per stream, batches of up to {} messages, {} connections",
+        config.writers, config.batch_max, config.pool_size
+    );
     let (admin, conn) = tokio_postgres::connect(&format!("{pg}/postgres"), NoTls).await?;
     tokio::spawn(conn);
     let mut cpu = CpuWatch::new(nats.pid());

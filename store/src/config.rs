@@ -32,7 +32,11 @@ pub struct Config {
     /// Longest wait, in milliseconds, for a batch to fill before it is written.
     #[arg(long, env = "BANDSYNC_STORE_BATCH_WAIT_MS", default_value_t = 50)]
     pub batch_wait_ms: u64,
-    /// PostgreSQL connections in the pool (ingest uses up to two per stream, the API the rest).
+    /// Batches of one stream written at once: while one waits on PostgreSQL
+    /// (its commit's fsync, a round trip) the next is decoded and sent.
+    #[arg(long, env = "BANDSYNC_STORE_WRITERS", default_value_t = 3)]
+    pub writers: usize,
+    /// PostgreSQL connections in the pool (ingest uses up to `writers` per stream, the API the rest).
     #[arg(long, env = "BANDSYNC_STORE_POOL", default_value_t = 8)]
     pub pool_size: usize,
 }
@@ -69,9 +73,14 @@ impl Config {
             (1..=10_000).contains(&self.batch_wait_ms),
             "--batch-wait-ms must be 1..=10000"
         );
+        anyhow::ensure!((1..=16).contains(&self.writers), "--writers must be 1..=16");
         anyhow::ensure!(
             (5..=64).contains(&self.pool_size),
             "--pool-size must be 5..=64"
+        );
+        anyhow::ensure!(
+            self.pool_size > 2 * self.writers,
+            "--pool-size must exceed twice --writers (each stream writes on up to --writers connections)"
         );
         let durable_ok = !self.durable.is_empty()
             && self.durable.len() <= 64
@@ -107,6 +116,7 @@ impl Config {
             durable: "store".to_owned(),
             batch_max: 1000,
             batch_wait_ms: 50,
+            writers: 3,
             pool_size: 8,
         }
     }

@@ -27,11 +27,6 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(3);
 /// Delivered-but-unacked messages per consumer, across all workers: bounds what
 /// the server hands out while writes are slow.
 const MAX_ACK_PENDING: i64 = 20_000;
-/// Batches written at once: while one transaction waits on PostgreSQL (its
-/// commit's fsync, its rows' parsing in the server) the next is decoded and sent.
-/// Two keep both of a small machine's cores busy; concurrent batches lock session
-/// rows in key order, so they cannot deadlock.
-const WRITERS: usize = 2;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -57,6 +52,9 @@ pub struct Ingest {
     pub metrics: Arc<Metrics>,
     pub batch_max: usize,
     pub batch_wait: Duration,
+    /// Batches written at once (`--writers`); concurrent batches lock session
+    /// rows in key order, so they cannot deadlock.
+    pub writers: usize,
 }
 
 impl Ingest {
@@ -128,7 +126,7 @@ impl Ingest {
             })?;
         self.metrics.set_nats_up(true);
         info!(stream = %self.stream, durable = %self.durable, "consuming");
-        let writers = Arc::new(Semaphore::new(WRITERS));
+        let writers = Arc::new(Semaphore::new(self.writers));
         let mut in_flight = JoinSet::new();
         let result = self
             .batches(&mut messages, &writers, &mut in_flight, shutdown)
@@ -139,7 +137,7 @@ impl Ingest {
     }
 
     /// Gathers batches (up to `batch_max` messages or `batch_wait`) and hands each
-    /// to a writer, at most `WRITERS` at once.
+    /// to a writer, at most `writers` at once.
     async fn batches(
         &self,
         messages: &mut pull::Stream,
@@ -172,12 +170,14 @@ impl Ingest {
                     },
                 }
             }
+            // Decoded here, while the writers wait on PostgreSQL, not in a writer's turn.
+            let decoded = self.decode(std::mem::take(&mut batch)).await;
             let Ok(permit) = writers.clone().acquire_owned().await else {
                 return Ok(()); // never closed
             };
-            let (this, token, batch) = (self.clone(), shutdown.clone(), std::mem::take(&mut batch));
+            let (this, token) = (self.clone(), shutdown.clone());
             in_flight.spawn(async move {
-                this.commit(batch, &token).await;
+                this.commit(decoded, &token).await;
                 drop(permit);
             });
             while in_flight.try_join_next().is_some() {}
@@ -187,10 +187,9 @@ impl Ingest {
         }
     }
 
-    /// Writes the batch, retrying with backoff while PostgreSQL is unavailable,
-    /// then acks it. On shutdown before a commit it naks instead, so another
-    /// worker (or this one, restarted) takes the messages at once.
-    async fn commit(&self, batch: Vec<Message>, shutdown: &CancellationToken) {
+    /// Decodes a batch into rows; a message without JetStream metadata cannot be
+    /// placed in the log and is terminated.
+    async fn decode(&self, batch: Vec<Message>) -> Batch {
         let started = Instant::now();
         let mut rows = Vec::with_capacity(batch.len());
         let mut acks = Vec::with_capacity(batch.len());
@@ -213,10 +212,28 @@ impl Ingest {
             rows.push(decode(self.kind, &self.subjects, &raw));
             acks.push(m);
         }
+        Batch {
+            rows,
+            acks,
+            pending,
+            decode_time: started.elapsed(),
+        }
+    }
+
+    /// Writes the batch, retrying with backoff while PostgreSQL is unavailable,
+    /// then acks it. On shutdown before a commit it naks instead, so another
+    /// worker (or this one, restarted) takes the messages at once.
+    async fn commit(&self, batch: Batch, shutdown: &CancellationToken) {
+        let Batch {
+            rows,
+            acks,
+            pending,
+            decode_time,
+        } = batch;
         if rows.is_empty() {
             return;
         }
-        let decoded = started.elapsed();
+        let started = Instant::now();
         let Some(written) = self.write_with_retry(&rows, &acks, shutdown).await else {
             for m in &acks {
                 let _ = m.ack_with(AckKind::Nak(None)).await;
@@ -234,8 +251,8 @@ impl Ingest {
         debug!(
             stream = %self.stream,
             messages = rows.len(),
-            decode_us = decoded.as_micros() as u64,
-            write_us = (written_in - decoded).as_micros() as u64,
+            decode_us = decode_time.as_micros() as u64,
+            write_us = written_in.as_micros() as u64,
             ack_us = (started.elapsed() - written_in).as_micros() as u64,
             "batch committed"
         );
@@ -291,6 +308,16 @@ impl Ingest {
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
+}
+
+/// A batch decoded and waiting for a writer: the rows and the messages to ack
+/// once they are committed.
+struct Batch {
+    rows: Vec<Decoded>,
+    acks: Vec<Message>,
+    /// Messages left in the stream for this consumer when the last was delivered.
+    pending: u64,
+    decode_time: Duration,
 }
 
 fn published_of(row: &Decoded) -> Option<i64> {

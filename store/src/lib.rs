@@ -74,6 +74,7 @@ impl Store {
                 metrics: metrics.clone(),
                 batch_max: config.batch_max,
                 batch_wait: config.batch_wait(),
+                writers: config.writers,
             };
             // Fail start-up on a consumer that cannot be made (wrong stream config, permissions).
             ingest.consumer().await?;
