@@ -63,6 +63,11 @@ pub struct Config {
     /// Each member sends a clock-sync ping this often, in ms.
     #[arg(long, env = "BANDSYNC_LOAD_PING_MS", default_value_t = 1000)]
     pub ping_ms: u64,
+    /// After connecting, each member pings every 250 ms until its clock has
+    /// this many samples (the SDK's recommendation, 40), then every --ping-ms.
+    /// 0: steady pings only (cheaper for the stack at large sizes).
+    #[arg(long, env = "BANDSYNC_LOAD_SETTLE_PINGS", default_value_t = bandsync_client::SETTLE_PINGS)]
+    pub settle_pings: u64,
     /// Connections being opened at once.
     #[arg(long, env = "BANDSYNC_LOAD_CONNECT_CONCURRENCY", default_value_t = 128)]
     pub connect_concurrency: usize,

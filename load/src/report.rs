@@ -62,6 +62,7 @@ pub struct Setup {
     pub command_ms: u64,
     pub sample_ms: u64,
     pub ping_ms: u64,
+    pub settle_pings: u64,
     pub duration_secs: u64,
     pub warmup_secs: u64,
     pub source_addrs: u8,
