@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod member;
+pub mod procs;
 pub mod procstat;
 pub mod proxy;
 pub mod report;
@@ -46,14 +47,18 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<Repo
     config.validate()?;
     let peak = config.steps().last().copied().unwrap_or(0) * config.members;
     let nofile = raise_nofile(config.nofile)?;
-    // Own stack: client + gateway end of each socket (+ the proxy's two) in one box.
-    let per_conn = if config.impair.is_active() { 4 } else { 2 };
-    let needed = peak as u64
-        * if config.gateway_urls.is_empty() {
-            per_conn
-        } else {
-            1
-        };
+    // The limit is per process: a load process holds its share of the client
+    // ends (and, with impairment, both proxy ends), a started gateway its share
+    // of the server ends; in one process with its own stack, all of them.
+    let per_conn = if config.impair.is_active() { 3 } else { 1 };
+    let own = config.gateway_urls.is_empty();
+    let needed = if config.procs == 1 && own && config.gateways >= 1 {
+        peak as u64 * (per_conn + 1)
+    } else {
+        let load = peak as u64 * per_conn / config.procs as u64;
+        let gateway = peak as u64 / config.gateways.max(1) as u64;
+        if own { load.max(gateway) } else { load }
+    };
     if nofile < needed + FD_MARGIN {
         tracing::warn!(
             nofile,
@@ -97,16 +102,25 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<Repo
     } else {
         (config.gateway_urls.clone(), config.pids.clone())
     };
-    pids.push(("bandsync-load".into(), std::process::id()));
-    let result = drive(
-        &config,
-        &gateways,
-        &pids,
-        nofile,
-        stack.as_mut(),
-        stop.clone(),
-    )
-    .await;
+    let result = if config.procs > 1 {
+        let dir = match (&stack, &config.run_dir) {
+            (Some(s), _) => s.dir.clone(),
+            (None, Some(d)) => d.clone(),
+            (None, None) => std::env::temp_dir(),
+        };
+        procs::run_children(&config, &gateways, &pids, &dir, stop.clone()).await
+    } else {
+        pids.push(("bandsync-load".into(), std::process::id()));
+        drive(
+            &config,
+            &gateways,
+            &pids,
+            nofile,
+            stack.as_mut(),
+            stop.clone(),
+        )
+        .await
+    };
     stop.cancel();
     if let Some(s) = stack {
         s.stop().await;
@@ -319,6 +333,7 @@ async fn drive(
             sample_ms: config.sample_ms,
             ping_ms: config.ping_ms,
             settle_pings: config.settle_pings,
+            procs: 1,
             duration_secs: config.duration_secs,
             warmup_secs: config.warmup_secs,
             source_addrs: config.source_addrs,
@@ -350,7 +365,7 @@ fn step_line(s: &Step) -> String {
 
 /// The service level of ramp mode: every connection held, p99 command → all
 /// followers within the bound, ticks delivered at the rate, no errors.
-fn verdict(config: &Config, s: &Step) -> Verdict {
+pub(crate) fn verdict(config: &Config, s: &Step) -> Verdict {
     let mut broken_by = Vec::new();
     if s.connections_held < s.connections_target {
         broken_by.push(format!(

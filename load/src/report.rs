@@ -3,11 +3,11 @@
 use crate::config::Impairment;
 use crate::procstat::Usage;
 use crate::stats::Summary;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub machine: Machine,
     pub setup: Setup,
@@ -16,7 +16,7 @@ pub struct Report {
     pub last_step_held: Option<usize>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Machine {
     pub cpu: String,
     pub cores: usize,
@@ -52,7 +52,7 @@ impl Machine {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Setup {
     pub members: usize,
     pub gateways: usize,
@@ -63,13 +63,16 @@ pub struct Setup {
     pub sample_ms: u64,
     pub ping_ms: u64,
     pub settle_pings: u64,
+    /// Load-generator processes (`--procs`).
+    #[serde(default = "one")]
+    pub procs: usize,
     pub duration_secs: u64,
     pub warmup_secs: u64,
     pub source_addrs: u8,
     pub impairment: Option<Impairment>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Step {
     pub sessions: usize,
     pub connections_target: usize,
@@ -102,10 +105,14 @@ pub struct Step {
     pub service_level: Verdict,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Verdict {
     pub held: bool,
     pub broken_by: Vec<String>,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Report {
