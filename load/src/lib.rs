@@ -284,6 +284,8 @@ async fn drive(
             commands_sent: window.commands_sent,
             command_to_all_followers: window.command_all.summary(),
             command_to_each_follower: window.command_each.summary(),
+            command_to_owner: window.command_to_owner.summary(),
+            command_owner_to_all_followers: window.command_owner_to_all.summary(),
             sync_error: window.sync_error.summary(),
             click_skew: window.skew.summary(),
             errors: window.errors,

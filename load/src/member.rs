@@ -389,10 +389,16 @@ fn handle(run: &Run, session: &Session, me: &Member, tick_seq: &mut Option<u64>,
                     && let Some(key) = key_of(*bpm)
                     && let Some((each, all)) = session.command_seen(key, now)
                 {
+                    // The event carries the owner's apply time (one clock on
+                    // one machine): that splits the path into leader → owner
+                    // and owner → slowest follower.
+                    let to_owner = e.at - (now - each);
                     run.recorder.with(|w| {
                         w.command_each.push(each);
                         if let Some(all) = all {
                             w.command_all.push(all);
+                            w.command_to_owner.push(to_owner);
+                            w.command_owner_to_all.push(all - to_owner);
                         }
                     });
                 }

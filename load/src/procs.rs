@@ -215,6 +215,8 @@ pub fn merge(config: &Config, mut reports: Vec<Report>) -> Report {
             commands_sent: sum(&|s| s.commands_sent),
             command_to_all_followers: summ(&|s| s.command_to_all_followers),
             command_to_each_follower: summ(&|s| s.command_to_each_follower),
+            command_to_owner: summ(&|s| s.command_to_owner),
+            command_owner_to_all_followers: summ(&|s| s.command_owner_to_all_followers),
             sync_error: summ(&|s| s.sync_error),
             click_skew: summ(&|s| s.click_skew),
             errors,

@@ -91,6 +91,14 @@ pub struct Step {
     pub commands_sent: u64,
     pub command_to_all_followers: Option<Summary>,
     pub command_to_each_follower: Option<Summary>,
+    /// Leader's send → the owning ticker applied it (from the change's
+    /// scheduled instant − the lead time): gateway, JetStream, consumer.
+    #[serde(default)]
+    pub command_to_owner: Option<Summary>,
+    /// Owner applied → the slowest follower received the event: KV
+    /// compare-and-set, event publish, gateway fan-out, client.
+    #[serde(default)]
+    pub command_owner_to_all_followers: Option<Summary>,
     pub sync_error: Option<Summary>,
     pub click_skew: Option<Summary>,
     pub errors: BTreeMap<String, u64>,
@@ -150,6 +158,12 @@ impl Report {
         row("commands sent", &|s| s.commands_sent.to_string());
         row("cmd→all followers p50/p99/max ms", &|s| {
             pct(&s.command_to_all_followers)
+        });
+        row("  leader→owner p50/p99/max ms", &|s| {
+            pct(&s.command_to_owner)
+        });
+        row("  owner→all p50/p99/max ms", &|s| {
+            pct(&s.command_owner_to_all_followers)
         });
         row("sync error p50/p99/max ms", &|s| pct(&s.sync_error));
         row("click skew p50/p99/max ms", &|s| pct(&s.click_skew));

@@ -91,6 +91,8 @@ pub struct Window {
     pub command_all: Samples,
     /// Per command and follower.
     pub command_each: Samples,
+    pub command_to_owner: Samples,
+    pub command_owner_to_all: Samples,
     pub commands_sent: u64,
     /// |follower's beat estimate − authoritative position| in time units.
     pub sync_error: Samples,
