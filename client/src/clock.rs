@@ -38,9 +38,12 @@ pub const SETTLE_EVERY: Duration = Duration::from_millis(250);
 const RECENT: usize = 32;
 /// Assumed bound on the drift between the local and the server clock, in
 /// parts per million: an interval widens by this much of its age each way.
-/// 15 ppm is NTP's tolerance for an undisciplined crystal; a device whose OS
-/// keeps its clock NTP-disciplined drifts far less.
-const DRIFT_PPM: i64 = 15;
+/// Quartz clocks of phones and laptops are within ±20–30 ppm undisciplined
+/// (an OS that keeps its clock NTP-disciplined drifts far less). Beyond the
+/// bound the estimate lags the drift by up to half the shortest round trip
+/// before a sample disagrees and resets it (clock_sim: with 15 ppm and a
+/// 20 ppm device, p50 9.6 ms off after an hour; with 30 ppm, 0.5 ms).
+const DRIFT_PPM: i64 = 30;
 
 #[derive(Debug, Clone, Copy)]
 struct Sample {
@@ -206,11 +209,11 @@ mod tests {
         sample(&mut c, 0, theta, 40_000, 1_000);
         assert_eq!(c.offset(), theta + 19_500);
         // Fast out, slow back: each alone is 19.5 ms off; together exact
-        // but for the first sample's ageing (15 ppm of 1 s on its bound).
+        // but for the first sample's ageing (30 ppm of 1 s on its bound).
         sample(&mut c, 1_000_000, theta, 1_000, 40_000);
-        assert_eq!(c.offset(), theta - 8);
+        assert_eq!(c.offset(), theta - 15);
         assert_eq!(c.min_rtt(), Some(41_000));
-        assert_eq!(c.to_server(100), theta - 8 + 100);
+        assert_eq!(c.to_server(100), theta - 15 + 100);
     }
 
     #[test]
@@ -251,9 +254,9 @@ mod tests {
     #[test]
     fn drift_within_the_bound_is_followed_without_resets() {
         let mut c = ClockSync::default();
-        // 10 ppm: the true offset moves 10 µs per second, for an hour.
+        // 20 ppm: the true offset moves 20 µs per second, for an hour.
         for i in 0..3_600 {
-            let theta = i * 10;
+            let theta = i * 20;
             let jitter = (i * 7_919) % 30_000;
             sample(
                 &mut c,
@@ -264,7 +267,7 @@ mod tests {
             );
         }
         assert_eq!(c.resets(), 0);
-        assert!((c.offset() - 35_990).abs() < 1_000, "{}", c.offset());
+        assert!((c.offset() - 71_980).abs() < 1_000, "{}", c.offset());
         assert_eq!(c.samples(), RECENT);
     }
 }
