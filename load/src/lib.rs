@@ -94,7 +94,12 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<Repo
         })
         .await?;
         let listed: Vec<String> = s.pids().iter().map(|(n, p)| format!("{n}={p}")).collect();
-        eprintln!("stack started in {}: {}", s.dir.display(), listed.join(" "));
+        eprintln!(
+            "stack started in {}: {} (nats monitoring {})",
+            s.dir.display(),
+            listed.join(" "),
+            s.nats_monitor
+        );
         let g = s.gateways.clone();
         let p = s.pids();
         stack = Some(s);
