@@ -6,7 +6,7 @@ mod clock;
 mod connect;
 mod http;
 
-pub use clock::ClockSync;
+pub use clock::{ClockSync, SETTLE_EVERY, SETTLE_PINGS};
 pub use connect::{Backoff, ConnectOptions, tcp_connect};
 pub use http::{Api, ApiError, Joined};
 

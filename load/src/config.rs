@@ -63,6 +63,11 @@ pub struct Config {
     /// Each member sends a clock-sync ping this often, in ms.
     #[arg(long, env = "BANDSYNC_LOAD_PING_MS", default_value_t = 1000)]
     pub ping_ms: u64,
+    /// After connecting, each member pings every 250 ms until its clock has
+    /// this many samples (the SDK's recommendation, 40), then every --ping-ms.
+    /// 0: steady pings only (cheaper for the stack at large sizes).
+    #[arg(long, env = "BANDSYNC_LOAD_SETTLE_PINGS", default_value_t = bandsync_client::SETTLE_PINGS)]
+    pub settle_pings: u64,
     /// Connections being opened at once.
     #[arg(long, env = "BANDSYNC_LOAD_CONNECT_CONCURRENCY", default_value_t = 128)]
     pub connect_concurrency: usize,
@@ -71,6 +76,11 @@ pub struct Config {
     /// sockets per gateway at most).
     #[arg(long, env = "BANDSYNC_LOAD_SOURCE_ADDRS", default_value_t = 0)]
     pub source_addrs: u8,
+    /// Load-generator processes: the tool re-executes itself this many times,
+    /// each with a share of the sessions, and merges their reports (one
+    /// process holds at most its open-file limit of sockets, 20,000 here).
+    #[arg(long, env = "BANDSYNC_LOAD_PROCS", default_value_t = 1)]
+    pub procs: usize,
     /// Open-file limit to raise this process (and the stack it starts) to.
     #[arg(long, env = "BANDSYNC_LOAD_NOFILE", default_value_t = 250_000)]
     pub nofile: u64,
@@ -99,7 +109,9 @@ pub struct Config {
 
 /// Network impairment added by a user-space TCP proxy in front of each gateway
 /// (WebSocket traffic only; the HTTP API goes direct). Off when all are zero.
-#[derive(Debug, Clone, Copy, Default, PartialEq, clap::Args, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, clap::Args, serde::Serialize, serde::Deserialize,
+)]
 pub struct Impairment {
     /// One-way delay client → gateway, in ms.
     #[arg(long, default_value_t = 0.0)]
@@ -187,6 +199,7 @@ impl Config {
             self.command_ms == 0 || self.command_ms >= 200,
             "--command-ms must be 0 or at least 200 (the gateway rate-limits clients)"
         );
+        anyhow::ensure!((1..=64).contains(&self.procs), "--procs must be 1..=64");
         anyhow::ensure!(
             self.connect_concurrency >= 1,
             "--connect-concurrency must be at least 1"

@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod member;
+pub mod procs;
 pub mod procstat;
 pub mod proxy;
 pub mod report;
@@ -46,14 +47,18 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<Repo
     config.validate()?;
     let peak = config.steps().last().copied().unwrap_or(0) * config.members;
     let nofile = raise_nofile(config.nofile)?;
-    // Own stack: client + gateway end of each socket (+ the proxy's two) in one box.
-    let per_conn = if config.impair.is_active() { 4 } else { 2 };
-    let needed = peak as u64
-        * if config.gateway_urls.is_empty() {
-            per_conn
-        } else {
-            1
-        };
+    // The limit is per process: a load process holds its share of the client
+    // ends (and, with impairment, both proxy ends), a started gateway its share
+    // of the server ends; in one process with its own stack, all of them.
+    let per_conn = if config.impair.is_active() { 3 } else { 1 };
+    let own = config.gateway_urls.is_empty();
+    let needed = if config.procs == 1 && own && config.gateways >= 1 {
+        peak as u64 * (per_conn + 1)
+    } else {
+        let load = peak as u64 * per_conn / config.procs as u64;
+        let gateway = peak as u64 / config.gateways.max(1) as u64;
+        if own { load.max(gateway) } else { load }
+    };
     if nofile < needed + FD_MARGIN {
         tracing::warn!(
             nofile,
@@ -89,7 +94,12 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<Repo
         })
         .await?;
         let listed: Vec<String> = s.pids().iter().map(|(n, p)| format!("{n}={p}")).collect();
-        eprintln!("stack started in {}: {}", s.dir.display(), listed.join(" "));
+        eprintln!(
+            "stack started in {}: {} (nats monitoring {})",
+            s.dir.display(),
+            listed.join(" "),
+            s.nats_monitor
+        );
         let g = s.gateways.clone();
         let p = s.pids();
         stack = Some(s);
@@ -97,16 +107,25 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<Repo
     } else {
         (config.gateway_urls.clone(), config.pids.clone())
     };
-    pids.push(("bandsync-load".into(), std::process::id()));
-    let result = drive(
-        &config,
-        &gateways,
-        &pids,
-        nofile,
-        stack.as_mut(),
-        stop.clone(),
-    )
-    .await;
+    let result = if config.procs > 1 {
+        let dir = match (&stack, &config.run_dir) {
+            (Some(s), _) => s.dir.clone(),
+            (None, Some(d)) => d.clone(),
+            (None, None) => std::env::temp_dir(),
+        };
+        procs::run_children(&config, &gateways, &pids, &dir, stop.clone()).await
+    } else {
+        pids.push(("bandsync-load".into(), std::process::id()));
+        drive(
+            &config,
+            &gateways,
+            &pids,
+            nofile,
+            stack.as_mut(),
+            stop.clone(),
+        )
+        .await
+    };
     stop.cancel();
     if let Some(s) = stack {
         s.stop().await;
@@ -156,6 +175,7 @@ async fn drive(
         connect_latency: Default::default(),
         ws_bases,
         ping_every: Duration::from_millis(config.ping_ms),
+        settle_pings: config.settle_pings,
         sample_every: Duration::from_millis(config.sample_ms),
         command_every: (config.command_ms > 0).then(|| Duration::from_millis(config.command_ms)),
         connect_gate: Semaphore::new(config.connect_concurrency),
@@ -269,6 +289,8 @@ async fn drive(
             commands_sent: window.commands_sent,
             command_to_all_followers: window.command_all.summary(),
             command_to_each_follower: window.command_each.summary(),
+            command_to_owner: window.command_to_owner.summary(),
+            command_owner_to_all_followers: window.command_owner_to_all.summary(),
             sync_error: window.sync_error.summary(),
             click_skew: window.skew.summary(),
             errors: window.errors,
@@ -317,6 +339,8 @@ async fn drive(
             command_ms: config.command_ms,
             sample_ms: config.sample_ms,
             ping_ms: config.ping_ms,
+            settle_pings: config.settle_pings,
+            procs: 1,
             duration_secs: config.duration_secs,
             warmup_secs: config.warmup_secs,
             source_addrs: config.source_addrs,
@@ -348,7 +372,7 @@ fn step_line(s: &Step) -> String {
 
 /// The service level of ramp mode: every connection held, p99 command → all
 /// followers within the bound, ticks delivered at the rate, no errors.
-fn verdict(config: &Config, s: &Step) -> Verdict {
+pub(crate) fn verdict(config: &Config, s: &Step) -> Verdict {
     let mut broken_by = Vec::new();
     if s.connections_held < s.connections_target {
         broken_by.push(format!(

@@ -63,6 +63,8 @@ pub struct Run {
     pub connect_latency: Mutex<Samples>,
     pub ws_bases: Vec<String>,
     pub ping_every: Duration,
+    /// Clock samples taken at `SETTLE_EVERY` after each connect.
+    pub settle_pings: u64,
     pub sample_every: Duration,
     pub command_every: Option<Duration>,
     pub connect_gate: Semaphore,
@@ -189,14 +191,26 @@ pub async fn run(
     let mut play_due = *play.borrow_and_update();
     let mut reclaim_after = tokio::time::Instant::now();
     let mut next_key: u32 = 0;
-    let mut ping = tokio::time::interval(run.ping_every);
     let mut command = tokio::time::interval(run.command_every.unwrap_or(Duration::from_secs(3600)));
     let mut tick_seq: Option<u64> = None;
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     command.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Start the periodic work at a random phase so members do not move in step.
     let phase = |every: Duration| every.mul_f64(rand::random::<f64>());
-    ping.reset_after(phase(run.ping_every));
+    // Pings: every SETTLE_EVERY until the clock has `settle_pings` samples
+    // (the SDK's recommendation for a fresh connection), then every ping_every.
+    let ping_in = |conn: &Connection| {
+        if conn.clock.taken() < run.settle_pings {
+            bandsync_client::SETTLE_EVERY.min(run.ping_every)
+        } else {
+            run.ping_every
+        }
+    };
+    let mut next_ping = tokio::time::Instant::now()
+        + if run.settle_pings > 0 {
+            ping_in(&conn)
+        } else {
+            phase(run.ping_every)
+        };
     command.reset_after(phase(run.command_every.unwrap_or_default()));
     let sample_us = run.sample_every.as_micros() as i64;
     loop {
@@ -229,7 +243,8 @@ pub async fn run(
             changed = play.changed(), if me.leader && !play_due => {
                 play_due = changed.is_ok() && *play.borrow();
             }
-            _ = ping.tick() => {
+            _ = tokio::time::sleep_until(next_ping) => {
+                next_ping = tokio::time::Instant::now() + ping_in(&conn);
                 let t0 = now_us();
                 if conn.send_raw(format!(r#"{{"type":"ping","t0":{t0}}}"#)).await.is_err() {
                     run.recorder.with(|w| w.error("send failed"));
@@ -375,10 +390,16 @@ fn handle(run: &Run, session: &Session, me: &Member, tick_seq: &mut Option<u64>,
                     && let Some(key) = key_of(*bpm)
                     && let Some((each, all)) = session.command_seen(key, now)
                 {
+                    // The event carries the owner's apply time (one clock on
+                    // one machine): that splits the path into leader → owner
+                    // and owner → slowest follower.
+                    let to_owner = e.at - (now - each);
                     run.recorder.with(|w| {
                         w.command_each.push(each);
                         if let Some(all) = all {
                             w.command_all.push(all);
+                            w.command_to_owner.push(to_owner);
+                            w.command_owner_to_all.push(all - to_owner);
                         }
                     });
                 }

@@ -55,7 +55,7 @@ pub struct Watched {
 }
 
 /// CPU and memory of one process over a window.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Usage {
     pub name: String,
     pub pid: u32,

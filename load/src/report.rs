@@ -3,11 +3,11 @@
 use crate::config::Impairment;
 use crate::procstat::Usage;
 use crate::stats::Summary;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub machine: Machine,
     pub setup: Setup,
@@ -16,7 +16,7 @@ pub struct Report {
     pub last_step_held: Option<usize>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Machine {
     pub cpu: String,
     pub cores: usize,
@@ -52,7 +52,7 @@ impl Machine {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Setup {
     pub members: usize,
     pub gateways: usize,
@@ -62,13 +62,17 @@ pub struct Setup {
     pub command_ms: u64,
     pub sample_ms: u64,
     pub ping_ms: u64,
+    pub settle_pings: u64,
+    /// Load-generator processes (`--procs`).
+    #[serde(default = "one")]
+    pub procs: usize,
     pub duration_secs: u64,
     pub warmup_secs: u64,
     pub source_addrs: u8,
     pub impairment: Option<Impairment>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Step {
     pub sessions: usize,
     pub connections_target: usize,
@@ -87,6 +91,14 @@ pub struct Step {
     pub commands_sent: u64,
     pub command_to_all_followers: Option<Summary>,
     pub command_to_each_follower: Option<Summary>,
+    /// Leader's send → the owning ticker applied it (from the change's
+    /// scheduled instant − the lead time): gateway, JetStream, consumer.
+    #[serde(default)]
+    pub command_to_owner: Option<Summary>,
+    /// Owner applied → the slowest follower received the event: KV
+    /// compare-and-set, event publish, gateway fan-out, client.
+    #[serde(default)]
+    pub command_owner_to_all_followers: Option<Summary>,
     pub sync_error: Option<Summary>,
     pub click_skew: Option<Summary>,
     pub errors: BTreeMap<String, u64>,
@@ -101,10 +113,14 @@ pub struct Step {
     pub service_level: Verdict,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Verdict {
     pub held: bool,
     pub broken_by: Vec<String>,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Report {
@@ -142,6 +158,12 @@ impl Report {
         row("commands sent", &|s| s.commands_sent.to_string());
         row("cmd→all followers p50/p99/max ms", &|s| {
             pct(&s.command_to_all_followers)
+        });
+        row("  leader→owner p50/p99/max ms", &|s| {
+            pct(&s.command_to_owner)
+        });
+        row("  owner→all p50/p99/max ms", &|s| {
+            pct(&s.command_owner_to_all_followers)
         });
         row("sync error p50/p99/max ms", &|s| pct(&s.sync_error));
         row("click skew p50/p99/max ms", &|s| pct(&s.click_skew));

@@ -15,6 +15,8 @@ pub struct Stack {
     /// (name, child) in start order.
     children: Vec<(String, Child)>,
     pub gateways: Vec<String>,
+    /// nats-server's monitoring endpoint (http://127.0.0.1:port).
+    pub nats_monitor: String,
     pub dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -48,6 +50,7 @@ impl Stack {
         let mut stack = Stack {
             children: Vec::new(),
             gateways: Vec::new(),
+            nats_monitor: String::new(),
             dir,
             _tmp: tmp,
         };
@@ -61,8 +64,10 @@ impl Stack {
             );
         }
         let nats_port = free_port()?;
+        let monitor_port = free_port()?;
         let store = stack.dir.join("nats");
         let nats_url = format!("nats://127.0.0.1:{nats_port}");
+        stack.nats_monitor = format!("http://127.0.0.1:{monitor_port}");
         stack
             .spawn(
                 "nats-server",
@@ -75,6 +80,9 @@ impl Stack {
                     "-js".into(),
                     "-sd".into(),
                     store.display().to_string(),
+                    // /varz and /connz (slow consumers, pending bytes) during a run.
+                    "-m".into(),
+                    monitor_port.to_string(),
                 ],
                 &[],
                 nats_port,

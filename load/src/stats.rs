@@ -69,7 +69,7 @@ pub fn percentile(sorted: &[i64], p: f64) -> i64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct Summary {
     pub count: u64,
     pub p50_ms: f64,
@@ -91,6 +91,8 @@ pub struct Window {
     pub command_all: Samples,
     /// Per command and follower.
     pub command_each: Samples,
+    pub command_to_owner: Samples,
+    pub command_owner_to_all: Samples,
     pub commands_sent: u64,
     /// |follower's beat estimate − authoritative position| in time units.
     pub sync_error: Samples,

@@ -151,3 +151,58 @@ async fn ramp_through_an_impairing_proxy() {
         "{first:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_processes_share_the_sessions_and_merge_their_reports() {
+    let stack = stack().await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let json = dir.path().join("report.json");
+    // The real binary: the parent re-executes itself, which a test binary cannot.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_bandsync-load"))
+        .args([
+            format!("--gateway={}", stack.gateways.join(",")),
+            "--procs=2".into(),
+            "--sessions=3".into(),
+            "--members=3".into(),
+            "--duration-secs=2".into(),
+            "--warmup-secs=1".into(),
+            "--command-ms=400".into(),
+            "--sample-ms=100".into(),
+            "--tick-ms=100".into(),
+            "--source-addrs=2".into(),
+            "--nofile=4096".into(),
+            format!("--run-dir={}", dir.path().display()),
+            format!("--json={}", json.display()),
+        ])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("bandsync-load runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("report written")).expect("json");
+    assert_eq!(report["setup"]["procs"], 2);
+    let step = &report["steps"][0];
+    assert_eq!(step["sessions"], 3, "2 + 1 sessions");
+    assert_eq!(step["connections_held"], 9);
+    assert!(step["ticks_received"].as_u64() > Some(0));
+    assert!(
+        step["sync_error"]["p99_ms"]
+            .as_f64()
+            .is_some_and(f64::is_finite)
+    );
+    let names: Vec<&str> = step["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"bandsync-load-0") && names.contains(&"bandsync-load-1"),
+        "{names:?}"
+    );
+}
