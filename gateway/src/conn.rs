@@ -235,11 +235,15 @@ impl Conn {
 
     async fn send(&mut self, msg: Message) -> Result<(), &'static str> {
         let kick = self.kick.clone();
-        tokio::select! {
+        let started = Instant::now();
+        let sent = tokio::select! {
             biased;
             _ = kick.cancelled() => Err("kicked"),
             sent = write(&mut self.socket, msg, SEND_TIMEOUT) => sent,
-        }
+        };
+        metrics::histogram!("bandsync_gateway_socket_write_seconds")
+            .record(started.elapsed().as_secs_f64());
+        sent
     }
 
     async fn close(&mut self, code: ErrorCode, reason: &str) {

@@ -9,7 +9,7 @@
 use axum::extract::ws::Utf8Bytes;
 use bandsync_nats::bus::Bus;
 use bandsync_nats::wire::BusHeader;
-use bandsync_nats::{ErrorCode, MemberId, SessionId};
+use bandsync_nats::{ErrorCode, MemberId, SessionId, now_us};
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -189,6 +189,10 @@ async fn fan_out(session: SessionId, mut sub: async_nats::Subscriber, local: Arc
             tracing::warn!(session = %session, subject = %msg.subject, "dropping undecodable bus message");
             continue;
         };
+        if let Some(t) = head.sent_at() {
+            metrics::histogram!("bandsync_gateway_bus_delay_seconds", "kind" => kind_label(&head.kind))
+                .record((now_us() - t).max(0) as f64 / 1e6);
+        }
         let newest = local
             .epoch
             .fetch_max(head.epoch, Ordering::AcqRel)
@@ -246,5 +250,14 @@ async fn fan_out(session: SessionId, mut sub: async_nats::Subscriber, local: Arc
             }
             other => tracing::debug!(session = %session, kind = other, "ignoring bus message"),
         }
+    }
+}
+
+/// A bounded label for the delay histogram, whatever the message says its kind is.
+fn kind_label(kind: &str) -> &'static str {
+    match kind {
+        "tick" => "tick",
+        "event" => "event",
+        _ => "other",
     }
 }

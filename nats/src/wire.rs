@@ -184,6 +184,19 @@ pub struct BusHeader {
     pub to: Option<MemberId>,
     #[serde(default)]
     pub code: Option<ErrorCode>,
+    /// A tick's `server_time`.
+    #[serde(default)]
+    pub server_time: Option<Micros>,
+    /// An event's `at`.
+    #[serde(default)]
+    pub at: Option<Micros>,
+}
+
+impl BusHeader {
+    /// When the owner sent it (a tick) or applied it (an event).
+    pub fn sent_at(&self) -> Option<Micros> {
+        self.server_time.or(self.at)
+    }
 }
 
 /// Client → gateway.

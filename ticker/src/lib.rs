@@ -175,6 +175,11 @@ fn describe_metrics() {
         metrics::Unit::Seconds,
         "Time to apply one command (state write and event publish)."
     );
+    metrics::describe_histogram!(
+        "bandsync_ticker_command_stage_seconds",
+        metrics::Unit::Seconds,
+        "Parts of a command's way: `queued` (from the gateway's send to this ticker's handling), `state_write` (the compare-and-set), `event_publish` (until the stream acked the event)."
+    );
 }
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Ticker> {

@@ -296,6 +296,7 @@ impl Worker {
         if !self.owned.wait_valid().await {
             return Handled::Fenced;
         }
+        stage("queued", (now_us() - envelope.sent_at).max(0) as f64 / 1e6);
         let started = std::time::Instant::now();
         let handled = if let Command::Create { code, name } = &envelope.command {
             self.create(&envelope, code, name, stream_seq).await
@@ -417,15 +418,19 @@ impl Worker {
             .iter()
             .any(|c| matches!(c, Change::Ended { .. }));
         let bytes = serde_json::to_vec(&next).expect("state serialises");
-        match self
+        let started = std::time::Instant::now();
+        let written = self
             .ctx
             .bus
             .sessions
             .update(&key, bytes.into(), expected)
-            .await
-        {
+            .await;
+        stage("state_write", started.elapsed().as_secs_f64());
+        match written {
             Ok(revision) => {
+                let started = std::time::Instant::now();
                 self.publish_event(&next).await;
+                stage("event_publish", started.elapsed().as_secs_f64());
                 if ended {
                     self.end(&next).await;
                 } else {
@@ -613,4 +618,8 @@ impl Worker {
             }
         }
     }
+}
+
+fn stage(name: &'static str, seconds: f64) {
+    metrics::histogram!("bandsync_ticker_command_stage_seconds", "stage" => name).record(seconds);
 }
