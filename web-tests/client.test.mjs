@@ -301,11 +301,11 @@ describe('web client against a stand-in gateway', () => {
     await page.context().close();
   });
 
-  test('setlist by reference: light events keep the charts; an event naming a setlist never received brings a fresh welcome', async () => {
+  test('members and setlist by reference: light events keep them; an event naming a setlist never received brings a fresh welcome', async () => {
     const first = [{ title: 'Let It Be', tempo_bpm: 72, chart: CHART }];
     const second = [...first, { title: 'Blackbird', tempo_bpm: 94, chart: 'G Am7 G/B G' }];
     let welcomes = 0;
-    const base = { members: [{ ...ANA }, { ...BEN }], leader: 'm-ana', segments: [segment({})], song: 0 };
+    const base = { members: [{ ...ANA }, { ...BEN }], members_rev: 2, leader: 'm-ana', segments: [segment({})], song: 0 };
     const { page, fake } = await inSession(PHONE, 'tok-ben', {
       welcome: welcomeWith(() => {
         welcomes += 1;
@@ -318,7 +318,7 @@ describe('web client against a stand-in gateway', () => {
     const event = (seq, setlistRev, extra = {}) => ({
       type: 'event', session: 'sess1', seq, epoch: 1, at: fake.serverNow(), cause: { by: 'm-ana' },
       changes: [{ kind: 'tempo', bpm: 80, at: fake.serverNow() }],
-      state: sessionState({ ...base, setlist: [], setlist_rev: setlistRev, seq }), ...extra,
+      state: sessionState({ ...base, members: [], setlist: [], setlist_rev: setlistRev, seq }), ...extra,
     });
     // Same revision, no setlist in the event: the chart stays.
     fake.send(event(6, 3));
@@ -326,6 +326,8 @@ describe('web client against a stand-in gateway', () => {
     assert.equal(await page.evaluate(() => bandsync.state.setlist.length), 1);
     assert.equal(await text(page, '#song-title'), 'Let It Be');
     assert.ok((await page.$$('#chart li')).length > 0, 'the chart is still shown');
+    assert.equal(await page.evaluate(() => bandsync.state.members.length), 2, 'the members are kept');
+    assert.equal((await page.$$('#members li')).length, 2);
     // An event naming revision 7, which this device never received: it reconnects
     // (same token) and the welcome brings the whole state.
     fake.send(event(8, 7));

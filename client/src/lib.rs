@@ -36,10 +36,10 @@ pub enum ClientError {
     #[error("timed out")]
     Timeout,
     #[error(
-        "event {seq} refers to setlist revision {needed} but this connection holds {held}: \
-         it missed the event that replaced the setlist; reconnect for a fresh welcome"
+        "event {seq} leaves out members or a setlist this connection never received \
+         (it missed the event that changed them); reconnect for a fresh welcome"
     )]
-    MissedSetlist { seq: u64, needed: u64, held: u64 },
+    MissedChange { seq: u64 },
 }
 
 /// One member's live connection.
@@ -174,6 +174,21 @@ impl Connection {
         }
     }
 
+    /// Reads messages until this connection's view of the session satisfies
+    /// `pred` (at once if it already does), with a deadline.
+    pub async fn wait_until(
+        &mut self,
+        limit: Duration,
+        mut pred: impl FnMut(&SessionState) -> bool,
+    ) -> Result<(), ClientError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !pred(&self.state) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            self.next_within(left).await?;
+        }
+        Ok(())
+    }
+
     /// Returns false for messages a client must ignore.
     fn absorb(&mut self, msg: &ServerMsg) -> Result<bool, ClientError> {
         match msg {
@@ -183,11 +198,7 @@ impl Connection {
                 }
                 self.state = e
                     .state_after(&self.state)
-                    .ok_or(ClientError::MissedSetlist {
-                        seq: e.seq,
-                        needed: e.state.setlist_rev,
-                        held: self.state.setlist_rev,
-                    })?;
+                    .ok_or(ClientError::MissedChange { seq: e.seq })?;
                 self.epoch = e.epoch;
                 self.timeline = e.state.timeline.clone();
             }

@@ -412,14 +412,17 @@
     setConn('offline', why);
   }
 
-  // Events leave the setlist (charts and all) out unless they replaced it, and name
-  // the revision they refer to: ours, unless we missed the event that replaced it.
+  // Events leave the members and the setlist (charts and all, the bulk of a state)
+  // out unless they changed them, and name the revisions they refer to: ours,
+  // unless we missed the event that changed them (then null: fetch the state).
   function stateAfter(m) {
     const st = m.state;
-    if (m.setlist) st.setlist = m.setlist;
-    else if (!(st.setlist && st.setlist.length)) {
-      if ((st.setlist_rev || 0) !== (S.state.setlist_rev || 0)) return null;
-      st.setlist = S.state.setlist;
+    for (const [part, rev] of [['members', 'members_rev'], ['setlist', 'setlist_rev']]) {
+      if (m[part]) st[part] = m[part];
+      else if (!(st[part] && st[part].length)) {
+        if ((st[rev] || 0) !== (S.state[rev] || 0)) return null;
+        st[part] = S.state[part];
+      }
     }
     return st;
   }
@@ -429,7 +432,7 @@
     S.epoch = Math.max(S.epoch, m.epoch);
     if (m.seq <= S.seq || !S.state) return; // already have it (or newer)
     const state = stateAfter(m);
-    if (!state) return reconnectSoon('missed_setlist', 0, 'fetching the setlist');
+    if (!state) return reconnectSoon('missed_change', 0, 'fetching the session');
     S.lastEventAt = m.at;
     const wasLeader = isLeader();
     applyState(state, false);

@@ -363,7 +363,7 @@ fn kind(e: &ClientError) -> &'static str {
         ClientError::Closed(_) => "closed",
         ClientError::NoWelcome(_) => "refused",
         ClientError::Timeout => "timeout",
-        ClientError::MissedSetlist { .. } => "missed setlist",
+        ClientError::MissedChange { .. } => "missed change",
     }
 }
 

@@ -124,6 +124,19 @@ pub enum Change {
 }
 
 impl Change {
+    /// Whether the change set that holds it changes `members` or the leader
+    /// (the store folds both into its members table).
+    pub fn touches_members(&self) -> bool {
+        matches!(
+            self,
+            Change::Created { .. }
+                | Change::MemberJoined { .. }
+                | Change::MemberConnected { .. }
+                | Change::MemberDisconnected { .. }
+                | Change::LeaderChanged { .. }
+        )
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Change::Created { .. } => "created",
@@ -172,7 +185,8 @@ pub struct Cause {
 }
 
 /// Everything about one session. Stored whole as JSON in KV and sent whole in a
-/// `welcome`; events leave the setlist out unless they changed it (`setlist_rev`).
+/// `welcome`; events leave the members and the setlist out unless they changed
+/// them (`members_rev`, `setlist_rev`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionState {
     pub id: SessionId,
@@ -181,7 +195,12 @@ pub struct SessionState {
     /// Number of change sets applied so far; events carry it.
     pub seq: u64,
     pub leader: Option<MemberId>,
+    #[serde(default)]
     pub members: Vec<Member>,
+    /// `seq` of the change set that last changed the members or the leader: a
+    /// receiver whose members are of another revision has missed that event.
+    #[serde(default)]
+    pub members_rev: u64,
     pub timeline: Timeline,
     #[serde(default)]
     pub setlist: Vec<Song>,
@@ -230,6 +249,7 @@ impl SessionState {
             seq: 1,
             leader: Some(leader.clone()),
             members: vec![member],
+            members_rev: 1,
             timeline: Timeline::new(now, DEFAULT_BPM, 4, 4),
             setlist: Vec::new(),
             setlist_rev: 0,
@@ -299,6 +319,9 @@ impl SessionState {
         self.seq += 1;
         if changes.iter().any(|c| matches!(c, Change::Setlist { .. })) {
             self.setlist_rev = self.seq;
+        }
+        if changes.iter().any(Change::touches_members) {
+            self.members_rev = self.seq;
         }
         self.last_changes = changes;
         self.last_cause = cause;

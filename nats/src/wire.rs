@@ -4,7 +4,7 @@
 
 use crate::command::{Command, Song};
 use crate::ids::{CommandId, MemberId, SessionId};
-use crate::state::{Cause, Change, SessionState};
+use crate::state::{Cause, Change, Member, SessionState};
 use crate::timeline::{Micros, Timeline};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -74,10 +74,11 @@ impl ServerMsg {
     }
 }
 
-/// A state change: what changed, why, and the state after it. The setlist
-/// (charts included, the bulk of a state) travels only in the event that
-/// replaced it; every other event's `state.setlist` is empty and its
-/// `state.setlist_rev` names the setlist the receiver should already hold.
+/// A state change: what changed, why, and the state after it. The members and
+/// the setlist (charts included, the bulk of a state) travel only in the event
+/// that changed them; every other event's `state.members` and `state.setlist`
+/// are empty and its `members_rev` and `setlist_rev` name the ones the receiver
+/// should already hold.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventMsg {
     pub session: SessionId,
@@ -89,6 +90,9 @@ pub struct EventMsg {
     pub cause: Cause,
     pub changes: Vec<Change>,
     pub state: SessionState,
+    /// The members, in an event that changed them or the leader (`state.members_rev == seq`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<Vec<Member>>,
     /// The new setlist, in the event that replaced it (`state.setlist_rev == seq`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub setlist: Option<Vec<Song>>,
@@ -98,6 +102,7 @@ impl EventMsg {
     /// The event describing the state's latest change set.
     pub fn latest(state: &SessionState, epoch: u64) -> Self {
         let mut sent = state.clone();
+        let members = std::mem::take(&mut sent.members);
         let setlist = std::mem::take(&mut sent.setlist);
         Self {
             session: state.id.clone(),
@@ -107,24 +112,44 @@ impl EventMsg {
             cause: state.last_cause.clone(),
             changes: state.last_changes.clone(),
             state: sent,
+            members: (state.members_rev == state.seq).then_some(members),
             setlist: (state.setlist_rev == state.seq).then_some(setlist),
         }
     }
 
     /// The whole state after this event, for a receiver that held `held` before
-    /// it. `None` when the event leaves the setlist out and `held`'s is of another
-    /// revision: the receiver missed the event that replaced it and must read the
-    /// state afresh (a client reconnects and gets it in its `welcome`).
+    /// it. `None` when the event leaves the members or the setlist out and
+    /// `held`'s are of another revision: the receiver missed the event that
+    /// changed them and must read the state afresh (a client reconnects and gets
+    /// it in its `welcome`). An event logged before these travelled on their own
+    /// has them inside its state.
     pub fn state_after(&self, held: &SessionState) -> Option<SessionState> {
-        let setlist = match &self.setlist {
-            Some(list) => list.clone(),
-            None if held.setlist_rev == self.state.setlist_rev => held.setlist.clone(),
-            None => return None,
-        };
+        let members = part(
+            &self.members,
+            &self.state.members,
+            (&held.members, held.members_rev == self.state.members_rev),
+        )?;
+        let setlist = part(
+            &self.setlist,
+            &self.state.setlist,
+            (&held.setlist, held.setlist_rev == self.state.setlist_rev),
+        )?;
         Some(SessionState {
+            members,
             setlist,
             ..self.state.clone()
         })
+    }
+}
+
+/// One by-reference part of a state after an event: carried, inside the state
+/// (older events), or the receiver's own if it is of the same revision.
+fn part<T: Clone>(carried: &Option<Vec<T>>, inside: &[T], held: (&[T], bool)) -> Option<Vec<T>> {
+    match (carried, held) {
+        (Some(list), _) => Some(list.clone()),
+        (None, _) if !inside.is_empty() => Some(inside.to_vec()),
+        (None, (list, true)) => Some(list.to_vec()),
+        (None, (_, false)) => None,
     }
 }
 

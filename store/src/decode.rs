@@ -67,13 +67,15 @@ pub struct EventRow {
     /// The message without its session state (which goes to `state_json`).
     pub payload: String,
     /// The session state after the change set as JSON text, as sent (events
-    /// only): its setlist is empty unless the event logged before setlists
-    /// travelled on their own.
+    /// only): its members and setlist are empty unless the event was logged
+    /// before they travelled on their own.
     pub state_json: Option<String>,
+    /// The members as JSON text, in an event that changed them or the leader.
+    pub members_json: Option<String>,
     /// The new setlist as JSON text, in the event that replaced it.
     pub setlist_json: Option<String>,
     /// The state after the change set (events only), for the sessions and
-    /// members tables; its setlist is the carried one when there is one.
+    /// members tables; its members and setlist are the carried ones, if any.
     pub state: Option<Box<SessionState>>,
 }
 
@@ -210,6 +212,8 @@ struct EventWire<'a> {
     #[serde(borrow)]
     state: &'a RawValue,
     #[serde(default, borrow)]
+    members: Option<&'a RawValue>,
+    #[serde(default, borrow)]
     setlist: Option<&'a RawValue>,
 }
 
@@ -229,6 +233,10 @@ fn decode_event(subjects: &Subjects, raw: &Raw<'_>, stream_seq: i64) -> Result<E
             check_subject(subjects, raw, ev.session.as_str())?;
             let mut state: SessionState = serde_json::from_str(ev.state.get())
                 .map_err(|e| format!("bad event state: {e}"))?;
+            if let Some(members) = ev.members {
+                state.members = serde_json::from_str(members.get())
+                    .map_err(|e| format!("bad event members: {e}"))?;
+            }
             if let Some(setlist) = ev.setlist {
                 state.setlist = serde_json::from_str(setlist.get())
                     .map_err(|e| format!("bad event setlist: {e}"))?;
@@ -258,6 +266,7 @@ fn decode_event(subjects: &Subjects, raw: &Raw<'_>, stream_seq: i64) -> Result<E
                 })
                 .map_err(|e| format!("re-encoding the event: {e}"))?,
                 state_json: Some(ev.state.get().to_owned()),
+                members_json: ev.members.map(|m| m.get().to_owned()),
                 setlist_json: ev.setlist.map(|s| s.get().to_owned()),
                 state: Some(Box::new(state)),
             })
@@ -281,6 +290,7 @@ fn decode_event(subjects: &Subjects, raw: &Raw<'_>, stream_seq: i64) -> Result<E
                 published_us: raw.published_us,
                 payload: payload_text(raw)?,
                 state_json: None,
+                members_json: None,
                 setlist_json: None,
                 state: None,
             })
@@ -439,13 +449,19 @@ mod tests {
             (head["type"].as_str(), head["epoch"].as_u64()),
             (Some("event"), Some(3))
         );
-        let back: SessionState =
+        let mut back: SessionState =
             serde_json::from_str(row.state_json.as_deref().expect("state")).expect("state is JSON");
+        assert!(back.members.is_empty(), "the members travel apart");
+        back.members = serde_json::from_str(row.members_json.as_deref().expect("carried"))
+            .expect("members are JSON");
         assert_eq!(back, state);
+        assert_eq!(row.state.as_deref(), Some(&state), "typed with its members");
         // Put back together, it is the message that was published.
         let mut whole = head;
         whole["state"] =
             serde_json::from_str(row.state_json.as_deref().expect("state")).expect("json");
+        whole["members"] =
+            serde_json::from_str(row.members_json.as_deref().expect("members")).expect("json");
         assert_eq!(
             whole,
             serde_json::from_slice::<serde_json::Value>(&bytes).expect("json")

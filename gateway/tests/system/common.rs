@@ -126,11 +126,9 @@ impl Stack {
             .await
             .expect("connects");
         let me = joined.member.clone();
-        if !c.state.member(&me).is_some_and(|m| m.connected) {
-            c.wait_for(WAIT, |m| matches!(m, ServerMsg::Event(e) if e.state.member(&me).is_some_and(|m| m.connected)))
-                .await
-                .expect("own connection announced");
-        }
+        c.wait_until(WAIT, |s| s.member(&me).is_some_and(|m| m.connected))
+            .await
+            .expect("own connection announced");
         c
     }
 }
@@ -159,11 +157,11 @@ pub async fn band(
     // Everyone has seen everyone join.
     let n = follower_gws.len() + 1;
     for c in std::iter::once(&mut leader).chain(followers.iter_mut()) {
-        if c.state.members.iter().filter(|m| m.connected).count() < n {
-            c.wait_for(WAIT, |m| matches!(m, ServerMsg::Event(e) if e.state.members.iter().filter(|m| m.connected).count() == n))
-                .await
-                .expect("all members visible");
-        }
+        c.wait_until(WAIT, |s| {
+            s.members.iter().filter(|m| m.connected).count() == n
+        })
+        .await
+        .expect("all members visible");
     }
     (leader, followers)
 }

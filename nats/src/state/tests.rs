@@ -1,4 +1,5 @@
 use super::*;
+use crate::wire::EventMsg;
 use proptest::prelude::*;
 
 const T0: Micros = 1_700_000_000_000_000;
@@ -354,13 +355,25 @@ fn any_command() -> impl Strategy<Value = (Command, usize)> {
         (0usize..5).prop_map(|i| Command::Bye {
             conn: format!("c{i}")
         }),
+        (0usize..3).prop_map(|n| Command::Setlist {
+            songs: (0..n)
+                .map(|i| Song {
+                    title: format!("Song {i}"),
+                    tempo_bpm: None,
+                    beats_per_bar: None,
+                    chart: "| C |".into(),
+                })
+                .collect()
+        }),
+        (0usize..3).prop_map(|index| Command::Song { index }),
     ];
     (cmd, 0usize..5)
 }
 
 proptest! {
     /// Whatever arrives, in any order, from anyone: the leader is a member, the
-    /// cap holds, `seq` moves by one per change set, and a refusal changes nothing.
+    /// cap holds, `seq` moves by one per change set, a refusal changes nothing,
+    /// and every event rebuilds the whole state for a receiver that saw the one before.
     #[test]
     fn state_machine_invariants(cmds in proptest::collection::vec((any_command(), 0i64..3_000_000), 1..60)) {
         let rules = Rules { max_members: 4, ..Rules::default() };
@@ -377,12 +390,20 @@ proptest! {
                 Ok(changes) => {
                     let expected = if changes.is_empty() { before.seq } else { before.seq + 1 };
                     prop_assert_eq!(s.seq, expected);
+                    if !changes.is_empty() {
+                        // What the event leaves out, a receiver holding `before` has.
+                        let event = EventMsg::latest(&s, 1);
+                        prop_assert_eq!(event.state_after(&before), Some(s.clone()));
+                    }
                 }
                 Err(_) => prop_assert_eq!(&s, &before),
             }
-            let before = s.seq;
+            let held = s.clone();
             let changes = s.housekeep(now, &rules);
-            prop_assert_eq!(s.seq, before + u64::from(!changes.is_empty()));
+            prop_assert_eq!(s.seq, held.seq + u64::from(!changes.is_empty()));
+            if !changes.is_empty() {
+                prop_assert_eq!(EventMsg::latest(&s, 1).state_after(&held), Some(s.clone()));
+            }
             prop_assert!(s.members.len() <= rules.max_members);
             if let Some(l) = &s.leader {
                 prop_assert!(s.member(l).is_some(), "leader must be a member");

@@ -1,7 +1,7 @@
 //! `GET /sessions/{id}/state?at=`: the session as it stood at an instant.
 //!
-//! Every event carries the state after it (its setlist by reference, see
-//! `bandsync_setlist`), so the state at `t` is the state of the last event
+//! Every event carries the state after it (its members and setlist by
+//! reference, see `bandsync_members` and `bandsync_setlist`), so the state at `t` is the state of the last event
 //! applied at or before `t`; the timeline inside it (the same `Timeline` the
 //! ticker and clients use) gives the position at `t`.
 
@@ -85,6 +85,7 @@ pub async fn state_at(
         ))
     };
     let mut state: SessionState = serde_json::from_str(&row.state_json).map_err(bad)?;
+    state.members = serde_json::from_str(&row.members_json).map_err(bad)?;
     state.setlist = serde_json::from_str(&row.setlist_json).map_err(bad)?;
     let position = replay(&state, at);
     let song = state

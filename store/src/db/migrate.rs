@@ -42,6 +42,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "setlist_on_its_own",
         sql: include_str!("../../migrations/0006_setlist_on_its_own.sql"),
     },
+    Migration {
+        version: 7,
+        name: "members_on_their_own",
+        sql: include_str!("../../migrations/0007_members_on_their_own.sql"),
+    },
 ];
 
 /// Arbitrary constant naming the store's migration lock.

@@ -67,7 +67,7 @@ SELECT jsonb_build_object(
     'next_after', CASE WHEN count(*) = $3 THEN max(x.stream_seq) END)::text
 FROM (
     SELECT stream_seq, seq, epoch, kind, changes, actor, cmd_id, error_code, occurred_at,
-           published_at, stored_at, bandsync_message(payload, state, setlist) AS payload
+           published_at, stored_at, bandsync_message(payload, state, members, setlist) AS payload
     FROM events WHERE session_id = $1 AND stream_seq > $2
     ORDER BY stream_seq LIMIT $3
 ) x";
@@ -122,7 +122,7 @@ const EXPORT_ROWS: &str = "
 SELECT stream_seq::text, seq::text, epoch::text, kind, array_to_string(changes, ' '), actor, cmd_id,
        error_code, to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
        to_char(published_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
-       (bandsync_message(payload, state, setlist))::text
+       (bandsync_message(payload, state, members, setlist))::text
 FROM events WHERE session_id = $1 ORDER BY stream_seq";
 
 const EXPORT_NDJSON: &str = "
@@ -130,7 +130,7 @@ SELECT jsonb_build_object('stream_seq', stream_seq, 'seq', seq, 'epoch', epoch, 
                           'changes', changes, 'actor', actor, 'cmd_id', cmd_id,
                           'error_code', error_code, 'occurred_at', occurred_at,
                           'published_at', published_at,
-                          'payload', bandsync_message(payload, state, setlist))::text
+                          'payload', bandsync_message(payload, state, members, setlist))::text
 FROM events WHERE session_id = $1 ORDER BY stream_seq";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,12 +163,15 @@ pub struct StateRow {
     pub epoch: i64,
     pub event_at: Micros,
     pub state_json: String,
-    /// The setlist the state refers to (the state's own may be empty: see `bandsync_setlist`).
+    /// The members and the setlist the state refers to (the state's own are
+    /// empty since they travel apart: see `bandsync_members`, `bandsync_setlist`).
+    pub members_json: String,
     pub setlist_json: String,
 }
 
 const STATE_AT: &str = "
 SELECT seq, epoch, bandsync_us(occurred_at), coalesce(state::text, (payload -> 'state')::text),
+       bandsync_members(session_id, coalesce(state::jsonb, payload -> 'state'))::text,
        bandsync_setlist(session_id, coalesce(state::jsonb, payload -> 'state'))::text
 FROM events
 WHERE session_id = $1 AND kind = 'event' AND occurred_at <= bandsync_ts($2)
@@ -184,7 +187,8 @@ pub async fn state_at(pool: &Pool, session: &str, at: Micros) -> Result<Option<S
         epoch: r.get(1),
         event_at: r.get(2),
         state_json: r.get(3),
-        setlist_json: r.get(4),
+        members_json: r.get(4),
+        setlist_json: r.get(5),
     }))
 }
 

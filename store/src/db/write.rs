@@ -26,14 +26,15 @@ impl std::ops::AddAssign for Written {
 
 const INSERT_EVENTS: &str = "
 INSERT INTO events (stream, stream_seq, session_id, kind, changes, actor, cmd_id, seq, epoch,
-                    error_code, occurred_at, published_at, payload, state, setlist)
+                    error_code, occurred_at, published_at, payload, state, members, setlist)
 SELECT $1, r.stream_seq, r.session_id, r.kind, string_to_array(r.changes, ','), r.actor, r.cmd_id,
        r.seq, r.epoch, r.error_code, bandsync_ts(r.occurred_us), bandsync_ts(r.published_us), r.payload::jsonb,
-       r.state::json, r.setlist::json
+       r.state::json, r.members::json, r.setlist::json
 FROM UNNEST($2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int8[],
-            $9::int8[], $10::text[], $11::int8[], $12::int8[], $13::text[], $14::text[], $15::text[])
+            $9::int8[], $10::text[], $11::int8[], $12::int8[], $13::text[], $14::text[], $15::text[],
+            $16::text[])
      AS r(stream_seq, session_id, kind, changes, actor, cmd_id, seq, epoch, error_code,
-          occurred_us, published_us, payload, state, setlist)
+          occurred_us, published_us, payload, state, members, setlist)
 ON CONFLICT (stream, stream_seq) DO NOTHING";
 
 const INSERT_COMMANDS: &str = "
@@ -246,6 +247,7 @@ async fn insert_events(
             &col(|r| r.published_us),
             &text(|r| &r.payload),
             &opt(|r| r.state_json.as_deref()),
+            &opt(|r| r.members_json.as_deref()),
             &opt(|r| r.setlist_json.as_deref()),
         ],
     )

@@ -364,17 +364,10 @@ async fn band(lead_base: String, follow_base: String, i: usize) -> Band {
         .await
         .expect("follower connects");
     let member = joined.member.clone();
-    let both_here = |m: &ServerMsg| matches!(m, ServerMsg::Event(e) if e.state.member(&member).is_some_and(|m| m.connected));
-    if !leader
-        .state
-        .member(&joined.member)
-        .is_some_and(|m| m.connected)
-    {
-        leader
-            .wait_for(WAIT, both_here)
-            .await
-            .expect("the follower joins");
-    }
+    leader
+        .wait_until(WAIT, |s| s.member(&member).is_some_and(|m| m.connected))
+        .await
+        .expect("the follower joins");
     leader
         .send(&Command::Play { count_in_bars: 0 }, None)
         .await
