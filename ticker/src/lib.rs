@@ -178,7 +178,7 @@ fn describe_metrics() {
     metrics::describe_histogram!(
         "bandsync_ticker_command_stage_seconds",
         metrics::Unit::Seconds,
-        "Parts of a command's way: `queued` (from the gateway's send to this ticker's handling), `state_write` (the compare-and-set), `event_publish` (until the stream acked the event)."
+        "Parts of a command's way: `queued` (from the gateway's send to this ticker's handling), split into `to_stream` (until the command stream stored it) and `delivered` (from there to this ticker's handling); `state_write` (the compare-and-set); `event_publish` (until the stream acked the event)."
     );
 }
 

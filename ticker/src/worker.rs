@@ -261,8 +261,10 @@ impl Worker {
                 _ = stop.cancelled() => break Ok(()),
                 msg = messages.next() => match msg {
                     Some(Ok(msg)) => {
-                        let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-                        match self.handle(seq, &msg.payload).await {
+                        let (seq, stored_us) = msg.info().map_or((0, None), |i| {
+                            (i.stream_sequence, i64::try_from(i.published.unix_timestamp_nanos() / 1_000).ok())
+                        });
+                        match self.handle(seq, stored_us, &msg.payload).await {
                             Handled::Yes => self.cursor = self.cursor.max(seq),
                             // Left for the next owner, which replays from the cursor.
                             Handled::Fenced => break Ok(()),
@@ -285,7 +287,8 @@ impl Worker {
         result
     }
 
-    async fn handle(&mut self, stream_seq: u64, payload: &[u8]) -> Handled {
+    /// `stored_us`: when the command stream stored it (for the stage histograms).
+    async fn handle(&mut self, stream_seq: u64, stored_us: Option<i64>, payload: &[u8]) -> Handled {
         let envelope: CommandEnvelope = match serde_json::from_slice(payload) {
             Ok(e) => e,
             Err(e) => {
@@ -296,7 +299,12 @@ impl Worker {
         if !self.owned.wait_valid().await {
             return Handled::Fenced;
         }
-        stage("queued", (now_us() - envelope.sent_at).max(0) as f64 / 1e6);
+        let now = now_us();
+        stage("queued", (now - envelope.sent_at).max(0) as f64 / 1e6);
+        if let Some(stored) = stored_us {
+            stage("to_stream", (stored - envelope.sent_at).max(0) as f64 / 1e6);
+            stage("delivered", (now - stored).max(0) as f64 / 1e6);
+        }
         let started = std::time::Instant::now();
         let handled = if let Command::Create { code, name } = &envelope.command {
             self.create(&envelope, code, name, stream_seq).await
