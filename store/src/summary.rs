@@ -184,18 +184,23 @@ mod tests {
         }
     }
 
+    /// Session `s1`, created at 1,000 µs by `leader` ("Ana").
+    fn created(leader: &MemberId) -> SessionState {
+        SessionState::create(
+            SessionId::parse("s1").expect("valid"),
+            JoinCode::parse("ABCDEF").expect("valid"),
+            leader.clone(),
+            DisplayName::parse("Ana").expect("valid"),
+            1_000,
+        )
+    }
+
     #[test]
     fn latest_state_wins_whatever_the_order() {
         let ana = MemberId::parse("ana").expect("valid");
         let bo = MemberId::parse("bo").expect("valid");
         let rules = Rules::default();
-        let mut s = SessionState::create(
-            SessionId::parse("s1").expect("valid"),
-            JoinCode::parse("ABCDEF").expect("valid"),
-            ana.clone(),
-            DisplayName::parse("Ana").expect("valid"),
-            1_000,
-        );
+        let mut s = created(&ana);
         let first = row(&s, 1);
         let hello = |name: &str, conn: &str| Command::Hello {
             name: DisplayName::parse(name).expect("valid"),
@@ -233,13 +238,7 @@ mod tests {
     fn the_live_song_is_known_from_the_setlist_event_or_the_pick_only() {
         let ana = MemberId::parse("ana").expect("valid");
         let rules = Rules::default();
-        let mut s = SessionState::create(
-            SessionId::parse("s1").expect("valid"),
-            JoinCode::parse("ABCDEF").expect("valid"),
-            ana.clone(),
-            DisplayName::parse("Ana").expect("valid"),
-            1_000,
-        );
+        let mut s = created(&ana);
         let song = |title: &str| bandsync_nats::Song {
             title: title.into(),
             tempo_bpm: None,
