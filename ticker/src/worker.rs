@@ -264,6 +264,9 @@ impl Worker {
                         let (seq, stored_us) = msg.info().map_or((0, None), |i| {
                             (i.stream_sequence, i64::try_from(i.published.unix_timestamp_nanos() / 1_000).ok())
                         });
+                        if let Some(stored) = stored_us {
+                            stage("received", (now_us() - stored).max(0) as f64 / 1e6);
+                        }
                         match self.handle(seq, stored_us, &msg.payload).await {
                             Handled::Yes => self.cursor = self.cursor.max(seq),
                             // Left for the next owner, which replays from the cursor.
