@@ -4,6 +4,7 @@
 
 use crate::AppState;
 use crate::hub::{ClientHandle, Outbound};
+use crate::mailbox::Delivery;
 use crate::ratelimit::{ERROR_INTERVAL, RateLimit};
 use crate::token::Claims;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, close_code};
@@ -46,7 +47,7 @@ pub async fn serve(socket: WebSocket, app: Arc<AppState>, claims: Claims) {
         conn_id,
         socket,
         last_seq: 0,
-        kick: handle.kick.clone(),
+        kick: handle.mailbox.kicked().clone(),
     };
     if let Err(reason) = c.run(handle).await {
         tracing::debug!(member = %c.claims.member, reason, "connection ended");
@@ -73,7 +74,7 @@ struct Conn {
 }
 
 impl Conn {
-    async fn run(&mut self, mut handle: ClientHandle) -> Result<(), &'static str> {
+    async fn run(&mut self, handle: ClientHandle) -> Result<(), &'static str> {
         let state = match Box::pin(read_state(&self.app, &self.claims)).await {
             Ok(Some(state)) => state,
             Ok(None) => {
@@ -127,13 +128,16 @@ impl Conn {
                     let _ = self.socket.send(Message::Close(Some(CloseFrame { code: close_code::RESTART, reason: "gateway shutting down".into() }))).await;
                     return Err("shutdown");
                 }
-                _ = handle.kick.cancelled() => {
-                    let kick = handle.kick_reason.get().cloned();
+                _ = handle.mailbox.kicked().cancelled() => {
+                    let kick = handle.mailbox.kick_reason().cloned();
                     let (code, reason) = kick.map_or((ErrorCode::Internal, String::from("disconnected")), |k| (k.code, k.reason));
                     self.close(code, &reason).await;
                     return Err("kicked");
                 }
-                Some(out) = handle.events.recv() => self.forward(out).await?,
+                delivery = handle.mailbox.next() => match delivery {
+                    Delivery::Event(out) => self.forward(out).await?,
+                    Delivery::Tick(text) => self.send(Message::Text(text)).await?,
+                },
                 incoming = self.socket.recv() => {
                     let now = Instant::now();
                     match incoming {
@@ -166,12 +170,6 @@ impl Conn {
                             }
                             return Err("socket error");
                         }
-                    }
-                }
-                Ok(()) = handle.ticks.changed() => {
-                    let tick = handle.ticks.borrow_and_update().clone();
-                    if let Some(text) = tick {
-                        self.send(Message::Text(text)).await?;
                     }
                 }
             }

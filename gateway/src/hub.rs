@@ -6,6 +6,7 @@
 //! coalesce (a slow client skips to the newest one); a client whose event queue
 //! is full is kicked with `slow_client` rather than ever stalling the others.
 
+use crate::mailbox::Mailbox;
 use axum::extract::ws::Utf8Bytes;
 use bandsync_nats::bus::Bus;
 use bandsync_nats::wire::BusHeader;
@@ -13,8 +14,7 @@ use bandsync_nats::{ErrorCode, MemberId, SessionId, now_us};
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use tokio::sync::{mpsc, watch};
+use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 /// Something to write to one client's socket.
@@ -37,29 +37,13 @@ pub struct Kick {
 struct ClientSlot {
     conn: u64,
     member: MemberId,
-    events: mpsc::Sender<Outbound>,
-    ticks: watch::Sender<Option<Utf8Bytes>>,
-    kick: CancellationToken,
-    kick_reason: Arc<OnceLock<Kick>>,
+    mailbox: Arc<Mailbox>,
 }
 
-impl ClientSlot {
-    fn kick(&self, code: ErrorCode, reason: &str) {
-        let _ = self.kick_reason.set(Kick {
-            code,
-            reason: reason.to_owned(),
-        });
-        self.kick.cancel();
-    }
-}
-
-/// What a connection task holds: its receiving ends.
+/// What a connection task holds: its inbox.
 pub struct ClientHandle {
     pub conn: u64,
-    pub events: mpsc::Receiver<Outbound>,
-    pub ticks: watch::Receiver<Option<Utf8Bytes>>,
-    pub kick: CancellationToken,
-    pub kick_reason: Arc<OnceLock<Kick>>,
+    pub mailbox: Arc<Mailbox>,
 }
 
 struct LocalSession {
@@ -100,17 +84,11 @@ impl Hub {
         member: &MemberId,
     ) -> Result<ClientHandle, SubscribeError> {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let (events_tx, events_rx) = mpsc::channel(self.queue);
-        let (ticks_tx, ticks_rx) = watch::channel(None);
-        let kick = CancellationToken::new();
-        let kick_reason = Arc::new(OnceLock::new());
+        let mailbox = Arc::new(Mailbox::new(self.queue));
         let slot = ClientSlot {
             conn,
             member: member.clone(),
-            events: events_tx,
-            ticks: ticks_tx,
-            kick: kick.clone(),
-            kick_reason: kick_reason.clone(),
+            mailbox: mailbox.clone(),
         };
         let mut sessions = self.sessions.lock().await;
         let local = match sessions.get(session) {
@@ -138,13 +116,7 @@ impl Hub {
             }
         };
         lock(&local.clients).push(slot);
-        Ok(ClientHandle {
-            conn,
-            events: events_rx,
-            ticks: ticks_rx,
-            kick,
-            kick_reason,
-        })
+        Ok(ClientHandle { conn, mailbox })
     }
 
     /// Removes a client; unsubscribes from the session when it was the last one here.
@@ -209,7 +181,7 @@ async fn fan_out(session: SessionId, mut sub: async_nats::Subscriber, local: Arc
         match head.kind.as_str() {
             "tick" => {
                 for c in clients.iter() {
-                    c.ticks.send_replace(Some(text.clone()));
+                    c.mailbox.put_tick(text.clone());
                 }
                 metrics::counter!("bandsync_gateway_ticks_forwarded_total")
                     .increment(clients.len() as u64);
@@ -220,8 +192,8 @@ async fn fan_out(session: SessionId, mut sub: async_nats::Subscriber, local: Arc
                         seq: head.seq,
                         text: text.clone(),
                     };
-                    if c.events.try_send(out).is_err() {
-                        c.kick(
+                    if !c.mailbox.push_event(out) {
+                        c.mailbox.kick(
                             ErrorCode::SlowClient,
                             "your device fell too far behind; reconnecting",
                         );
@@ -235,13 +207,10 @@ async fn fan_out(session: SessionId, mut sub: async_nats::Subscriber, local: Arc
                     .filter(|c| head.to.as_ref() == Some(&c.member))
                 {
                     if head.code == Some(ErrorCode::SessionFull) {
-                        c.kick(ErrorCode::SessionFull, "this session is full");
-                    } else if c
-                        .events
-                        .try_send(Outbound::Error { text: text.clone() })
-                        .is_err()
-                    {
-                        c.kick(
+                        c.mailbox
+                            .kick(ErrorCode::SessionFull, "this session is full");
+                    } else if !c.mailbox.push_event(Outbound::Error { text: text.clone() }) {
+                        c.mailbox.kick(
                             ErrorCode::SlowClient,
                             "your device fell too far behind; reconnecting",
                         );

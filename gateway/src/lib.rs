@@ -12,6 +12,7 @@ pub mod api;
 pub mod config;
 mod conn;
 pub mod hub;
+mod mailbox;
 pub mod ratelimit;
 pub mod token;
 mod web;

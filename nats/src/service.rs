@@ -51,6 +51,9 @@ pub fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
+/// How often recorded histogram samples are folded into their summaries.
+const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The process-wide Prometheus recorder, installed on first use. Services in one
 /// process (as in tests) share it; each describes its own metrics after.
 pub fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
@@ -61,6 +64,21 @@ pub fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
         let handle = recorder.handle();
         // Fails only if another recorder was installed first; its metrics then go there.
         let _ = metrics::set_global_recorder(recorder);
+        // Histogram samples pile up until a scrape folds them in; with nobody
+        // scraping (a laptop on stage) they would grow without bound, a few bytes
+        // per message. A plain thread: this may run before or outside any runtime.
+        let upkeep = handle.clone();
+        let spawned = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(METRICS_UPKEEP);
+                    upkeep.run_upkeep();
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no metrics upkeep thread: histograms fold in only when scraped");
+        }
         handle
     })
 }
