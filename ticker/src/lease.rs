@@ -214,10 +214,16 @@ impl Leases {
             kv::Operation::Purge => LeaseEvent::Expired,
             kv::Operation::Delete => LeaseEvent::Deleted,
         };
-        if let Some(held) = self.held.get(&shard) {
+        if let Some(held) = self.held.get_mut(&shard) {
             let ours = matches!(&event, LeaseEvent::Put(LeaseValue::Held { ticker }) if *ticker == self.ctx.ticker_id);
-            if entry.revision > held.revision && !ours {
-                self.lose(shard, "lease changed under us").await;
+            if entry.revision > held.revision {
+                if ours {
+                    // A renewal of ours that landed after we stopped waiting for
+                    // its answer: the next renewal goes on from it.
+                    held.revision = entry.revision;
+                } else {
+                    self.lose(shard, "lease changed under us").await;
+                }
             }
         }
         self.fleet
@@ -299,11 +305,45 @@ impl Leases {
                 }
                 Err(e) => {
                     metrics::counter!("bandsync_ticker_lease_renewal_failures_total").increment(1);
+                    if let Some(revision) = self.still_ours(shard).await {
+                        tracing::warn!(shard, error = %e, revision, "lease renewal failed, but the lease is still ours");
+                        if let Some(held) = self.held.get_mut(&shard) {
+                            held.revision = revision;
+                        }
+                        continue;
+                    }
                     tracing::warn!(shard, error = %e, "lease renewal failed");
                     self.lose(shard, "renewal failed").await;
                 }
             }
         }
+    }
+
+    /// After a failed renewal: the key's revision if it still names this ticker.
+    /// A renewal whose answer was lost (a timeout under load) may have landed
+    /// anyway, leaving our name at a newer revision that the next renewal must
+    /// use; giving the shard up for it would cost a failover for nothing. Safe:
+    /// validity is not extended here (we do not know when it landed), so the
+    /// workers stay fenced past the last proven renewal until the next one
+    /// succeeds, and no other ticker may take a key that names us before it expires.
+    async fn still_ours(&self, shard: Shard) -> Option<u64> {
+        let held = self.held.get(&shard)?;
+        let entry = self
+            .ctx
+            .bus
+            .leases
+            .entry(Subjects::shard_key(shard))
+            .await
+            .ok()??;
+        let ours = entry.operation == kv::Operation::Put
+            && entry.revision >= held.revision
+            && std::str::from_utf8(&entry.value).is_ok_and(|text| {
+                LeaseValue::parse(text)
+                    == LeaseValue::Held {
+                        ticker: self.ctx.ticker_id.clone(),
+                    }
+            });
+        ours.then_some(entry.revision)
     }
 
     async fn campaign_many(&mut self, vacancies: Vec<Vacancy>) {

@@ -12,4 +12,5 @@ mod common;
 mod failover;
 mod freeze;
 mod join;
+mod renewal;
 mod shutdown;
