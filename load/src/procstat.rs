@@ -15,6 +15,13 @@ pub struct Reading {
     pub rss_kib: u64,
 }
 
+impl Reading {
+    /// CPU time used so far.
+    pub fn cpu(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.cpu_ticks as f64 / CLK_TCK)
+    }
+}
+
 /// Reads /proc/<pid>/stat and /proc/<pid>/status; `None` if the process is gone.
 pub fn read(pid: u32) -> Option<Reading> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -353,19 +353,6 @@ impl NatsCluster {
     }
 }
 
-/// CPU time (user + system) a process has used so far, read from
-/// `/proc/<pid>/stat`; `None` if it is gone. For benchmarks that report CPU per
-/// unit of work, which holds on a busy machine where rates do not.
-pub fn cpu_time(pid: u32) -> Option<Duration> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces: count fields after its ')'.
-    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    // USER_HZ is 100 on every Linux this runs on.
-    Some(Duration::from_millis((utime + stime) * 10))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,9 +8,10 @@
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
+use bandsync_load::procstat;
 use bandsync_nats::bus::{Bus, BusSettings};
 use bandsync_nats::state::Rules;
-use bandsync_nats::testkit::{NatsServer, cpu_time};
+use bandsync_nats::testkit::NatsServer;
 use bandsync_nats::{
     Command, DisplayName, EventMsg, JoinCode, MemberId, Micros, ServerMsg, SessionId, SessionState,
     Song, Subjects, now_us,
@@ -187,7 +188,7 @@ impl CpuWatch {
         pids.push(("store", std::process::id()));
         pids.extend(self.nats.map(|p| ("nats-server", p)));
         for key in pids {
-            if let Some(t) = cpu_time(key.1) {
+            if let Some(t) = procstat::read(key.1).map(|r| r.cpu()) {
                 self.seen.entry(key).or_insert((t, t)).1 = t;
             }
         }
