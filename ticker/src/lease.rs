@@ -214,16 +214,16 @@ impl Leases {
             kv::Operation::Purge => LeaseEvent::Expired,
             kv::Operation::Delete => LeaseEvent::Deleted,
         };
-        if let Some(held) = self.held.get_mut(&shard) {
-            let ours = matches!(&event, LeaseEvent::Put(LeaseValue::Held { ticker }) if *ticker == self.ctx.ticker_id);
-            if entry.revision > held.revision {
-                if ours {
-                    // A renewal of ours that landed after we stopped waiting for
-                    // its answer: the next renewal goes on from it.
-                    held.revision = entry.revision;
-                } else {
-                    self.lose(shard, "lease changed under us").await;
-                }
+        let ours = event == LeaseEvent::Put(self.held_by_me());
+        if let Some(held) = self.held.get_mut(&shard)
+            && entry.revision > held.revision
+        {
+            if ours {
+                // A renewal of ours that landed after we stopped waiting for
+                // its answer: the next renewal goes on from it.
+                held.revision = entry.revision;
+            } else {
+                self.lose(shard, "lease changed under us").await;
             }
         }
         self.fleet
@@ -297,9 +297,7 @@ impl Leases {
                         held.revision = revision;
                         held.owned.extend(sent_at + self.valid_for);
                     }
-                    let me = LeaseValue::Held {
-                        ticker: self.ctx.ticker_id.clone(),
-                    };
+                    let me = self.held_by_me();
                     self.fleet
                         .observe_lease(shard, LeaseEvent::Put(me), revision, Instant::now());
                 }
@@ -316,6 +314,13 @@ impl Leases {
                     self.lose(shard, "renewal failed").await;
                 }
             }
+        }
+    }
+
+    /// A lease value naming this ticker as the holder.
+    fn held_by_me(&self) -> LeaseValue {
+        LeaseValue::Held {
+            ticker: self.ctx.ticker_id.clone(),
         }
     }
 
@@ -337,22 +342,14 @@ impl Leases {
             .ok()??;
         let ours = entry.operation == kv::Operation::Put
             && entry.revision >= held.revision
-            && std::str::from_utf8(&entry.value).is_ok_and(|text| {
-                LeaseValue::parse(text)
-                    == LeaseValue::Held {
-                        ticker: self.ctx.ticker_id.clone(),
-                    }
-            });
+            && std::str::from_utf8(&entry.value)
+                .is_ok_and(|text| LeaseValue::parse(text) == self.held_by_me());
         ours.then_some(entry.revision)
     }
 
     async fn campaign_many(&mut self, vacancies: Vec<Vacancy>) {
         let leases = self.ctx.bus.leases.clone();
-        let value: bytes::Bytes = LeaseValue::Held {
-            ticker: self.ctx.ticker_id.clone(),
-        }
-        .encode()
-        .into();
+        let value: bytes::Bytes = self.held_by_me().encode().into();
         let attempts = vacancies.into_iter().map(|v| {
             let (leases, value) = (leases.clone(), value.clone());
             async move {
@@ -400,9 +397,7 @@ impl Leases {
                 worker,
             },
         );
-        let me = LeaseValue::Held {
-            ticker: self.ctx.ticker_id.clone(),
-        };
+        let me = self.held_by_me();
         self.fleet
             .observe_lease(shard, LeaseEvent::Put(me), revision, Instant::now());
         metrics::counter!("bandsync_ticker_leases_acquired_total").increment(1);
