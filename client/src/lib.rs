@@ -45,7 +45,7 @@ pub enum ClientError {
 /// One member's live connection.
 pub struct Connection {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    /// The session as last seen (welcome, then every event), setlist included.
+    /// The session as last seen (welcome, then every event), members and setlist included.
     pub state: SessionState,
     /// The newest timeline: from the state, or a newer tick.
     pub timeline: Timeline,
