@@ -277,6 +277,11 @@ pub async fn run(
             }
         } else if play_due && !played {
             played = true;
+            // The command timer ran unpolled until now and would fire at once,
+            // in step with every other leader that starts with this step:
+            // a burst of a whole run's leaders every period, which no real
+            // set of bands produces. Start it at a random phase instead.
+            command.reset_after(phase(run.command_every.unwrap_or_default()));
             if conn
                 .send(&Command::Play { count_in_bars: 0 }, None)
                 .await
