@@ -303,15 +303,37 @@ impl Timeline {
     }
 }
 
-/// Tick periods are split into this many slots; a shard ticks in one of them, so
-/// an owner's ticks (and the gateways' fan-out) spread over the period instead
-/// of all leaving at its start.
-pub const TICK_SLOTS: i64 = 10;
+/// A tick period is cut into slots about this wide and a shard ticks in one of
+/// them, so an owner's ticks (and the gateways' fan-out, and the clients' reads)
+/// go out in small rounds across the period instead of all at its start: at
+/// 1 Hz a tenth of all sessions at once made a 12 ms burst that every command
+/// landing in it waited behind.
+pub const TICK_SLOT_US: Micros = 10_000;
+
+/// How many slots a period has: one per `TICK_SLOT_US`, at least one.
+pub fn tick_slots(period_us: Micros) -> i64 {
+    (period_us / TICK_SLOT_US).max(1)
+}
 
 /// When in each period a shard's sessions tick: its slot's offset from the
 /// period boundary. The same for every ticker, so owners agree on it.
 pub fn tick_phase(shard: crate::Shard, period_us: Micros) -> Micros {
-    i64::from(shard) % TICK_SLOTS * (period_us.max(TICK_SLOTS) / TICK_SLOTS)
+    let slots = tick_slots(period_us);
+    i64::from(shard) % slots * (period_us / slots)
+}
+
+/// The first slot start after `now`: its time and its slot number (a shard
+/// ticks there when `tick_phase` is `slot × period / slots`).
+pub fn next_tick_slot(now: Micros, period_us: Micros) -> (Micros, i64) {
+    let slots = tick_slots(period_us);
+    let slot_us = period_us / slots;
+    let start = now - now.rem_euclid(period_us);
+    let slot = (now - start) / slot_us + 1;
+    if slot < slots {
+        (start + slot * slot_us, slot)
+    } else {
+        (start + period_us, 0)
+    }
 }
 
 /// Sequence number of the latest tick due at or before `t`, for a tick period
@@ -457,11 +479,46 @@ mod tests {
 
     #[test]
     fn shards_spread_over_the_slots_of_a_period() {
-        let phases: std::collections::BTreeSet<Micros> =
-            (0..256).map(|s| tick_phase(s, 100_000)).collect();
-        assert_eq!(phases.len(), TICK_SLOTS as usize);
-        assert!(phases.iter().all(|&p| (0..100_000).contains(&p)));
-        assert_eq!(tick_phase(13, 1_000_000), 300_000);
+        let phases = |period: Micros| -> std::collections::BTreeSet<Micros> {
+            (0..256).map(|s| tick_phase(s, period)).collect()
+        };
+        assert_eq!(phases(100_000).len(), 10, "10 Hz: ten slots of 10 ms");
+        assert_eq!(phases(1_000_000).len(), 100, "1 Hz: a hundred");
+        assert_eq!(phases(10_000).len(), 1);
+        assert_eq!(tick_phase(13, 1_000_000), 130_000);
+        assert_eq!(tick_phase(13, 100_000), 30_000);
+        for period in [10_000, 100_000, 155_000, 1_000_000, 60_000_000] {
+            assert!(phases(period).iter().all(|&p| (0..period).contains(&p)));
+        }
+    }
+
+    #[test]
+    fn the_slot_loop_meets_every_shards_phase_once_a_period() {
+        for period in [10_000, 100_000, 155_000, 1_000_000] {
+            let mut met = std::collections::BTreeMap::new();
+            let from = T0 + 1_234;
+            let mut t = from;
+            loop {
+                let (next, slot) = next_tick_slot(t, period);
+                assert!(next > t);
+                if next > from + 3 * period {
+                    break;
+                }
+                let offset = next.rem_euclid(period);
+                assert_eq!(offset, slot * (period / tick_slots(period)));
+                *met.entry(offset).or_insert(0) += 1;
+                t = next;
+            }
+            let phases: std::collections::BTreeSet<Micros> =
+                (0..256).map(|s| tick_phase(s, period)).collect();
+            for p in phases {
+                assert!(
+                    met.get(&p) == Some(&3),
+                    "period {period}: phase {p} met {:?} times in three periods",
+                    met.get(&p)
+                );
+            }
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The heartbeat: publish the timeline of every playing session we own once a
-//! period. A period is split into `TICK_SLOTS` wall-clock-aligned slots and each
-//! shard ticks in its own (`tick_phase`), so every ticker agrees on when a
-//! session ticks and the work is spread over the period, not burst at its start.
+//! period. A period is split into wall-clock-aligned slots about 10 ms wide
+//! (`tick_slots`) and each shard ticks in its own (`tick_phase`), so every ticker
+//! agrees on when a session ticks and the work is spread over the period, not
+//! burst at its start.
 //! Ticks go over core NATS only; they are cheap to lose.
 //!
 //! A tick sequence number is `floor((t − phase) / period)`. Each owned shard
@@ -10,7 +11,7 @@
 //! a session, by one owner or by two.
 
 use crate::owned::{OwnedShard, Registry};
-use bandsync_nats::timeline::{TICK_SLOTS, tick_phase, tick_seq};
+use bandsync_nats::timeline::{next_tick_slot, tick_phase, tick_seq, tick_slots};
 use bandsync_nats::{Micros, ServerMsg, Subjects, TickMsg, now_us};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,19 +35,18 @@ impl Ticks {
 
     pub async fn run(&self, registry: Registry, shutdown: CancellationToken) {
         let period_us = self.period_us();
-        let slot_us = (period_us / TICK_SLOTS).max(1);
+        let slot_us = period_us / tick_slots(period_us);
         let mut rate = Rate::new();
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         loop {
             let now = now_us();
-            let next = (now / slot_us + 1) * slot_us;
+            let (next, slot) = next_tick_slot(now, period_us);
             let wait = Duration::from_micros(u64::try_from(next - now).unwrap_or(0));
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
             let seq = tick_seq(next, period_us, 0);
-            let slot = (next / slot_us) % TICK_SLOTS;
             // This slot's shards, split over a few tasks so a big round uses every core.
             let shards: Vec<Arc<OwnedShard>> = registry
                 .snapshot()
