@@ -4,7 +4,7 @@
 
 use crate::AppState;
 use crate::hub::{ClientHandle, Outbound};
-use crate::mailbox::Delivery;
+use crate::mailbox::{Delivery, End};
 use crate::ratelimit::{ERROR_INTERVAL, RateLimit};
 use crate::token::Claims;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, close_code};
@@ -14,6 +14,7 @@ use bandsync_nats::{
     ClientMsg, Command, CommandEnvelope, CommandId, ErrorCode, ServerMsg, SessionState, Subjects,
     now_us, shard_of,
 };
+use futures::FutureExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -118,25 +119,25 @@ impl Conn {
         }
         let mut limit = RateLimit::new(self.app.config.rate_limit, Instant::now());
         let mut last_limit_error: Option<Instant> = None;
-        let shutdown = self.app.shutdown.clone();
+        if self.app.shutdown.is_cancelled() {
+            handle.mailbox.shut_down(); // it began before we joined the hub
+        }
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => {
-                    let msg = ServerMsg::Reconnect { reason: "gateway shutting down; connect again".into() };
-                    let _ = self.send_msg(&msg).await;
-                    let _ = self.socket.send(Message::Close(Some(CloseFrame { code: close_code::RESTART, reason: "gateway shutting down".into() }))).await;
-                    return Err("shutdown");
-                }
-                _ = handle.mailbox.kicked().cancelled() => {
-                    let kick = handle.mailbox.kick_reason().cloned();
-                    let (code, reason) = kick.map_or((ErrorCode::Internal, String::from("disconnected")), |k| (k.code, k.reason));
-                    self.close(code, &reason).await;
-                    return Err("kicked");
-                }
                 delivery = handle.mailbox.next() => match delivery {
                     Delivery::Event(out) => self.forward(out).await?,
                     Delivery::Tick(text) => self.send(Message::Text(text)).await?,
+                    Delivery::End(End::Kicked(kick)) => {
+                        self.close(kick.code, &kick.reason).await;
+                        return Err("kicked");
+                    }
+                    Delivery::End(End::ShuttingDown) => {
+                        let msg = ServerMsg::Reconnect { reason: "gateway shutting down; connect again".into() };
+                        let _ = self.send_msg(&msg).await;
+                        let _ = self.socket.send(Message::Close(Some(CloseFrame { code: close_code::RESTART, reason: "gateway shutting down".into() }))).await;
+                        return Err("shutdown");
+                    }
                 },
                 incoming = self.socket.recv() => {
                     let now = Instant::now();
@@ -232,14 +233,10 @@ impl Conn {
     }
 
     async fn send(&mut self, msg: Message) -> Result<(), &'static str> {
-        let kick = self.kick.clone();
         let started = Instant::now();
-        let sent = tokio::select! {
-            biased;
-            _ = kick.cancelled() => Err("kicked"),
-            sent = write(&mut self.socket, msg, SEND_TIMEOUT) => sent,
-        };
-        metrics::histogram!("bandsync_gateway_socket_write_seconds")
+        let sent = write(&mut self.socket, msg, SEND_TIMEOUT, Some(&self.kick)).await;
+        self.app
+            .socket_write
             .record(started.elapsed().as_secs_f64());
         sent
     }
@@ -265,9 +262,29 @@ impl Conn {
     }
 }
 
-/// One frame to the socket, given up after `limit`.
-async fn write(socket: &mut WebSocket, msg: Message, limit: Duration) -> Result<(), &'static str> {
-    match tokio::time::timeout(limit, socket.send(msg)).await {
+/// One frame to the socket, given up after `limit` or when `abort` is cancelled.
+/// Most writes complete at once; only one that waits on the socket arms the
+/// timer and the race (a timer entry per frame was measurable at 10 Hz).
+async fn write(
+    socket: &mut WebSocket,
+    msg: Message,
+    limit: Duration,
+    abort: Option<&CancellationToken>,
+) -> Result<(), &'static str> {
+    let mut send = std::pin::pin!(socket.send(msg));
+    if let Some(done) = (&mut send).now_or_never() {
+        return done.map_err(|_| "send failed");
+    }
+    let timed = tokio::time::timeout(limit, send);
+    let result = match abort {
+        Some(abort) => tokio::select! {
+            biased;
+            _ = abort.cancelled() => return Err("kicked"),
+            result = timed => result,
+        },
+        None => timed.await,
+    };
+    match result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err("send failed"),
         Err(_) => Err("send timed out"),
@@ -322,12 +339,12 @@ pub async fn refuse(mut socket: WebSocket, code: ErrorCode, reason: &str) {
 async fn goodbye(socket: &mut WebSocket, ws_code: u16, code: ErrorCode, reason: &str) {
     let err = ServerMsg::Error(ErrorMsg::new(code, reason, None));
     let text = serde_json::to_string(&err).expect("server messages serialise");
-    let _ = write(socket, Message::Text(text.into()), CLOSE_LINGER).await;
+    let _ = write(socket, Message::Text(text.into()), CLOSE_LINGER, None).await;
     let frame = CloseFrame {
         code: ws_code,
         reason: Utf8Bytes::from(code.as_str()),
     };
-    let _ = write(socket, Message::Close(Some(frame)), CLOSE_LINGER).await;
+    let _ = write(socket, Message::Close(Some(frame)), CLOSE_LINGER, None).await;
 }
 
 /// The session's current state from KV (`None` if it does not exist).

@@ -137,6 +137,15 @@ impl Hub {
         }
     }
 
+    /// Tells every connected client's task that the gateway is stopping.
+    pub async fn shut_down_all(&self) {
+        for local in self.sessions.lock().await.values() {
+            for c in lock(&local.clients).iter() {
+                c.mailbox.shut_down();
+            }
+        }
+    }
+
     /// Number of sessions this gateway is subscribed to.
     pub async fn session_count(&self) -> usize {
         self.sessions.lock().await.len()

@@ -41,6 +41,8 @@ pub struct AppState {
     pub hub: hub::Hub,
     pub tokens: token::TokenKey,
     pub shutdown: CancellationToken,
+    /// `bandsync_gateway_socket_write_seconds`, looked up once: it is recorded per frame.
+    pub socket_write: metrics::Histogram,
 }
 
 /// A running gateway.
@@ -86,8 +88,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         gateway_id: gateway_id.clone(),
         bus,
         shutdown: shutdown.clone(),
+        socket_write: metrics::histogram!("bandsync_gateway_socket_write_seconds"),
     });
     tokio::spawn(heartbeat(app.clone()));
+    tokio::spawn({
+        let app = app.clone();
+        async move {
+            app.shutdown.cancelled().await;
+            app.hub.shut_down_all().await;
+        }
+    });
     let router = Router::new()
         .route("/", get(web::index))
         .route("/app.js", get(web::app_js))
@@ -105,7 +115,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     tracing::info!(%addr, gateway = %gateway_id, "gateway listening");
     let task = tokio::spawn(async move {
         let stop = shutdown.clone();
-        // Sockets see the token themselves; the server stops accepting once they had time to leave.
+        // Sockets are told through their mailboxes (and a socket joining later
+        // sees the token); the server stops accepting once they had time to leave.
         let graceful = async move {
             stop.cancelled().await;
             tokio::time::sleep(Duration::from_millis(200)).await;

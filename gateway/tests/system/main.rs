@@ -5,6 +5,7 @@
 mod common;
 mod errors;
 mod leadership;
+mod shutdown;
 mod slow;
 mod sync;
 mod ticks;
