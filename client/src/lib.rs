@@ -278,7 +278,7 @@ pub fn as_error(msg: &ServerMsg) -> Option<&ErrorMsg> {
 }
 
 fn parse(text: &str) -> Result<ServerMsg, ClientError> {
-    serde_json::from_str(text).map_err(|e| {
+    ServerMsg::parse(text).map_err(|e| {
         ClientError::Decode(format!(
             "{e}: {}",
             text.chars().take(200).collect::<String>()

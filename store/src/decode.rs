@@ -2,10 +2,10 @@
 //! it could not be. Pure: no I/O, so every odd payload can be tested here.
 
 use bandsync_nats::state::{Cause, SessionState};
+use bandsync_nats::wire::message_type;
 use bandsync_nats::{Change, CommandEnvelope, ErrorMsg, Micros, SessionId, Subjects};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use std::borrow::Cow;
 
 /// Which stream a batch came from; each has its own table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,15 +191,6 @@ struct EventHead<'a> {
     changes: &'a [Change],
 }
 
-/// The `type` of a bus message, read before the message itself: decoding
-/// straight into the variant's struct skips serde's buffering of internally
-/// tagged enums, which cost the store more CPU than everything else in a batch.
-#[derive(Deserialize)]
-struct TypeOnly<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
-}
-
 /// An `event` as published, its state kept as the exact JSON text it came in.
 #[derive(Deserialize)]
 struct EventWire<'a> {
@@ -218,14 +209,7 @@ struct EventWire<'a> {
 }
 
 fn decode_event(subjects: &Subjects, raw: &Raw<'_>, stream_seq: i64) -> Result<EventRow, String> {
-    // Owners write the tag first: the common case needs no separate pass to find it.
-    let kind = if raw.payload.starts_with(br#"{"type":"event","#) {
-        Cow::Borrowed("event")
-    } else {
-        serde_json::from_slice::<TypeOnly<'_>>(raw.payload)
-            .map_err(|e| format!("not an event or error: {e}"))?
-            .kind
-    };
+    let kind = message_type(raw.payload).map_err(|e| format!("not an event or error: {e}"))?;
     match kind.as_ref() {
         "event" => {
             let ev: EventWire<'_> =
