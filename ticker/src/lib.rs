@@ -176,6 +176,11 @@ fn describe_metrics() {
         "Time to apply one command (state write and event publish)."
     );
     metrics::describe_histogram!(
+        "bandsync_ticker_tick_round_late_seconds",
+        metrics::Unit::Seconds,
+        "How late a tick round started after its slot's instant (a ticker short of CPU shows here first)."
+    );
+    metrics::describe_histogram!(
         "bandsync_ticker_command_stage_seconds",
         metrics::Unit::Seconds,
         "Parts of a command's way: `queued` (from the gateway's send to this ticker's handling), split into `to_stream` (until the command stream stored it) and `delivered` (from there to this ticker's handling); `state_write` (the compare-and-set); `event_publish` (until the stream acked the event)."
