@@ -1,9 +1,13 @@
 //! Load generator configuration: every flag also reads a `BANDSYNC_LOAD_`
 //! environment variable (or the stack's own `BANDSYNC_` one where shared).
 
+use bandsync_nats::command::{MAX_CHART_CHARS, MAX_SONGS};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// The largest setlist a session takes: every song's chart at its limit.
+pub const MAX_SETLIST_KB: usize = MAX_SONGS * MAX_CHART_CHARS / 1000;
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -57,6 +61,11 @@ pub struct Config {
     /// Each leader sends a tempo change this often, in ms (0: none).
     #[arg(long, env = "BANDSYNC_LOAD_COMMAND_MS", default_value_t = 2000)]
     pub command_ms: u64,
+    /// Each leader sets a setlist with this many KB of charts when it connects
+    /// (0: none), so every member's socket carries it once, in its welcome or in
+    /// the event that set it: what a band's charts cost the gateways.
+    #[arg(long, env = "BANDSYNC_LOAD_SETLIST_KB", default_value_t = 0)]
+    pub setlist_kb: usize,
     /// Each member samples its beat-position estimate this often, in ms.
     #[arg(long, env = "BANDSYNC_LOAD_SAMPLE_MS", default_value_t = 500)]
     pub sample_ms: u64,
@@ -200,6 +209,10 @@ impl Config {
             "--command-ms must be 0 or at least 200 (the gateway rate-limits clients)"
         );
         anyhow::ensure!((1..=64).contains(&self.procs), "--procs must be 1..=64");
+        anyhow::ensure!(
+            self.setlist_kb <= MAX_SETLIST_KB,
+            "--setlist-kb must be at most {MAX_SETLIST_KB} (the setlist's own limits)"
+        );
         anyhow::ensure!(
             self.connect_concurrency >= 1,
             "--connect-concurrency must be at least 1"

@@ -178,6 +178,7 @@ async fn drive(
         settle_pings: config.settle_pings,
         sample_every: Duration::from_millis(config.sample_ms),
         command_every: (config.command_ms > 0).then(|| Duration::from_millis(config.command_ms)),
+        setlist: member::setlist(config.setlist_kb),
         connect_gate: Semaphore::new(config.connect_concurrency),
         stop: stop.clone(),
     });
@@ -337,6 +338,7 @@ async fn drive(
             own_stack: config.gateway_urls.is_empty(),
             tick_ms: config.tick_ms,
             command_ms: config.command_ms,
+            setlist_kb: config.setlist_kb,
             sample_ms: config.sample_ms,
             ping_ms: config.ping_ms,
             settle_pings: config.settle_pings,

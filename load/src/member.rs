@@ -17,7 +17,8 @@
 use crate::stats::{Recorder, Samples};
 use bandsync_client::{Backoff, ClientError, ConnectOptions, Connection, Joined};
 use bandsync_nats::state::Change;
-use bandsync_nats::{Command, Micros, ServerMsg, Timeline, now_us};
+use bandsync_nats::command::MAX_CHART_CHARS;
+use bandsync_nats::{Command, Micros, ServerMsg, Song, Timeline, now_us};
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -67,6 +68,8 @@ pub struct Run {
     pub settle_pings: u64,
     pub sample_every: Duration,
     pub command_every: Option<Duration>,
+    /// What each leader sets on connecting (empty: nothing).
+    pub setlist: Vec<Song>,
     pub connect_gate: Semaphore,
     pub stop: CancellationToken,
 }
@@ -170,6 +173,25 @@ pub struct Member {
     pub local_ip: Option<IpAddr>,
 }
 
+/// Songs whose charts add up to about `kb` KB (full-length charts, the last one
+/// shorter); `kb` is at most `config::MAX_SETLIST_KB`.
+pub fn setlist(kb: usize) -> Vec<Song> {
+    let mut left = kb * 1000;
+    let mut songs = Vec::new();
+    while left > 0 {
+        let chars = left.min(MAX_CHART_CHARS);
+        left -= chars;
+        let line = "| Am7 . . . | D7 . . . | Gmaj7 . . . | Cmaj7 . . . |\n";
+        songs.push(Song {
+            title: format!("Song {}", songs.len() + 1),
+            tempo_bpm: Some(120.0),
+            beats_per_bar: Some(4),
+            chart: line.chars().cycle().take(chars).collect(),
+        });
+    }
+    songs
+}
+
 /// Runs one member until `run.stop`.
 pub async fn run(
     run: Arc<Run>,
@@ -185,6 +207,12 @@ pub async fn run(
     let Some(mut conn) = first_connect(&run, &session, &me, &options).await else {
         return;
     };
+    if me.leader && !run.setlist.is_empty() {
+        let songs = run.setlist.clone();
+        if conn.send(&Command::Setlist { songs }, None).await.is_err() {
+            run.recorder.with(|w| w.error("send failed"));
+        }
+    }
     let mut played = false;
     // Set once the step's playback signal fired; the leader plays as soon as
     // it also holds leadership (it may have to reclaim it first).
@@ -446,6 +474,18 @@ fn sample(run: &Run, session: &Session, me: &Member, conn: &Connection, at: Micr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn setlists_have_the_size_asked_and_are_valid() {
+        assert!(setlist(0).is_empty());
+        for kb in [1, 30, crate::config::MAX_SETLIST_KB] {
+            let songs = setlist(kb);
+            let chars: usize = songs.iter().map(|s| s.chart.chars().count()).sum();
+            assert_eq!(chars, kb * 1000);
+            let cmd = Command::Setlist { songs };
+            assert!(cmd.validate().is_ok(), "{kb} KB: {:?}", cmd.validate());
+        }
+    }
 
     #[test]
     fn tempo_keys_round_trip() {

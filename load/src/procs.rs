@@ -52,6 +52,7 @@ pub fn child_args(
         format!("--duration-secs={}", c.duration_secs),
         format!("--warmup-secs={}", c.warmup_secs),
         format!("--command-ms={}", c.command_ms),
+        format!("--setlist-kb={}", c.setlist_kb),
         format!("--sample-ms={}", c.sample_ms),
         format!("--ping-ms={}", c.ping_ms),
         format!("--settle-pings={}", c.settle_pings),

@@ -60,6 +60,9 @@ pub struct Setup {
     pub own_stack: bool,
     pub tick_ms: u64,
     pub command_ms: u64,
+    /// KB of charts in each session's setlist (`--setlist-kb`).
+    #[serde(default)]
+    pub setlist_kb: usize,
     pub sample_ms: u64,
     pub ping_ms: u64,
     pub settle_pings: u64,
