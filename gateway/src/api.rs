@@ -2,8 +2,9 @@
 
 use crate::AppState;
 use crate::token::Claims;
+use crate::upgrade::Upgrade;
 use axum::Json;
-use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bandsync_nats::service::{random_id, random_join_code};
@@ -16,6 +17,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
+use tungstenite::protocol::WebSocketConfig;
 
 /// How long creating a session waits for the owner to confirm it.
 const CREATE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -256,29 +258,30 @@ pub struct WsQuery {
 pub async fn websocket(
     State(app): State<Arc<AppState>>,
     Query(q): Query<WsQuery>,
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
 ) -> Response {
     let verified = app.tokens.verify(&q.token);
     // Messages up to 4x the limit are read whole and refused with a clean
     // close (`too_large`); only larger ones hit the transport's hard cap.
     let max = app.config.max_frame_bytes.saturating_mul(4);
-    ws.read_buffer_size(1024)
+    let config = WebSocketConfig::default()
+        .read_buffer_size(1024)
         .write_buffer_size(0)
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| async move {
-            match verified {
-                Ok(claims) => crate::conn::serve(socket, app, claims).await,
-                // A browser cannot read an HTTP status on a failed upgrade, so the
-                // refusal is said on the socket, where the client can act on it.
-                Err(e) => {
-                    crate::conn::refuse(
-                        socket,
-                        ErrorCode::Unauthorized,
-                        &format!("{e}; join the session again"),
-                    )
-                    .await
-                }
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    ws.on_upgrade(config, move |socket| async move {
+        match verified {
+            Ok(claims) => crate::conn::serve(socket, app, claims).await,
+            // A browser cannot read an HTTP status on a failed upgrade, so the
+            // refusal is said on the socket, where the client can act on it.
+            Err(e) => {
+                crate::conn::refuse(
+                    socket,
+                    ErrorCode::Unauthorized,
+                    &format!("{e}; join the session again"),
+                )
+                .await
             }
-        })
+        }
+    })
 }

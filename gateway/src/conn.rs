@@ -7,24 +7,33 @@ use crate::hub::{ClientHandle, Outbound};
 use crate::mailbox::{Delivery, End};
 use crate::ratelimit::{ERROR_INTERVAL, RateLimit};
 use crate::token::Claims;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, close_code};
+use crate::upgrade::Socket;
 use bandsync_nats::service::random_id;
 use bandsync_nats::wire::ErrorMsg;
 use bandsync_nats::{
     ClientMsg, Command, CommandEnvelope, CommandId, ErrorCode, ServerMsg, SessionState, Subjects,
     now_us, shard_of,
 };
-use futures::FutureExt;
+use futures::{FutureExt, SinkExt, StreamExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::Frame;
+use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tungstenite::{Bytes, Message, Utf8Bytes};
 
 /// A socket that cannot take a frame for this long is given up on.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing socket waits for the client's close frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
+/// A longer message goes out in fragments of about this size: tungstenite keeps
+/// its write buffer at the largest frame it wrote, so a welcome carrying a
+/// setlist would otherwise stay in memory as long as the socket. Ticks and
+/// ordinary events are shorter and go out whole.
+const FRAGMENT_BYTES: usize = 2048;
 
-pub async fn serve(socket: WebSocket, app: Arc<AppState>, claims: Claims) {
+pub async fn serve(socket: Socket, app: Arc<AppState>, claims: Claims) {
     let session = claims.session.clone();
     let handle = match app.hub.join(&session, &claims.member).await {
         Ok(h) => h,
@@ -66,7 +75,7 @@ struct Conn {
     app: Arc<AppState>,
     claims: Claims,
     conn_id: String,
-    socket: WebSocket,
+    socket: Socket,
     /// Newest event seq this client has; older ones are skipped.
     last_seq: u64,
     /// Cancelled by the hub when this client must go (e.g. it fell behind):
@@ -96,12 +105,15 @@ impl Conn {
             }
         };
         self.last_seq = state.seq;
-        let welcome = ServerMsg::Welcome {
+        // Serialised and dropped here: a local of this function would live as
+        // long as the connection (its setlist's charts included).
+        let welcome = serde_json::to_string(&ServerMsg::Welcome {
             member: self.claims.member.clone(),
             server_time: now_us(),
             state: Box::new(state),
-        };
-        self.send_msg(&welcome).await?;
+        })
+        .expect("server messages serialise");
+        self.send(Message::Text(welcome.into())).await?;
         let hello = Command::Hello {
             name: self.claims.name.clone(),
             conn: self.conn_id.clone(),
@@ -135,16 +147,16 @@ impl Conn {
                     Delivery::End(End::ShuttingDown) => {
                         let msg = ServerMsg::Reconnect { reason: "gateway shutting down; connect again".into() };
                         let _ = self.send_msg(&msg).await;
-                        let _ = self.socket.send(Message::Close(Some(CloseFrame { code: close_code::RESTART, reason: "gateway shutting down".into() }))).await;
+                        let _ = self.socket.send(Message::Close(Some(CloseFrame { code: CloseCode::Restart, reason: Utf8Bytes::from_static("gateway shutting down") }))).await;
                         return Err("shutdown");
                     }
                 },
-                incoming = self.socket.recv() => {
+                incoming = self.socket.next() => {
                     let now = Instant::now();
                     match incoming {
                         Some(Ok(Message::Text(text))) if text.len() > self.app.config.max_frame_bytes => {
                             let max = self.app.config.max_frame_bytes;
-                            self.close_code(close_code::SIZE, ErrorCode::TooLarge, &format!("message larger than {max} bytes")).await;
+                            self.close_code(CloseCode::Size, ErrorCode::TooLarge, &format!("message larger than {max} bytes")).await;
                             return Err("too large");
                         }
                         Some(Ok(Message::Text(text))) => {
@@ -166,7 +178,7 @@ impl Conn {
                         Some(Err(e)) => {
                             if is_too_large(&e) {
                                 let limit = self.app.config.max_frame_bytes;
-                                self.close_code(close_code::SIZE, ErrorCode::TooLarge, &format!("message larger than {limit} bytes")).await;
+                                self.close_code(CloseCode::Size, ErrorCode::TooLarge, &format!("message larger than {limit} bytes")).await;
                                 return Err("too large");
                             }
                             return Err("socket error");
@@ -242,17 +254,17 @@ impl Conn {
     }
 
     async fn close(&mut self, code: ErrorCode, reason: &str) {
-        self.close_code(close_code::POLICY, code, reason).await;
+        self.close_code(CloseCode::Policy, code, reason).await;
     }
 
     /// Sends an error frame, then a close frame whose reason is the error code,
     /// and waits briefly for the client's close so it reads both before the
     /// TCP connection goes.
-    async fn close_code(&mut self, ws_code: u16, code: ErrorCode, reason: &str) {
+    async fn close_code(&mut self, ws_code: CloseCode, code: ErrorCode, reason: &str) {
         // Not `send`: a kicked client is still told why, if its socket takes it.
         goodbye(&mut self.socket, ws_code, code, reason).await;
         let _ = tokio::time::timeout(CLOSE_LINGER, async {
-            while let Some(Ok(msg)) = self.socket.recv().await {
+            while let Some(Ok(msg)) = self.socket.next().await {
                 if matches!(msg, Message::Close(_)) {
                     break;
                 }
@@ -262,11 +274,29 @@ impl Conn {
     }
 }
 
-/// One frame to the socket, given up after `limit` or when `abort` is cancelled.
+/// One message to the socket (in fragments if long), given up after `limit`
+/// per write or when `abort` is cancelled.
+async fn write(
+    socket: &mut Socket,
+    msg: Message,
+    limit: Duration,
+    abort: Option<&CancellationToken>,
+) -> Result<(), &'static str> {
+    match msg {
+        Message::Text(text) if text.len() > FRAGMENT_BYTES => {
+            for frame in fragments(text) {
+                write_one(socket, Message::Frame(frame), limit, abort).await?;
+            }
+            Ok(())
+        }
+        msg => write_one(socket, msg, limit, abort).await,
+    }
+}
+
 /// Most writes complete at once; only one that waits on the socket arms the
 /// timer and the race (a timer entry per frame was measurable at 10 Hz).
-async fn write(
-    socket: &mut WebSocket,
+async fn write_one(
+    socket: &mut Socket,
     msg: Message,
     limit: Duration,
     abort: Option<&CancellationToken>,
@@ -289,6 +319,34 @@ async fn write(
         Ok(Err(_)) => Err("send failed"),
         Err(_) => Err("send timed out"),
     }
+}
+
+/// A text message as a first frame and continuations of at most
+/// `FRAGMENT_BYTES`, cut at character boundaries.
+fn fragments(text: Utf8Bytes) -> Vec<Frame> {
+    let cuts: Vec<usize> = {
+        let s = text.as_str();
+        let mut cuts = vec![0];
+        let mut at = 0;
+        while at < s.len() {
+            let mut end = (at + FRAGMENT_BYTES).min(s.len());
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            cuts.push(end);
+            at = end;
+        }
+        cuts
+    };
+    let bytes = Bytes::from(text);
+    cuts.windows(2)
+        .enumerate()
+        .map(|(i, w)| {
+            let opcode = if i == 0 { Data::Text } else { Data::Continue };
+            let last = w[1] == bytes.len();
+            Frame::message(bytes.slice(w[0]..w[1]), OpCode::Data(opcode), last)
+        })
+        .collect()
 }
 
 /// Publishes a command for this member to the session's shard.
@@ -321,22 +379,18 @@ async fn publish(
         })
 }
 
-fn is_too_large(e: &axum::Error) -> bool {
-    use std::error::Error as _;
-    let inner = e
-        .source()
-        .and_then(|s| s.downcast_ref::<tungstenite::Error>());
-    matches!(inner, Some(tungstenite::Error::Capacity(_)))
+fn is_too_large(e: &tungstenite::Error) -> bool {
+    matches!(e, tungstenite::Error::Capacity(_))
 }
 
 /// Tells a client why it cannot stay, then closes with the error code as the reason.
-pub async fn refuse(mut socket: WebSocket, code: ErrorCode, reason: &str) {
-    goodbye(&mut socket, close_code::POLICY, code, reason).await;
+pub async fn refuse(mut socket: Socket, code: ErrorCode, reason: &str) {
+    goodbye(&mut socket, CloseCode::Policy, code, reason).await;
 }
 
 /// An error frame saying why, then a close frame whose reason is the error code;
 /// each write is given up after `CLOSE_LINGER`.
-async fn goodbye(socket: &mut WebSocket, ws_code: u16, code: ErrorCode, reason: &str) {
+async fn goodbye(socket: &mut Socket, ws_code: CloseCode, code: ErrorCode, reason: &str) {
     let err = ServerMsg::Error(ErrorMsg::new(code, reason, None));
     let text = serde_json::to_string(&err).expect("server messages serialise");
     let _ = write(socket, Message::Text(text.into()), CLOSE_LINGER, None).await;
@@ -362,5 +416,31 @@ async fn read_state(app: &AppState, claims: &Claims) -> Result<Option<SessionSta
         Some(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| tracing::error!(error = %e, "undecodable session state")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_text_goes_out_in_fragments_cut_at_characters() {
+        // Three-byte characters, so a cut at FRAGMENT_BYTES would split one.
+        let text: String = "♩ à ".repeat(1_500);
+        let frames = fragments(Utf8Bytes::from(text.clone()));
+        assert!(frames.len() >= 3, "{} frames", frames.len());
+        let mut joined = Vec::new();
+        for (i, f) in frames.iter().enumerate() {
+            let want = if i == 0 { Data::Text } else { Data::Continue };
+            assert_eq!(f.header().opcode, OpCode::Data(want));
+            assert_eq!(f.header().is_final, i == frames.len() - 1);
+            assert!(f.payload().len() <= FRAGMENT_BYTES);
+            assert!(
+                std::str::from_utf8(f.payload()).is_ok(),
+                "fragment {i} is whole characters"
+            );
+            joined.extend_from_slice(f.payload());
+        }
+        assert_eq!(joined, text.as_bytes());
     }
 }

@@ -7,7 +7,6 @@
 //! is full is kicked with `slow_client` rather than ever stalling the others.
 
 use crate::mailbox::Mailbox;
-use axum::extract::ws::Utf8Bytes;
 use bandsync_nats::bus::Bus;
 use bandsync_nats::wire::BusHeader;
 use bandsync_nats::{ErrorCode, MemberId, SessionId, now_us};
@@ -16,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
+use tungstenite::Utf8Bytes;
 
 /// Something to write to one client's socket.
 #[derive(Debug, Clone)]

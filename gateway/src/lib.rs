@@ -15,6 +15,7 @@ pub mod hub;
 mod mailbox;
 pub mod ratelimit;
 pub mod token;
+mod upgrade;
 mod web;
 
 use anyhow::Context;

@@ -10,12 +10,12 @@
 //! sockets).
 
 use crate::hub::{Kick, Outbound};
-use axum::extract::ws::Utf8Bytes;
 use bandsync_nats::ErrorCode;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tungstenite::Utf8Bytes;
 
 pub struct Mailbox {
     inner: Mutex<Inner>,

@@ -16,8 +16,8 @@
 
 use crate::stats::{Recorder, Samples};
 use bandsync_client::{Backoff, ClientError, ConnectOptions, Connection, Joined};
-use bandsync_nats::state::Change;
 use bandsync_nats::command::MAX_CHART_CHARS;
+use bandsync_nats::state::Change;
 use bandsync_nats::{Command, Micros, ServerMsg, Song, Timeline, now_us};
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;

@@ -4,6 +4,7 @@
 
 mod common;
 mod errors;
+mod large;
 mod leadership;
 mod shutdown;
 mod slow;
