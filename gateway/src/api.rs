@@ -264,8 +264,10 @@ pub async fn websocket(
     // Messages up to 4x the limit are read whole and refused with a clean
     // close (`too_large`); only larger ones hit the transport's hard cap.
     let max = app.config.max_frame_bytes.saturating_mul(4);
+    // Clients send pings and commands of a few hundred bytes; a longer message
+    // grows the buffer while it is read. Every idle socket holds this much.
     let config = WebSocketConfig::default()
-        .read_buffer_size(1024)
+        .read_buffer_size(256)
         .write_buffer_size(0)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));

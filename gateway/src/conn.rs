@@ -29,46 +29,24 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// A longer message goes out in fragments of about this size: tungstenite keeps
 /// its write buffer at the largest frame it wrote, so a welcome carrying a
-/// setlist would otherwise stay in memory as long as the socket. Ticks and
-/// ordinary events are shorter and go out whole.
-const FRAGMENT_BYTES: usize = 2048;
+/// setlist would otherwise stay in memory as long as the socket. Ticks and most
+/// events are shorter and go out whole; 1 KB rather than more because every idle
+/// socket keeps a buffer this size once a welcome went out.
+const FRAGMENT_BYTES: usize = 1024;
 
-pub async fn serve(socket: Socket, app: Arc<AppState>, claims: Claims) {
-    let session = claims.session.clone();
-    let handle = match app.hub.join(&session, &claims.member).await {
-        Ok(h) => h,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot subscribe");
-            refuse(
-                socket,
-                ErrorCode::Unavailable,
-                "the message bus is unavailable; try again",
-            )
-            .await;
-            return;
-        }
-    };
-    let conn_id = format!("{}/{}", app.gateway_id, handle.conn);
-    let conn = handle.conn;
-    metrics::gauge!("bandsync_gateway_connections").increment(1);
-    let mut c = Conn {
-        app: app.clone(),
+/// Serves one member's socket until it closes. Everything the connection holds
+/// goes into one `Conn` first: the arguments of an async fn keep their own room
+/// in its future for as long as it runs, even once moved elsewhere.
+pub fn serve(socket: Socket, app: Arc<AppState>, claims: Claims) -> impl Future<Output = ()> {
+    Conn {
+        app,
         claims,
-        conn_id,
+        conn_id: String::new(),
         socket,
         last_seq: 0,
-        kick: handle.mailbox.kicked().clone(),
-    };
-    if let Err(reason) = c.run(handle).await {
-        tracing::debug!(member = %c.claims.member, reason, "connection ended");
+        kick: CancellationToken::new(),
     }
-    metrics::gauge!("bandsync_gateway_connections").decrement(1);
-    app.hub.leave(&session, conn).await;
-    // Best effort: tell the owner this connection is gone (a stale bye is ignored).
-    let bye = Command::Bye {
-        conn: c.conn_id.clone(),
-    };
-    let _ = Box::pin(publish(&app, &c.claims, bye, None)).await;
+    .serve()
 }
 
 struct Conn {
@@ -84,6 +62,37 @@ struct Conn {
 }
 
 impl Conn {
+    async fn serve(mut self) {
+        let session = self.claims.session.clone();
+        let joined = Box::pin(self.app.hub.join(&session, &self.claims.member)).await;
+        let handle = match joined {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot subscribe");
+                self.close(
+                    ErrorCode::Unavailable,
+                    "the message bus is unavailable; try again",
+                )
+                .await;
+                return;
+            }
+        };
+        self.conn_id = format!("{}/{}", self.app.gateway_id, handle.conn);
+        self.kick = handle.mailbox.kicked().clone();
+        let conn = handle.conn;
+        metrics::gauge!("bandsync_gateway_connections").increment(1);
+        if let Err(reason) = self.run(handle).await {
+            tracing::debug!(member = %self.claims.member, reason, "connection ended");
+        }
+        metrics::gauge!("bandsync_gateway_connections").decrement(1);
+        Box::pin(self.app.hub.leave(&session, conn)).await;
+        // Best effort: tell the owner this connection is gone (a stale bye is ignored).
+        let bye = Command::Bye {
+            conn: self.conn_id.clone(),
+        };
+        let _ = Box::pin(publish(&self.app, &self.claims, bye, None)).await;
+    }
+
     async fn run(&mut self, handle: ClientHandle) -> Result<(), &'static str> {
         let state = match Box::pin(read_state(&self.app, &self.claims)).await {
             Ok(Some(state)) => state,
@@ -145,9 +154,7 @@ impl Conn {
                         return Err("kicked");
                     }
                     Delivery::End(End::ShuttingDown) => {
-                        let msg = ServerMsg::Reconnect { reason: "gateway shutting down; connect again".into() };
-                        let _ = self.send_msg(&msg).await;
-                        let _ = self.socket.send(Message::Close(Some(CloseFrame { code: CloseCode::Restart, reason: Utf8Bytes::from_static("gateway shutting down") }))).await;
+                        Box::pin(self.restart()).await;
                         return Err("shutdown");
                     }
                 },
@@ -164,14 +171,16 @@ impl Conn {
                                 metrics::counter!("bandsync_gateway_rate_limited_total").increment(1);
                                 if last_limit_error.is_none_or(|t| now.duration_since(t) >= ERROR_INTERVAL) {
                                     last_limit_error = Some(now);
-                                    self.send_error(ErrorCode::RateLimited, "too many messages; slow down", None).await?;
+                                    Box::pin(self.send_error(ErrorCode::RateLimited, "too many messages; slow down", None)).await?;
                                 }
                                 continue;
                             }
-                            self.handle_text(&text).await?;
+                            // Boxed, like the other rare paths below: a future
+                            // inlined here is room in every connection's state.
+                            Box::pin(self.handle_text(&text)).await?;
                         }
                         Some(Ok(Message::Binary(_))) => {
-                            self.send_error(ErrorCode::BadJson, "send JSON text frames, not binary", None).await?;
+                            Box::pin(self.send_error(ErrorCode::BadJson, "send JSON text frames, not binary", None)).await?;
                         }
                         Some(Ok(Message::Close(_))) | None => return Ok(()),
                         Some(Ok(_)) => {} // WebSocket ping/pong are answered by the library
@@ -259,18 +268,34 @@ impl Conn {
 
     /// Sends an error frame, then a close frame whose reason is the error code,
     /// and waits briefly for the client's close so it reads both before the
-    /// TCP connection goes.
+    /// TCP connection goes. Boxed: it runs once per connection at most.
     async fn close_code(&mut self, ws_code: CloseCode, code: ErrorCode, reason: &str) {
-        // Not `send`: a kicked client is still told why, if its socket takes it.
-        goodbye(&mut self.socket, ws_code, code, reason).await;
-        let _ = tokio::time::timeout(CLOSE_LINGER, async {
-            while let Some(Ok(msg)) = self.socket.next().await {
-                if matches!(msg, Message::Close(_)) {
-                    break;
+        Box::pin(async {
+            // Not `send`: a kicked client is still told why, if its socket takes it.
+            goodbye(&mut self.socket, ws_code, code, reason).await;
+            let _ = tokio::time::timeout(CLOSE_LINGER, async {
+                while let Some(Ok(msg)) = self.socket.next().await {
+                    if matches!(msg, Message::Close(_)) {
+                        break;
+                    }
                 }
-            }
+            })
+            .await;
         })
         .await;
+    }
+
+    /// The gateway is stopping: tell the client to connect again, and close.
+    async fn restart(&mut self) {
+        let msg = ServerMsg::Reconnect {
+            reason: "gateway shutting down; connect again".into(),
+        };
+        let _ = self.send_msg(&msg).await;
+        let close = CloseFrame {
+            code: CloseCode::Restart,
+            reason: Utf8Bytes::from_static("gateway shutting down"),
+        };
+        let _ = self.socket.send(Message::Close(Some(close))).await;
     }
 }
 
@@ -283,11 +308,16 @@ async fn write(
     abort: Option<&CancellationToken>,
 ) -> Result<(), &'static str> {
     match msg {
+        // Boxed: rare, and its loop would otherwise take room in every
+        // connection's future.
         Message::Text(text) if text.len() > FRAGMENT_BYTES => {
-            for frame in fragments(text) {
-                write_one(socket, Message::Frame(frame), limit, abort).await?;
-            }
-            Ok(())
+            Box::pin(async move {
+                for frame in fragments(text) {
+                    write_one(socket, Message::Frame(frame), limit, abort).await?;
+                }
+                Ok(())
+            })
+            .await
         }
         msg => write_one(socket, msg, limit, abort).await,
     }
@@ -301,24 +331,29 @@ async fn write_one(
     limit: Duration,
     abort: Option<&CancellationToken>,
 ) -> Result<(), &'static str> {
-    let mut send = std::pin::pin!(socket.send(msg));
+    let mut send = socket.send(msg);
     if let Some(done) = (&mut send).now_or_never() {
         return done.map_err(|_| "send failed");
     }
-    let timed = tokio::time::timeout(limit, send);
-    let result = match abort {
-        Some(abort) => tokio::select! {
-            biased;
-            _ = abort.cancelled() => return Err("kicked"),
-            result = timed => result,
-        },
-        None => timed.await,
-    };
-    match result {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err("send failed"),
-        Err(_) => Err("send timed out"),
-    }
+    // Boxed: the timer and the race would otherwise take room in every
+    // connection's future, used or not.
+    Box::pin(async move {
+        let timed = tokio::time::timeout(limit, send);
+        let result = match abort {
+            Some(abort) => tokio::select! {
+                biased;
+                _ = abort.cancelled() => return Err("kicked"),
+                result = timed => result,
+            },
+            None => timed.await,
+        };
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err("send failed"),
+            Err(_) => Err("send timed out"),
+        }
+    })
+    .await
 }
 
 /// A text message as a first frame and continuations of at most
