@@ -407,15 +407,19 @@ mod tests {
         );
     }
 
-    #[test]
-    fn events_round_trip_and_expose_their_header() {
-        let state = SessionState::create(
+    fn new_session() -> SessionState {
+        SessionState::create(
             SessionId::parse("s1").expect("valid"),
             JoinCode::parse("ABCDEF").expect("valid"),
             MemberId::parse("m1").expect("valid"),
             DisplayName::parse("Ana").expect("valid"),
             1_000,
-        );
+        )
+    }
+
+    #[test]
+    fn events_round_trip_and_expose_their_header() {
+        let state = new_session();
         let msg = ServerMsg::Event(Box::new(EventMsg::latest(&state, 7)));
         let bytes = msg.to_bytes();
         let back: ServerMsg = serde_json::from_slice(&bytes).expect("parses");
@@ -426,13 +430,7 @@ mod tests {
 
     #[test]
     fn parse_reads_every_message_as_serde_does() {
-        let state = SessionState::create(
-            SessionId::parse("s1").expect("valid"),
-            JoinCode::parse("ABCDEF").expect("valid"),
-            MemberId::parse("m1").expect("valid"),
-            DisplayName::parse("Ana").expect("valid"),
-            1_000,
-        );
+        let state = new_session();
         let messages = [
             ServerMsg::Event(Box::new(EventMsg::latest(&state, 7))),
             ServerMsg::Tick(TickMsg {
