@@ -30,8 +30,10 @@ pub struct Config {
     /// Members per session, checked early on join (the ticker enforces it).
     #[arg(long, env = "BANDSYNC_MAX_MEMBERS", default_value_t = 12)]
     pub max_members: usize,
-    /// Largest WebSocket message accepted from a client, in bytes.
-    #[arg(long, env = "BANDSYNC_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    /// Largest WebSocket message accepted from a client, in bytes. The default
+    /// takes the largest setlist the owner accepts (50 songs of 4,000-character
+    /// charts); it was 64 KiB, which refused a third of that.
+    #[arg(long, env = "BANDSYNC_MAX_FRAME_BYTES", default_value_t = 256 * 1024)]
     pub max_frame_bytes: usize,
     /// Events queued per client before it is dropped as too slow.
     #[arg(long, env = "BANDSYNC_CLIENT_QUEUE", default_value_t = 64)]
@@ -69,5 +71,36 @@ impl Config {
             bandsync_nats::GatewayId::parse(id.clone())?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bandsync_nats::command::{MAX_CHART_CHARS, MAX_SONGS};
+    use bandsync_nats::{Command, Song};
+    use clap::Parser;
+
+    #[test]
+    fn the_default_message_limit_takes_the_largest_setlist() {
+        let config = Config::parse_from(["bandsync-gateway", "--token-secret=0123456789abcdef"]);
+        let line = "| Am7 . . . | D7 . . . |\n";
+        let songs: Vec<Song> = (0..MAX_SONGS)
+            .map(|i| Song {
+                title: format!("Song {i}"),
+                tempo_bpm: Some(120.0),
+                beats_per_bar: Some(4),
+                chart: line.chars().cycle().take(MAX_CHART_CHARS).collect(),
+            })
+            .collect();
+        let command = Command::Setlist { songs };
+        assert!(command.validate().is_ok());
+        let message = serde_json::to_string(&command).expect("serialises");
+        assert!(
+            message.len() <= config.max_frame_bytes,
+            "{} bytes over the {} limit",
+            message.len(),
+            config.max_frame_bytes
+        );
     }
 }
