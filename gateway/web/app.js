@@ -266,7 +266,10 @@
     if (!S.auth) return;
     Conn.wanted = true;
     const proto = location.protocol === 'https:' ? 'wss' : 'ws';
-    const url = `${proto}://${location.host}/ws?token=${encodeURIComponent(S.auth.token)}`;
+    // `session` is for a load balancer that keeps a band on one gateway
+    // (deploy/nginx.conf); the gateway reads only the token.
+    const url = `${proto}://${location.host}/ws?token=${encodeURIComponent(S.auth.token)}` +
+      `&session=${encodeURIComponent(S.auth.session)}`;
     let ws;
     try {
       ws = new WebSocket(url);
