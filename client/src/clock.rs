@@ -70,9 +70,14 @@ pub struct ClockSync {
     taken: u64,
 }
 
+/// How far the clocks may have drifted apart over `age` µs.
+fn drift(age: Micros) -> Micros {
+    age * DRIFT_PPM / 1_000_000
+}
+
 impl Sample {
     fn aged(&self, epoch: Micros) -> Micros {
-        (self.t0 - epoch) * DRIFT_PPM / 1_000_000
+        drift(self.t0 - epoch)
     }
 
     fn low(&self, epoch: Micros) -> Micros {
@@ -149,10 +154,8 @@ impl ClockSync {
     /// Half-width of the interval the offset is known to lie in at local
     /// time `now`, in µs (the error bound, if drift stays within the assumed bound).
     pub fn uncertainty(&self, now: Micros) -> Option<Micros> {
-        (!self.recent.is_empty()).then(|| {
-            let aged = (now - self.epoch) * DRIFT_PPM / 1_000_000;
-            ((self.upper - self.lower) / 2 + aged).max(0)
-        })
+        (!self.recent.is_empty())
+            .then(|| ((self.upper - self.lower) / 2 + drift(now - self.epoch)).max(0))
     }
 
     /// Lowest round trip among the recent samples, in µs.

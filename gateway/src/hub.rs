@@ -201,11 +201,7 @@ async fn fan_out(session: SessionId, mut sub: async_nats::Subscriber, local: Arc
                         seq: head.seq,
                         text: text.clone(),
                     };
-                    if !c.mailbox.push_event(out) {
-                        c.mailbox.kick(
-                            ErrorCode::SlowClient,
-                            "your device fell too far behind; reconnecting",
-                        );
+                    if !push_or_kick(c, out) {
                         metrics::counter!("bandsync_gateway_slow_clients_total").increment(1);
                     }
                 }
@@ -218,17 +214,27 @@ async fn fan_out(session: SessionId, mut sub: async_nats::Subscriber, local: Arc
                     if head.code == Some(ErrorCode::SessionFull) {
                         c.mailbox
                             .kick(ErrorCode::SessionFull, "this session is full");
-                    } else if !c.mailbox.push_event(Outbound::Error { text: text.clone() }) {
-                        c.mailbox.kick(
-                            ErrorCode::SlowClient,
-                            "your device fell too far behind; reconnecting",
-                        );
+                    } else {
+                        push_or_kick(c, Outbound::Error { text: text.clone() });
                     }
                 }
             }
             other => tracing::debug!(session = %session, kind = other, "ignoring bus message"),
         }
     }
+}
+
+/// Queues `out` for the client, or kicks it as too slow when its queue is full
+/// (false).
+fn push_or_kick(c: &ClientSlot, out: Outbound) -> bool {
+    let queued = c.mailbox.push_event(out);
+    if !queued {
+        c.mailbox.kick(
+            ErrorCode::SlowClient,
+            "your device fell too far behind; reconnecting",
+        );
+    }
+    queued
 }
 
 /// A bounded label for the delay histogram, whatever the message says its kind is.

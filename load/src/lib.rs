@@ -268,11 +268,7 @@ async fn drive(
         };
         let ticks_expected =
             (held_now as f64 * window_secs * 1000.0 / config.tick_ms as f64).round() as u64;
-        let tick_delivery = if ticks_expected == 0 {
-            0.0
-        } else {
-            window.ticks_received as f64 / ticks_expected as f64
-        };
+        let tick_delivery = report::tick_delivery(window.ticks_received, ticks_expected);
         let mut step = Step {
             sessions: target,
             connections_target: target * config.members,

@@ -206,11 +206,7 @@ pub fn merge(config: &Config, mut reports: Vec<Report>) -> Report {
             tick_latency: summ(&|s| s.tick_latency),
             ticks_received,
             ticks_expected,
-            tick_delivery: if ticks_expected == 0 {
-                0.0
-            } else {
-                ticks_received as f64 / ticks_expected as f64
-            },
+            tick_delivery: crate::report::tick_delivery(ticks_received, ticks_expected),
             ticks_missed: sum(&|s| s.ticks_missed),
             ticks_duplicate: sum(&|s| s.ticks_duplicate),
             commands_sent: sum(&|s| s.commands_sent),

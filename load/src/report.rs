@@ -88,6 +88,7 @@ pub struct Step {
     pub tick_latency: Option<Summary>,
     pub ticks_received: u64,
     pub ticks_expected: u64,
+    /// `tick_delivery(ticks_received, ticks_expected)`.
     pub tick_delivery: f64,
     pub ticks_missed: u64,
     pub ticks_duplicate: u64,
@@ -240,5 +241,15 @@ impl Report {
             );
         }
         out
+    }
+}
+
+/// Ticks received ÷ expected (0 when none were expected): a step's, or the
+/// children's together under `--procs`.
+pub fn tick_delivery(received: u64, expected: u64) -> f64 {
+    if expected == 0 {
+        0.0
+    } else {
+        received as f64 / expected as f64
     }
 }

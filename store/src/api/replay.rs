@@ -1,9 +1,10 @@
 //! `GET /sessions/{id}/state?at=`: the session as it stood at an instant.
 //!
 //! Every event carries the state after it (its members and setlist by
-//! reference, see `bandsync_members` and `bandsync_setlist`), so the state at `t` is the state of the last event
-//! applied at or before `t`; the timeline inside it (the same `Timeline` the
-//! ticker and clients use) gives the position at `t`.
+//! reference, see `bandsync_members` and `bandsync_setlist`), so the state at
+//! `t` is the state of the last event applied at or before `t`; the timeline
+//! inside it (the same `Timeline` the ticker and clients use) gives the
+//! position at `t`.
 
 use super::sessions::session_id;
 use super::{ApiError, AppState};
