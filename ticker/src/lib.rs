@@ -165,26 +165,28 @@ fn describe_metrics() {
         metrics::describe_gauge!(name, help);
         metrics::gauge!(name).set(0.0);
     }
-    metrics::describe_histogram!(
-        "bandsync_ticker_lease_renew_seconds",
-        metrics::Unit::Seconds,
-        "Round trip of one lease renewal."
-    );
-    metrics::describe_histogram!(
-        "bandsync_ticker_command_seconds",
-        metrics::Unit::Seconds,
-        "Time to apply one command (state write and event publish)."
-    );
-    metrics::describe_histogram!(
-        "bandsync_ticker_tick_round_late_seconds",
-        metrics::Unit::Seconds,
-        "How late a tick round started after its slot's instant (a ticker short of CPU shows here first)."
-    );
-    metrics::describe_histogram!(
-        "bandsync_ticker_command_stage_seconds",
-        metrics::Unit::Seconds,
-        "Parts of a command's way: `queued` (from the gateway's send to this ticker's handling), split into `to_stream` (until the command stream stored it) and `delivered` (from there to this ticker's handling); `state_write` (the compare-and-set); `event_publish` (until the stream acked the event)."
-    );
+    // All in seconds.
+    let histograms = [
+        (
+            "bandsync_ticker_lease_renew_seconds",
+            "Round trip of one lease renewal.",
+        ),
+        (
+            "bandsync_ticker_command_seconds",
+            "Time to apply one command (state write and event publish).",
+        ),
+        (
+            "bandsync_ticker_tick_round_late_seconds",
+            "How late a tick round started after its slot's instant (a ticker short of CPU shows here first).",
+        ),
+        (
+            "bandsync_ticker_command_stage_seconds",
+            "Parts of a command's way: `queued` (from the gateway's send to this ticker's handling), split into `to_stream` (until the command stream stored it) and `delivered` (from there to this ticker's handling); `state_write` (the compare-and-set); `event_publish` (until the stream acked the event).",
+        ),
+    ];
+    for (name, help) in histograms {
+        metrics::describe_histogram!(name, metrics::Unit::Seconds, help);
+    }
 }
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Ticker> {
