@@ -22,7 +22,7 @@
 //! drifts faster than assumed, or the path moved), the estimate is rebuilt
 //! from the recent samples that agree with the newest one.
 
-use bandsync_nats::Micros;
+use bandsync_protocol::Micros;
 use std::collections::VecDeque;
 use std::time::Duration;
 

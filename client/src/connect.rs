@@ -133,7 +133,7 @@ impl Connection {
         backoff: Backoff,
     ) -> Result<Self, ClientError> {
         let mut last = ClientError::BadAddress(String::from("no gateway given"));
-        let seed = bandsync_nats::now_us().unsigned_abs();
+        let seed = bandsync_protocol::now_us().unsigned_abs();
         for attempt in 0..backoff.attempts.max(1) {
             if attempt > 0 {
                 tokio::time::sleep(backoff.delay(attempt, seed ^ u64::from(attempt))).await;

@@ -1,7 +1,7 @@
 //! The two HTTP calls: create a session, join one by code. Plain HTTP/1.1 on
 //! loopback or behind a TLS-terminating proxy; hyper does the protocol.
 
-use bandsync_nats::{JoinCode, MemberId, SessionId};
+use bandsync_protocol::{JoinCode, MemberId, SessionId};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;

@@ -10,8 +10,8 @@ pub use clock::{ClockSync, SETTLE_EVERY, SETTLE_PINGS};
 pub use connect::{Backoff, ConnectOptions, tcp_connect};
 pub use http::{Api, ApiError, Joined};
 
-use bandsync_nats::wire::ErrorMsg;
-use bandsync_nats::{Command, Micros, ServerMsg, SessionState, Timeline, now_us};
+use bandsync_protocol::wire::ErrorMsg;
+use bandsync_protocol::{Command, Micros, ServerMsg, SessionState, Timeline, now_us};
 use futures::{SinkExt, StreamExt};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -49,7 +49,7 @@ pub struct Connection {
     pub state: SessionState,
     /// The newest timeline: from the state, or a newer tick.
     pub timeline: Timeline,
-    pub member: bandsync_nats::MemberId,
+    pub member: bandsync_protocol::MemberId,
     pub clock: ClockSync,
     /// Highest owner epoch seen; older messages are dropped.
     pub epoch: u64,

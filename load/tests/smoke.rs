@@ -4,7 +4,7 @@
 //! never how fast anything is: that is `scripts/bench`'s job.
 
 use bandsync_load::Config;
-use bandsync_nats::testkit::NatsServer;
+use bandsync_testkit::NatsServer;
 use clap::Parser;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;

@@ -7,13 +7,13 @@
 
 use bandsync_nats::bus::{Bus, BusSettings};
 use bandsync_nats::state::Rules;
-use bandsync_nats::testkit::NatsServer;
 use bandsync_nats::{
     Command, CommandEnvelope, CommandId, DisplayName, ErrorMsg, EventMsg, GatewayId, JoinCode,
     MemberId, Micros, ServerMsg, SessionId, SessionState, Song, Subjects,
 };
 use bandsync_store::decode::StreamKind;
 use bandsync_store::{Config, Store};
+use bandsync_testkit::NatsServer;
 use bytes::Bytes;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;

@@ -11,13 +11,13 @@ use async_nats::jetstream;
 use bandsync_load::procstat;
 use bandsync_nats::bus::{Bus, BusSettings};
 use bandsync_nats::state::Rules;
-use bandsync_nats::testkit::NatsServer;
 use bandsync_nats::{
     Command, DisplayName, EventMsg, JoinCode, MemberId, Micros, ServerMsg, SessionId, SessionState,
     Song, Subjects, now_us,
 };
 use bandsync_store::decode::StreamKind;
 use bandsync_store::{Config, Store};
+use bandsync_testkit::NatsServer;
 use bytes::Bytes;
 use std::time::{Duration, Instant};
 use tokio_postgres::NoTls;

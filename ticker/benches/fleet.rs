@@ -20,11 +20,11 @@
 
 use bandsync_nats::bus::{Bus, BusSettings};
 use bandsync_nats::service::random_id;
-use bandsync_nats::testkit::NatsServer;
 use bandsync_nats::{
     Command, CommandEnvelope, CommandId, DisplayName, GatewayId, JoinCode, MemberId, SessionId,
     Subjects, now_us, shard_of,
 };
+use bandsync_testkit::NatsServer;
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::process::Stdio;

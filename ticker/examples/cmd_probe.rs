@@ -12,7 +12,7 @@
 //!     [--shards 256] [--rate 500] [--secs 10] [--sessions 1000] [--noise-hz 1] [--work 2]
 
 use async_nats::jetstream::{self, consumer::push::OrderedConfig, stream};
-use bandsync_nats::testkit::NatsServer;
+use bandsync_testkit::NatsServer;
 use futures::StreamExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 use bandsync_client::{Api, Connection, Joined};
 use bandsync_gateway::Gateway;
-use bandsync_nats::testkit::NatsServer;
 use bandsync_nats::{ServerMsg, state::Change};
+use bandsync_testkit::NatsServer;
 use bandsync_ticker::Ticker;
 use clap::Parser;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 
 use crate::support::*;
 use bandsync_nats::now_us;
-use bandsync_nats::testkit::NatsServer;
+use bandsync_testkit::NatsServer;
 use std::time::Duration;
 
 #[tokio::test]

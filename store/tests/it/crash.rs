@@ -2,7 +2,7 @@
 //! (as two workers sharing the durable consumer): every event is stored exactly once.
 
 use crate::support::*;
-use bandsync_nats::testkit::NatsServer;
+use bandsync_testkit::NatsServer;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::process::{Child, Command};

@@ -3,7 +3,7 @@
 
 use crate::support::*;
 use bandsync_nats::now_us;
-use bandsync_nats::testkit::NatsServer;
+use bandsync_testkit::NatsServer;
 use bytes::Bytes;
 use std::time::Duration;
 

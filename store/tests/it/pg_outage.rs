@@ -6,7 +6,7 @@
 
 use crate::api::http_get;
 use crate::support::*;
-use bandsync_nats::testkit::NatsServer;
+use bandsync_testkit::NatsServer;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;

@@ -3,9 +3,9 @@
 
 use crate::api::http_get;
 use crate::support::*;
-use bandsync_nats::testkit::NatsServer;
 use bandsync_nats::{SessionState, Subjects, now_us};
 use bandsync_store::api::replay::Replayed;
+use bandsync_testkit::NatsServer;
 use std::time::Duration;
 
 #[tokio::test]

@@ -4,8 +4,8 @@
 use crate::support::{TestDb, eventually, start_store};
 use async_nats::jetstream::consumer::{DeliverPolicy, push::OrderedConfig};
 use bandsync_client::{Api, Connection};
-use bandsync_nats::testkit::NatsServer;
 use bandsync_nats::{Command, ServerMsg, Song, Subjects};
+use bandsync_testkit::NatsServer;
 use clap::Parser;
 use futures::StreamExt;
 use std::collections::BTreeSet;

@@ -4,8 +4,8 @@
 
 use bandsync_client::{Api, Connection};
 use bandsync_gateway::Gateway;
-use bandsync_nats::testkit::NatsServer;
 use bandsync_nats::{Command, ServerMsg, SessionId, Shard, Timeline, shard_of};
+use bandsync_testkit::NatsServer;
 use clap::Parser;
 use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap};

@@ -3,49 +3,13 @@
 //! those exact bytes to every member's socket. docs/protocol.md documents them.
 
 use crate::command::{Command, Song};
+use crate::error_code::ErrorCode;
 use crate::ids::{CommandId, MemberId, SessionId};
 use crate::state::{Cause, Change, Member, SessionState};
 use crate::timeline::{Micros, Timeline};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
-
-/// Stable error codes clients can branch on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    Unauthorized,
-    NotLeader,
-    Invalid,
-    BadJson,
-    UnknownType,
-    TooLarge,
-    SessionFull,
-    UnknownSession,
-    RateLimited,
-    Unavailable,
-    SlowClient,
-    Internal,
-}
-
-impl ErrorCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::Unauthorized => "unauthorized",
-            ErrorCode::NotLeader => "not_leader",
-            ErrorCode::Invalid => "invalid",
-            ErrorCode::BadJson => "bad_json",
-            ErrorCode::UnknownType => "unknown_type",
-            ErrorCode::TooLarge => "too_large",
-            ErrorCode::SessionFull => "session_full",
-            ErrorCode::UnknownSession => "unknown_session",
-            ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::Unavailable => "unavailable",
-            ErrorCode::SlowClient => "slow_client",
-            ErrorCode::Internal => "internal",
-        }
-    }
-}
 
 /// Server → client (and owner → bus for `event`, `tick` and `error`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,9 +6,9 @@
 //! `Rules::max_members` members; `seq` grows by one per applied change set.
 
 use crate::command::{Command, Song, check_bpm, check_meter};
+use crate::error_code::ErrorCode;
 use crate::ids::{CommandId, DisplayName, JoinCode, MemberId, SessionId};
 use crate::timeline::{Micros, Timeline};
-use crate::wire::ErrorCode;
 use serde::{Deserialize, Serialize};
 
 /// Settings of the owner that shape how commands apply.

@@ -1,4 +1,4 @@
-//! Real nats-server processes for tests (feature `testkit`).
+//! Real nats-server processes for tests.
 //!
 //! Every [`NatsServer`] is one `nats-server` child with JetStream, listening on a
 //! free loopback port, with its store and log in a temporary directory. Dropping it
