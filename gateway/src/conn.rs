@@ -11,8 +11,8 @@ use crate::upgrade::Socket;
 use bandsync_nats::service::random_id;
 use bandsync_nats::wire::ErrorMsg;
 use bandsync_nats::{
-    ClientMsg, Command, CommandEnvelope, CommandId, ErrorCode, ServerMsg, SessionState, Subjects,
-    now_us, shard_of,
+    ClientMsg, Command, CommandEnvelope, CommandId, ConnId, ErrorCode, ServerMsg, SessionState,
+    Subjects, now_us, shard_of,
 };
 use futures::{FutureExt, SinkExt, StreamExt};
 use std::sync::Arc;
@@ -41,7 +41,6 @@ pub fn serve(socket: Socket, app: Arc<AppState>, claims: Claims) -> impl Future<
     Conn {
         app,
         claims,
-        conn_id: String::new(),
         socket,
         last_seq: 0,
         kick: CancellationToken::new(),
@@ -52,7 +51,6 @@ pub fn serve(socket: Socket, app: Arc<AppState>, claims: Claims) -> impl Future<
 struct Conn {
     app: Arc<AppState>,
     claims: Claims,
-    conn_id: String,
     socket: Socket,
     /// Newest event seq this client has; older ones are skipped.
     last_seq: u64,
@@ -77,7 +75,6 @@ impl Conn {
                 return;
             }
         };
-        self.conn_id = format!("{}/{}", self.app.gateway_id, handle.conn);
         self.kick = handle.mailbox.kicked().clone();
         let conn = handle.conn;
         metrics::gauge!("bandsync_gateway_connections").increment(1);
@@ -88,7 +85,7 @@ impl Conn {
         Box::pin(self.app.hub.leave(&session, conn)).await;
         // Best effort: tell the owner this connection is gone (a stale bye is ignored).
         let bye = Command::Bye {
-            conn: self.conn_id.clone(),
+            conn: ConnId::new(&self.app.gateway_id, conn),
         };
         let _ = Box::pin(publish(&self.app, &self.claims, bye, None)).await;
     }
@@ -125,7 +122,7 @@ impl Conn {
         self.send(Message::Text(welcome.into())).await?;
         let hello = Command::Hello {
             name: self.claims.name.clone(),
-            conn: self.conn_id.clone(),
+            conn: ConnId::new(&self.app.gateway_id, handle.conn),
         };
         if Box::pin(publish(&self.app, &self.claims, hello, None))
             .await

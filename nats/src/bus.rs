@@ -2,10 +2,12 @@
 //! Every service calls `Bus::open`; declarations are idempotent, so any process
 //! may start first.
 
+use crate::Shard;
 use crate::subjects::Subjects;
 use async_nats::jetstream::{self, kv, stream};
 use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
+use futures::TryStreamExt;
 use std::time::Duration;
 
 /// nats-server 2.11 brought per-message TTLs and KV limit markers.
@@ -41,6 +43,8 @@ pub enum BusError {
     Declare { what: String, message: String },
     #[error("publishing to {subject}: {message}")]
     Publish { subject: String, message: String },
+    #[error("listing {what}: {message}")]
+    List { what: String, message: String },
 }
 
 /// Where and how to connect.
@@ -247,6 +251,33 @@ impl Bus {
         .await
         .map_err(|_| fail("timed out waiting for JetStream".into()))??;
         Ok(ack.sequence)
+    }
+
+    /// The keys in `<p>_sessions` of one shard's sessions (keys start with their
+    /// shard, `Subjects::session_key`), read from the bucket's stream subjects.
+    pub async fn session_keys(&self, shard: Shard) -> Result<Vec<String>, BusError> {
+        let fail = |message: String| BusError::List {
+            what: format!("the session keys of shard {shard}"),
+            message,
+        };
+        let kv_prefix = &self.sessions.prefix;
+        let stream = self
+            .js
+            .get_stream(&self.sessions.stream_name)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let filter = format!("{kv_prefix}{}", Subjects::shard_session_keys(shard));
+        let subjects: Vec<(String, usize)> = stream
+            .info_with_subjects(filter)
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .try_collect()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(subjects
+            .into_iter()
+            .filter_map(|(subject, _)| Some(subject.strip_prefix(kv_prefix.as_str())?.to_owned()))
+            .collect())
     }
 }
 

@@ -90,6 +90,20 @@ impl Subjects {
     pub fn session_key(shard: Shard, session: &SessionId) -> String {
         format!("{shard}.{session}")
     }
+    /// `Nats-Msg-Id` of the event that brought `session` to `seq`: a new owner
+    /// re-publishing a session's latest event is dropped as a duplicate.
+    pub fn event_msg_id(session: &SessionId, seq: u64) -> String {
+        format!("{session}-{seq}")
+    }
+    /// `Nats-Msg-Id` of the rejection of command `cmd`.
+    pub fn rejection_msg_id(cmd: &crate::CommandId) -> String {
+        format!("rej-{cmd}")
+    }
+
+    /// The pattern matching every session key of `shard`.
+    pub fn shard_session_keys(shard: Shard) -> String {
+        format!("{shard}.*")
+    }
     pub fn shard_key(shard: Shard) -> String {
         shard.to_string()
     }

@@ -2,7 +2,9 @@
 //! The same JSON shapes arrive from clients and travel on the bus; `validate`
 //! is pure so the gateway refuses bad values at the edge and the owner re-checks.
 
-use crate::ids::{CommandId, DisplayName, GatewayId, InvalidValue, JoinCode, MemberId, SessionId};
+use crate::ids::{
+    CommandId, ConnId, DisplayName, GatewayId, InvalidValue, JoinCode, MemberId, SessionId,
+};
 use crate::timeline::{
     BEAT_UNITS, MAX_BEAT, MAX_BEATS_PER_BAR, MAX_BPM, MAX_COUNT_IN_BARS, MIN_BPM, Micros,
 };
@@ -63,10 +65,10 @@ pub enum Command {
     },
     Hello {
         name: DisplayName,
-        conn: String,
+        conn: ConnId,
     },
     Bye {
-        conn: String,
+        conn: ConnId,
     },
 }
 

@@ -94,6 +94,59 @@ token_id!(
     GatewayId, "gateway id", 64
 );
 
+/// One WebSocket connection of a member: `<gateway id>/<n>`, where `n` counts the
+/// gateway's connections. The state machine keeps a member's live one so a late
+/// `bye` from an older socket cannot disconnect a member who reconnected; the
+/// ticker reads the gateway from it to notice members of a dead gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ConnId(String);
+
+impl ConnId {
+    pub fn new(gateway: &GatewayId, n: u64) -> Self {
+        Self(format!("{gateway}/{n}"))
+    }
+
+    pub fn parse(s: impl Into<String>) -> Result<Self, InvalidValue> {
+        let s = s.into();
+        let (gateway, n) = s
+            .split_once('/')
+            .ok_or_else(|| InvalidValue::new("connection id", "must be <gateway>/<n>"))?;
+        GatewayId::parse(gateway)?;
+        n.parse::<u64>()
+            .map_err(|_| InvalidValue::new("connection id", "must end in /<number>"))?;
+        Ok(Self(s))
+    }
+
+    /// The gateway serving this connection.
+    pub fn gateway(&self) -> &str {
+        self.0.split_once('/').map_or(&self.0, |(g, _)| g)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ConnId {
+    type Error = InvalidValue;
+    fn try_from(s: String) -> Result<Self, InvalidValue> {
+        Self::parse(s)
+    }
+}
+
+impl From<ConnId> for String {
+    fn from(v: ConnId) -> String {
+        v.0
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Letters that cannot be mistaken for each other when read aloud or off a screen.
 pub const JOIN_CODE_ALPHABET: &[u8] = b"ABCDEFGHJKMNPQRSTUVWXYZ23456789";
 /// Length of a join code: 31^6 ≈ 887 million codes.
@@ -184,6 +237,17 @@ impl From<DisplayName> for String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conn_ids_name_their_gateway() {
+        let gw = GatewayId::parse("gw-a").expect("valid");
+        let conn = ConnId::new(&gw, 7);
+        assert_eq!((conn.as_str(), conn.gateway()), ("gw-a/7", "gw-a"));
+        assert_eq!(ConnId::parse("gw-a/7"), Ok(conn));
+        for bad in ["gw-a", "gw.a/7", "gw-a/x", "/7", "gw-a/"] {
+            assert!(ConnId::parse(bad).is_err(), "{bad} refused");
+        }
+    }
 
     #[test]
     fn ids_refuse_subject_wildcards_and_dots() {

@@ -14,7 +14,9 @@ pub mod wire;
 
 pub use command::{Command, CommandEnvelope, Song};
 pub use error_code::ErrorCode;
-pub use ids::{CommandId, DisplayName, GatewayId, InvalidValue, JoinCode, MemberId, SessionId};
+pub use ids::{
+    CommandId, ConnId, DisplayName, GatewayId, InvalidValue, JoinCode, MemberId, SessionId,
+};
 pub use shard::{Shard, shard_of};
 pub use state::{Change, Rules, SessionState};
 pub use timeline::{Micros, Timeline, now_us};

@@ -7,7 +7,7 @@
 
 use crate::command::{Command, Song, check_bpm, check_meter};
 use crate::error_code::ErrorCode;
-use crate::ids::{CommandId, DisplayName, JoinCode, MemberId, SessionId};
+use crate::ids::{CommandId, ConnId, DisplayName, JoinCode, MemberId, SessionId};
 use crate::timeline::{Micros, Timeline};
 use serde::{Deserialize, Serialize};
 
@@ -40,9 +40,9 @@ pub struct Member {
     pub name: DisplayName,
     pub joined_at: Micros,
     pub connected: bool,
-    /// The live connection (`<gateway>/<n>`); a stale `bye` from an older one is ignored.
+    /// The live connection; a stale `bye` from an older one is ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub conn: Option<String>,
+    pub conn: Option<ConnId>,
 }
 
 /// Why leadership moved.
@@ -461,7 +461,7 @@ impl SessionState {
         &mut self,
         actor: &MemberId,
         name: &DisplayName,
-        conn: &str,
+        conn: &ConnId,
         now: Micros,
         rules: &Rules,
     ) -> Result<Vec<Change>, Rejection> {
@@ -469,7 +469,7 @@ impl SessionState {
         match self.member_mut(actor) {
             Some(m) => {
                 m.connected = true;
-                m.conn = Some(conn.to_owned());
+                m.conn = Some(conn.clone());
                 changes.push(Change::MemberConnected {
                     member: actor.clone(),
                 });
@@ -486,7 +486,7 @@ impl SessionState {
                     name: name.clone(),
                     joined_at: now,
                     connected: true,
-                    conn: Some(conn.to_owned()),
+                    conn: Some(conn.clone()),
                 });
                 changes.push(Change::MemberJoined {
                     member: actor.clone(),
@@ -502,11 +502,11 @@ impl SessionState {
         Ok(changes)
     }
 
-    fn bye(&mut self, actor: &MemberId, conn: &str, now: Micros) -> Vec<Change> {
+    fn bye(&mut self, actor: &MemberId, conn: &ConnId, now: Micros) -> Vec<Change> {
         let Some(m) = self.member_mut(actor) else {
             return Vec::new();
         };
-        if m.conn.as_deref() != Some(conn) {
+        if m.conn.as_ref() != Some(conn) {
             return Vec::new(); // an older connection of a member who has already reconnected
         }
         m.connected = false;

@@ -159,25 +159,18 @@ impl Script {
     }
 
     fn hello(&mut self, who: &str, name: &str, t: Micros) -> &mut Self {
-        let conn = format!("gw-a/{who}");
         self.send(
             who,
             Command::Hello {
                 name: DisplayName::parse(name).expect("valid"),
-                conn,
+                conn: conn_of(who),
             },
             t,
         )
     }
 
     fn bye(&mut self, who: &str, t: Micros) -> &mut Self {
-        self.send(
-            who,
-            Command::Bye {
-                conn: format!("gw-a/{who}"),
-            },
-            t,
-        )
+        self.send(who, Command::Bye { conn: conn_of(who) }, t)
     }
 }
 
@@ -257,4 +250,9 @@ fn gig(subjects: &Subjects, t: Micros) -> Script {
     }
     s.send("ana", Command::Stop, t + 700 * S);
     s
+}
+
+/// Each demo member's one connection, on a gateway named after them.
+fn conn_of(who: &str) -> bandsync_nats::ConnId {
+    bandsync_nats::ConnId::parse(format!("gw-{who}/1")).expect("valid connection id")
 }

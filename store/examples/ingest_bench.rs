@@ -271,7 +271,7 @@ impl Generator {
                     let m = MemberId::parse(format!("m{i}")).expect("valid");
                     let hello = Command::Hello {
                         name: name(i),
-                        conn: format!("g1/{s}-{i}"),
+                        conn: bandsync_nats::ConnId::parse(format!("g1-{s}/{i}")).expect("conn"),
                     };
                     st.apply(&hello, &m, None, now, &rules).expect("joins");
                 }

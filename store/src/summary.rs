@@ -204,7 +204,7 @@ mod tests {
         let first = row(&s, 1);
         let hello = |name: &str, conn: &str| Command::Hello {
             name: DisplayName::parse(name).expect("valid"),
-            conn: conn.into(),
+            conn: bandsync_nats::ConnId::parse(conn).expect("valid"),
         };
         s.apply(&hello("Ana", "g/1"), &ana, None, 2_000, &rules)
             .expect("applies");

@@ -26,7 +26,7 @@ use bandsync_nats::{
     Change, Command, CommandEnvelope, ErrorCode, EventMsg, ServerMsg, SessionId, SessionState,
     Subjects, now_us,
 };
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,26 +124,11 @@ impl Worker {
             }
             self.cursor_revision = Some(entry.revision);
         }
-        let stream = bus
-            .js
-            .get_stream(&bus.sessions.stream_name)
-            .await
-            .map_err(|e| e.to_string())?;
-        let filter = format!("{}{}.*", bus.sessions.prefix, shard);
-        let subjects: Vec<(String, usize)> = stream
-            .info_with_subjects(filter)
-            .await
-            .map_err(|e| e.to_string())?
-            .try_collect()
-            .await
-            .map_err(|e| e.to_string())?;
+        let keys = bus.session_keys(shard).await.map_err(|e| e.to_string())?;
         let sessions = &bus.sessions;
-        let reads = subjects.into_iter().filter_map(|(subject, _)| {
-            let key = subject.strip_prefix(&sessions.prefix)?.to_owned();
-            Some(async move {
-                let entry = sessions.entry(&key).await.map_err(|e| e.to_string());
-                (key, entry)
-            })
+        let reads = keys.into_iter().map(|key| async move {
+            let entry = sessions.entry(&key).await.map_err(|e| e.to_string());
+            (key, entry)
         });
         let entries: Vec<_> = futures::stream::iter(reads)
             .buffer_unordered(LOAD_PARALLEL)
@@ -519,10 +504,9 @@ impl Worker {
                     .iter()
                     .filter(|m| m.connected)
                     .filter_map(|m| {
-                        let conn = m.conn.as_deref()?;
-                        let gateway = conn.split('/').next()?;
-                        live.is_gone(gateway, now)
-                            .then(|| (m.id.clone(), conn.to_owned()))
+                        let conn = m.conn.as_ref()?;
+                        live.is_gone(conn.gateway(), now)
+                            .then(|| (m.id.clone(), conn.clone()))
                     })
                     .collect(),
             };
@@ -588,7 +572,7 @@ impl Worker {
 
     async fn publish_event(&self, state: &SessionState) {
         let msg = ServerMsg::Event(Box::new(EventMsg::latest(state, self.owned.epoch)));
-        let msg_id = format!("{}-{}", state.id, state.seq);
+        let msg_id = Subjects::event_msg_id(&state.id, state.seq);
         self.publish_durable(
             self.ctx.bus.subjects.evt(&state.id),
             &msg_id,
@@ -604,7 +588,7 @@ impl Worker {
         err.cmd = Some(env.id.clone());
         err.epoch = Some(self.owned.epoch);
         metrics::counter!("bandsync_ticker_commands_rejected_total").increment(1);
-        let msg_id = format!("rej-{}", env.id);
+        let msg_id = Subjects::rejection_msg_id(&env.id);
         self.publish_durable(
             self.ctx.bus.subjects.evt(&env.session),
             &msg_id,

@@ -10,10 +10,14 @@ fn id(s: &str) -> MemberId {
 fn name(s: &str) -> DisplayName {
     DisplayName::parse(s).expect("valid name")
 }
-fn hello(conn: &str) -> Command {
+/// A connection id named by a tag (distinct tags, distinct connections).
+fn conn(tag: &str) -> ConnId {
+    ConnId::parse(format!("gw-{tag}/1")).expect("valid connection id")
+}
+fn hello(tag: &str) -> Command {
     Command::Hello {
         name: name("X"),
-        conn: conn.into(),
+        conn: conn(tag),
     }
 }
 
@@ -28,14 +32,8 @@ fn band() -> (SessionState, Rules) {
         T0,
     );
     for (i, m) in ["lead", "a", "b"].iter().enumerate() {
-        s.apply(
-            &hello(&format!("gw/{m}")),
-            &id(m),
-            None,
-            T0 + i as i64,
-            &rules,
-        )
-        .expect("joins");
+        s.apply(&hello(m), &id(m), None, T0 + i as i64, &rules)
+            .expect("joins");
     }
     (s, rules)
 }
@@ -105,11 +103,11 @@ fn member_cap_is_enforced() {
         ..Rules::default()
     };
     let err = s
-        .apply(&hello("gw/4"), &id("d"), None, T0, &rules)
+        .apply(&hello("4"), &id("d"), None, T0, &rules)
         .expect_err("full");
     assert_eq!(err.code, ErrorCode::SessionFull);
     // An existing member reconnecting is never refused.
-    s.apply(&hello("gw/a2"), &id("a"), None, T0, &rules)
+    s.apply(&hello("a2"), &id("a"), None, T0, &rules)
         .expect("reconnect");
 }
 
@@ -118,15 +116,13 @@ fn reconnect_is_the_same_member_and_stale_bye_is_ignored() {
     let (mut s, rules) = band();
     let n = s.members.len();
     let changes = s
-        .apply(&hello("gw2/9"), &id("a"), None, T0 + 5, &rules)
+        .apply(&hello("a-again"), &id("a"), None, T0 + 5, &rules)
         .expect("reconnect");
     assert_eq!(changes, vec![Change::MemberConnected { member: id("a") }]);
     assert_eq!(s.members.len(), n);
     let stale = s
         .apply(
-            &Command::Bye {
-                conn: "gw/a".into(),
-            },
+            &Command::Bye { conn: conn("a") },
             &id("a"),
             None,
             T0 + 6,
@@ -155,7 +151,7 @@ fn housekeeping_is_needed_only_when_it_could_change_something() {
         !s.needs_housekeeping(past_grace, &rules),
         "a leader away with nobody to take over"
     );
-    s.apply(&hello("gw/a"), &id("a"), None, T0 + 1, &rules)
+    s.apply(&hello("a"), &id("a"), None, T0 + 1, &rules)
         .expect("joins");
     assert!(s.needs_housekeeping(past_grace, &rules), "a can take over");
     assert!(!s.housekeep(past_grace, &rules).is_empty());
@@ -173,9 +169,7 @@ fn leadership_passes_after_grace_and_can_be_reclaimed() {
     )
     .expect("play");
     s.apply(
-        &Command::Bye {
-            conn: "gw/lead".into(),
-        },
+        &Command::Bye { conn: conn("lead") },
         &id("lead"),
         None,
         T0 + 1_000,
@@ -198,14 +192,8 @@ fn leadership_passes_after_grace_and_can_be_reclaimed() {
         "the longest-present member takes over"
     );
     assert!(s.timeline.latest().playing, "the music keeps going");
-    s.apply(
-        &hello("gw/lead2"),
-        &id("lead"),
-        None,
-        T0 + 9_000_000,
-        &rules,
-    )
-    .expect("back");
+    s.apply(&hello("lead2"), &id("lead"), None, T0 + 9_000_000, &rules)
+        .expect("back");
     assert!(!s.is_leader(&id("lead")), "returns as a follower");
     let changes = s
         .apply(
@@ -265,16 +253,8 @@ fn idle_sessions_end_only_when_nobody_is_there() {
         "connected members keep it alive"
     );
     for m in ["lead", "a", "b"] {
-        s.apply(
-            &Command::Bye {
-                conn: format!("gw/{m}"),
-            },
-            &id(m),
-            None,
-            later,
-            &rules,
-        )
-        .expect("bye");
+        s.apply(&Command::Bye { conn: conn(m) }, &id(m), None, later, &rules)
+            .expect("bye");
     }
     assert!(
         s.housekeep(later + rules.idle_expiry_us - 1, &rules)
@@ -350,10 +330,10 @@ fn any_command() -> impl Strategy<Value = (Command, usize)> {
         }),
         (0usize..5).prop_map(|i| Command::Hello {
             name: name("M"),
-            conn: format!("c{i}")
+            conn: conn(&format!("c{i}"))
         }),
         (0usize..5).prop_map(|i| Command::Bye {
-            conn: format!("c{i}")
+            conn: conn(&format!("c{i}"))
         }),
         (0usize..3).prop_map(|n| Command::Setlist {
             songs: (0..n)

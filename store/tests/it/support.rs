@@ -272,7 +272,7 @@ impl Band {
             who,
             Command::Hello {
                 name,
-                conn: format!("g1/{who}"),
+                conn: bandsync_nats::ConnId::parse(format!("g1-{who}/1")).expect("conn"),
             },
             now,
         )
@@ -389,7 +389,7 @@ pub fn bulk_events(
             let msg = ServerMsg::Event(Box::new(EventMsg::latest(state, 1))).to_bytes();
             out.push((
                 subjects.evt(&state.id),
-                Some(format!("{}-{}", state.id, state.seq)),
+                Some(bandsync_nats::Subjects::event_msg_id(&state.id, state.seq)),
                 msg,
             ));
         }
