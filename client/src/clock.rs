@@ -11,7 +11,8 @@
 //! need not be the same sample: it converges on the delay floors much faster
 //! than picking the single lowest-RTT sample (both legs must then be quiet at
 //! once). Simulated under the load tool's jitter model
-//! (`cargo run -p bandsync-load --example clock_sim`), see docs/benchmarks.md.
+//! (`cargo run -p bandsync-load --example clock_sim`): docs/protocol.md §5 and
+//! docs/benchmarks-history.md ("Sync error under jitter: the estimator").
 //!
 //! What no round-trip exchange can see: a constant difference between the
 //! two legs' minimum delays. The estimate is off by half of it, always.
