@@ -38,6 +38,10 @@ pub struct Config {
     /// Tickers to start (own stack only).
     #[arg(long, env = "BANDSYNC_LOAD_START_TICKERS", default_value_t = 1)]
     pub tickers: usize,
+    /// NATS nodes to start (own stack only): 1 runs streams and buckets with one
+    /// replica; 3 runs a JetStream cluster with three (what the Raft writes cost).
+    #[arg(long, env = "BANDSYNC_LOAD_NATS_NODES", default_value_t = 1)]
+    pub nats_nodes: usize,
     /// Tick period of the started tickers, in ms (own stack only; with
     /// --gateway, say what the running tickers use, for the expected tick count).
     #[arg(long, env = "BANDSYNC_TICK_MS", default_value_t = 100)]

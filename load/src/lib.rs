@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod report;
 pub mod stack;
 pub mod stats;
+pub mod topology;
 
 use anyhow::Context;
 use bandsync_client::Api;
@@ -85,12 +86,15 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<Repo
         let s = stack::Stack::start(stack::StackSpec {
             nats_server: &config.nats_server,
             bin_dir: &bin_dir,
+            nats_nodes: config.nats_nodes,
             gateways: config.gateways,
             tickers: config.tickers,
             tick_ms: config.tick_ms,
             max_members: config.members,
             token_secret: secret,
             run_dir: config.run_dir.as_deref(),
+            nginx_port: None,
+            store: None,
         })
         .await?;
         let listed: Vec<String> = s.pids().iter().map(|(n, p)| format!("{n}={p}")).collect();

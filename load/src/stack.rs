@@ -1,39 +1,127 @@
-//! Starts a BandSync stack of its own as child processes (nats-server with
-//! JetStream, tickers, gateways) on free loopback ports, so the figures include
-//! every process's CPU and memory. Children are killed when the stack drops.
+//! Starts a BandSync topology of its own as child processes on free loopback
+//! ports: one nats-server or a JetStream cluster of several, tickers, gateways,
+//! optionally nginx in front of the gateways (deploy/nginx.conf's placement) and
+//! the store with a PostgreSQL of its own. The load generator measures every
+//! process's CPU and memory; `bandsync-cluster` (scripts/cluster) and the chaos
+//! suite stop, freeze and restart single processes by name. Children are killed
+//! when the stack drops.
 
 use anyhow::Context;
+use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::process::{Child, Command};
 
+use crate::topology;
+
 /// How long a started process may take to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a JetStream cluster may take to elect its meta leader.
+const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Stack {
-    /// (name, child) in start order.
-    children: Vec<(String, Child)>,
+    procs: Vec<Proc>,
+    /// Each gateway's own base URL (`http://127.0.0.1:port`).
     pub gateways: Vec<String>,
-    /// nats-server's monitoring endpoint (http://127.0.0.1:port).
+    /// nginx in front of the gateways, when started: what a browser opens.
+    pub entry: Option<String>,
+    /// Every NATS node's client URL, comma-separated (a `--nats-url` value).
+    pub nats_urls: String,
+    /// The first NATS node's monitoring endpoint (http://127.0.0.1:port).
     pub nats_monitor: String,
+    /// The store's health, metrics and analyst API, when started.
+    pub store: Option<String>,
+    pub database_url: Option<String>,
     pub dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
+}
+
+/// Where the store keeps its rows.
+pub enum StoreDb {
+    /// A PostgreSQL of the stack's own (initdb in the run directory, own port),
+    /// so a chaos run can stop and restart it without touching the machine's.
+    Own,
+    /// A running PostgreSQL (the database is created by the store if missing).
+    Url(String),
 }
 
 pub struct StackSpec<'a> {
     pub nats_server: &'a Path,
     pub bin_dir: &'a Path,
+    /// 1: a single server, streams and buckets R1; 3 or more: a cluster, R3.
+    pub nats_nodes: usize,
     pub gateways: usize,
     pub tickers: usize,
     pub tick_ms: u64,
     pub max_members: usize,
     pub token_secret: String,
     pub run_dir: Option<&'a Path>,
+    /// nginx in front of the gateways on this port (0: a free one).
+    pub nginx_port: Option<u16>,
+    pub store: Option<StoreDb>,
+}
+
+/// What was started, as `bandsync-cluster` writes it for tools and people.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcInfo {
+    pub name: String,
+    pub role: Role,
+    pub pid: Option<u32>,
+    pub ports: BTreeMap<&'static str, u16>,
+    pub data_dir: Option<PathBuf>,
+    pub log: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Nats,
+    Postgres,
+    Ticker,
+    Gateway,
+    Store,
+    Nginx,
+}
+
+/// One child: how to start it again, and the running process.
+struct Proc {
+    info: ProcInfo,
+    bin: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    /// The port that answers once the process is up.
+    ready_port: u16,
+    child: Option<Child>,
+}
+
+/// A signal sent with kill(1), as an operator would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Term,
+    Kill,
+    Stop,
+    Cont,
+    /// nats-server: lame-duck mode (leaders move, then it exits).
+    Usr2,
+}
+
+impl Signal {
+    fn name(self) -> &'static str {
+        match self {
+            Signal::Term => "TERM",
+            Signal::Kill => "KILL",
+            Signal::Stop => "STOP",
+            Signal::Cont => "CONT",
+            Signal::Usr2 => "USR2",
+        }
+    }
 }
 
 impl Stack {
     pub async fn start(spec: StackSpec<'_>) -> anyhow::Result<Stack> {
+        anyhow::ensure!(spec.nats_nodes >= 1, "a stack needs a NATS node");
         let (dir, tmp) = match spec.run_dir {
             Some(d) => {
                 std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
@@ -48,89 +136,418 @@ impl Stack {
             }
         };
         let mut stack = Stack {
-            children: Vec::new(),
+            procs: Vec::new(),
             gateways: Vec::new(),
+            entry: None,
+            nats_urls: String::new(),
             nats_monitor: String::new(),
+            store: None,
+            database_url: None,
             dir,
             _tmp: tmp,
         };
-        let gateway_bin = spec.bin_dir.join("bandsync-gateway");
-        let ticker_bin = spec.bin_dir.join("bandsync-ticker");
-        for bin in [&gateway_bin, &ticker_bin] {
+        let bin = |name: &str| -> anyhow::Result<PathBuf> {
+            let path = spec.bin_dir.join(name);
             anyhow::ensure!(
-                bin.is_file(),
-                "{} not found: build with `cargo build --release -p bandsync-gateway -p bandsync-ticker`, or set --bin-dir / BANDSYNC_BIN_DIR",
-                bin.display()
+                path.is_file(),
+                "{} not found: build with `cargo build --release --workspace --bins`, or set --bin-dir / BANDSYNC_BIN_DIR",
+                path.display()
             );
-        }
-        let nats_port = free_port()?;
-        let monitor_port = free_port()?;
-        let store = stack.dir.join("nats");
-        let nats_url = format!("nats://127.0.0.1:{nats_port}");
-        stack.nats_monitor = format!("http://127.0.0.1:{monitor_port}");
-        stack
-            .spawn(
-                "nats-server",
-                spec.nats_server,
-                &[
-                    "-a".into(),
-                    "127.0.0.1".into(),
-                    "-p".into(),
-                    nats_port.to_string(),
-                    "-js".into(),
-                    "-sd".into(),
-                    store.display().to_string(),
-                    // /varz and /connz (slow consumers, pending bytes) during a run.
-                    "-m".into(),
-                    monitor_port.to_string(),
-                ],
-                &[],
-                nats_port,
-            )
-            .await?;
+            Ok(path)
+        };
+        let (gateway_bin, ticker_bin) = (bin("bandsync-gateway")?, bin("bandsync-ticker")?);
+        let store_bin = spec
+            .store
+            .as_ref()
+            .map(|_| bin("bandsync-store"))
+            .transpose()?;
+
+        stack.start_nats(spec.nats_server, spec.nats_nodes).await?;
+        let replicas = if spec.nats_nodes >= 3 { 3 } else { 1 };
+        let nats_urls = stack.nats_urls.clone();
         let common = |listen: u16| {
             vec![
-                format!("--nats-url={nats_url}"),
+                format!("--nats-url={nats_urls}"),
+                format!("--replicas={replicas}"),
                 format!("--listen=127.0.0.1:{listen}"),
-                format!("--max-members={}", spec.max_members.max(12)),
             ]
         };
+        if let (Some(db), Some(store_bin)) = (&spec.store, store_bin) {
+            let url = match db {
+                StoreDb::Own => stack.start_postgres().await?,
+                StoreDb::Url(url) => url.clone(),
+            };
+            let port = free_port()?;
+            let mut args = common(port);
+            args.push(format!("--database-url={url}"));
+            stack
+                .spawn(
+                    "store",
+                    Role::Store,
+                    &store_bin,
+                    args,
+                    Vec::new(),
+                    port,
+                    None,
+                )
+                .await?;
+            stack.store = Some(format!("http://127.0.0.1:{port}"));
+            stack.database_url = Some(url);
+        }
         for i in 0..spec.tickers {
             let port = free_port()?;
             let mut args = common(port);
             args.push(format!("--tick-ms={}", spec.tick_ms));
-            args.push(format!("--ticker-id=load-ticker-{i}"));
+            args.push(format!("--ticker-id=ticker-{i}"));
+            args.push(format!("--max-members={}", spec.max_members.max(12)));
+            let name = format!("ticker-{i}");
             stack
-                .spawn(&format!("ticker-{i}"), &ticker_bin, &args, &[], port)
+                .spawn(
+                    &name,
+                    Role::Ticker,
+                    &ticker_bin,
+                    args,
+                    Vec::new(),
+                    port,
+                    None,
+                )
                 .await?;
         }
+        let env = vec![(
+            "BANDSYNC_TOKEN_SECRET".to_owned(),
+            spec.token_secret.clone(),
+        )];
         for i in 0..spec.gateways {
             let port = free_port()?;
             let mut args = common(port);
-            args.push(format!("--gateway-id=load-gw-{i}"));
-            let env = [("BANDSYNC_TOKEN_SECRET", spec.token_secret.as_str())];
+            args.push(format!("--gateway-id=gw-{i}"));
+            args.push(format!("--max-members={}", spec.max_members.max(12)));
+            let name = format!("gateway-{i}");
             stack
-                .spawn(&format!("gateway-{i}"), &gateway_bin, &args, &env, port)
+                .spawn(
+                    &name,
+                    Role::Gateway,
+                    &gateway_bin,
+                    args,
+                    env.clone(),
+                    port,
+                    None,
+                )
                 .await?;
             stack.gateways.push(format!("http://127.0.0.1:{port}"));
+        }
+        if let Some(port) = spec.nginx_port {
+            stack.start_nginx(port).await?;
         }
         Ok(stack)
     }
 
+    async fn start_nats(&mut self, nats_server: &Path, nodes: usize) -> anyhow::Result<()> {
+        let ports: Vec<(u16, u16, u16)> = (0..nodes)
+            .map(|_| Ok((free_port()?, free_port()?, free_port()?)))
+            .collect::<anyhow::Result<_>>()?;
+        let routes: Vec<u16> = if nodes > 1 {
+            ports.iter().map(|p| p.1).collect()
+        } else {
+            Vec::new()
+        };
+        for (i, &(client, cluster, monitor)) in ports.iter().enumerate() {
+            let name = format!("nats-{i}");
+            let data = self.dir.join(&name);
+            std::fs::create_dir_all(&data)
+                .with_context(|| format!("creating {}", data.display()))?;
+            let conf = data.join("nats.conf");
+            let text = topology::nats_conf(&topology::NatsNode {
+                name: &name,
+                client,
+                cluster: (nodes > 1).then_some(cluster),
+                monitor,
+                store_dir: &data.join("jetstream"),
+                routes: &routes,
+            });
+            std::fs::write(&conf, text).with_context(|| format!("writing {}", conf.display()))?;
+            let args = vec!["-c".to_owned(), conf.display().to_string()];
+            self.spawn(
+                &name,
+                Role::Nats,
+                nats_server,
+                args,
+                Vec::new(),
+                client,
+                Some(data),
+            )
+            .await?;
+            let p = self.procs.last_mut().expect("just spawned");
+            p.info.ports.insert("cluster", cluster);
+            p.info.ports.insert("monitor", monitor);
+        }
+        self.nats_urls = ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{}", p.0))
+            .collect::<Vec<_>>()
+            .join(",");
+        self.nats_monitor = format!("http://127.0.0.1:{}", ports[0].2);
+        // Services wait for the bus themselves, but a stack that returns before
+        // JetStream can place a stream would time the election, not the service.
+        let monitors: Vec<u16> = ports.iter().map(|p| p.2).collect();
+        wait_jetstream(&monitors).await
+    }
+
+    /// initdb into the run directory and a postmaster on a free port, as the
+    /// postgres user when run as root (PostgreSQL refuses to run as root).
+    async fn start_postgres(&mut self) -> anyhow::Result<String> {
+        let bin_dir = topology::postgres_bin_dir()?;
+        let data = self.dir.join("postgres");
+        let as_postgres = topology::running_as_root();
+        if !data.join("PG_VERSION").is_file() {
+            std::fs::create_dir_all(&data)?;
+            if as_postgres {
+                topology::chown_postgres(&data)?;
+            }
+            let initdb = bin_dir.join("initdb");
+            let mut cmd = topology::maybe_as_postgres(&initdb, as_postgres);
+            cmd.args([
+                "-D",
+                &data.display().to_string(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ]);
+            let out = cmd.output().await.context("running initdb")?;
+            anyhow::ensure!(
+                out.status.success(),
+                "initdb failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let port = free_port()?;
+        let postgres = bin_dir.join("postgres");
+        let (bin, mut args) = topology::as_postgres_argv(&postgres, as_postgres);
+        args.extend([
+            "-D".to_owned(),
+            data.display().to_string(),
+            "-p".to_owned(),
+            port.to_string(),
+            "-k".to_owned(),
+            data.display().to_string(),
+            "-c".to_owned(),
+            "listen_addresses=127.0.0.1".to_owned(),
+            "-c".to_owned(),
+            "fsync=off".to_owned(),
+        ]);
+        self.spawn(
+            "postgres",
+            Role::Postgres,
+            &bin,
+            args,
+            Vec::new(),
+            port,
+            Some(data),
+        )
+        .await?;
+        Ok(format!("postgres://postgres@127.0.0.1:{port}/bandsync"))
+    }
+
+    async fn start_nginx(&mut self, port: u16) -> anyhow::Result<()> {
+        let port = if port == 0 { free_port()? } else { port };
+        let data = self.dir.join("nginx");
+        std::fs::create_dir_all(&data)?;
+        let upstreams: Vec<String> = self
+            .gateways
+            .iter()
+            .map(|g| g.trim_start_matches("http://").to_owned())
+            .collect();
+        let conf = data.join("nginx.conf");
+        std::fs::write(&conf, topology::nginx_conf(&data, port, &upstreams)?)?;
+        let args = vec![
+            "-p".to_owned(),
+            data.display().to_string(),
+            "-c".to_owned(),
+            conf.display().to_string(),
+        ];
+        let nginx = topology::nginx_bin()?;
+        self.spawn(
+            "nginx",
+            Role::Nginx,
+            &nginx,
+            args,
+            Vec::new(),
+            port,
+            Some(data),
+        )
+        .await?;
+        self.entry = Some(format!("http://127.0.0.1:{port}"));
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn spawn(
         &mut self,
         name: &str,
+        role: Role,
         bin: &Path,
-        args: &[String],
-        env: &[(&str, &str)],
+        args: Vec<String>,
+        env: Vec<(String, String)>,
         port: u16,
+        data_dir: Option<PathBuf>,
     ) -> anyhow::Result<()> {
-        let log_path = self.dir.join(format!("{name}.log"));
-        let log = std::fs::File::create(&log_path)
-            .with_context(|| format!("creating {}", log_path.display()))?;
-        let mut cmd = Command::new(bin);
-        cmd.args(args)
-            .envs(env.iter().copied())
+        let log = self.dir.join(format!("{name}.log"));
+        let mut proc = Proc {
+            info: ProcInfo {
+                name: name.to_owned(),
+                role,
+                pid: None,
+                ports: BTreeMap::from([(role.port_name(), port)]),
+                data_dir,
+                log,
+            },
+            bin: bin.to_path_buf(),
+            args,
+            env,
+            ready_port: port,
+            child: None,
+        };
+        proc.launch().await?;
+        self.procs.push(proc);
+        Ok(())
+    }
+
+    fn find(&mut self, name: &str) -> anyhow::Result<&mut Proc> {
+        self.procs
+            .iter_mut()
+            .find(|p| p.info.name == name)
+            .with_context(|| format!("no process named {name} in this stack"))
+    }
+
+    /// Every process as started (the `bandsync-cluster` manifest).
+    pub fn processes(&self) -> Vec<ProcInfo> {
+        self.procs.iter().map(|p| p.info.clone()).collect()
+    }
+
+    /// Names of the processes in a role, in start order.
+    pub fn names(&self, role: Role) -> Vec<String> {
+        self.procs
+            .iter()
+            .filter(|p| p.info.role == role)
+            .map(|p| p.info.name.clone())
+            .collect()
+    }
+
+    /// (name, pid) of every running process, for /proc readings.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        self.procs
+            .iter()
+            .filter_map(|p| Some((p.info.name.clone(), p.child.as_ref()?.id()?)))
+            .collect()
+    }
+
+    /// Names of processes that have exited (and were not stopped on purpose).
+    pub fn dead(&mut self) -> Vec<String> {
+        let mut dead = Vec::new();
+        for p in &mut self.procs {
+            if let Some(child) = p.child.as_mut()
+                && !matches!(child.try_wait(), Ok(None))
+            {
+                dead.push(p.info.name.clone());
+            }
+        }
+        dead
+    }
+
+    /// Sends `signal` to a process by name (kill(1), as an operator would).
+    pub async fn signal(&mut self, name: &str, signal: Signal) -> anyhow::Result<()> {
+        let proc = self.find(name)?;
+        let pid = proc
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .with_context(|| format!("{name} is not running"))?;
+        let status = Command::new("kill")
+            .args(["-s", signal.name(), &pid.to_string()])
+            .status()
+            .await
+            .context("running kill")?;
+        anyhow::ensure!(status.success(), "kill -s {} {name} failed", signal.name());
+        Ok(())
+    }
+
+    /// Waits for a process to exit (after a signal), up to `limit`.
+    pub async fn wait_exit(&mut self, name: &str, limit: Duration) -> anyhow::Result<()> {
+        let proc = self.find(name)?;
+        let child = proc
+            .child
+            .as_mut()
+            .with_context(|| format!("{name} is not running"))?;
+        tokio::time::timeout(limit, child.wait())
+            .await
+            .with_context(|| format!("{name} still running after {limit:?}"))??;
+        proc.child = None;
+        proc.info.pid = None;
+        Ok(())
+    }
+
+    /// kill -9, and reaped.
+    pub async fn kill(&mut self, name: &str) -> anyhow::Result<()> {
+        self.signal(name, Signal::Kill).await?;
+        self.wait_exit(name, Duration::from_secs(5)).await
+    }
+
+    /// Starts a stopped process again with the same arguments, ports and data.
+    pub async fn restart(&mut self, name: &str) -> anyhow::Result<()> {
+        let proc = self.find(name)?;
+        anyhow::ensure!(proc.child.is_none(), "{name} is still running");
+        proc.launch().await
+    }
+
+    /// Stops everything: services first (SIGTERM, so tickers hand over and the
+    /// store commits), NATS and PostgreSQL last.
+    pub async fn stop(mut self) {
+        while let Some(mut proc) = self.procs.pop() {
+            let Some(mut child) = proc.child.take() else {
+                continue;
+            };
+            if let Some(pid) = child.id() {
+                let _ = Command::new("kill")
+                    .args(["-s", "TERM", &pid.to_string()])
+                    .status()
+                    .await;
+            }
+            if tokio::time::timeout(Duration::from_secs(10), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+            }
+        }
+    }
+}
+
+impl Role {
+    /// The name of the port that shows the process is up.
+    fn port_name(self) -> &'static str {
+        match self {
+            Role::Nats => "client",
+            Role::Postgres => "postgres",
+            Role::Ticker | Role::Gateway | Role::Store | Role::Nginx => "http",
+        }
+    }
+}
+
+impl Proc {
+    /// Spawns the process and waits until it listens on its ready port.
+    async fn launch(&mut self) -> anyhow::Result<()> {
+        let name = &self.info.name;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.info.log)
+            .with_context(|| format!("opening {}", self.info.log.display()))?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -141,10 +558,10 @@ impl Stack {
             .kill_on_drop(true);
         let mut child = cmd
             .spawn()
-            .with_context(|| format!("starting {name} ({})", bin.display()))?;
+            .with_context(|| format!("starting {name} ({})", self.bin.display()))?;
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.ready_port))
                 .await
                 .is_ok()
             {
@@ -153,43 +570,39 @@ impl Stack {
             if let Some(status) = child.try_wait()? {
                 anyhow::bail!(
                     "{name} exited during start-up ({status}); see {}",
-                    log_path.display()
+                    self.info.log.display()
                 );
             }
             anyhow::ensure!(
                 tokio::time::Instant::now() < deadline,
-                "{name} did not listen on port {port} within {START_TIMEOUT:?}; see {}",
-                log_path.display()
+                "{name} did not listen on port {} within {START_TIMEOUT:?}; see {}",
+                self.ready_port,
+                self.info.log.display()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.children.push((name.to_owned(), child));
+        self.info.pid = child.id();
+        self.child = Some(child);
         Ok(())
     }
+}
 
-    /// (name, pid) of every process, for /proc readings.
-    pub fn pids(&self) -> Vec<(String, u32)> {
-        self.children
-            .iter()
-            .filter_map(|(n, c)| Some((n.clone(), c.id()?)))
-            .collect()
-    }
-
-    /// Names of processes that have exited.
-    pub fn dead(&mut self) -> Vec<String> {
-        self.children
-            .iter_mut()
-            .filter_map(|(n, c)| (!matches!(c.try_wait(), Ok(None))).then(|| n.clone()))
-            .collect()
-    }
-
-    /// Stops services first, NATS last.
-    pub async fn stop(mut self) {
-        while let Some((_, mut child)) = self.children.pop() {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
+/// Polls every node's `/healthz` until JetStream answers healthy on all.
+async fn wait_jetstream(monitor_ports: &[u16]) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + JETSTREAM_TIMEOUT;
+    for &port in monitor_ports {
+        loop {
+            if topology::http_status(port, "/healthz").await == Some(200) {
+                break;
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "JetStream on the node with monitoring port {port} not healthy within {JETSTREAM_TIMEOUT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    Ok(())
 }
 
 /// A port the kernel says is free now (a tiny race before the child binds it).
