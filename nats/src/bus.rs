@@ -9,6 +9,7 @@ use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// nats-server 2.11 brought per-message TTLs and KV limit markers.
 pub const MIN_SERVER_VERSION: (u32, u32) = (2, 11);
@@ -26,8 +27,16 @@ pub const GATEWAY_TTL: Duration = Duration::from_secs(6);
 /// Largest session state, well above a full setlist with charts.
 const MAX_STATE_BYTES: i32 = 512 * 1024;
 
+/// How long one attempt waits for a connection before it counts as failed.
+const CONNECT_WAIT: Duration = Duration::from_secs(5);
+/// Backoff between attempts to open the bus.
+const OPEN_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const OPEN_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
+    #[error("not connected to NATS at {url} after {waited:?}")]
+    NotConnected { url: String, waited: Duration },
     #[error("cannot connect to NATS at {url}: {source}")]
     Connect {
         url: String,
@@ -45,6 +54,23 @@ pub enum BusError {
     Publish { subject: String, message: String },
     #[error("listing {what}: {message}")]
     List { what: String, message: String },
+}
+
+impl BusError {
+    /// Whether waiting can fix it: the servers may be starting, electing
+    /// leaders, or unreachable for a while. A bad URL or an old server cannot.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BusError::Connect { .. }
+            | BusError::NotConnected { .. }
+            | BusError::Declare { .. }
+            | BusError::Publish { .. }
+            | BusError::List { .. } => true,
+            BusError::Config { .. } | BusError::BadUrl { .. } | BusError::ServerTooOld { .. } => {
+                false
+            }
+        }
+    }
 }
 
 /// Where and how to connect.
@@ -148,25 +174,55 @@ pub struct Bus {
 }
 
 impl Bus {
+    /// Connects and declares every stream and bucket; fails if the bus is not
+    /// there within a few seconds. Services use [`Bus::open_patiently`].
     pub async fn open(settings: &BusSettings, subjects: Subjects) -> Result<Self, BusError> {
-        let client = async_nats::ConnectOptions::new()
-            .name(&settings.name)
-            // Ticks fan out from one subscription per session; a deep buffer rides out bursts.
-            .subscription_capacity(65_536)
-            .retry_on_initial_connect()
-            .connect(server_addrs(&settings.url)?)
-            .await
-            .map_err(|source| BusError::Connect {
-                url: settings.url.clone(),
-                source,
-            })?;
-        tokio::time::timeout(Duration::from_secs(5), async {
-            while client.server_info().version.is_empty() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+        let client = connect(settings).await?;
+        wait_connected(&client, &settings.url, CONNECT_WAIT).await?;
+        Self::declare(client, settings, subjects).await
+    }
+
+    /// Opens the bus, waiting for it as long as it takes: the servers may still
+    /// be starting, JetStream electing its leaders, or the network away. Retries
+    /// with backoff (doubling to `OPEN_BACKOFF_MAX`, jittered) and logs each wait;
+    /// returns `Ok(None)` if `shutdown` comes first. Errors no wait can fix (a bad
+    /// URL, a server too old) return at once. So the start order of a cluster
+    /// and its services does not matter.
+    pub async fn open_patiently(
+        settings: &BusSettings,
+        subjects: Subjects,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Self>, BusError> {
+        let client = connect(settings).await?;
+        let mut delay = OPEN_BACKOFF_MIN;
+        loop {
+            let attempt = async {
+                wait_connected(&client, &settings.url, CONNECT_WAIT).await?;
+                Self::declare(client.clone(), settings, subjects.clone()).await
+            };
+            let error = tokio::select! {
+                () = shutdown.cancelled() => return Ok(None),
+                result = attempt => match result {
+                    Ok(bus) => return Ok(Some(bus)),
+                    Err(e) if e.is_transient() => e,
+                    Err(e) => return Err(e),
+                },
+            };
+            let wait = jittered(delay);
+            tracing::warn!(error = %error, retry_in_ms = wait.as_millis() as u64, "waiting for the bus");
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(None),
+                () = tokio::time::sleep(wait) => {}
             }
-        })
-        .await
-        .ok();
+            delay = (delay * 2).min(OPEN_BACKOFF_MAX);
+        }
+    }
+
+    async fn declare(
+        client: Client,
+        settings: &BusSettings,
+        subjects: Subjects,
+    ) -> Result<Self, BusError> {
         check_version(&client.server_info().version)?;
         let js = jetstream::new(client.clone());
         let replicas = settings.replicas;
@@ -279,6 +335,42 @@ impl Bus {
             .filter_map(|(subject, _)| Some(subject.strip_prefix(kv_prefix.as_str())?.to_owned()))
             .collect())
     }
+}
+
+/// A client that keeps (re)connecting to any of the servers in the background.
+async fn connect(settings: &BusSettings) -> Result<Client, BusError> {
+    async_nats::ConnectOptions::new()
+        .name(&settings.name)
+        // Ticks fan out from one subscription per session; a deep buffer rides out bursts.
+        .subscription_capacity(65_536)
+        .retry_on_initial_connect()
+        .connect(server_addrs(&settings.url)?)
+        .await
+        .map_err(|source| BusError::Connect {
+            url: settings.url.clone(),
+            source,
+        })
+}
+
+/// Waits until the client has met a server (its INFO names the version).
+async fn wait_connected(client: &Client, url: &str, limit: Duration) -> Result<(), BusError> {
+    let connected = tokio::time::timeout(limit, async {
+        while client.connection_state() != async_nats::connection::State::Connected
+            || client.server_info().version.is_empty()
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    connected.map_err(|_| BusError::NotConnected {
+        url: url.to_owned(),
+        waited: limit,
+    })
+}
+
+/// `d` ± 25%, so processes started together do not retry in step.
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(rand::random_range(0.75..1.25))
 }
 
 /// `nats://a:4222,nats://b:4222` → the list async-nats connects to (any of them).
