@@ -12,7 +12,6 @@ use bandsync_nats::{
 };
 use bandsync_store::{Config, Store};
 use bytes::Bytes;
-use std::future::Future;
 use std::time::Duration;
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
@@ -120,25 +119,6 @@ pub async fn start_store_with(
         .await
         .expect("store starts");
     (store, token)
-}
-
-/// Polls `check` until it returns true, or panics with `what` after `limit`.
-pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Publishes raw bytes to a stream subject and waits for JetStream's ack.
