@@ -6,6 +6,12 @@
 //! usually holds the segment in force now and at most one that starts soon; a
 //! client keeps using the earlier segment until the later one's `anchor_time`.
 //! All times are microseconds since the Unix epoch on the server's clock.
+//!
+//! A `Timeline` is valid by construction: `new` and the scheduling operations
+//! keep it so (given the values `Command::validate` accepts), and deserialising
+//! refuses any other (no segments, segments out of order, too many, a tempo,
+//! meter or beat the math cannot use), so a timeline off the wire or out of
+//! storage never panics or computes a NaN position.
 
 use serde::{Deserialize, Serialize};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -29,7 +35,7 @@ pub const BEAT_UNITS: [u8; 6] = [1, 2, 4, 8, 16, 32];
 pub const MAX_BEAT: f64 = 1_000_000.0;
 pub const MAX_COUNT_IN_BARS: u8 = 8;
 /// Segments kept: the one in force and the scheduled ones, which rarely exceed one.
-const MAX_SEGMENTS: usize = 8;
+pub const MAX_SEGMENTS: usize = 8;
 /// Tolerance when deciding whether a position already sits on a beat or bar line.
 const EPS_BEATS: f64 = 1e-6;
 const MICROS_PER_MINUTE: f64 = 60_000_000.0;
@@ -57,7 +63,9 @@ impl Segment {
     /// Position in beats at server time `t` (meaningful for `t >= anchor_time`).
     pub fn position(&self, t: Micros) -> f64 {
         if self.playing {
-            self.anchor_beat + (t - self.anchor_time) as f64 * self.tempo_bpm / MICROS_PER_MINUTE
+            // Saturating: `t` may be any instant an analyst asks about.
+            self.anchor_beat
+                + t.saturating_sub(self.anchor_time) as f64 * self.tempo_bpm / MICROS_PER_MINUTE
         } else {
             self.anchor_beat
         }
@@ -65,14 +73,30 @@ impl Segment {
 
     /// Server time at which a playing segment reaches `beat`.
     pub fn time_of_beat(&self, beat: f64) -> Micros {
-        self.anchor_time
-            + ((beat - self.anchor_beat) * MICROS_PER_MINUTE / self.tempo_bpm).round() as Micros
+        self.anchor_time.saturating_add(
+            ((beat - self.anchor_beat) * MICROS_PER_MINUTE / self.tempo_bpm).round() as Micros,
+        )
     }
 
-    /// Bar number (0-based) containing `beat`.
+    /// Bar number (0-based) containing `beat`; saturates at the ends of `i64`
+    /// (see `checked_bar_of` for a caller that must know).
     pub fn bar_of(&self, beat: f64) -> i64 {
         let bpb = f64::from(self.beats_per_bar);
-        self.bar_origin_number + ((beat - self.bar_origin_beat + EPS_BEATS) / bpb).floor() as i64
+        self.bar_origin_number
+            .saturating_add(((beat - self.bar_origin_beat + EPS_BEATS) / bpb).floor() as i64)
+    }
+
+    /// Bar number (0-based) containing `beat`, or `None` when it is not a
+    /// number an `i64` holds (a beat or bar origin so far out that the count
+    /// overflows, or a non-finite beat).
+    pub fn checked_bar_of(&self, beat: f64) -> Option<i64> {
+        let bpb = f64::from(self.beats_per_bar);
+        let bars = ((beat - self.bar_origin_beat + EPS_BEATS) / bpb).floor();
+        // i64::MAX as f64 rounds up to 2^63, which is out of range: hence `<`.
+        if !(bars.is_finite() && bars >= i64::MIN as f64 && bars < i64::MAX as f64) {
+            return None;
+        }
+        self.bar_origin_number.checked_add(bars as i64)
     }
 
     /// First beat of the bar containing `beat`.
@@ -88,16 +112,67 @@ impl Segment {
     }
 }
 
-/// The session's timeline: segments in strictly increasing `anchor_time` order.
+/// The session's timeline: 1..=`MAX_SEGMENTS` segments in strictly increasing
+/// `anchor_time` order, each with a tempo, meter and beats the math can use.
+/// Deserialising checks all of it (`TryFrom<TimelineRepr>`); the JSON shape is
+/// the derived one, `{"segments":[...]}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "TimelineRepr")]
 pub struct Timeline {
     segments: Vec<Segment>,
+}
+
+/// A timeline as it arrives, before it is checked.
+#[derive(Deserialize)]
+struct TimelineRepr {
+    segments: Vec<Segment>,
+}
+
+/// Why a timeline was refused; `segment` is the 0-based index of the first bad one.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InvalidTimeline {
+    #[error("invalid timeline: it has no segments")]
+    Empty,
+    #[error("invalid timeline: {0} segments, at most {MAX_SEGMENTS}")]
+    TooManySegments(usize),
+    #[error(
+        "invalid timeline: segment {segment} starts at {anchor_time}, not after the one before it"
+    )]
+    OutOfOrder { segment: usize, anchor_time: Micros },
+    #[error("invalid timeline: segment {segment}: {field} {value} is not a finite number")]
+    NotFinite {
+        segment: usize,
+        field: &'static str,
+        value: f64,
+    },
+    #[error(
+        "invalid timeline: segment {segment}: tempo_bpm {value} is outside {MIN_BPM}..={MAX_BPM}"
+    )]
+    Tempo { segment: usize, value: f64 },
+    #[error(
+        "invalid timeline: segment {segment}: beats_per_bar {value} is outside 1..={MAX_BEATS_PER_BAR}"
+    )]
+    BeatsPerBar { segment: usize, value: u8 },
+    #[error("invalid timeline: segment {segment}: beat_unit {value} is not one of {BEAT_UNITS:?}")]
+    BeatUnit { segment: usize, value: u8 },
+}
+
+impl TryFrom<TimelineRepr> for Timeline {
+    type Error = InvalidTimeline;
+
+    fn try_from(repr: TimelineRepr) -> Result<Self, InvalidTimeline> {
+        let timeline = Timeline {
+            segments: repr.segments,
+        };
+        timeline.check()?;
+        Ok(timeline)
+    }
 }
 
 impl Timeline {
     /// Paused at beat 0, bar 0 starting on beat 0.
     pub fn new(now: Micros, tempo_bpm: f64, beats_per_bar: u8, beat_unit: u8) -> Self {
-        Self {
+        let timeline = Self {
             segments: vec![Segment {
                 anchor_time: now,
                 anchor_beat: 0.0,
@@ -109,14 +184,72 @@ impl Timeline {
                 bar_origin_number: 0,
                 count_in_until: None,
             }],
-        }
+        };
+        debug_assert_eq!(timeline.check(), Ok(()), "a new timeline is valid");
+        timeline
     }
 
     pub fn segments(&self) -> &[Segment] {
         &self.segments
     }
 
+    /// Whether this timeline keeps the invariants deserialisation demands.
+    fn check(&self) -> Result<(), InvalidTimeline> {
+        let n = self.segments.len();
+        if n == 0 {
+            return Err(InvalidTimeline::Empty);
+        }
+        if n > MAX_SEGMENTS {
+            return Err(InvalidTimeline::TooManySegments(n));
+        }
+        for (segment, s) in self.segments.iter().enumerate() {
+            if segment > 0 && s.anchor_time <= self.segments[segment - 1].anchor_time {
+                return Err(InvalidTimeline::OutOfOrder {
+                    segment,
+                    anchor_time: s.anchor_time,
+                });
+            }
+            let numbers = [
+                ("anchor_beat", Some(s.anchor_beat)),
+                ("tempo_bpm", Some(s.tempo_bpm)),
+                ("bar_origin_beat", Some(s.bar_origin_beat)),
+                ("count_in_until", s.count_in_until),
+            ];
+            for (field, value) in numbers {
+                if let Some(value) = value.filter(|v| !v.is_finite()) {
+                    return Err(InvalidTimeline::NotFinite {
+                        segment,
+                        field,
+                        value,
+                    });
+                }
+            }
+            if !(MIN_BPM..=MAX_BPM).contains(&s.tempo_bpm) {
+                return Err(InvalidTimeline::Tempo {
+                    segment,
+                    value: s.tempo_bpm,
+                });
+            }
+            if !(1..=MAX_BEATS_PER_BAR).contains(&s.beats_per_bar) {
+                return Err(InvalidTimeline::BeatsPerBar {
+                    segment,
+                    value: s.beats_per_bar,
+                });
+            }
+            if !BEAT_UNITS.contains(&s.beat_unit) {
+                return Err(InvalidTimeline::BeatUnit {
+                    segment,
+                    value: s.beat_unit,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The segment in force at `t` (the first one for times before it).
+    /// Cannot panic: a timeline always has a segment (`new` makes one, the
+    /// operations only ever replace scheduled ones or prune down to the one in
+    /// force, and deserialisation refuses an empty list).
     pub fn at(&self, t: Micros) -> &Segment {
         self.segments
             .iter()
@@ -125,7 +258,8 @@ impl Timeline {
             .unwrap_or(&self.segments[0])
     }
 
-    /// The last scheduled segment: the base for the next change.
+    /// The last scheduled segment: the base for the next change. Cannot panic:
+    /// a timeline always has a segment (see `at`).
     pub fn latest(&self) -> &Segment {
         self.segments
             .last()
@@ -146,6 +280,9 @@ impl Timeline {
         self.segments.retain(|s| s.anchor_time < seg.anchor_time);
         self.segments.push(seg);
         self.prune(now);
+        // The state machine passes only values `Command::validate` accepts; a
+        // caller that did not would publish a timeline no receiver accepts.
+        debug_assert_eq!(self.check(), Ok(()), "a scheduled timeline stays valid");
     }
 
     /// Keeps the segment in force at `now` and all later ones.
@@ -532,6 +669,97 @@ mod tests {
         assert_eq!(serde_json::from_str::<Timeline>(&json).expect("parses"), tl);
     }
 
+    /// A valid one-segment timeline as JSON, with `edit` applied to the segment.
+    fn json_with(edit: impl FnOnce(&mut serde_json::Value)) -> String {
+        let mut v = serde_json::to_value(Timeline::new(1_000, 120.0, 4, 4)).expect("ser");
+        edit(&mut v["segments"][0]);
+        v.to_string()
+    }
+
+    fn refused(json: &str) -> String {
+        serde_json::from_str::<Timeline>(json)
+            .expect_err("an invalid timeline is refused")
+            .to_string()
+    }
+
+    #[test]
+    fn deserialising_refuses_every_invalid_shape() {
+        assert!(serde_json::from_str::<Timeline>(&json_with(|_| {})).is_ok());
+        assert!(refused(r#"{"segments":[]}"#).contains("no segments"));
+        let segment =
+            serde_json::to_value(Timeline::new(1_000, 120.0, 4, 4).segments[0]).expect("ser");
+        let at = |t: i64| {
+            let mut s = segment.clone();
+            s["anchor_time"] = t.into();
+            s
+        };
+        let list =
+            |segs: Vec<serde_json::Value>| serde_json::json!({ "segments": segs }).to_string();
+        assert!(refused(&list(vec![at(2), at(1)])).contains("segment 1 starts at 1"));
+        assert!(
+            refused(&list(vec![at(1), at(1)])).contains("not after"),
+            "strictly increasing: equal times are refused"
+        );
+        let nine = (0..=MAX_SEGMENTS as i64).map(at).collect();
+        assert!(refused(&list(nine)).contains("9 segments, at most 8"));
+        let eight = (0..MAX_SEGMENTS as i64).map(at).collect();
+        assert!(serde_json::from_str::<Timeline>(&list(eight)).is_ok());
+
+        let field =
+            |name: &str, value: serde_json::Value| refused(&json_with(|s| s[name] = value.clone()));
+        assert!(field("beats_per_bar", 0.into()).contains("beats_per_bar 0 is outside 1..=32"));
+        assert!(field("beats_per_bar", 33.into()).contains("beats_per_bar 33"));
+        assert!(field("beat_unit", 3.into()).contains("beat_unit 3 is not one of"));
+        assert!(field("beat_unit", 0.into()).contains("beat_unit 0"));
+        assert!(field("tempo_bpm", 0.0.into()).contains("tempo_bpm 0 is outside 20..=400"));
+        assert!(field("tempo_bpm", 19.99.into()).contains("tempo_bpm 19.99"));
+        assert!(field("tempo_bpm", 400.5.into()).contains("tempo_bpm 400.5"));
+        // JSON has no NaN or infinity; serde_json refuses a number it cannot hold.
+        assert!(
+            refused(&json_with(|_| {}).replace("\"anchor_beat\":0.0", "\"anchor_beat\":1e999"))
+                .contains("number out of range")
+        );
+        // Other formats can carry them: the check itself refuses each field.
+        let base = Timeline::new(1_000, 120.0, 4, 4).segments[0];
+        type Edit = fn(&mut Segment);
+        let cases: [(&str, Edit); 6] = [
+            ("anchor_beat", |s| s.anchor_beat = f64::NAN),
+            ("anchor_beat", |s| s.anchor_beat = f64::INFINITY),
+            ("bar_origin_beat", |s| s.bar_origin_beat = f64::NEG_INFINITY),
+            ("count_in_until", |s| s.count_in_until = Some(f64::NAN)),
+            ("tempo_bpm", |s| s.tempo_bpm = f64::NAN),
+            ("tempo_bpm", |s| s.tempo_bpm = f64::INFINITY),
+        ];
+        for (name, edit) in cases {
+            let mut seg = base;
+            edit(&mut seg);
+            let err = Timeline::try_from(TimelineRepr {
+                segments: vec![seg],
+            })
+            .expect_err("non-finite refused");
+            assert!(
+                matches!(err, InvalidTimeline::NotFinite { field, .. } if field == name),
+                "{name}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn position_and_bars_do_not_overflow_at_the_ends_of_time() {
+        let tl = playing_at_120();
+        assert!(tl.position(i64::MIN).is_finite());
+        assert!(tl.position(i64::MAX).is_finite());
+        let mut seg = *tl.latest();
+        seg.bar_origin_number = i64::MAX;
+        assert_eq!(seg.bar_of(8.0), i64::MAX, "saturates");
+        assert_eq!(seg.checked_bar_of(8.0), None);
+        assert_eq!(seg.checked_bar_of(0.0), Some(i64::MAX));
+        seg.bar_origin_number = 0;
+        seg.bar_origin_beat = -1e308;
+        assert_eq!(seg.checked_bar_of(1e308), None, "the bar count is infinite");
+        assert_eq!(seg.checked_bar_of(f64::NAN), None);
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Tempo(f64),
@@ -551,6 +779,28 @@ mod tests {
             Just(Op::Stop),
             (0.0..1000.0f64).prop_map(Op::Seek),
         ]
+    }
+
+    /// Equal, floats up to the last bit: serde_json's default float parser is
+    /// not correctly rounded (106.89804747635063 reads back as ...064; exact
+    /// needs its `float_roundtrip` feature).
+    fn same_but_rounding(a: &Timeline, b: &Timeline) -> bool {
+        let close = |x: f64, y: f64| (x - y).abs() <= 1e-12 * x.abs().max(1.0);
+        a.segments.len() == b.segments.len()
+            && a.segments.iter().zip(&b.segments).all(|(x, y)| {
+                let floats = |s: &Segment| [s.anchor_beat, s.tempo_bpm, s.bar_origin_beat];
+                x.anchor_time == y.anchor_time
+                    && (x.playing, x.beats_per_bar, x.beat_unit, x.bar_origin_number)
+                        == (y.playing, y.beats_per_bar, y.beat_unit, y.bar_origin_number)
+                    && floats(x)
+                        .into_iter()
+                        .zip(floats(y))
+                        .all(|(p, q)| close(p, q))
+                    && match (x.count_in_until, y.count_in_until) {
+                        (Some(p), Some(q)) => close(p, q),
+                        (p, q) => p == q,
+                    }
+            })
     }
 
     proptest! {
@@ -575,6 +825,13 @@ mod tests {
                 prop_assert!(at >= now + LEAD, "changes never take effect before the lead time");
                 prop_assert!(tl.segments().windows(2).all(|w| w[0].anchor_time < w[1].anchor_time));
                 prop_assert!(tl.segments().len() <= MAX_SEGMENTS);
+                // Whatever the operations build, a receiver accepts and reads back.
+                let json = serde_json::to_string(&tl).expect("serialises");
+                let back: Result<Timeline, _> = serde_json::from_str(&json);
+                prop_assert!(
+                    back.as_ref().is_ok_and(|b| same_but_rounding(b, &tl)),
+                    "{:?} from {}", back, json
+                );
                 // Nothing changes before the effective time.
                 prop_assert!((tl.position(now) - before.position(now)).abs() < 1e-6);
                 if matches!(op, Op::Tempo(_) | Op::Meter(_)) {

@@ -28,9 +28,7 @@ const SESSIONS: usize = 500;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .init();
+        bandsync_nats::service::init_tracing();
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let bulk: usize = args.first().map_or(Ok(200_000), |a| a.parse())?;

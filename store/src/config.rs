@@ -39,6 +39,12 @@ pub struct Config {
     /// PostgreSQL connections in the pool (ingest uses up to `writers` per stream, the API the rest).
     #[arg(long, env = "BANDSYNC_STORE_POOL", default_value_t = 8)]
     pub pool_size: usize,
+    /// Seconds with messages pending and no batch committed after which a
+    /// stream's ingest counts as stalled and `/readyz` answers 503. Keep it
+    /// above the ack wait (10 s) when several workers share the durable: a
+    /// dead worker's messages return to the others only after it.
+    #[arg(long, env = "BANDSYNC_STORE_STALL_AFTER_SECS", default_value_t = 30)]
+    pub stall_after_secs: u64,
 }
 
 /// Largest batch accepted: bounds memory held while PostgreSQL is down and
@@ -75,6 +81,10 @@ impl Config {
         );
         anyhow::ensure!((1..=16).contains(&self.writers), "--writers must be 1..=16");
         anyhow::ensure!(
+            (1..=3600).contains(&self.stall_after_secs),
+            "--stall-after-secs must be 1..=3600"
+        );
+        anyhow::ensure!(
             (5..=64).contains(&self.pool_size),
             "--pool-size must be 5..=64"
         );
@@ -107,6 +117,10 @@ impl Config {
         Duration::from_millis(self.batch_wait_ms)
     }
 
+    pub fn stall_after(&self) -> Duration {
+        Duration::from_secs(self.stall_after_secs)
+    }
+
     /// Settings for tests and embedding: everything defaulted except the three addresses.
     pub fn new(nats_url: &str, database_url: &str, listen: SocketAddr) -> Self {
         Self {
@@ -118,6 +132,7 @@ impl Config {
             batch_wait_ms: 50,
             writers: 3,
             pool_size: 8,
+            stall_after_secs: 30,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Turns one raw stream message into a typed row, or a dead letter saying why
 //! it could not be. Pure: no I/O, so every odd payload can be tested here.
 
+use crate::summary::{self, SessionRow};
 use bandsync_nats::state::{Cause, SessionState};
 use bandsync_nats::wire::message_type;
 use bandsync_nats::{Change, CommandEnvelope, ErrorMsg, Micros, SessionId, Subjects};
@@ -74,9 +75,14 @@ pub struct EventRow {
     pub members_json: Option<String>,
     /// The new setlist as JSON text, in the event that replaced it.
     pub setlist_json: Option<String>,
-    /// The state after the change set (events only), for the sessions and
-    /// members tables; its members and setlist are the carried ones, if any.
+    /// The state after the change set (events only), for the members table;
+    /// its members and setlist are the carried ones, if any.
     pub state: Option<Box<SessionState>>,
+    /// This event's own `sessions` row (events only), made as it is decoded
+    /// so that an event the summary cannot use is a dead letter, not a batch
+    /// that fails to write. Boxed, as the state is: most rows are in flight
+    /// as `Decoded`, whose size is its largest variant's.
+    pub session: Option<Box<SessionRow>>,
 }
 
 /// One row of the `dead_letters` table.
@@ -106,13 +112,36 @@ impl Decoded {
     }
 }
 
-/// Decodes one message of `kind`'s stream.
+/// Decodes one message of `kind`'s stream. Never panics: whatever cannot be
+/// decoded or summarised, or makes the decoder panic, is a dead letter.
 pub fn decode(kind: StreamKind, subjects: &Subjects, raw: &Raw<'_>) -> Decoded {
     let stream_seq = i64::try_from(raw.stream_seq).unwrap_or(i64::MAX);
-    let result = match kind {
+    dead_on_panic(raw, stream_seq, || match kind {
         StreamKind::Commands => decode_command(subjects, raw, stream_seq).map(Decoded::Command),
         StreamKind::Events => decode_event(subjects, raw, stream_seq).map(Decoded::Event),
-    };
+    })
+}
+
+/// Runs a decoder over `raw`; an error, or a panic, makes the message a dead
+/// letter with the reason. A panic while decoding is a bug tied to these
+/// bytes: caught here it costs this message (in `dead_letters`, where it can
+/// be looked at), where uncaught it would fail its whole batch on every
+/// redelivery. Decoding is pure (no state outlives the call), so nothing is
+/// left half-changed by the unwinding.
+fn dead_on_panic(
+    raw: &Raw<'_>,
+    stream_seq: i64,
+    decoder: impl FnOnce() -> Result<Decoded, String>,
+) -> Decoded {
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(decoder)).unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".to_owned());
+            Err(format!("the store panicked decoding it: {message}"))
+        });
     result.unwrap_or_else(|reason| {
         Decoded::Dead(DeadRow {
             stream_seq,
@@ -227,7 +256,7 @@ fn decode_event(subjects: &Subjects, raw: &Raw<'_>, stream_seq: i64) -> Result<E
             }
             check_no_nul(&state)?;
             let changes: Vec<&str> = ev.changes.iter().map(|c| c.kind()).collect();
-            Ok(EventRow {
+            let mut row = EventRow {
                 stream_seq,
                 session_id: ev.session.to_string(),
                 kind: "event",
@@ -252,8 +281,14 @@ fn decode_event(subjects: &Subjects, raw: &Raw<'_>, stream_seq: i64) -> Result<E
                 state_json: Some(ev.state.get().to_owned()),
                 members_json: ev.members.map(|m| m.get().to_owned()),
                 setlist_json: ev.setlist.map(|s| s.get().to_owned()),
-                state: Some(Box::new(state)),
-            })
+                state: None,
+                session: None,
+            };
+            let session = summary::session_row(&row, &state)
+                .map_err(|e| format!("cannot summarise the event: {e}"))?;
+            row.session = Some(Box::new(session));
+            row.state = Some(Box::new(state));
+            Ok(row)
         }
         "error" => {
             let err: ErrorMsg =
@@ -277,6 +312,7 @@ fn decode_event(subjects: &Subjects, raw: &Raw<'_>, stream_seq: i64) -> Result<E
                 members_json: None,
                 setlist_json: None,
                 state: None,
+                session: None,
             })
         }
         other => Err(format!(
@@ -390,6 +426,76 @@ mod tests {
         }
         .to_bytes();
         assert!(dead(StreamKind::Events, "bandsync.sess.s1.evt", &pong).contains("\"pong\""));
+    }
+
+    /// An event of `state()` with its state's first timeline segment edited.
+    fn event_with_segments(edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+        let bytes = ServerMsg::Event(Box::new(EventMsg::latest(&state(), 1))).to_bytes();
+        let mut v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+        edit(&mut v["state"]["timeline"]["segments"]);
+        serde_json::to_vec(&v).expect("json")
+    }
+
+    fn dead_reason(payload: &[u8]) -> String {
+        match decode(
+            StreamKind::Events,
+            &subjects(),
+            &raw("bandsync.sess.s1.evt", payload),
+        ) {
+            Decoded::Dead(d) => d.reason,
+            other => panic!("expected a dead letter, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_invalid_timeline_is_a_dead_letter_not_a_panic() {
+        let empty = event_with_segments(|s| *s = serde_json::json!([]));
+        assert!(
+            dead_reason(&empty).contains("bad event state: invalid timeline: it has no segments"),
+            "{}",
+            dead_reason(&empty)
+        );
+        let slow = event_with_segments(|s| s[0]["tempo_bpm"] = 0.into());
+        assert!(
+            dead_reason(&slow).contains("tempo_bpm 0 is outside 20..=400"),
+            "{}",
+            dead_reason(&slow)
+        );
+        let no_beats = event_with_segments(|s| s[0]["beats_per_bar"] = 0.into());
+        assert!(dead_reason(&no_beats).contains("beats_per_bar 0"));
+    }
+
+    #[test]
+    fn a_state_the_summary_cannot_use_is_a_dead_letter() {
+        // A valid timeline whose bar count overflows a bigint.
+        let far = event_with_segments(|s| s[0]["bar_origin_number"] = i64::MAX.into());
+        let far = String::from_utf8(far)
+            .expect("utf-8")
+            .replace("\"anchor_beat\":0.0", "\"anchor_beat\":8.0");
+        let reason = dead_reason(far.as_bytes());
+        assert!(
+            reason.contains("cannot summarise the event: the bar containing beat 8"),
+            "{reason}"
+        );
+        let wide = event_with_segments(|s| {
+            s[0]["anchor_beat"] = 1e308.into();
+            s[0]["bar_origin_beat"] = (-1e308).into();
+        });
+        assert!(dead_reason(&wide).contains("cannot summarise the event"));
+    }
+
+    #[test]
+    fn a_panic_while_decoding_is_a_dead_letter() {
+        let payload = b"{}";
+        let r = raw("bandsync.sess.s1.evt", payload);
+        let Decoded::Dead(dead) = dead_on_panic(&r, 7, || panic!("a bug at {}", 42)) else {
+            panic!("expected a dead letter");
+        };
+        assert_eq!(dead.reason, "the store panicked decoding it: a bug at 42");
+        assert_eq!(
+            (dead.stream_seq, dead.payload.as_slice()),
+            (7, &payload[..])
+        );
     }
 
     #[test]

@@ -3,9 +3,13 @@
 //! Invariant: **a message is acked only after the transaction holding it has
 //! committed.** A crash between commit and ack means redelivery, which the
 //! (stream, stream_seq) key turns into a no-op; so every message lands once.
+//! Every message of a batch is either a row or a dead letter (`decode` never
+//! fails), so one bad message never holds back the good ones beside it. A
+//! writer that panics takes its worker down with it, for `supervise` to see.
 
 use crate::db::write::{Written, write_batch, write_isolating};
 use crate::decode::{Decoded, Raw, StreamKind, decode};
+use crate::health::IngestHealth;
 use crate::metrics::{BatchReport, Metrics};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::{self, AckKind, Message};
@@ -15,7 +19,7 @@ use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -50,6 +54,7 @@ pub struct Ingest {
     pub pool: Pool,
     pub subjects: Subjects,
     pub metrics: Arc<Metrics>,
+    pub health: Arc<IngestHealth>,
     pub batch_max: usize,
     pub batch_wait: Duration,
     /// Batches written at once (`--writers`); concurrent batches lock session
@@ -83,6 +88,22 @@ impl Ingest {
             .get_or_create_consumer(&self.durable, config)
             .await
             .map_err(|e| fail(e.to_string()))
+    }
+
+    /// Messages of the stream the store has not acked yet, across every
+    /// worker sharing the durable: the consumer's pending (not delivered) plus
+    /// ack-pending (delivered, not acked), from consumer info: one request.
+    pub async fn backlog(&self) -> Result<u64, String> {
+        let stream = self
+            .js
+            .get_stream_no_info(&self.stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        let info = stream
+            .consumer_info(&self.durable)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(info.num_pending + info.num_ack_pending as u64)
     }
 
     /// Runs until `shutdown`; then commits and acks the batch in flight and returns.
@@ -132,7 +153,9 @@ impl Ingest {
             .batches(&mut messages, &writers, &mut in_flight, shutdown)
             .await;
         // The batches already handed to writers commit (or nak) before we return.
-        while in_flight.join_next().await.is_some() {}
+        while let Some(done) = in_flight.join_next().await {
+            resume_panic(done);
+        }
         result
     }
 
@@ -180,7 +203,9 @@ impl Ingest {
                 this.commit(decoded, &token).await;
                 drop(permit);
             });
-            while in_flight.try_join_next().is_some() {}
+            while let Some(done) = in_flight.try_join_next() {
+                resume_panic(done);
+            }
             if shutdown.is_cancelled() {
                 return Ok(());
             }
@@ -193,7 +218,6 @@ impl Ingest {
         let started = Instant::now();
         let mut rows = Vec::with_capacity(batch.len());
         let mut acks = Vec::with_capacity(batch.len());
-        let mut pending = 0;
         for m in batch {
             let Ok(info) = m.info() else {
                 warn!(stream = %self.stream, subject = %m.subject, "message without JetStream metadata; terminating it");
@@ -202,7 +226,6 @@ impl Ingest {
             };
             let published_us =
                 i64::try_from(info.published.unix_timestamp_nanos() / 1_000).unwrap_or(0);
-            pending = info.pending;
             let raw = Raw {
                 stream_seq: info.stream_sequence,
                 subject: &m.subject,
@@ -215,7 +238,6 @@ impl Ingest {
         Batch {
             rows,
             acks,
-            pending,
             decode_time: started.elapsed(),
         }
     }
@@ -227,7 +249,6 @@ impl Ingest {
         let Batch {
             rows,
             acks,
-            pending,
             decode_time,
         } = batch;
         if rows.is_empty() {
@@ -241,6 +262,7 @@ impl Ingest {
             return;
         };
         let committed_us = now_us();
+        self.health.committed(self.kind);
         let written_in = started.elapsed();
         for m in &acks {
             // A lost ack only means a redelivery, which the insert skips.
@@ -260,7 +282,6 @@ impl Ingest {
             messages: rows.len() as u64,
             inserted: written.inserted,
             dead: written.dead,
-            pending,
         };
         let lags = rows
             .iter()
@@ -315,9 +336,18 @@ impl Ingest {
 struct Batch {
     rows: Vec<Decoded>,
     acks: Vec<Message>,
-    /// Messages left in the stream for this consumer when the last was delivered.
-    pending: u64,
     decode_time: Duration,
+}
+
+/// A writer that panicked takes its worker down with it: swallowed here, its
+/// batch would stay unacked and come back to panic again, with nothing to
+/// show for it. `supervise` reports and restarts the worker.
+fn resume_panic(done: Result<(), JoinError>) {
+    if let Err(e) = done
+        && e.is_panic()
+    {
+        std::panic::resume_unwind(e.into_panic());
+    }
 }
 
 fn published_of(row: &Decoded) -> Option<i64> {
@@ -325,5 +355,24 @@ fn published_of(row: &Decoded) -> Option<i64> {
         Decoded::Command(c) => Some(c.published_us),
         Decoded::Event(e) => Some(e.published_us),
         Decoded::Dead(d) => Some(d.published_us),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_writers_panic_becomes_the_workers() {
+        let mut writers = JoinSet::new();
+        writers.spawn(async { panic!("a bug in a writer") });
+        let done = writers.join_next().await.expect("one writer");
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| resume_panic(done)))
+            .expect_err("the worker panics too, for its supervisor to see");
+        assert_eq!(caught.downcast_ref::<&str>(), Some(&"a bug in a writer"));
+
+        writers.spawn(async {});
+        let done = writers.join_next().await.expect("one writer");
+        resume_panic(done); // a writer that finished is nothing to report
     }
 }

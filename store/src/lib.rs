@@ -5,16 +5,21 @@
 //! sharing the durable name split the work); writes the `commands`, `events`,
 //! `dead_letters`, `sessions` and `members` tables; serves `/sessions...`,
 //! `/healthz`, `/readyz`, `/metrics`. Invariants: **a message is acked only after
-//! its transaction commits**, and **the log is keyed by (stream, stream_seq)**, so
-//! redelivery never duplicates a row. Nothing here publishes to NATS.
+//! its transaction commits**, **the log is keyed by (stream, stream_seq)**, so
+//! redelivery never duplicates a row, and **every message becomes a row or a
+//! dead letter** (never retried forever). `/readyz` is 503 while a stream's
+//! ingest worker is down or stalled, not only when NATS or PostgreSQL is away.
+//! Nothing here publishes to NATS.
 
 pub mod api;
 pub mod config;
 pub mod db;
 pub mod decode;
+pub mod health;
 pub mod ingest;
 pub mod metrics;
 pub mod summary;
+pub mod supervise;
 
 pub use config::Config;
 
@@ -22,6 +27,7 @@ use anyhow::Context;
 use bandsync_nats::bus::Bus;
 use deadpool_postgres::Pool;
 use decode::StreamKind;
+use health::IngestHealth;
 use metrics::Metrics;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,12 +38,15 @@ use tracing::{info, warn};
 
 /// How long shutdown waits for the batch in flight to commit.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often histogram samples are folded into their buckets when nobody scrapes.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
 /// A started store: its HTTP address and its tasks.
 pub struct Store {
     addr: SocketAddr,
     tasks: TaskTracker,
     metrics: Arc<Metrics>,
+    health: Arc<IngestHealth>,
     pool: Pool,
 }
 
@@ -59,6 +68,7 @@ impl Store {
             .context("opening the bus")?;
 
         let metrics = Arc::new(Metrics::default());
+        let health = Arc::new(IngestHealth::new(config.stall_after()));
         let tasks = TaskTracker::new();
         for (kind, stream) in [
             (StreamKind::Commands, subjects.cmd_stream()),
@@ -72,18 +82,39 @@ impl Store {
                 pool: pool.clone(),
                 subjects: subjects.clone(),
                 metrics: metrics.clone(),
+                health: health.clone(),
                 batch_max: config.batch_max,
                 batch_wait: config.batch_wait(),
                 writers: config.writers,
             };
             // Fail start-up on a consumer that cannot be made (wrong stream config, permissions).
             ingest.consumer().await?;
-            tasks.spawn(ingest.run(shutdown.clone()));
+            let (health, metrics, token) = (health.clone(), metrics.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                let work = ingest.clone();
+                supervise::supervise(
+                    kind,
+                    &health,
+                    &metrics,
+                    token.clone(),
+                    move || work.clone().run(token.clone()),
+                    || ingest.backlog(),
+                )
+                .await;
+            });
         }
+        let (upkeep, token) = (metrics.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let mut every = tokio::time::interval(METRICS_UPKEEP);
+            while token.run_until_cancelled(every.tick()).await.is_some() {
+                upkeep.upkeep();
+            }
+        });
 
         let app = api::router(api::AppState {
             pool: pool.clone(),
             metrics: metrics.clone(),
+            health: health.clone(),
             nats: bus.client.clone(),
         });
         let stop = shutdown.clone();
@@ -101,6 +132,7 @@ impl Store {
             addr,
             tasks,
             metrics,
+            health,
             pool,
         })
     }
@@ -111,6 +143,11 @@ impl Store {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Each stream's ingest as `/readyz` sees it.
+    pub fn health(&self) -> &Arc<IngestHealth> {
+        &self.health
     }
 
     pub fn pool(&self) -> &Pool {

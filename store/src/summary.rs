@@ -1,6 +1,11 @@
 //! Folds a batch of event rows into `sessions` and `members` rows. Pure. The
 //! upserts that write them are monotone (least/greatest, "newer seq wins", OR),
 //! so applying a batch twice, or two batches in either order, gives one result.
+//!
+//! Each event's own `sessions` row is made once, by `session_row`, when the
+//! message is decoded: what it cannot summarise (a position or bar no column
+//! holds) makes the message a dead letter there, with the reason. Folding a
+//! batch (`summarise`) then only merges rows already made, and cannot fail.
 
 use crate::decode::EventRow;
 use bandsync_nats::{Change, Micros, SessionState};
@@ -37,6 +42,61 @@ pub struct MemberRow {
     pub has_led: bool,
 }
 
+/// Why an event's state cannot be summarised into a `sessions` row. The
+/// timeline is valid (deserialising checked it), but valid numbers can still
+/// be too far out for the position or the bar count to be computed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SummaryError {
+    #[error("the position at {at} µs is not a finite number of beats")]
+    Position { at: Micros },
+    #[error("the bar containing beat {beat} is not a number a bigint column holds")]
+    Bar { beat: f64 },
+}
+
+/// The `sessions` row one event says on its own, before the batch is folded.
+/// `row` is the event, `state` the state after it.
+pub fn session_row(row: &EventRow, state: &SessionState) -> Result<SessionRow, SummaryError> {
+    let (seq, epoch) = (row.seq.unwrap_or(0), row.epoch.unwrap_or(0));
+    let latest = state.timeline.latest();
+    let position_beat = if latest.playing {
+        state.timeline.position(row.occurred_us)
+    } else {
+        latest.anchor_beat
+    };
+    if !position_beat.is_finite() {
+        return Err(SummaryError::Position {
+            at: row.occurred_us,
+        });
+    }
+    let bar = latest
+        .checked_bar_of(position_beat)
+        .ok_or(SummaryError::Bar {
+            beat: position_beat,
+        })?;
+    let ended = state.last_changes.iter().find_map(|c| match c {
+        Change::Ended { reason } => Some(reason.clone()),
+        _ => None,
+    });
+    let song = song_title(state);
+    Ok(SessionRow {
+        session_id: row.session_id.clone(),
+        code: state.code.to_string(),
+        created_us: state.created_at,
+        first_us: row.occurred_us,
+        last_us: row.occurred_us,
+        last_seq: seq,
+        last_epoch: epoch,
+        song: song.clone().flatten(),
+        song_seq: song.map(|_| seq),
+        playing: latest.playing,
+        position_beat,
+        bar,
+        tempo_bpm: latest.tempo_bpm,
+        ended_us: ended.as_ref().map(|_| row.occurred_us),
+        end_reason: ended,
+    })
+}
+
 /// Rows sorted by key, so concurrent workers lock rows in one order (no deadlocks).
 #[derive(Debug, Default)]
 pub struct Summary {
@@ -44,48 +104,23 @@ pub struct Summary {
     pub members: Vec<MemberRow>,
 }
 
+/// Folds the events' own rows (`EventRow::session`, made at decoding) and
+/// their members. Rejections carry no state and add nothing.
 pub fn summarise<'a>(events: impl IntoIterator<Item = &'a EventRow>) -> Summary {
     let mut sessions: BTreeMap<&str, SessionRow> = BTreeMap::new();
     let mut members: BTreeMap<(&str, &str), MemberRow> = BTreeMap::new();
     for row in events {
+        if let Some(fresh) = &row.session {
+            match sessions.get_mut(row.session_id.as_str()) {
+                None => {
+                    sessions.insert(&row.session_id, SessionRow::clone(fresh));
+                }
+                Some(acc) => merge_session(acc, SessionRow::clone(fresh)),
+            }
+        }
         let Some(state) = row.state.as_deref() else {
             continue;
         };
-        let (seq, epoch) = (row.seq.unwrap_or(0), row.epoch.unwrap_or(0));
-        let latest = state.timeline.latest();
-        let position_beat = if latest.playing {
-            state.timeline.position(row.occurred_us)
-        } else {
-            latest.anchor_beat
-        };
-        let ended = state.last_changes.iter().find_map(|c| match c {
-            Change::Ended { reason } => Some(reason.clone()),
-            _ => None,
-        });
-        let song = song_title(state);
-        let fresh = SessionRow {
-            session_id: row.session_id.clone(),
-            code: state.code.to_string(),
-            created_us: state.created_at,
-            first_us: row.occurred_us,
-            last_us: row.occurred_us,
-            last_seq: seq,
-            last_epoch: epoch,
-            song: song.clone().flatten(),
-            song_seq: song.map(|_| seq),
-            playing: latest.playing,
-            position_beat,
-            bar: latest.bar_of(position_beat),
-            tempo_bpm: latest.tempo_bpm,
-            ended_us: ended.as_ref().map(|_| row.occurred_us),
-            end_reason: ended,
-        };
-        match sessions.get_mut(row.session_id.as_str()) {
-            None => {
-                sessions.insert(&row.session_id, fresh);
-            }
-            Some(acc) => merge_session(acc, fresh),
-        }
         // Members only change when one joins or leadership moves; other events
         // would re-send the same rows.
         let roster_changed = row

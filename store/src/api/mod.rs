@@ -9,6 +9,8 @@ mod sessions;
 pub use error::ApiError;
 
 use crate::db;
+use crate::decode::StreamKind;
+use crate::health::IngestHealth;
 use crate::metrics::Metrics;
 use axum::Router;
 use axum::extract::State;
@@ -26,6 +28,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct AppState {
     pub pool: Pool,
     pub metrics: Arc<Metrics>,
+    pub health: Arc<IngestHealth>,
     pub nats: async_nats::Client,
 }
 
@@ -43,6 +46,8 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Ready: NATS connected, PostgreSQL answering, and each stream's ingest
+/// worker running and not stalled (`health`). One line each, with the reason.
 async fn readyz(State(app): State<AppState>) -> Response {
     let nats = app.nats.connection_state() == async_nats::connection::State::Connected;
     let db = matches!(
@@ -51,8 +56,17 @@ async fn readyz(State(app): State<AppState>) -> Response {
     );
     app.metrics.set_db_up(db);
     app.metrics.set_nats_up(nats);
-    let body = format!("nats: {}\npostgres: {}\n", up(nats), up(db));
-    let status = if nats && db {
+    let mut body = format!("nats: {}\npostgres: {}\n", up(nats), up(db));
+    let mut ingest = true;
+    for kind in [StreamKind::Commands, StreamKind::Events] {
+        let status = app.health.status(kind);
+        // The gauges say what this answer says (the watch updates them each second too).
+        app.metrics
+            .set_ingest(kind, status.backlog, status.stalled_for, status.ready);
+        ingest &= status.ready;
+        body.push_str(&format!("ingest {}: {}\n", kind.as_str(), status.text));
+    }
+    let status = if nats && db && ingest {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

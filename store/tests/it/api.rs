@@ -2,7 +2,7 @@
 
 use crate::support::*;
 use bandsync_nats::now_us;
-use bandsync_testkit::NatsServer;
+use bandsync_testkit::{NatsServer, eventually, http_get, metric};
 use std::time::Duration;
 
 #[tokio::test]
@@ -119,7 +119,10 @@ async fn rehearsal_lands_once_and_is_served() {
     let base = format!("http://{}", store.addr());
     let get = |path: &str| {
         let url = format!("{base}{path}");
-        async move { http_get(&url).await }
+        async move {
+            let r = http_get(&url).await.expect("GET");
+            (r.status, r.body)
+        }
     };
     let (status, body) = get("/sessions?member=cy").await;
     assert_eq!(status, 200, "{body}");
@@ -171,56 +174,20 @@ async fn rehearsal_lands_once_and_is_served() {
     let (status, body) = get("/readyz").await;
     assert_eq!(status, 200, "{body}");
     let (_, metrics) = get("/metrics").await;
-    assert!(
-        metrics.contains(&format!(
-            "bandsync_store_rows_inserted_total{{stream=\"events\"}} {n_events}"
-        )),
-        "{metrics}"
+    let read = |series: &str| metric(&metrics, series).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        read("bandsync_store_rows_inserted_total{stream=\"events\"}"),
+        n_events as f64
+    );
+    assert_eq!(
+        read("bandsync_store_rows_inserted_total{stream=\"commands\"}"),
+        n_commands as f64
+    );
+    assert_eq!(
+        read("bandsync_store_dead_letters_total{stream=\"events\"}"),
+        0.0
     );
 
     token.cancel();
     store.wait().await;
-}
-
-/// A minimal HTTP/1.1 GET (the store's API is plain HTTP; no client crate needed).
-pub async fn http_get(url: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").expect("http url");
-    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let mut stream = tokio::net::TcpStream::connect(host).await.expect("connect");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    stream.write_all(req.as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    stream.read_to_end(&mut buf).await.expect("read");
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("http response");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    (status, body)
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = &rest[n + 2..];
-    }
-    out
 }

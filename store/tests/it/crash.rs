@@ -2,7 +2,7 @@
 //! (as two workers sharing the durable consumer): every event is stored exactly once.
 
 use crate::support::*;
-use bandsync_testkit::NatsServer;
+use bandsync_testkit::{NatsServer, eventually, metric};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::process::{Child, Command};
@@ -135,14 +135,16 @@ async fn graceful_shutdown_acks_everything_it_committed() {
     })
     .await;
     let metrics = second.metrics().render();
-    assert!(
-        metrics.contains("bandsync_store_duplicates_total{stream=\"events\"} 0"),
-        "nothing the first store committed came back: {metrics}"
+    let read = |series: &str| metric(&metrics, series).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        read("bandsync_store_duplicates_total{stream=\"events\"}"),
+        0.0,
+        "nothing the first store committed came back"
     );
-    assert!(metrics.contains(&format!(
-        "bandsync_store_rows_inserted_total{{stream=\"events\"}} {}",
-        total - stored
-    )));
+    assert_eq!(
+        read("bandsync_store_rows_inserted_total{stream=\"events\"}"),
+        (total - stored) as f64
+    );
     token.cancel();
     second.wait().await;
 }

@@ -1,9 +1,11 @@
 //! Acceptance 4: a garbage message lands in dead_letters with its reason, and
-//! the messages after it are stored.
+//! the messages after it are stored; so does an event whose state the store
+//! cannot use (an invalid timeline, a bar count no column holds), and the good
+//! events batched with it are written.
 
 use crate::support::*;
 use bandsync_nats::now_us;
-use bandsync_testkit::NatsServer;
+use bandsync_testkit::{NatsServer, eventually, http_get, metric, scrape_metric};
 use bytes::Bytes;
 use std::time::Duration;
 
@@ -82,11 +84,15 @@ async fn garbage_goes_to_dead_letters_and_the_pipeline_goes_on() {
         b"\xff\xfe not json",
         "the payload is kept byte for byte"
     );
-    assert!(
-        store
-            .metrics()
-            .render()
-            .contains("bandsync_store_dead_letters_total{stream=\"events\"} 2")
+    let metrics = store.metrics().render();
+    let read = |series: &str| metric(&metrics, series).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        read("bandsync_store_dead_letters_total{stream=\"events\"}"),
+        2.0
+    );
+    assert_eq!(
+        read("bandsync_store_dead_letters_total{stream=\"commands\"}"),
+        1.0
     );
 
     token.cancel();
@@ -149,6 +155,121 @@ async fn a_row_postgres_refuses_is_isolated() {
         "{reasons:?}"
     );
     assert!(reasons[2].contains("refused by PostgreSQL"), "{reasons:?}");
+    token.cancel();
+    store.wait().await;
+}
+
+/// Issue 10: an event whose timeline has no segments panicked a store worker on
+/// every redelivery, and the good events batched with it never reached
+/// PostgreSQL while `/readyz` said 200 and the pending gauge 0. Now each event
+/// the store cannot use is a dead letter with its reason, the rest is written,
+/// and nothing stays pending.
+#[tokio::test]
+async fn poison_timelines_are_dead_letters_and_their_batch_is_written() {
+    let nats = NatsServer::start().await;
+    let db = TestDb::fresh();
+    let bus = bus(&nats.url()).await;
+    let band = rehearsal("px1", now_us());
+    let events = band.events();
+    let (subject, _, template) = events[3].clone();
+    let poison = [
+        // The one seen live: no segments at all.
+        with_segments(&template, |s| *s = serde_json::json!([])),
+        // Two segments out of order.
+        with_segments(&template, |s| {
+            let mut later = s[0].clone();
+            later["anchor_time"] = (s[0]["anchor_time"].as_i64().expect("time") - 1).into();
+            s.as_array_mut().expect("segments").push(later);
+        }),
+        // A meter the bar arithmetic divides by.
+        with_segments(&template, |s| s[0]["beats_per_bar"] = 0.into()),
+        // Valid, but its bar count overflows the sessions table's bigint.
+        with_segments(&template, |s| {
+            s[0]["bar_origin_number"] = i64::MAX.into();
+            s[0]["anchor_beat"] = 8.0.into();
+        }),
+    ];
+    // All of it on the stream before the store starts: one batch, poison in the middle.
+    let (first, later) = events.split_at(3);
+    publish_all(&bus.js, first.to_vec()).await;
+    let mut poison_seqs = Vec::new();
+    for p in &poison {
+        poison_seqs.push(publish_raw(&bus.js, subject.clone(), p.clone()).await as i64);
+    }
+    publish_all(&bus.js, later.to_vec()).await;
+    publish_all(&bus.js, band.commands()).await;
+
+    let (store, token) = start_store(&nats.url(), &db.url()).await;
+    let good = events.len() as i64;
+    eventually(
+        Duration::from_secs(20),
+        "good events and poison stored",
+        || async {
+            db.count("SELECT count(*) FROM events").await == good
+                && db.count("SELECT count(*) FROM dead_letters").await == poison.len() as i64
+                && db.count("SELECT count(*) FROM commands").await == band.commands().len() as i64
+        },
+    )
+    .await;
+    // The summary of the good events is there: the session's last state.
+    assert_eq!(
+        db.count("SELECT last_seq FROM sessions WHERE session_id = 'px1'")
+            .await,
+        band.state.seq as i64
+    );
+    let rows = db
+        .client()
+        .await
+        .query(
+            "SELECT stream_seq, reason FROM dead_letters WHERE stream = 'BANDSYNC_EVT' ORDER BY stream_seq",
+            &[],
+        )
+        .await
+        .expect("dead letters");
+    let got: Vec<(i64, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), poison_seqs);
+    let expected = [
+        "bad event state: invalid timeline: it has no segments",
+        "bad event state: invalid timeline: segment 1 starts at",
+        "bad event state: invalid timeline: segment 0: beats_per_bar 0 is outside 1..=32",
+        "cannot summarise the event: the bar containing beat 8 is not a number a bigint column holds",
+    ];
+    for ((_, reason), want) in got.iter().zip(expected) {
+        assert!(reason.contains(want), "{reason:?} should say {want:?}");
+    }
+
+    // Nothing left pending, on the server or in the store's own figures.
+    let addr = store.addr();
+    eventually(Duration::from_secs(10), "nothing pending", || async {
+        consumer_backlog(&bus.js, "BANDSYNC_EVT").await == (0, 0)
+            && scrape_metric(
+                &format!("http://{addr}/metrics"),
+                "bandsync_store_pending_messages{stream=\"events\"}",
+            )
+            .await
+            .is_ok_and(|v| v == 0.0)
+    })
+    .await;
+    let ready = http_get(&format!("http://{addr}/readyz"))
+        .await
+        .expect("GET /readyz");
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert!(ready.body.contains("ingest events: ok"), "{}", ready.body);
+    let metrics = store.metrics().render();
+    let read = |series: &str| metric(&metrics, series).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        read("bandsync_store_dead_letters_total{stream=\"events\"}"),
+        4.0
+    );
+    assert_eq!(
+        read("bandsync_store_rows_inserted_total{stream=\"events\"}"),
+        good as f64
+    );
+    assert_eq!(
+        read("bandsync_store_ingest_restarts_total{stream=\"events\"}"),
+        0.0
+    );
+
     token.cancel();
     store.wait().await;
 }

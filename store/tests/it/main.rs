@@ -6,5 +6,6 @@ mod crash;
 mod dead_letter;
 mod pg_outage;
 mod replay;
+mod stall;
 mod support;
 mod through_services;

@@ -1,11 +1,10 @@
 //! Acceptance 5: the state replayed from the stored events at any instant equals
 //! the state the owner held then (recorded mid-way, and the KV value at the end).
 
-use crate::api::http_get;
 use crate::support::*;
 use bandsync_nats::{SessionState, Subjects, now_us};
 use bandsync_store::api::replay::Replayed;
-use bandsync_testkit::NatsServer;
+use bandsync_testkit::{NatsServer, eventually, http_get};
 use std::time::Duration;
 
 #[tokio::test]
@@ -34,9 +33,9 @@ async fn replay_equals_the_owners_state_at_every_instant() {
     let state_at = |at: i64| {
         let url = format!("{base}?at={at}");
         async move {
-            let (status, body) = http_get(&url).await;
-            assert_eq!(status, 200, "{body}");
-            serde_json::from_str::<Replayed>(&body).expect("replayed state")
+            let r = http_get(&url).await.expect("GET state");
+            assert_eq!(r.status, 200, "{}", r.body);
+            serde_json::from_str::<Replayed>(&r.body).expect("replayed state")
         }
     };
     // The state the owner held at `t`: the one after the last step at or before `t`.
@@ -68,8 +67,10 @@ async fn replay_equals_the_owners_state_at_every_instant() {
         );
         assert_eq!(got.seq, want.seq as i64);
     }
-    let (status, _) = http_get(&format!("{base}?at={}", band.steps[0].at - 1)).await;
-    assert_eq!(status, 404, "nothing before the session existed");
+    let before = http_get(&format!("{base}?at={}", band.steps[0].at - 1))
+        .await
+        .expect("GET state");
+    assert_eq!(before.status, 404, "nothing before the session existed");
 
     // At the end, replay of "now" equals the owner's KV value.
     let kv = bus
@@ -79,17 +80,19 @@ async fn replay_equals_the_owners_state_at_every_instant() {
         .expect("kv get")
         .expect("kv value");
     let kv_state: SessionState = serde_json::from_slice(&kv).expect("kv state");
-    let (_, body) = http_get(&base).await;
-    let now: Replayed = serde_json::from_str(&body).expect("replayed state");
+    let r = http_get(&base).await.expect("GET state");
+    let now: Replayed = serde_json::from_str(&r.body).expect("replayed state");
     assert_eq!(now.state, as_read(&kv_state));
 
     // An RFC 3339 instant reads the same as its microseconds.
     let t = band.steps[7].at + 500_000;
     let secs = t.div_euclid(1_000_000);
     let rfc = rfc3339(secs, t.rem_euclid(1_000_000));
-    let (status, body) = http_get(&format!("{base}?at={rfc}")).await;
-    assert_eq!(status, 200, "{body}");
-    let by_text: Replayed = serde_json::from_str(&body).expect("replayed");
+    let r = http_get(&format!("{base}?at={rfc}"))
+        .await
+        .expect("GET state");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let by_text: Replayed = serde_json::from_str(&r.body).expect("replayed");
     assert_eq!(by_text.at, t);
 
     token.cancel();

@@ -12,7 +12,6 @@ use bandsync_nats::{
 };
 use bandsync_store::{Config, Store};
 use bytes::Bytes;
-use std::future::Future;
 use std::time::Duration;
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
@@ -104,31 +103,22 @@ pub async fn bus(url: &str) -> Bus {
 
 /// Starts a store in this process on a free port.
 pub async fn start_store(nats_url: &str, db_url: &str) -> (Store, CancellationToken) {
+    start_store_with(nats_url, db_url, |_| {}).await
+}
+
+/// Starts a store in this process on a free port, its settings changed by `tweak`.
+pub async fn start_store_with(
+    nats_url: &str,
+    db_url: &str,
+    tweak: impl FnOnce(&mut Config),
+) -> (Store, CancellationToken) {
     let token = CancellationToken::new();
-    let config = Config::new(nats_url, db_url, "127.0.0.1:0".parse().expect("addr"));
+    let mut config = Config::new(nats_url, db_url, "127.0.0.1:0".parse().expect("addr"));
+    tweak(&mut config);
     let store = Store::start(config, token.clone())
         .await
         .expect("store starts");
     (store, token)
-}
-
-/// Polls `check` until it returns true, or panics with `what` after `limit`.
-pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Publishes raw bytes to a stream subject and waits for JetStream's ack.
@@ -167,6 +157,26 @@ pub async fn publish_all(
     for ack in inflight {
         ack.await.expect("stream ack");
     }
+}
+
+/// An event message with its state's timeline segments replaced by `edit`:
+/// what a buggy owner, or a hand-made message, could put on the bus.
+pub fn with_segments(event: &Bytes, edit: impl FnOnce(&mut serde_json::Value)) -> Bytes {
+    let mut v: serde_json::Value = serde_json::from_slice(event).expect("an event is JSON");
+    edit(&mut v["state"]["timeline"]["segments"]);
+    Bytes::from(serde_json::to_vec(&v).expect("serialises"))
+}
+
+/// The durable consumer's messages not yet acked: (pending, ack pending).
+pub async fn consumer_backlog(js: &jetstream::Context, stream: &str) -> (u64, usize) {
+    let info = js
+        .get_stream(stream)
+        .await
+        .expect("stream")
+        .consumer_info("store")
+        .await
+        .expect("consumer info");
+    (info.num_pending, info.num_ack_pending)
 }
 
 /// What one step of a scripted session put on the bus.

@@ -1,11 +1,11 @@
 //! Acceptance 1: a scripted band session driven through real gateways and a
 //! real ticker; PostgreSQL then holds exactly the streams' messages.
 
-use crate::support::{TestDb, eventually, start_store};
+use crate::support::{TestDb, start_store};
 use async_nats::jetstream::consumer::{DeliverPolicy, push::OrderedConfig};
 use bandsync_client::{Api, Connection};
 use bandsync_nats::{Command, ServerMsg, Song, Subjects};
-use bandsync_testkit::NatsServer;
+use bandsync_testkit::{NatsServer, eventually};
 use clap::Parser;
 use futures::StreamExt;
 use std::collections::BTreeSet;
