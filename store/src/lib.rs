@@ -30,7 +30,7 @@ use decode::StreamKind;
 use health::IngestHealth;
 use metrics::Metrics;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -62,14 +62,39 @@ impl Store {
         let addr = listener.local_addr().context("reading the bound address")?;
 
         let pool = prepare_database(&config, &shutdown).await?;
-        let settings = config.bus.settings(format!("store-{}", std::process::id()));
-        let bus = Bus::open(&settings, subjects.clone())
-            .await
-            .context("opening the bus")?;
-
         let metrics = Arc::new(Metrics::default());
         let health = Arc::new(IngestHealth::new(config.stall_after()));
+        let nats = Arc::new(OnceLock::new());
         let tasks = TaskTracker::new();
+
+        // Serve first, so /readyz says what the store waits for while it waits.
+        let app = api::router(api::AppState {
+            pool: pool.clone(),
+            metrics: metrics.clone(),
+            health: health.clone(),
+            nats: nats.clone(),
+        });
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+            {
+                warn!(error = %e, "http server stopped");
+            }
+        });
+
+        let settings = config.bus.settings(format!("store-{}", std::process::id()));
+        let Some(bus) = Bus::open_patiently(&settings, subjects.clone(), &shutdown)
+            .await
+            .context("opening the bus")?
+        else {
+            tasks.close();
+            tasks.wait().await;
+            anyhow::bail!("shut down while waiting for the bus");
+        };
+        let _ = nats.set(bus.client.clone());
+
         for (kind, stream) in [
             (StreamKind::Commands, subjects.cmd_stream()),
             (StreamKind::Events, subjects.evt_stream()),
@@ -108,22 +133,6 @@ impl Store {
             let mut every = tokio::time::interval(METRICS_UPKEEP);
             while token.run_until_cancelled(every.tick()).await.is_some() {
                 upkeep.upkeep();
-            }
-        });
-
-        let app = api::router(api::AppState {
-            pool: pool.clone(),
-            metrics: metrics.clone(),
-            health: health.clone(),
-            nats: bus.client.clone(),
-        });
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-            {
-                warn!(error = %e, "http server stopped");
             }
         });
         tasks.close();

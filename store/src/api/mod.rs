@@ -18,7 +18,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use deadpool_postgres::Pool;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// How long `/readyz` waits for PostgreSQL before calling it down.
@@ -29,7 +29,8 @@ pub struct AppState {
     pub pool: Pool,
     pub metrics: Arc<Metrics>,
     pub health: Arc<IngestHealth>,
-    pub nats: async_nats::Client,
+    /// Set once the bus is open; the store serves (not ready) while it waits.
+    pub nats: Arc<OnceLock<async_nats::Client>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -49,14 +50,21 @@ pub fn router(state: AppState) -> Router {
 /// Ready: NATS connected, PostgreSQL answering, and each stream's ingest
 /// worker running and not stalled (`health`). One line each, with the reason.
 async fn readyz(State(app): State<AppState>) -> Response {
-    let nats = app.nats.connection_state() == async_nats::connection::State::Connected;
+    let nats = app
+        .nats
+        .get()
+        .is_some_and(|c| c.connection_state() == async_nats::connection::State::Connected);
     let db = matches!(
         tokio::time::timeout(READY_TIMEOUT, db::query::ping(&app.pool)).await,
         Ok(Ok(()))
     );
     app.metrics.set_db_up(db);
     app.metrics.set_nats_up(nats);
-    let mut body = format!("nats: {}\npostgres: {}\n", up(nats), up(db));
+    let nats_text = match app.nats.get() {
+        None => "waiting for the bus",
+        Some(_) => up(nats),
+    };
+    let mut body = format!("nats: {nats_text}\npostgres: {}\n", up(db));
     let mut ingest = true;
     for kind in [StreamKind::Commands, StreamKind::Events] {
         let status = app.health.status(kind);

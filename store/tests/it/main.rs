@@ -2,6 +2,7 @@
 //! with a fresh database per test.
 
 mod api;
+mod bus_wait;
 mod crash;
 mod dead_letter;
 mod pg_outage;
