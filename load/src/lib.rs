@@ -12,6 +12,7 @@
 //! Everything runs on one machine, so the true server clock is the local
 //! clock: that is what makes the sync error measurable at all.
 
+pub mod chaos;
 pub mod config;
 pub mod member;
 pub mod procs;
