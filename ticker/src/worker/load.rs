@@ -1,0 +1,129 @@
+//! Taking a shard on: read its cursor and its sessions from KV, fence out a
+//! previous owner whose lease expired, re-publish each session's latest event;
+//! and re-reading one session when our copy is missing or stale.
+
+use super::cursor::Cursor;
+use super::{LOAD_PARALLEL, Session, Worker};
+use async_nats::jetstream::kv;
+use bandsync_nats::{SessionId, SessionState, Subjects};
+use futures::StreamExt;
+
+impl Worker {
+    pub(super) async fn load(&mut self) -> Result<(), String> {
+        let shard = self.owned.shard;
+        let bus = &self.ctx.bus;
+        let entry = bus
+            .cursors
+            .entry(Subjects::shard_key(shard))
+            .await
+            .map_err(|e| e.to_string())?;
+        self.cursor = Cursor::from_entry(entry.as_ref());
+        let keys = bus.session_keys(shard).await.map_err(|e| e.to_string())?;
+        let sessions = &bus.sessions;
+        let reads = keys.into_iter().map(|key| async move {
+            let entry = sessions.entry(&key).await.map_err(|e| e.to_string());
+            (key, entry)
+        });
+        let entries: Vec<_> = futures::stream::iter(reads)
+            .buffer_unordered(LOAD_PARALLEL)
+            .collect()
+            .await;
+        for (key, entry) in entries {
+            let Some(entry) = entry? else {
+                continue;
+            };
+            if entry.operation != kv::Operation::Put {
+                continue;
+            }
+            match serde_json::from_slice::<SessionState>(&entry.value) {
+                Ok(state) => {
+                    self.track_timeline(&state);
+                    self.sessions.insert(
+                        state.id.clone(),
+                        Session {
+                            state,
+                            revision: entry.revision,
+                        },
+                    );
+                }
+                Err(e) => tracing::error!(key, error = %e, "undecodable session state left alone"),
+            }
+        }
+        tracing::info!(
+            shard,
+            epoch = self.owned.epoch,
+            sessions = self.sessions.len(),
+            cursor = self.cursor.handled(),
+            "shard loaded"
+        );
+        Ok(())
+    }
+
+    /// Rewrites every session once (same state, new revision), so that a write
+    /// the previous owner still had in flight fails its compare-and-set.
+    pub(super) async fn fence(&mut self) {
+        let sessions = &self.ctx.bus.sessions;
+        let shard = self.owned.shard;
+        let current: Vec<(SessionId, String, Vec<u8>, u64)> = self
+            .sessions
+            .values()
+            .map(|s| {
+                let key = Subjects::session_key(shard, &s.state.id);
+                let bytes = serde_json::to_vec(&s.state).expect("state serialises");
+                (s.state.id.clone(), key, bytes, s.revision)
+            })
+            .collect();
+        let writes = current
+            .into_iter()
+            .map(|(id, key, bytes, revision)| async move {
+                (id, sessions.update(&key, bytes.into(), revision).await)
+            });
+        let results: Vec<_> = futures::stream::iter(writes)
+            .buffer_unordered(LOAD_PARALLEL)
+            .collect()
+            .await;
+        for (id, result) in results {
+            match result {
+                Ok(revision) => {
+                    if let Some(s) = self.sessions.get_mut(&id) {
+                        s.revision = revision;
+                    }
+                }
+                Err(e) => {
+                    // The previous owner's last write landed after our read: take it.
+                    tracing::warn!(session = %id, error = %e, "fencing write failed; reloading");
+                    self.reload(&id).await;
+                }
+            }
+        }
+    }
+
+    /// Re-publishes every session's latest event; the stream drops those it already has.
+    pub(super) async fn republish_latest(&self) {
+        for s in self.sessions.values() {
+            self.publish_event(&s.state).await;
+        }
+    }
+
+    pub(super) async fn reload(&mut self, id: &SessionId) {
+        let key = Subjects::session_key(self.owned.shard, id);
+        match self.ctx.bus.sessions.entry(&key).await {
+            Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
+                if let Ok(state) = serde_json::from_slice::<SessionState>(&entry.value) {
+                    self.track_timeline(&state);
+                    self.sessions.insert(
+                        id.clone(),
+                        Session {
+                            state,
+                            revision: entry.revision,
+                        },
+                    );
+                }
+            }
+            Ok(_) => {
+                self.sessions.remove(id);
+            }
+            Err(e) => tracing::warn!(session = %id, error = %e, "reload failed"),
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! One owned shard: load its sessions from KV, consume its commands in stream
+//! order from the shard's cursor, apply them with the pure state machine, write
+//! the state back with compare-and-set, then publish the event.
+//!
+//! Exactly once: a session's state records the stream sequence of the last
+//! command applied to it, in the same CAS write as the change, so a replay
+//! (after a failover, from a cursor a little behind) skips what was applied.
+//! Events are published with `Nats-Msg-Id = <session>-<seq>`; a new owner
+//! re-publishes each session's latest event and the stream drops duplicates.
+//!
+//! Fencing: a command is applied only while the lease is proven; while it is not
+//! (a renewal is late) the worker waits, and once the shard is stopped it leaves
+//! the command unhandled, so its cursor never passes a command it did not apply.
+//! An owner that took a shard whose lease *expired* first rewrites every session
+//! of it once: any write still in flight from the frozen or cut-off previous owner
+//! then fails its compare-and-set instead of landing after the takeover.
+
+mod apply;
+mod cursor;
+mod housekeeping;
+mod load;
+
+use crate::Ctx;
+use crate::fleet::Vacated;
+use crate::owned::OwnedShard;
+use apply::{Next, next_step, stage};
+use async_nats::jetstream::consumer::push::OrderedConfig;
+use bandsync_nats::{SessionId, SessionState, now_us};
+use cursor::Cursor;
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often time-driven rules (leader grace, idle expiry, dead gateways) run.
+const HOUSEKEEPING: Duration = Duration::from_millis(250);
+/// How often the shard's command cursor is saved; replay after a failover is at most this much.
+const CURSOR_SAVE: Duration = Duration::from_millis(500);
+/// Session states read or rewritten at once while a shard loads.
+const LOAD_PARALLEL: usize = 16;
+
+struct Session {
+    state: SessionState,
+    revision: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("loading shard {shard}: {message}")]
+    Load { shard: u16, message: String },
+    #[error("consuming commands of shard {shard}: {message}")]
+    Consume { shard: u16, message: String },
+}
+
+pub struct Worker {
+    ctx: Arc<Ctx>,
+    owned: Arc<OwnedShard>,
+    sessions: HashMap<SessionId, Session>,
+    cursor: Cursor,
+}
+
+impl Worker {
+    pub async fn run(ctx: Arc<Ctx>, owned: Arc<OwnedShard>) -> Result<(), WorkerError> {
+        let shard = owned.shard;
+        let mut worker = Worker {
+            ctx,
+            owned,
+            sessions: HashMap::new(),
+            cursor: Cursor::default(),
+        };
+        worker
+            .load()
+            .await
+            .map_err(|message| WorkerError::Load { shard, message })?;
+        worker.owned.mark_loaded();
+        worker.ctx.ticks.catch_up(&worker.owned).await;
+        if worker.owned.vacated == Vacated::Expired {
+            worker.fence().await;
+        }
+        worker.republish_latest().await;
+        let result = worker.consume().await;
+        worker.save_cursor().await;
+        result.map_err(|message| WorkerError::Consume { shard, message })
+    }
+
+    async fn consume(&mut self) -> Result<(), String> {
+        let bus = &self.ctx.bus;
+        let stream = bus
+            .js
+            .get_stream(bus.subjects.cmd_stream())
+            .await
+            .map_err(|e| e.to_string())?;
+        let config = OrderedConfig {
+            deliver_subject: bus.client.new_inbox(),
+            filter_subject: bus.subjects.cmd_shard(self.owned.shard),
+            deliver_policy: self.cursor.deliver_policy(),
+            ..Default::default()
+        };
+        let consumer = stream
+            .create_consumer(config)
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = consumer.cached_info().name.clone();
+        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+        let mut cursor_save = tokio::time::interval(CURSOR_SAVE);
+        let stop = self.owned.stop.clone();
+        let result = loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break Ok(()),
+                msg = messages.next() => match msg {
+                    Some(Ok(msg)) => {
+                        let (seq, stored_us) = msg.info().map_or((0, None), |i| {
+                            (i.stream_sequence, i64::try_from(i.published.unix_timestamp_nanos() / 1_000).ok())
+                        });
+                        if let Some(stored) = stored_us {
+                            stage("received", (now_us() - stored).max(0) as f64 / 1e6);
+                        }
+                        match next_step(self.handle(seq, stored_us, &msg.payload).await) {
+                            Next::Continue => self.cursor.advance(seq),
+                            // Left for the next owner, which replays from the cursor.
+                            Next::Stop => break Ok(()),
+                            Next::Fail => break Err(format!("cannot apply command {seq}")),
+                        }
+                    }
+                    Some(Err(e)) => break Err(e.to_string()),
+                    None => break Err("command consumer ended".into()),
+                },
+                _ = housekeeping.tick() => self.housekeep().await,
+                _ = cursor_save.tick() => self.save_cursor().await,
+            }
+        };
+        drop(messages);
+        // Ordered consumers linger 30 s after their subscriber goes; with many
+        // hand-overs that would pile up against the server's consumer limit.
+        if let Err(e) = stream.delete_consumer(&name).await {
+            tracing::debug!(shard = self.owned.shard, error = %e, "cannot delete the command consumer");
+        }
+        result
+    }
+
+    /// Lets the tick loop see whether the session plays (or is about to).
+    fn track_timeline(&self, state: &SessionState) {
+        let active = state.timeline.is_active(now_us());
+        self.owned
+            .set_timeline(&state.id, active.then_some(&state.timeline));
+    }
+}
