@@ -2,13 +2,14 @@
 //! pure state machine, write the new state with compare-and-set and publish its
 //! event (or publish the rejection to the member who sent it).
 
-use super::{Session, Worker};
+use super::{Session, Worker, chain};
 use async_nats::jetstream::kv::{self, UpdateErrorKind};
+use bandsync_nats::bus::BusError;
 use bandsync_nats::state::Cause;
 use bandsync_nats::wire::ErrorMsg;
 use bandsync_nats::{
     Change, Command, CommandEnvelope, DisplayName, ErrorCode, EventMsg, JoinCode, ServerMsg,
-    SessionState, Subjects, now_us,
+    SessionId, SessionState, Subjects, now_us,
 };
 
 /// Attempts to publish an event before giving up (the next owner re-publishes it).
@@ -17,35 +18,73 @@ const EVENT_PUBLISH_ATTEMPTS: usize = 3;
 /// before the worker gives the shard up (the next owner replays from the cursor).
 const WRITE_ATTEMPTS: usize = 3;
 
+/// Why a command could not be applied (the worker then gives its shard up, and
+/// the next owner replays the command from the cursor).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("creating session {session}")]
+    Create {
+        session: SessionId,
+        #[source]
+        source: kv::CreateError,
+    },
+    #[error("writing the state of session {session} ({attempts} attempts)")]
+    Write {
+        session: SessionId,
+        attempts: usize,
+        #[source]
+        source: WriteError,
+    },
+}
+
+/// Why one compare-and-set write of a session's state did not land.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// Someone else wrote first (or our copy was gone); the session was re-read.
+    #[error("another write got there first")]
+    Conflict,
+    #[error("the sessions bucket refused it")]
+    Store(#[source] kv::UpdateError),
+}
+
+/// An event or rejection that could not be published; the next owner
+/// re-publishes each session's latest event.
+#[derive(Debug, thiserror::Error)]
+#[error("publishing to {subject} ({attempts} attempts)")]
+pub struct PublishError {
+    subject: String,
+    attempts: usize,
+    #[source]
+    source: BusError,
+}
+
 /// Whether a command is done with (applied, rejected or skipped as a replay).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Handled {
     Yes,
     /// The shard stopped first: the command is left for the next owner.
     Fenced,
-    Failed,
+    Failed(ApplyError),
 }
 
 /// What became of a state write.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Commit {
     Done,
-    /// Someone else wrote first; the session was re-read.
-    Conflict,
     /// The shard was stopped: nothing may be written any more.
     Fenced,
-    Failed,
+    Failed(WriteError),
 }
 
 /// What the consume loop does after a command.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Next {
     /// Go on to the next command; the cursor has passed this one.
     Continue,
     /// Stop cleanly: the command is left (cursor unmoved) for the next owner.
     Stop,
     /// Give the shard up: the command could not be applied.
-    Fail,
+    Fail(ApplyError),
 }
 
 /// Decides what the consume loop does with a command's outcome: only a handled
@@ -54,17 +93,25 @@ pub fn next_step(handled: Handled) -> Next {
     match handled {
         Handled::Yes => Next::Continue,
         Handled::Fenced => Next::Stop,
-        Handled::Failed => Next::Fail,
+        Handled::Failed(e) => Next::Fail(e),
     }
 }
 
-/// Decides what an apply attempt does with its state write: done, stopped, or
-/// (`None`) another attempt on the re-read state.
-pub fn after_write(commit: Commit) -> Option<Handled> {
+/// What an apply attempt does after its state write.
+#[derive(Debug)]
+pub enum Attempt {
+    Over(Handled),
+    /// Apply again to the re-read state (up to `WRITE_ATTEMPTS`).
+    Again(WriteError),
+}
+
+/// Decides what an apply attempt does with its state write: a conflict or a
+/// refused write is attempted again on the re-read state; a fenced one is not.
+pub fn after_write(commit: Commit) -> Attempt {
     match commit {
-        Commit::Done => Some(Handled::Yes),
-        Commit::Fenced => Some(Handled::Fenced),
-        Commit::Conflict | Commit::Failed => None,
+        Commit::Done => Attempt::Over(Handled::Yes),
+        Commit::Fenced => Attempt::Over(Handled::Fenced),
+        Commit::Failed(e) => Attempt::Again(e),
     }
 }
 
@@ -142,14 +189,15 @@ impl Worker {
                 self.reload(&env.session).await;
                 Handled::Yes
             }
-            Err(e) => {
-                tracing::warn!(session = %env.session, error = %e, "create failed");
-                Handled::Failed
-            }
+            Err(source) => Handled::Failed(ApplyError::Create {
+                session: env.session.clone(),
+                source,
+            }),
         }
     }
 
     async fn apply(&mut self, env: &CommandEnvelope, stream_seq: u64) -> Handled {
+        let mut last = WriteError::Conflict;
         for _ in 0..WRITE_ATTEMPTS {
             if !self.sessions.contains_key(&env.session) {
                 self.reload(&env.session).await;
@@ -179,11 +227,12 @@ impl Worker {
                 Ok(_) => {
                     next.last_cmd_seq = stream_seq;
                     let commit = self.commit(next).await;
-                    if commit == Commit::Done {
+                    if matches!(commit, Commit::Done) {
                         metrics::counter!("bandsync_ticker_commands_applied_total").increment(1);
                     }
-                    if let Some(handled) = after_write(commit) {
-                        return handled;
+                    match after_write(commit) {
+                        Attempt::Over(handled) => return handled,
+                        Attempt::Again(e) => last = e,
                     }
                 }
                 Err(rejection) => {
@@ -192,14 +241,18 @@ impl Worker {
                 }
             }
         }
-        Handled::Failed
+        Handled::Failed(ApplyError::Write {
+            session: env.session.clone(),
+            attempts: WRITE_ATTEMPTS,
+            source: last,
+        })
     }
 
     /// Writes `next` with compare-and-set and publishes its event.
     pub(super) async fn commit(&mut self, next: SessionState) -> Commit {
         let id = next.id.clone();
         let Some(current) = self.sessions.get(&id) else {
-            return Commit::Conflict;
+            return Commit::Failed(WriteError::Conflict);
         };
         let expected = current.revision;
         if !self.owned.wait_valid().await {
@@ -243,11 +296,12 @@ impl Worker {
                 tracing::warn!(session = %id, "state changed under us; reloading");
                 metrics::counter!("bandsync_ticker_cas_conflicts_total").increment(1);
                 self.reload(&id).await;
-                Commit::Conflict
+                Commit::Failed(WriteError::Conflict)
             }
             Err(e) => {
-                tracing::warn!(session = %id, error = %e, "state write failed");
-                Commit::Failed
+                let e = WriteError::Store(e);
+                tracing::warn!(session = %id, error = %chain(&e), "state write failed");
+                Commit::Failed(e)
             }
         }
     }
@@ -261,15 +315,15 @@ impl Worker {
         tracing::info!(session = %state.id, "session ended");
     }
 
+    /// Publishes the session's latest event; a failure is logged (the state is
+    /// written, and the next owner re-publishes the latest event).
     pub(super) async fn publish_event(&self, state: &SessionState) {
         let msg = ServerMsg::Event(Box::new(EventMsg::latest(state, self.owned.epoch)));
         let msg_id = Subjects::event_msg_id(&state.id, state.seq);
-        self.publish_durable(
-            self.ctx.bus.subjects.evt(&state.id),
-            &msg_id,
-            msg.to_bytes(),
-        )
-        .await;
+        let subject = self.ctx.bus.subjects.evt(&state.id);
+        if let Err(e) = self.publish_durable(subject, &msg_id, msg.to_bytes()).await {
+            tracing::warn!(session = %state.id, seq = state.seq, error = %chain(&e), "event not published");
+        }
     }
 
     async fn reject(&self, env: &CommandEnvelope, code: ErrorCode, message: &str) {
@@ -280,18 +334,25 @@ impl Worker {
         err.epoch = Some(self.owned.epoch);
         metrics::counter!("bandsync_ticker_commands_rejected_total").increment(1);
         let msg_id = Subjects::rejection_msg_id(&env.id);
-        self.publish_durable(
-            self.ctx.bus.subjects.evt(&env.session),
-            &msg_id,
-            ServerMsg::Error(err).to_bytes(),
-        )
-        .await;
+        let subject = self.ctx.bus.subjects.evt(&env.session);
+        let payload = ServerMsg::Error(err).to_bytes();
+        if let Err(e) = self.publish_durable(subject, &msg_id, payload).await {
+            tracing::warn!(session = %env.session, cmd = %env.id, error = %chain(&e), "rejection not published");
+        }
     }
 
-    async fn publish_durable(&self, subject: String, msg_id: &str, payload: bytes::Bytes) {
-        for attempt in 1..=EVENT_PUBLISH_ATTEMPTS {
+    /// Publishes with a few attempts. Nothing goes out once the lease is not
+    /// proven: that is fencing, not a failure (`Ok`).
+    async fn publish_durable(
+        &self,
+        subject: String,
+        msg_id: &str,
+        payload: bytes::Bytes,
+    ) -> Result<(), PublishError> {
+        let mut attempt = 1;
+        loop {
             if !self.owned.is_valid() {
-                return;
+                return Ok(());
             }
             match self
                 .ctx
@@ -299,9 +360,19 @@ impl Worker {
                 .publish_durable(subject.clone(), msg_id, payload.clone())
                 .await
             {
-                Ok(_) => return,
-                Err(e) => tracing::warn!(subject, attempt, error = %e, "event publish failed"),
+                Ok(_) => return Ok(()),
+                Err(source) if attempt == EVENT_PUBLISH_ATTEMPTS => {
+                    return Err(PublishError {
+                        subject,
+                        attempts: attempt,
+                        source,
+                    });
+                }
+                Err(e) => {
+                    tracing::debug!(subject, attempt, error = %e, "publish failed; trying again")
+                }
             }
+            attempt += 1;
         }
     }
 }
@@ -315,18 +386,50 @@ pub fn stage(name: &'static str, seconds: f64) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn only_a_handled_command_lets_the_loop_go_on() {
-        assert_eq!(next_step(Handled::Yes), Next::Continue);
-        assert_eq!(next_step(Handled::Fenced), Next::Stop);
-        assert_eq!(next_step(Handled::Failed), Next::Fail);
+    fn failure() -> ApplyError {
+        ApplyError::Write {
+            session: SessionId::parse("s1").expect("valid"),
+            attempts: WRITE_ATTEMPTS,
+            source: WriteError::Conflict,
+        }
     }
 
     #[test]
-    fn a_conflicting_or_failed_write_is_attempted_again_a_fenced_one_is_not() {
-        assert_eq!(after_write(Commit::Done), Some(Handled::Yes));
-        assert_eq!(after_write(Commit::Fenced), Some(Handled::Fenced));
-        assert_eq!(after_write(Commit::Conflict), None);
-        assert_eq!(after_write(Commit::Failed), None);
+    fn only_a_handled_command_lets_the_loop_go_on() {
+        assert!(matches!(next_step(Handled::Yes), Next::Continue));
+        assert!(matches!(next_step(Handled::Fenced), Next::Stop));
+        assert!(matches!(
+            next_step(Handled::Failed(failure())),
+            Next::Fail(ApplyError::Write { attempts: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn a_conflicting_or_refused_write_is_attempted_again_a_fenced_one_is_not() {
+        assert!(matches!(
+            after_write(Commit::Done),
+            Attempt::Over(Handled::Yes)
+        ));
+        assert!(matches!(
+            after_write(Commit::Fenced),
+            Attempt::Over(Handled::Fenced)
+        ));
+        assert!(matches!(
+            after_write(Commit::Failed(WriteError::Conflict)),
+            Attempt::Again(WriteError::Conflict)
+        ));
+    }
+
+    #[test]
+    fn a_failure_names_the_operation_and_keeps_its_cause() {
+        let e = failure();
+        assert_eq!(
+            e.to_string(),
+            "writing the state of session s1 (3 attempts)"
+        );
+        assert_eq!(
+            super::super::chain(&e),
+            "writing the state of session s1 (3 attempts): another write got there first"
+        );
     }
 }

@@ -4,10 +4,36 @@
 //! command after it, so a failover replays at most what was handled since the
 //! last save (and each session's `last_cmd_seq` skips what was applied).
 
-use super::Worker;
+use super::{Worker, chain};
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::kv;
-use bandsync_nats::Subjects;
+use bandsync_nats::{Shard, Subjects};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CursorError {
+    #[error("reading the cursor of shard {shard}")]
+    Read {
+        shard: Shard,
+        #[source]
+        source: kv::EntryError,
+    },
+    /// The first save of a shard's cursor (`create`).
+    #[error("saving the first cursor of shard {shard} ({handled})")]
+    Create {
+        shard: Shard,
+        handled: u64,
+        #[source]
+        source: kv::CreateError,
+    },
+    /// A later save, on the revision we last wrote or read (`update`).
+    #[error("saving the cursor of shard {shard} ({handled})")]
+    Update {
+        shard: Shard,
+        handled: u64,
+        #[source]
+        source: kv::UpdateError,
+    },
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Cursor {
@@ -68,34 +94,62 @@ impl Cursor {
 }
 
 impl Worker {
+    /// The shard's cursor as `<p>_cursors` has it.
+    pub(super) async fn read_cursor(&self) -> Result<Cursor, CursorError> {
+        let shard = self.owned.shard;
+        let entry = self
+            .ctx
+            .bus
+            .cursors
+            .entry(Subjects::shard_key(shard))
+            .await
+            .map_err(|source| CursorError::Read { shard, source })?;
+        Ok(Cursor::from_entry(entry.as_ref()))
+    }
+
+    /// Saves the cursor if it moved; a failure is logged and the next save
+    /// (every `CURSOR_SAVE`) tries again.
     pub(super) async fn save_cursor(&mut self) {
         // `lease_proven`, not `is_valid`: a shard being handed over saves its cursor.
         if !self.cursor.needs_save() || !self.owned.lease_proven() {
             return;
         }
-        let key = Subjects::shard_key(self.owned.shard);
-        let value = self.cursor.handled.to_string();
-        let cursors = &self.ctx.bus.cursors;
-        let result = match self.cursor.revision {
-            Some(rev) => cursors
-                .update(&key, value.into(), rev)
-                .await
-                .map_err(|e| e.to_string()),
-            None => cursors
-                .create(&key, value.into())
-                .await
-                .map_err(|e| e.to_string()),
-        };
-        match result {
-            Ok(rev) => self.cursor.saved_at(rev),
-            Err(e) => {
-                tracing::warn!(shard = self.owned.shard, error = %e, "cursor save failed");
-                // Re-read the revision so the next save can succeed if we still own the shard.
-                if let Ok(Some(entry)) = cursors.entry(&key).await {
-                    self.cursor.revision = Some(entry.revision);
-                }
+        if let Err(e) = self.write_cursor().await {
+            tracing::warn!(error = %chain(&e), "cursor save failed");
+            // Re-read the revision so the next save can succeed if we still own the shard.
+            let key = Subjects::shard_key(self.owned.shard);
+            if let Ok(Some(entry)) = self.ctx.bus.cursors.entry(&key).await {
+                self.cursor.revision = Some(entry.revision);
             }
         }
+    }
+
+    async fn write_cursor(&mut self) -> Result<(), CursorError> {
+        let shard = self.owned.shard;
+        let handled = self.cursor.handled;
+        let key = Subjects::shard_key(shard);
+        let value = handled.to_string();
+        let cursors = &self.ctx.bus.cursors;
+        let revision =
+            match self.cursor.revision {
+                Some(rev) => cursors
+                    .update(&key, value.into(), rev)
+                    .await
+                    .map_err(|source| CursorError::Update {
+                        shard,
+                        handled,
+                        source,
+                    })?,
+                None => cursors.create(&key, value.into()).await.map_err(|source| {
+                    CursorError::Create {
+                        shard,
+                        handled,
+                        source,
+                    }
+                })?,
+            };
+        self.cursor.saved_at(revision);
+        Ok(())
     }
 }
 

@@ -2,26 +2,40 @@
 //! previous owner whose lease expired, re-publish each session's latest event;
 //! and re-reading one session when our copy is missing or stale.
 
-use super::cursor::Cursor;
-use super::{LOAD_PARALLEL, Session, Worker};
+use super::cursor::CursorError;
+use super::{LOAD_PARALLEL, Session, Worker, chain};
 use async_nats::jetstream::kv;
+use bandsync_nats::bus::BusError;
 use bandsync_nats::{SessionId, SessionState, Subjects};
 use futures::StreamExt;
 
+/// Why a shard could not be taken on (the lease manager then gives it up).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Cursor(#[from] CursorError),
+    #[error("listing the sessions")]
+    ListSessions(#[source] BusError),
+    #[error("reading the state at {key}")]
+    ReadSession {
+        key: String,
+        #[source]
+        source: kv::EntryError,
+    },
+}
+
 impl Worker {
-    pub(super) async fn load(&mut self) -> Result<(), String> {
+    pub(super) async fn load(&mut self) -> Result<(), LoadError> {
         let shard = self.owned.shard;
+        self.cursor = self.read_cursor().await?;
         let bus = &self.ctx.bus;
-        let entry = bus
-            .cursors
-            .entry(Subjects::shard_key(shard))
+        let keys = bus
+            .session_keys(shard)
             .await
-            .map_err(|e| e.to_string())?;
-        self.cursor = Cursor::from_entry(entry.as_ref());
-        let keys = bus.session_keys(shard).await.map_err(|e| e.to_string())?;
+            .map_err(LoadError::ListSessions)?;
         let sessions = &bus.sessions;
         let reads = keys.into_iter().map(|key| async move {
-            let entry = sessions.entry(&key).await.map_err(|e| e.to_string());
+            let entry = sessions.entry(&key).await;
             (key, entry)
         });
         let entries: Vec<_> = futures::stream::iter(reads)
@@ -29,7 +43,11 @@ impl Worker {
             .collect()
             .await;
         for (key, entry) in entries {
-            let Some(entry) = entry? else {
+            let entry = entry.map_err(|source| LoadError::ReadSession {
+                key: key.clone(),
+                source,
+            })?;
+            let Some(entry) = entry else {
                 continue;
             };
             if entry.operation != kv::Operation::Put {
@@ -91,7 +109,7 @@ impl Worker {
                 }
                 Err(e) => {
                     // The previous owner's last write landed after our read: take it.
-                    tracing::warn!(session = %id, error = %e, "fencing write failed; reloading");
+                    tracing::warn!(session = %id, error = %chain(&e), "fencing write failed; reloading");
                     self.reload(&id).await;
                 }
             }
@@ -123,7 +141,7 @@ impl Worker {
             Ok(_) => {
                 self.sessions.remove(id);
             }
-            Err(e) => tracing::warn!(session = %id, error = %e, "reload failed"),
+            Err(e) => tracing::warn!(session = %id, error = %chain(&e), "reload failed"),
         }
     }
 }

@@ -23,11 +23,15 @@ mod load;
 use crate::Ctx;
 use crate::fleet::Vacated;
 use crate::owned::OwnedShard;
-use apply::{Next, next_step, stage};
-use async_nats::jetstream::consumer::push::OrderedConfig;
-use bandsync_nats::{SessionId, SessionState, now_us};
+use apply::{ApplyError, Next, next_step, stage};
+use async_nats::jetstream::consumer::StreamError;
+use async_nats::jetstream::consumer::push::{OrderedConfig, OrderedError};
+use async_nats::jetstream::context::GetStreamError;
+use async_nats::jetstream::stream::ConsumerError;
+use bandsync_nats::{SessionId, SessionState, Shard, now_us};
 use cursor::Cursor;
 use futures::StreamExt;
+use load::LoadError;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,12 +48,58 @@ struct Session {
     revision: u64,
 }
 
+/// Why a shard's worker stopped before its shard did (the lease manager then
+/// gives the shard up, and its next owner starts from the saved cursor).
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    #[error("loading shard {shard}: {message}")]
-    Load { shard: u16, message: String },
-    #[error("consuming commands of shard {shard}: {message}")]
-    Consume { shard: u16, message: String },
+    #[error("loading shard {shard}")]
+    Load {
+        shard: Shard,
+        #[source]
+        source: LoadError,
+    },
+    #[error("consuming the commands of shard {shard}")]
+    Consume {
+        shard: Shard,
+        #[source]
+        source: ConsumeError,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    #[error("opening the command stream {stream}")]
+    OpenStream {
+        stream: String,
+        #[source]
+        source: GetStreamError,
+    },
+    #[error("creating the command consumer")]
+    CreateConsumer(#[source] ConsumerError),
+    #[error("subscribing to the command consumer")]
+    Subscribe(#[source] StreamError),
+    #[error("receiving a command")]
+    Receive(#[source] OrderedError),
+    #[error("the command consumer ended")]
+    Ended,
+    #[error("applying command {seq}")]
+    Apply {
+        seq: u64,
+        #[source]
+        source: ApplyError,
+    },
+}
+
+/// An error with its sources, `outer: inner: root`, for one log field.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 pub struct Worker {
@@ -71,7 +121,7 @@ impl Worker {
         worker
             .load()
             .await
-            .map_err(|message| WorkerError::Load { shard, message })?;
+            .map_err(|source| WorkerError::Load { shard, source })?;
         worker.owned.mark_loaded();
         worker.ctx.ticks.catch_up(&worker.owned).await;
         if worker.owned.vacated == Vacated::Expired {
@@ -80,16 +130,20 @@ impl Worker {
         worker.republish_latest().await;
         let result = worker.consume().await;
         worker.save_cursor().await;
-        result.map_err(|message| WorkerError::Consume { shard, message })
+        result.map_err(|source| WorkerError::Consume { shard, source })
     }
 
-    async fn consume(&mut self) -> Result<(), String> {
+    async fn consume(&mut self) -> Result<(), ConsumeError> {
         let bus = &self.ctx.bus;
-        let stream = bus
-            .js
-            .get_stream(bus.subjects.cmd_stream())
-            .await
-            .map_err(|e| e.to_string())?;
+        let stream_name = bus.subjects.cmd_stream();
+        let stream =
+            bus.js
+                .get_stream(&stream_name)
+                .await
+                .map_err(|source| ConsumeError::OpenStream {
+                    stream: stream_name,
+                    source,
+                })?;
         let config = OrderedConfig {
             deliver_subject: bus.client.new_inbox(),
             filter_subject: bus.subjects.cmd_shard(self.owned.shard),
@@ -99,9 +153,9 @@ impl Worker {
         let consumer = stream
             .create_consumer(config)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(ConsumeError::CreateConsumer)?;
         let name = consumer.cached_info().name.clone();
-        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        let mut messages = consumer.messages().await.map_err(ConsumeError::Subscribe)?;
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         let mut cursor_save = tokio::time::interval(CURSOR_SAVE);
         let stop = self.owned.stop.clone();
@@ -121,11 +175,11 @@ impl Worker {
                             Next::Continue => self.cursor.advance(seq),
                             // Left for the next owner, which replays from the cursor.
                             Next::Stop => break Ok(()),
-                            Next::Fail => break Err(format!("cannot apply command {seq}")),
+                            Next::Fail(source) => break Err(ConsumeError::Apply { seq, source }),
                         }
                     }
-                    Some(Err(e)) => break Err(e.to_string()),
-                    None => break Err("command consumer ended".into()),
+                    Some(Err(e)) => break Err(ConsumeError::Receive(e)),
+                    None => break Err(ConsumeError::Ended),
                 },
                 _ = housekeeping.tick() => self.housekeep().await,
                 _ = cursor_save.tick() => self.save_cursor().await,
