@@ -66,6 +66,10 @@ fn describe() {
             "bandsync_ticker_cas_conflicts_total",
             "Session state writes that lost a compare-and-set.",
         ),
+        (
+            "bandsync_ticker_session_deletion_failures_total",
+            "Attempts to release an ended session's join code or delete its state that failed (each is retried at the next housekeeping).",
+        ),
     ];
     for (name, help) in counters {
         metrics::describe_counter!(name, help);
@@ -88,6 +92,10 @@ fn describe() {
         (
             "bandsync_ticker_ticks_per_second",
             "Ticks published over the last second.",
+        ),
+        (
+            "bandsync_ticker_sessions_ending",
+            "Ended sessions on the owned shards whose join code or state is still to delete.",
         ),
     ];
     for (name, help) in gauges {

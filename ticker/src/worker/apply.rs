@@ -2,14 +2,15 @@
 //! pure state machine, write the new state with compare-and-set and publish its
 //! event (or publish the rejection to the member who sent it).
 
+use super::ending::is_ended;
 use super::{Session, Worker, chain};
 use async_nats::jetstream::kv::{self, UpdateErrorKind};
 use bandsync_nats::bus::BusError;
 use bandsync_nats::state::Cause;
 use bandsync_nats::wire::ErrorMsg;
 use bandsync_nats::{
-    Change, Command, CommandEnvelope, DisplayName, ErrorCode, EventMsg, JoinCode, ServerMsg,
-    SessionId, SessionState, Subjects, now_us,
+    Command, CommandEnvelope, DisplayName, ErrorCode, EventMsg, JoinCode, ServerMsg, SessionId,
+    SessionState, Subjects, now_us,
 };
 
 /// Attempts to publish an event before giving up (the next owner re-publishes it).
@@ -160,7 +161,7 @@ impl Worker {
         if !self.sessions.contains_key(&env.session) {
             self.reload(&env.session).await;
         }
-        if self.sessions.contains_key(&env.session) {
+        if self.sessions.contains_key(&env.session) || self.endings.contains(&env.session) {
             return Handled::Yes; // a replay of the create that made it
         }
         let mut state = SessionState::create(
@@ -259,10 +260,7 @@ impl Worker {
             return Commit::Fenced;
         }
         let key = Subjects::session_key(self.owned.shard, &id);
-        let ended = next
-            .last_changes
-            .iter()
-            .any(|c| matches!(c, Change::Ended { .. }));
+        let ended = is_ended(&next);
         let bytes = serde_json::to_vec(&next).expect("state serialises");
         let started = std::time::Instant::now();
         let written = self
@@ -278,7 +276,7 @@ impl Worker {
                 self.publish_event(&next).await;
                 stage("event_publish", started.elapsed().as_secs_f64());
                 if ended {
-                    self.end(&next).await;
+                    self.end(next).await;
                 } else {
                     self.track_timeline(&next);
                     self.sessions.insert(
@@ -304,15 +302,6 @@ impl Worker {
                 Commit::Failed(e)
             }
         }
-    }
-
-    async fn end(&mut self, state: &SessionState) {
-        let key = Subjects::session_key(self.owned.shard, &state.id);
-        let _ = self.ctx.bus.sessions.delete(&key).await;
-        let _ = self.ctx.bus.codes.delete(state.code.as_str()).await;
-        self.owned.set_timeline(&state.id, None);
-        self.sessions.remove(&state.id);
-        tracing::info!(session = %state.id, "session ended");
     }
 
     /// Publishes the session's latest event; a failure is logged (the state is

@@ -1,6 +1,7 @@
 //! Time-driven rules, every `HOUSEKEEPING` while the lease is proven: leadership
 //! passes on after the grace, idle sessions end, and members whose gateway died
-//! without saying goodbye are disconnected.
+//! without saying goodbye are disconnected. Deletions of ended sessions that
+//! failed are retried here too (`ending.rs`).
 
 use super::Worker;
 use crate::gateways::Gateways;
@@ -35,6 +36,7 @@ impl Worker {
         if !self.owned.is_valid() {
             return;
         }
+        self.retry_endings().await;
         let now = now_us();
         let gateways = self.ctx.live_gateways.borrow().clone();
         let rules = self.ctx.rules;

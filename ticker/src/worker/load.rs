@@ -3,6 +3,7 @@
 //! and re-reading one session when our copy is missing or stale.
 
 use super::cursor::CursorError;
+use super::ending::is_ended;
 use super::{LOAD_PARALLEL, Session, Worker, chain};
 use async_nats::jetstream::kv;
 use bandsync_nats::bus::BusError;
@@ -54,6 +55,8 @@ impl Worker {
                 continue;
             }
             match serde_json::from_slice::<SessionState>(&entry.value) {
+                // Its previous owner did not finish deleting it: we do.
+                Ok(state) if is_ended(&state) => self.pending_end(state),
                 Ok(state) => {
                     self.track_timeline(&state);
                     self.sessions.insert(
@@ -71,6 +74,7 @@ impl Worker {
             shard,
             epoch = self.owned.epoch,
             sessions = self.sessions.len(),
+            ending = self.endings.len(),
             cursor = self.cursor.handled(),
             "shard loaded"
         );
@@ -116,32 +120,48 @@ impl Worker {
         }
     }
 
-    /// Re-publishes every session's latest event; the stream drops those it already has.
+    /// Re-publishes every session's latest event (an ended one's `ended` too);
+    /// the stream drops those it already has.
     pub(super) async fn republish_latest(&self) {
-        for s in self.sessions.values() {
-            self.publish_event(&s.state).await;
+        let states = self.sessions.values().map(|s| &s.state);
+        for state in states.chain(self.endings.states()) {
+            self.publish_event(state).await;
         }
     }
 
+    /// Re-reads one session: our copy is missing or stale.
     pub(super) async fn reload(&mut self, id: &SessionId) {
         let key = Subjects::session_key(self.owned.shard, id);
-        match self.ctx.bus.sessions.entry(&key).await {
-            Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
-                if let Ok(state) = serde_json::from_slice::<SessionState>(&entry.value) {
-                    self.track_timeline(&state);
-                    self.sessions.insert(
-                        id.clone(),
-                        Session {
-                            state,
-                            revision: entry.revision,
-                        },
-                    );
-                }
-            }
+        let entry = match self.ctx.bus.sessions.entry(&key).await {
+            Ok(Some(entry)) if entry.operation == kv::Operation::Put => entry,
             Ok(_) => {
                 self.sessions.remove(id);
+                return;
             }
-            Err(e) => tracing::warn!(session = %id, error = %chain(&e), "reload failed"),
+            Err(e) => {
+                tracing::warn!(session = %id, error = %chain(&e), "reload failed");
+                return;
+            }
+        };
+        match serde_json::from_slice::<SessionState>(&entry.value) {
+            // Ended, its deletion pending: no command applies to it any more.
+            Ok(state) if is_ended(&state) => {
+                self.sessions.remove(id);
+                self.pending_end(state);
+            }
+            Ok(state) => {
+                self.track_timeline(&state);
+                self.sessions.insert(
+                    id.clone(),
+                    Session {
+                        state,
+                        revision: entry.revision,
+                    },
+                );
+            }
+            Err(e) => {
+                tracing::warn!(session = %id, error = %e, "undecodable session state left alone")
+            }
         }
     }
 }

@@ -17,6 +17,7 @@
 
 mod apply;
 mod cursor;
+mod ending;
 mod housekeeping;
 mod load;
 
@@ -30,6 +31,7 @@ use async_nats::jetstream::context::GetStreamError;
 use async_nats::jetstream::stream::ConsumerError;
 use bandsync_nats::{SessionId, SessionState, Shard, now_us};
 use cursor::Cursor;
+use ending::Endings;
 use futures::StreamExt;
 use load::LoadError;
 use std::collections::HashMap;
@@ -90,13 +92,18 @@ pub enum ConsumeError {
     },
 }
 
-/// An error with its sources, `outer: inner: root`, for one log field.
+/// An error with its sources, `outer: inner: root`, for one log field. A
+/// source its error already printed (async-nats errors print theirs) is not
+/// repeated.
 pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
         source = cause.source();
     }
     text
@@ -106,7 +113,16 @@ pub struct Worker {
     ctx: Arc<Ctx>,
     owned: Arc<OwnedShard>,
     sessions: HashMap<SessionId, Session>,
+    /// Ended sessions whose code or state is still to delete.
+    endings: Endings,
     cursor: Cursor,
+}
+
+impl Drop for Worker {
+    /// Pending deletions are the next owner's now (it finds the ended states).
+    fn drop(&mut self) {
+        metrics::gauge!("bandsync_ticker_sessions_ending").decrement(self.endings.len() as f64);
+    }
 }
 
 impl Worker {
@@ -116,6 +132,7 @@ impl Worker {
             ctx,
             owned,
             sessions: HashMap::new(),
+            endings: Endings::default(),
             cursor: Cursor::default(),
         };
         worker
@@ -199,5 +216,27 @@ impl Worker {
         let active = state.timeline.is_active(now_us());
         self.owned
             .set_timeline(&state.id, active.then_some(&state.timeline));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("loading shard 3")]
+        Load(#[source] Middle),
+    }
+
+    /// Prints its source itself, as async-nats errors do.
+    #[derive(Debug, thiserror::Error)]
+    #[error("reading: {0}")]
+    struct Middle(#[source] std::io::Error);
+
+    #[test]
+    fn an_error_is_logged_with_each_source_once() {
+        let e = Outer::Load(Middle(std::io::Error::other("no stream found")));
+        assert_eq!(chain(&e), "loading shard 3: reading: no stream found");
     }
 }

@@ -4,6 +4,7 @@
 
 use bandsync_client::{Api, Connection};
 use bandsync_gateway::Gateway;
+use bandsync_nats::bus::{Bus, BusArgs};
 use bandsync_nats::{Command, ServerMsg, SessionId, Shard, Timeline, shard_of};
 use bandsync_testkit::{HttpError, MetricError, NatsServer, http_get, scrape_metric};
 use clap::Parser;
@@ -104,6 +105,11 @@ impl TickerProc {
         scrape_metric(&format!("{}/metrics", self.addr), series).await
     }
 
+    /// Everything the ticker has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).expect("reading the ticker's log")
+    }
+
     fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
@@ -116,12 +122,19 @@ pub struct Fleet {
     pub nats: NatsServer,
     pub tickers: Vec<TickerProc>,
     pub gateways: Vec<(Gateway, CancellationToken)>,
+    /// Flags every ticker gets beyond the fleet's own (`--idle-expiry-secs=3`).
+    ticker_args: Vec<String>,
     dir: tempfile::TempDir,
 }
 
 impl Fleet {
     /// Starts `tickers` tickers and two gateways, and waits until the shards are spread.
     pub async fn start(tickers: usize) -> Fleet {
+        Self::start_with(tickers, &[]).await
+    }
+
+    /// As `start`, with more flags for every ticker.
+    pub async fn start_with(tickers: usize, ticker_args: &[&str]) -> Fleet {
         let nats = NatsServer::start().await;
         let dir = tempfile::Builder::new()
             .prefix("bandsync-fleet-")
@@ -131,6 +144,7 @@ impl Fleet {
             nats,
             tickers: Vec::new(),
             gateways: Vec::new(),
+            ticker_args: ticker_args.iter().map(|a| a.to_string()).collect(),
             dir,
         };
         for _ in 0..tickers {
@@ -159,6 +173,7 @@ impl Fleet {
                 format!("--tick-ms={TICK_MS}"),
                 format!("--lease-ttl-ms={TTL_MS}"),
             ])
+            .args(&self.ticker_args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -229,6 +244,14 @@ impl Fleet {
             .await
             .expect("gateway starts");
         self.gateways.push((gateway, token));
+    }
+
+    /// A connection of the test's own to the fleet's buckets and streams.
+    pub async fn bus(&self, name: &str) -> Bus {
+        BusArgs::new(&self.nats.url())
+            .open(name.into())
+            .await
+            .expect("the test opens the bus")
     }
 
     pub fn base(&self, gateway: usize) -> String {

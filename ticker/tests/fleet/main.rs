@@ -9,6 +9,7 @@
 
 mod commands;
 mod common;
+mod ending;
 mod failover;
 mod freeze;
 mod join;
