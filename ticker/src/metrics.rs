@@ -67,6 +67,14 @@ fn describe() {
             "Session state writes that lost a compare-and-set.",
         ),
         (
+            "bandsync_ticker_corrupt_cursors_total",
+            "Saved command cursors that were not a number (the shard then replays after the last command its sessions record).",
+        ),
+        (
+            "bandsync_ticker_stale_creates_total",
+            "Replayed creates skipped after a corrupt cursor: their join code no longer names the session (it ended, or its creation was given up).",
+        ),
+        (
             "bandsync_ticker_session_deletion_failures_total",
             "Attempts to release an ended session's join code or delete its state that failed (each is retried at the next housekeeping).",
         ),

@@ -29,6 +29,13 @@ pub enum ApplyError {
         #[source]
         source: kv::CreateError,
     },
+    #[error("reading join code {code} of replayed create of session {session}")]
+    ReadCode {
+        session: SessionId,
+        code: JoinCode,
+        #[source]
+        source: kv::EntryError,
+    },
     #[error("writing the state of session {session} ({attempts} attempts)")]
     Write {
         session: SessionId,
@@ -163,6 +170,27 @@ impl Worker {
         }
         if self.sessions.contains_key(&env.session) || self.endings.contains(&env.session) {
             return Handled::Yes; // a replay of the create that made it
+        }
+        if self.cursor.is_replay(stream_seq) {
+            // Past what the shard's state proves was handled (a rebuilt cursor):
+            // the code's reservation is the only record of whether the session
+            // should exist. Gone, or another session's: it ended since, or the
+            // gateway gave its creation up.
+            match self.code_names(code, &env.session).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    metrics::counter!("bandsync_ticker_stale_creates_total").increment(1);
+                    tracing::warn!(session = %env.session, %code, stream_seq, "replayed create skipped: its join code no longer names the session");
+                    return Handled::Yes;
+                }
+                Err(source) => {
+                    return Handled::Failed(ApplyError::ReadCode {
+                        session: env.session.clone(),
+                        code: code.clone(),
+                        source,
+                    });
+                }
+            }
         }
         let mut state = SessionState::create(
             env.session.clone(),

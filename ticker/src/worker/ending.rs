@@ -65,11 +65,14 @@ pub enum Release {
 /// `held`: the code's current value and revision (`None` when it has none).
 pub fn release(held: Option<(&[u8], u64)>, session: &SessionId) -> Release {
     match held {
-        Some((value, revision)) if value == session.as_str().as_bytes() => {
-            Release::Delete { revision }
-        }
+        Some((value, revision)) if names(value, session) => Release::Delete { revision },
         _ => Release::Nothing,
     }
+}
+
+/// Whether a code's value (what the gateway reserved it with) names the session.
+pub fn names(value: &[u8], session: &SessionId) -> bool {
+    value == session.as_str().as_bytes()
 }
 
 /// An ended session whose deletion is not done.
@@ -215,23 +218,38 @@ impl Worker {
             })
     }
 
+    /// What `<p>_codes` holds for `code` now: its value and revision.
+    async fn code_holder(&self, code: &JoinCode) -> Result<Option<kv::Entry>, kv::EntryError> {
+        let entry = self.ctx.bus.codes.entry(code.as_str()).await?;
+        Ok(entry.filter(|e| e.operation == kv::Operation::Put))
+    }
+
+    /// Whether `code` is reserved for `session` (a replayed create checks it).
+    pub(super) async fn code_names(
+        &self,
+        code: &JoinCode,
+        session: &SessionId,
+    ) -> Result<bool, kv::EntryError> {
+        let held = self.code_holder(code).await?;
+        Ok(held.is_some_and(|e| names(&e.value, session)))
+    }
+
     async fn release_code(&self, session: &SessionId, code: &JoinCode) -> Result<(), EndError> {
-        let codes = &self.ctx.bus.codes;
-        let entry = codes
-            .entry(code.as_str())
+        let entry = self
+            .code_holder(code)
             .await
             .map_err(|source| EndError::ReadCode {
                 session: session.clone(),
                 code: code.clone(),
                 source,
             })?;
-        let held = entry
-            .as_ref()
-            .filter(|e| e.operation == kv::Operation::Put)
-            .map(|e| (e.value.as_ref(), e.revision));
+        let held = entry.as_ref().map(|e| (e.value.as_ref(), e.revision));
         match release(held, session) {
             Release::Nothing => Ok(()),
-            Release::Delete { revision } => codes
+            Release::Delete { revision } => self
+                .ctx
+                .bus
+                .codes
                 .delete_expect_revision(code.as_str(), Some(revision))
                 .await
                 .map_err(|source| EndError::ReleaseCode {

@@ -2,7 +2,7 @@
 //! previous owner whose lease expired, re-publish each session's latest event;
 //! and re-reading one session when our copy is missing or stale.
 
-use super::cursor::CursorError;
+use super::cursor::{Cursor, CursorError, resume_after};
 use super::ending::is_ended;
 use super::{LOAD_PARALLEL, Session, Worker, chain};
 use async_nats::jetstream::kv;
@@ -28,7 +28,15 @@ pub enum LoadError {
 impl Worker {
     pub(super) async fn load(&mut self) -> Result<(), LoadError> {
         let shard = self.owned.shard;
-        self.cursor = self.read_cursor().await?;
+        // A corrupt cursor is rebuilt from the sessions, once they are read.
+        let corrupt = match self.read_cursor().await {
+            Ok(cursor) => {
+                self.cursor = cursor;
+                None
+            }
+            Err(e @ CursorError::Corrupt { .. }) => Some(e),
+            Err(e) => return Err(e.into()),
+        };
         let bus = &self.ctx.bus;
         let keys = bus
             .session_keys(shard)
@@ -70,6 +78,9 @@ impl Worker {
                 Err(e) => tracing::error!(key, error = %e, "undecodable session state left alone"),
             }
         }
+        if let Some(corrupt) = corrupt {
+            self.rebuild_cursor(corrupt);
+        }
         tracing::info!(
             shard,
             epoch = self.owned.epoch,
@@ -79,6 +90,33 @@ impl Worker {
             "shard loaded"
         );
         Ok(())
+    }
+
+    /// Loud, never silent: the shard resumes after the last command its
+    /// sessions (ended ones too) record; see `cursor::resume_after` for why.
+    fn rebuild_cursor(&mut self, corrupt: CursorError) {
+        let CursorError::Corrupt {
+            ref value,
+            revision,
+            ..
+        } = corrupt
+        else {
+            return;
+        };
+        let recorded = self.sessions.values().map(|s| &s.state);
+        let seqs = recorded
+            .chain(self.endings.states())
+            .map(|s| s.last_cmd_seq);
+        let resume = resume_after(seqs);
+        metrics::counter!("bandsync_ticker_corrupt_cursors_total").increment(1);
+        tracing::error!(
+            shard = self.owned.shard,
+            value = %value,
+            resume_after = resume,
+            error = %chain(&corrupt),
+            "corrupt command cursor: replaying the shard's commands after the last one its sessions record"
+        );
+        self.cursor = Cursor::rebuilt(revision, resume);
     }
 
     /// Rewrites every session once (same state, new revision), so that a write

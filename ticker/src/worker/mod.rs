@@ -14,6 +14,11 @@
 //! An owner that took a shard whose lease *expired* first rewrites every session
 //! of it once: any write still in flight from the frozen or cut-off previous owner
 //! then fails its compare-and-set instead of landing after the takeover.
+//!
+//! Parts: `load` (cursor, sessions, fencing writes, re-publishing), `apply` (one
+//! command: state machine, compare-and-set, event), `housekeeping` (time-driven
+//! rules), `ending` (deleting an ended session and releasing its code, retried
+//! until done), `cursor` (where consuming resumes; a corrupt one is rebuilt).
 
 mod apply;
 mod cursor;
@@ -161,6 +166,8 @@ impl Worker {
                     stream: stream_name,
                     source,
                 })?;
+        self.cursor
+            .consuming_from(stream.cached_info().state.last_sequence);
         let config = OrderedConfig {
             deliver_subject: bus.client.new_inbox(),
             filter_subject: bus.subjects.cmd_shard(self.owned.shard),

@@ -9,6 +9,7 @@
 
 mod commands;
 mod common;
+mod cursor;
 mod ending;
 mod failover;
 mod freeze;
