@@ -5,16 +5,12 @@
 use super::ending::is_ended;
 use super::{Session, Worker, chain};
 use async_nats::jetstream::kv::{self, UpdateErrorKind};
-use bandsync_nats::bus::BusError;
 use bandsync_nats::state::Cause;
-use bandsync_nats::wire::ErrorMsg;
 use bandsync_nats::{
-    Command, CommandEnvelope, DisplayName, ErrorCode, EventMsg, JoinCode, ServerMsg, SessionId,
-    SessionState, Subjects, now_us,
+    Command, CommandEnvelope, DisplayName, ErrorCode, JoinCode, SessionId, SessionState, Subjects,
+    now_us,
 };
 
-/// Attempts to publish an event before giving up (the next owner re-publishes it).
-const EVENT_PUBLISH_ATTEMPTS: usize = 3;
 /// Attempts to apply a command whose state write keeps conflicting or failing
 /// before the worker gives the shard up (the next owner replays from the cursor).
 const WRITE_ATTEMPTS: usize = 3;
@@ -53,17 +49,6 @@ pub enum WriteError {
     Conflict,
     #[error("the sessions bucket refused it")]
     Store(#[source] kv::UpdateError),
-}
-
-/// An event or rejection that could not be published; the next owner
-/// re-publishes each session's latest event.
-#[derive(Debug, thiserror::Error)]
-#[error("publishing to {subject} ({attempts} attempts)")]
-pub struct PublishError {
-    subject: String,
-    attempts: usize,
-    #[source]
-    source: BusError,
 }
 
 /// Whether a command is done with (applied, rejected or skipped as a replay).
@@ -329,67 +314,6 @@ impl Worker {
                 tracing::warn!(session = %id, error = %chain(&e), "state write failed");
                 Commit::Failed(e)
             }
-        }
-    }
-
-    /// Publishes the session's latest event; a failure is logged (the state is
-    /// written, and the next owner re-publishes the latest event).
-    pub(super) async fn publish_event(&self, state: &SessionState) {
-        let msg = ServerMsg::Event(Box::new(EventMsg::latest(state, self.owned.epoch)));
-        let msg_id = Subjects::event_msg_id(&state.id, state.seq);
-        let subject = self.ctx.bus.subjects.evt(&state.id);
-        if let Err(e) = self.publish_durable(subject, &msg_id, msg.to_bytes()).await {
-            tracing::warn!(session = %state.id, seq = state.seq, error = %chain(&e), "event not published");
-        }
-    }
-
-    async fn reject(&self, env: &CommandEnvelope, code: ErrorCode, message: &str) {
-        let mut err = ErrorMsg::new(code, message, env.client_ref.clone());
-        err.session = Some(env.session.clone());
-        err.to = Some(env.actor.clone());
-        err.cmd = Some(env.id.clone());
-        err.epoch = Some(self.owned.epoch);
-        metrics::counter!("bandsync_ticker_commands_rejected_total").increment(1);
-        let msg_id = Subjects::rejection_msg_id(&env.id);
-        let subject = self.ctx.bus.subjects.evt(&env.session);
-        let payload = ServerMsg::Error(err).to_bytes();
-        if let Err(e) = self.publish_durable(subject, &msg_id, payload).await {
-            tracing::warn!(session = %env.session, cmd = %env.id, error = %chain(&e), "rejection not published");
-        }
-    }
-
-    /// Publishes with a few attempts. Nothing goes out once the lease is not
-    /// proven: that is fencing, not a failure (`Ok`).
-    async fn publish_durable(
-        &self,
-        subject: String,
-        msg_id: &str,
-        payload: bytes::Bytes,
-    ) -> Result<(), PublishError> {
-        let mut attempt = 1;
-        loop {
-            if !self.owned.is_valid() {
-                return Ok(());
-            }
-            match self
-                .ctx
-                .bus
-                .publish_durable(subject.clone(), msg_id, payload.clone())
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(source) if attempt == EVENT_PUBLISH_ATTEMPTS => {
-                    return Err(PublishError {
-                        subject,
-                        attempts: attempt,
-                        source,
-                    });
-                }
-                Err(e) => {
-                    tracing::debug!(subject, attempt, error = %e, "publish failed; trying again")
-                }
-            }
-            attempt += 1;
         }
     }
 }

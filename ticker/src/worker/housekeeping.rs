@@ -3,7 +3,8 @@
 //! without saying goodbye are disconnected. Deletions of ended sessions that
 //! failed are retried here too (`ending.rs`).
 
-use super::Worker;
+use super::apply::Commit;
+use super::{Worker, chain};
 use crate::gateways::Gateways;
 use bandsync_nats::{Command, Micros, Rules, SessionState, now_us};
 
@@ -46,8 +47,10 @@ impl Worker {
             .filter_map(|s| plan(&s.state, gateways.as_ref(), now, &rules))
             .collect();
         for next in due {
-            // A conflict or failure is retried at the next housekeeping.
-            let _ = self.commit(next).await;
+            // `commit` logged it; the rule applies again at the next housekeeping.
+            if let Commit::Failed(e) = self.commit(next).await {
+                tracing::debug!(error = %chain(&e), "housekeeping write not done; retrying");
+            }
         }
     }
 }

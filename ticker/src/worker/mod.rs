@@ -18,13 +18,15 @@
 //! Parts: `load` (cursor, sessions, fencing writes, re-publishing), `apply` (one
 //! command: state machine, compare-and-set, event), `housekeeping` (time-driven
 //! rules), `ending` (deleting an ended session and releasing its code, retried
-//! until done), `cursor` (where consuming resumes; a corrupt one is rebuilt).
+//! until done), `cursor` (where consuming resumes; a corrupt one is rebuilt),
+//! `publish` (events and rejections).
 
 mod apply;
 mod cursor;
 mod ending;
 mod housekeeping;
 mod load;
+mod publish;
 
 use crate::Ctx;
 use crate::fleet::Vacated;
