@@ -24,13 +24,13 @@ use bandsync_nats::{
     Command, CommandEnvelope, CommandId, DisplayName, GatewayId, JoinCode, MemberId, SessionId,
     Subjects, now_us, shard_of,
 };
-use bandsync_testkit::NatsServer;
+use bandsync_testkit::{NatsServer, http_get, percentile, scrape_metric};
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 const SHARDS: u16 = 256;
 const FAILOVER_SESSIONS: usize = 60;
@@ -136,8 +136,9 @@ impl Proc {
             .status();
     }
 
+    /// The shards it owns; `None` while it does not answer (killed, starting).
     async fn shards(&self) -> Option<Vec<u16>> {
-        let body = http_get(&self.addr, "/readyz").await?;
+        let body = http_get(&format!("{}/readyz", self.addr)).await.ok()?.body;
         let line = body.lines().find_map(|l| l.strip_prefix("shards:"))?;
         Some(
             line.split_whitespace()
@@ -146,15 +147,12 @@ impl Proc {
         )
     }
 
-    async fn metric(&self, name: &str) -> f64 {
-        let body = http_get(&self.addr, "/metrics").await.unwrap_or_default();
-        body.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| {
-                let (k, v) = l.rsplit_once(' ')?;
-                (k == name).then(|| v.parse().ok()).flatten()
-            })
-            .unwrap_or(0.0)
+    /// One series of its `/metrics`; a figure read from an absent series would
+    /// be a made-up 0, so that stops the benchmark.
+    async fn metric(&self, series: &str) -> f64 {
+        scrape_metric(&format!("{}/metrics", self.addr), series)
+            .await
+            .unwrap_or_else(|e| panic!("ticker at {}: {e}", self.addr))
     }
 
     /// Resident memory, from /proc/<pid>/status.
@@ -192,22 +190,6 @@ fn clock_ticks_per_second() -> f64 {
         .ok()
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
         .unwrap_or(100.0)
-}
-
-async fn http_get(addr: &str, path: &str) -> Option<String> {
-    let fetch = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream.write_all(req.as_bytes()).await.ok()?;
-        let mut buf = Vec::new();
-        stream.read_to_end(&mut buf).await.ok()?;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        Some(text.split_once("\r\n\r\n")?.1.to_owned())
-    };
-    tokio::time::timeout(Duration::from_secs(3), fetch)
-        .await
-        .ok()
-        .flatten()
 }
 
 async fn open_bus(nats: &str) -> Bus {
@@ -295,13 +277,6 @@ async fn record_ticks(client: async_nats::Client, subject: String) -> Arrivals {
         }
     });
     arrivals
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 async fn wait_balanced(tickers: &[Proc]) -> Duration {
@@ -424,13 +399,15 @@ async fn failover(kills: usize) {
         )
         .await;
         gaps.sort_unstable();
+        // "none" rather than 0 s when no round measured a gap.
+        let figure = |p: f64| percentile(&gaps, p).map_or("none".to_owned(), |d| format!("{d:?}"));
         println!(
             "failover (SIG{signal}, 3 tickers, {FAILOVER_SESSIONS} sessions at 10 Hz, {} rounds): \
-             worst orphan tick gap per round p50 {:?}, p90 {:?}, max {:?}",
+             worst orphan tick gap per round p50 {}, p90 {}, max {}",
             gaps.len(),
-            percentile(&gaps, 0.5),
-            percentile(&gaps, 0.9),
-            gaps.last().copied().unwrap_or_default()
+            figure(0.5),
+            figure(0.9),
+            figure(1.0)
         );
     }
 }
@@ -500,12 +477,8 @@ async fn capacity(hz: u64) {
         }
         let mut late = late.lock().unwrap_or_else(|e| e.into_inner()).clone();
         late.sort_unstable();
-        let ms = |p: f64| {
-            if late.is_empty() {
-                return f64::NAN;
-            }
-            late[((late.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
-        };
+        // NaN (printed as such) when no tick of the sample arrived.
+        let ms = |p: f64| percentile(&late, p).map_or(f64::NAN, |us| us as f64 / 1000.0);
         println!(
             "  {n:>8}  {rate:>10.0} ({:>8})  {cpu:>8.1} %  {:>7.0} MB  {:.1} / {:.1} / {:.1} ms",
             n as u64 * hz,

@@ -12,7 +12,7 @@
 //!     [--shards 256] [--rate 500] [--secs 10] [--sessions 1000] [--noise-hz 1] [--work 2]
 
 use async_nats::jetstream::{self, consumer::push::OrderedConfig, stream};
-use bandsync_testkit::NatsServer;
+use bandsync_testkit::{NatsServer, percentile};
 use futures::StreamExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,7 +37,7 @@ fn summary(name: &str, v: &mut [f64]) {
         return;
     }
     v.sort_by(f64::total_cmp);
-    let p = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    let p = |q: f64| percentile(&*v, q).unwrap_or(f64::NAN);
     println!(
         "{name:<22} n {:6}  p50 {:7.2} ms  p99 {:7.2} ms  max {:7.2} ms",
         v.len(),

@@ -16,7 +16,7 @@
 use crate::Ctx;
 use crate::fleet::{Fleet, LeaseEvent, LeaseValue, Vacancy, Vacated};
 use crate::owned::{OwnedShard, Registry};
-use crate::worker::Worker;
+use crate::worker::{Worker, chain};
 use async_nats::jetstream::kv;
 use bandsync_nats::timeline::{tick_phase, tick_seq};
 use bandsync_nats::{Micros, Shard, Subjects, now_us};
@@ -585,7 +585,7 @@ async fn run_worker(ctx: Arc<Ctx>, owned: Arc<OwnedShard>) {
     let shard = owned.shard;
     if let Err(e) = Worker::run(ctx, owned).await {
         // The lease manager sees the worker finished and hands the shard over.
-        tracing::error!(shard, error = %e, "shard worker failed; giving the shard up");
+        tracing::error!(shard, error = %chain(&e), "shard worker failed; giving the shard up");
     }
 }
 

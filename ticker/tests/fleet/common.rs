@@ -4,15 +4,16 @@
 
 use bandsync_client::{Api, Connection};
 use bandsync_gateway::Gateway;
+use bandsync_nats::bus::{Bus, BusArgs};
 use bandsync_nats::{Command, ServerMsg, SessionId, Shard, Timeline, shard_of};
-use bandsync_testkit::NatsServer;
+use bandsync_testkit::{HttpError, MetricError, NatsServer, http_get, scrape_metric};
 use clap::Parser;
 use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -73,9 +74,11 @@ impl TickerProc {
             .expect("waiting for the ticker")
     }
 
-    pub async fn readyz(&self) -> Option<Ready> {
-        let (status, body) = http_get(&self.addr, "/readyz").await?;
-        let shards = body
+    /// What `/readyz` says; an error when the ticker does not answer.
+    pub async fn readyz(&self) -> Result<Ready, HttpError> {
+        let response = http_get(&format!("{}/readyz", self.addr)).await?;
+        let shards = response
+            .body
             .lines()
             .find_map(|l| l.strip_prefix("shards:"))
             .unwrap_or_default()
@@ -85,22 +88,26 @@ impl TickerProc {
                 Some((s.parse().ok()?, e.parse().ok()?))
             })
             .collect();
-        Some(Ready {
-            ready: status == 200,
+        Ok(Ready {
+            ready: response.status == 200,
             shards,
         })
     }
 
-    pub async fn metrics(&self) -> String {
-        http_get(&self.addr, "/metrics")
-            .await
-            .map(|(_, body)| body)
-            .unwrap_or_default()
+    /// The whole `/metrics` text; an error when the ticker does not answer.
+    pub async fn metrics(&self) -> Result<String, HttpError> {
+        Ok(http_get(&format!("{}/metrics", self.addr)).await?.body)
     }
 
-    /// The value of a counter or gauge in `/metrics` (0 when absent).
-    pub async fn metric(&self, name: &str) -> f64 {
-        metric_value(&self.metrics().await, name)
+    /// One series of `/metrics`, read strictly: an unreachable endpoint or an
+    /// absent series is an error naming it, never a 0.
+    pub async fn metric(&self, series: &str) -> Result<f64, MetricError> {
+        scrape_metric(&format!("{}/metrics", self.addr), series).await
+    }
+
+    /// Everything the ticker has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).expect("reading the ticker's log")
     }
 
     fn log_tail(&self, lines: usize) -> String {
@@ -110,47 +117,24 @@ impl TickerProc {
     }
 }
 
-pub fn metric_value(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (key, value) = l.rsplit_once(' ')?;
-            (key == name).then(|| value.parse().ok()).flatten()
-        })
-        .unwrap_or(0.0)
-}
-
-/// A plain HTTP/1.1 GET on loopback: (status, body), `None` if unreachable.
-async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let fetch = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.ok()?;
-        let text = String::from_utf8_lossy(&response).into_owned();
-        let status = text.split(' ').nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n")?.1.to_owned();
-        Some((status, body))
-    };
-    tokio::time::timeout(Duration::from_secs(2), fetch)
-        .await
-        .ok()
-        .flatten()
-}
-
 /// nats-server, ticker processes and two in-process gateways.
 pub struct Fleet {
     pub nats: NatsServer,
     pub tickers: Vec<TickerProc>,
     pub gateways: Vec<(Gateway, CancellationToken)>,
+    /// Flags every ticker gets beyond the fleet's own (`--idle-expiry-secs=3`).
+    ticker_args: Vec<String>,
     dir: tempfile::TempDir,
 }
 
 impl Fleet {
     /// Starts `tickers` tickers and two gateways, and waits until the shards are spread.
     pub async fn start(tickers: usize) -> Fleet {
+        Self::start_with(tickers, &[]).await
+    }
+
+    /// As `start`, with more flags for every ticker.
+    pub async fn start_with(tickers: usize, ticker_args: &[&str]) -> Fleet {
         let nats = NatsServer::start().await;
         let dir = tempfile::Builder::new()
             .prefix("bandsync-fleet-")
@@ -160,6 +144,7 @@ impl Fleet {
             nats,
             tickers: Vec::new(),
             gateways: Vec::new(),
+            ticker_args: ticker_args.iter().map(|a| a.to_string()).collect(),
             dir,
         };
         for _ in 0..tickers {
@@ -188,6 +173,7 @@ impl Fleet {
                 format!("--tick-ms={TICK_MS}"),
                 format!("--lease-ttl-ms={TTL_MS}"),
             ])
+            .args(&self.ticker_args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -260,13 +246,26 @@ impl Fleet {
         self.gateways.push((gateway, token));
     }
 
+    /// A connection of the test's own to the fleet's buckets and streams.
+    pub async fn bus(&self, name: &str) -> Bus {
+        BusArgs::new(&self.nats.url())
+            .open(name.into())
+            .await
+            .expect("the test opens the bus")
+    }
+
     pub fn base(&self, gateway: usize) -> String {
         format!("http://{}", self.gateways[gateway].0.addr)
     }
 
     /// `/readyz` of the tickers `which` (`None` for one that does not answer).
     pub async fn ownership(&self, which: &[usize]) -> Vec<Option<Ready>> {
-        futures::future::join_all(which.iter().map(|&i| self.tickers[i].readyz())).await
+        futures::future::join_all(
+            which
+                .iter()
+                .map(|&i| async move { self.tickers[i].readyz().await.ok() }),
+        )
+        .await
     }
 
     /// Waits until every shard is owned by exactly one of `live`, each owning
@@ -309,8 +308,8 @@ impl Fleet {
         let owned = self.tickers[ticker]
             .readyz()
             .await
-            .map(|r| r.shards)
-            .unwrap_or_default();
+            .unwrap_or_else(|e| panic!("ticker {ticker} answers /readyz: {e}"))
+            .shards;
         bands
             .iter()
             .filter(|b| owned.contains_key(&shard_of(&b.session, SHARDS)))

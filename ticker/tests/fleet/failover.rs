@@ -1,6 +1,7 @@
 //! Acceptance 1: kill -9 one of three tickers under 200 playing sessions.
 
 use crate::common::*;
+use bandsync_testkit::metric;
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,8 +77,11 @@ async fn kill_9_one_of_three_tickers_every_session_ticks_again_within_2_s() {
     // What an operator sees: /readyz and /metrics agree and count the takeover.
     let mut failovers = 0.0;
     for (i, shards) in [0, 2].into_iter().zip(&owned) {
-        let metrics = fleet.tickers[i].metrics().await;
-        let value = |name: &str| metric_value(&metrics, name);
+        let metrics = fleet.tickers[i]
+            .metrics()
+            .await
+            .unwrap_or_else(|e| panic!("ticker {i} answers /metrics: {e}"));
+        let value = |series: &str| metric(&metrics, series).unwrap_or_else(|e| panic!("{e}"));
         failovers += value("bandsync_ticker_failovers_total");
         assert_eq!(value("bandsync_ticker_shards_owned"), shards.len() as f64);
         assert!(value("bandsync_ticker_lease_renewals_total") > 0.0);

@@ -26,7 +26,7 @@ async fn a_frozen_ticker_publishes_nothing_stale_and_rejoins_as_a_standby() {
     // Right after it resumes it holds none of its old terms.
     let mut standby = None;
     while resumed_at.elapsed() < Duration::from_secs(5) {
-        if let Some(r) = fleet.tickers[frozen].readyz().await {
+        if let Ok(r) = fleet.tickers[frozen].readyz().await {
             standby = Some(r.shards);
             break;
         }
@@ -44,7 +44,8 @@ async fn a_frozen_ticker_publishes_nothing_stale_and_rejoins_as_a_standby() {
 
     let lost = fleet.tickers[frozen]
         .metric("bandsync_ticker_leases_lost_total")
-        .await;
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     println!(
         "frozen {frozen_for:?}; after SIGCONT it held {} shards, rejoined with {} after {rejoined:?} \
          ({lost} leases lost)",

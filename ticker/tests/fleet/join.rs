@@ -25,7 +25,8 @@ async fn a_fourth_ticker_gets_its_share_without_pausing_any_session() {
     let (longest, session) = worst(&gaps);
     let handovers = fleet.tickers[newcomer]
         .metric("bandsync_ticker_handovers_total")
-        .await;
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     println!(
         "fourth ticker: fair shares {counts:?} after {took:?} ({handovers} hand-overs); \
          longest tick gap {longest:?} ({session:?}), at most {} periods missed",

@@ -9,6 +9,8 @@
 
 mod commands;
 mod common;
+mod cursor;
+mod ending;
 mod failover;
 mod freeze;
 mod join;

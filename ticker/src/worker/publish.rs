@@ -1,0 +1,86 @@
+//! Publishing what a shard's worker produces: each session's latest event and
+//! the rejections of commands, both durable (JetStream, acknowledged) and
+//! de-duplicated by their `Nats-Msg-Id`, so a retry or a new owner's
+//! re-publication is harmless. Nothing goes out once the lease is not proven.
+
+use super::{Worker, chain};
+use bandsync_nats::bus::BusError;
+use bandsync_nats::wire::ErrorMsg;
+use bandsync_nats::{CommandEnvelope, ErrorCode, EventMsg, ServerMsg, SessionState, Subjects};
+
+/// Attempts to publish an event before giving up (the next owner re-publishes it).
+const EVENT_PUBLISH_ATTEMPTS: usize = 3;
+
+/// An event or rejection that could not be published; the next owner
+/// re-publishes each session's latest event.
+#[derive(Debug, thiserror::Error)]
+#[error("publishing to {subject} ({attempts} attempts)")]
+pub struct PublishError {
+    subject: String,
+    attempts: usize,
+    #[source]
+    source: BusError,
+}
+
+impl Worker {
+    /// Publishes the session's latest event; a failure is logged (the state is
+    /// written, and the next owner re-publishes the latest event).
+    pub(super) async fn publish_event(&self, state: &SessionState) {
+        let msg = ServerMsg::Event(Box::new(EventMsg::latest(state, self.owned.epoch)));
+        let msg_id = Subjects::event_msg_id(&state.id, state.seq);
+        let subject = self.ctx.bus.subjects.evt(&state.id);
+        if let Err(e) = self.publish_durable(subject, &msg_id, msg.to_bytes()).await {
+            tracing::warn!(session = %state.id, seq = state.seq, error = %chain(&e), "event not published");
+        }
+    }
+
+    pub(super) async fn reject(&self, env: &CommandEnvelope, code: ErrorCode, message: &str) {
+        let mut err = ErrorMsg::new(code, message, env.client_ref.clone());
+        err.session = Some(env.session.clone());
+        err.to = Some(env.actor.clone());
+        err.cmd = Some(env.id.clone());
+        err.epoch = Some(self.owned.epoch);
+        metrics::counter!("bandsync_ticker_commands_rejected_total").increment(1);
+        let msg_id = Subjects::rejection_msg_id(&env.id);
+        let subject = self.ctx.bus.subjects.evt(&env.session);
+        let payload = ServerMsg::Error(err).to_bytes();
+        if let Err(e) = self.publish_durable(subject, &msg_id, payload).await {
+            tracing::warn!(session = %env.session, cmd = %env.id, error = %chain(&e), "rejection not published");
+        }
+    }
+
+    /// Publishes with a few attempts. Nothing goes out once the lease is not
+    /// proven: that is fencing, not a failure (`Ok`).
+    async fn publish_durable(
+        &self,
+        subject: String,
+        msg_id: &str,
+        payload: bytes::Bytes,
+    ) -> Result<(), PublishError> {
+        let mut attempt = 1;
+        loop {
+            if !self.owned.is_valid() {
+                return Ok(());
+            }
+            match self
+                .ctx
+                .bus
+                .publish_durable(subject.clone(), msg_id, payload.clone())
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(source) if attempt == EVENT_PUBLISH_ATTEMPTS => {
+                    return Err(PublishError {
+                        subject,
+                        attempts: attempt,
+                        source,
+                    });
+                }
+                Err(e) => {
+                    tracing::debug!(subject, attempt, error = %e, "publish failed; trying again")
+                }
+            }
+            attempt += 1;
+        }
+    }
+}
