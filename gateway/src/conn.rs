@@ -3,8 +3,8 @@
 //! idle connection small; a client only ever waits on its own socket.
 
 use crate::AppState;
-use crate::hub::{ClientHandle, Outbound};
-use crate::mailbox::{Delivery, End};
+use crate::hub::ClientHandle;
+use crate::mailbox::{Delivery, End, Outbound};
 use crate::ratelimit::{ERROR_INTERVAL, RateLimit};
 use crate::token::Claims;
 use crate::upgrade::Socket;

@@ -6,7 +6,7 @@
 //! coalesce (a slow client skips to the newest one); a client whose event queue
 //! is full is kicked with `slow_client` rather than ever stalling the others.
 
-use crate::mailbox::Mailbox;
+use crate::mailbox::{Mailbox, Outbound};
 use bandsync_nats::bus::Bus;
 use bandsync_nats::wire::BusHeader;
 use bandsync_nats::{ErrorCode, MemberId, SessionId, now_us};
@@ -16,22 +16,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 use tungstenite::Utf8Bytes;
-
-/// Something to write to one client's socket.
-#[derive(Debug, Clone)]
-pub enum Outbound {
-    /// A state event; skipped if the client already has `seq` (from its welcome).
-    Event { seq: u64, text: Utf8Bytes },
-    /// An error for this member (a rejected command).
-    Error { text: Utf8Bytes },
-}
-
-/// Why a client was disconnected by the gateway.
-#[derive(Debug, Clone)]
-pub struct Kick {
-    pub code: ErrorCode,
-    pub reason: String,
-}
 
 /// The hub's handle on one connected client.
 struct ClientSlot {

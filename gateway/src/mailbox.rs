@@ -9,13 +9,28 @@
 //! states) cost about 2 KB each of them whether used or not (massif, 1,200 idle
 //! sockets).
 
-use crate::hub::{Kick, Outbound};
 use bandsync_nats::ErrorCode;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tungstenite::Utf8Bytes;
+
+/// Something to write to one client's socket.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A state event; skipped if the client already has `seq` (from its welcome).
+    Event { seq: u64, text: Utf8Bytes },
+    /// An error for this member (a rejected command).
+    Error { text: Utf8Bytes },
+}
+
+/// Why a client was disconnected by the gateway.
+#[derive(Debug, Clone)]
+pub struct Kick {
+    pub code: ErrorCode,
+    pub reason: String,
+}
 
 pub struct Mailbox {
     inner: Mutex<Inner>,
