@@ -45,10 +45,11 @@ pub struct Hub {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("subscribing to session {session}: {message}")]
+#[error("subscribing to session {session}")]
 pub struct SubscribeError {
     session: SessionId,
-    message: String,
+    #[source]
+    source: async_nats::SubscribeError,
 }
 
 impl Hub {
@@ -75,30 +76,28 @@ impl Hub {
             mailbox: mailbox.clone(),
         };
         let mut sessions = self.sessions.lock().await;
-        let local = match sessions.get(session) {
-            Some(local) => local.clone(),
-            None => {
-                let subject = self.bus.subjects.session_all(session);
-                let sub = self
-                    .bus
-                    .client
-                    .subscribe(subject)
-                    .await
-                    .map_err(|e| SubscribeError {
-                        session: session.clone(),
-                        message: e.to_string(),
+        let local =
+            match sessions.get(session) {
+                Some(local) => local.clone(),
+                None => {
+                    let subject = self.bus.subjects.session_all(session);
+                    let sub = self.bus.client.subscribe(subject).await.map_err(|source| {
+                        SubscribeError {
+                            session: session.clone(),
+                            source,
+                        }
                     })?;
-                let local = Arc::new(LocalSession {
-                    clients: Mutex::new(Vec::new()),
-                    epoch: AtomicU64::new(0),
-                    stop: CancellationToken::new(),
-                });
-                tokio::spawn(fan_out(session.clone(), sub, local.clone()));
-                sessions.insert(session.clone(), local.clone());
-                metrics::gauge!("bandsync_gateway_sessions").set(sessions.len() as f64);
-                local
-            }
-        };
+                    let local = Arc::new(LocalSession {
+                        clients: Mutex::new(Vec::new()),
+                        epoch: AtomicU64::new(0),
+                        stop: CancellationToken::new(),
+                    });
+                    tokio::spawn(fan_out(session.clone(), sub, local.clone()));
+                    sessions.insert(session.clone(), local.clone());
+                    metrics::gauge!("bandsync_gateway_sessions").set(sessions.len() as f64);
+                    local
+                }
+            };
         lock(&local.clients).push(slot);
         Ok(ClientHandle { conn, mailbox })
     }
