@@ -358,29 +358,39 @@ impl Conn {
         Box::pin(async {
             // Not `send`: a kicked client is still told why, if its socket takes it.
             goodbye(&mut self.socket, ws_code, code, reason).await;
-            let _ = tokio::time::timeout(CLOSE_LINGER, async {
-                while let Some(Ok(msg)) = self.socket.next().await {
-                    if matches!(msg, Message::Close(_)) {
-                        break;
-                    }
-                }
-            })
-            .await;
+            linger(&mut self.socket).await;
         })
         .await;
     }
 
-    /// The gateway is stopping: tell the client to connect again, and close.
+    /// The gateway is stopping: tell the client to connect again, close, and
+    /// wait briefly for the client's close (as `close_code` does).
     async fn restart(&mut self) {
         let msg = ServerMsg::Reconnect {
             reason: "gateway shutting down; connect again".into(),
         };
-        let _ = self.send_msg(&msg).await;
+        let text = serde_json::to_string(&msg).expect("server messages serialise");
+        // Each write given up after `CLOSE_LINGER`, not `SEND_TIMEOUT`: a stuck
+        // socket must not hold the gateway's shutdown past its grace.
+        let _ = write(
+            &mut self.socket,
+            Message::Text(text.into()),
+            CLOSE_LINGER,
+            None,
+        )
+        .await;
         let close = CloseFrame {
             code: CloseCode::Restart,
             reason: Utf8Bytes::from_static("gateway shutting down"),
         };
-        let _ = self.socket.send(Message::Close(Some(close))).await;
+        let _ = write(
+            &mut self.socket,
+            Message::Close(Some(close)),
+            CLOSE_LINGER,
+            None,
+        )
+        .await;
+        linger(&mut self.socket).await;
     }
 }
 
@@ -467,6 +477,20 @@ fn fragments(text: Utf8Bytes) -> Vec<Frame> {
             Frame::message(bytes.slice(w[0]..w[1]), OpCode::Data(opcode), last)
         })
         .collect()
+}
+
+/// Reads until the client's close frame, for at most `CLOSE_LINGER`: a TCP
+/// connection dropped with the client's data unread is reset, and the client
+/// could lose the frames that said why before it read them.
+async fn linger(socket: &mut Socket) {
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while let Some(Ok(msg)) = socket.next().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Publishes a command for this member to the session's shard.

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tungstenite::Utf8Bytes;
 
 /// The hub's handle on one connected client.
@@ -42,6 +43,8 @@ pub struct Hub {
     sessions: tokio::sync::Mutex<HashMap<SessionId, Arc<LocalSession>>>,
     next_conn: AtomicU64,
     queue: usize,
+    /// The gateway's tasks, where the per-session fan-outs run.
+    tasks: TaskTracker,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,12 +56,13 @@ pub struct SubscribeError {
 }
 
 impl Hub {
-    pub fn new(bus: Bus, queue: usize) -> Self {
+    pub fn new(bus: Bus, queue: usize, tasks: TaskTracker) -> Self {
         Self {
             bus,
             sessions: Default::default(),
             next_conn: AtomicU64::new(1),
             queue,
+            tasks,
         }
     }
 
@@ -92,7 +96,8 @@ impl Hub {
                         epoch: AtomicU64::new(0),
                         stop: CancellationToken::new(),
                     });
-                    tokio::spawn(fan_out(session.clone(), sub, local.clone()));
+                    self.tasks
+                        .spawn(fan_out(session.clone(), sub, local.clone()));
                     sessions.insert(session.clone(), local.clone());
                     metrics::gauge!("bandsync_gateway_sessions").set(sessions.len() as f64);
                     local

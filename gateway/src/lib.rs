@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Shared by every request and connection.
 pub struct AppState {
@@ -42,6 +43,9 @@ pub struct AppState {
     pub hub: hub::Hub,
     pub tokens: token::TokenKey,
     pub shutdown: CancellationToken,
+    /// Every task of this gateway (sockets, per-session fan-outs, heartbeat):
+    /// shutdown waits for them, within `SHUTDOWN_GRACE`.
+    pub tasks: TaskTracker,
     /// `bandsync_gateway_socket_write_seconds`, looked up once: it is recorded per frame.
     pub socket_write: metrics::Histogram,
 }
@@ -54,14 +58,17 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Waits until the gateway has shut down.
+    /// Waits until the gateway has shut down: its sockets closed (each told to
+    /// reconnect) and its tasks ended, or `SHUTDOWN_GRACE` passed.
     pub async fn wait(self) -> anyhow::Result<()> {
         self.task.await.context("gateway task panicked")?
     }
 }
 
-/// Grace for open sockets to be told to reconnect elsewhere.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long shutdown waits for the gateway's tasks: each socket is told to
+/// reconnect and closed (waiting up to a second for its client's close), then
+/// says `bye` to the session's owner.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Connects to NATS, binds the listener and serves until `shutdown` is cancelled.
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Gateway> {
@@ -82,17 +89,19 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     bandsync_nats::service::prometheus();
+    let tasks = TaskTracker::new();
     let app = Arc::new(AppState {
-        hub: hub::Hub::new(bus.clone(), config.client_queue),
+        hub: hub::Hub::new(bus.clone(), config.client_queue, tasks.clone()),
         tokens: token::TokenKey::new(config.token_secret.as_bytes()),
         config,
         gateway_id: gateway_id.clone(),
         bus,
         shutdown: shutdown.clone(),
+        tasks,
         socket_write: metrics::histogram!("bandsync_gateway_socket_write_seconds"),
     });
-    tokio::spawn(heartbeat(app.clone()));
-    tokio::spawn({
+    app.tasks.spawn(heartbeat(app.clone()));
+    app.tasks.spawn({
         let app = app.clone();
         async move {
             app.shutdown.cancelled().await;
@@ -115,17 +124,25 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .with_state(app.clone());
     tracing::info!(%addr, gateway = %gateway_id, "gateway listening");
     let task = tokio::spawn(async move {
-        let stop = shutdown.clone();
-        // Sockets are told through their mailboxes (and a socket joining later
-        // sees the token); the server stops accepting once they had time to leave.
-        let graceful = async move {
-            stop.cancelled().await;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
         let send_buffer = app.config.socket_send_buffer;
         let listener = listener.tap_io(move |tcp| tune_socket(tcp, send_buffer));
-        let serve = axum::serve(listener, router).with_graceful_shutdown(graceful);
+        // Stops accepting at once; returns when the HTTP requests in flight
+        // are answered (an upgrade's socket task is spawned by then).
+        let serve =
+            axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned());
         serve.await.context("serving HTTP")?;
+        // Sockets are told through their mailboxes (and one joining the hub
+        // later sees the token): each says why, closes and says bye.
+        app.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, app.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tasks = app.tasks.len(),
+                "tasks still running after the shutdown grace period"
+            );
+        }
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, app.bus.client.flush()).await;
         let _ = app.bus.gateways.delete(app.gateway_id.as_str()).await;
         tracing::info!("gateway stopped");
