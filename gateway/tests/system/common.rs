@@ -186,11 +186,3 @@ pub async fn event_of_kind(c: &mut Connection, kind: &str) -> (bandsync_nats::Ev
         .expect("matched");
     (*e, change)
 }
-
-pub fn percentile(sorted: &[i64], p: f64) -> i64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx]
-}
