@@ -338,13 +338,21 @@ impl Conn {
             .await
     }
 
+    /// One message to the client, given up after `SEND_TIMEOUT` or when the
+    /// hub kicks this client. A write given up for a kick is no failure: the
+    /// kick waits in the mailbox, whose end comes before anything else, and
+    /// the connection closes with its reason (`slow_client` for a socket that
+    /// stopped draining) instead of dropping the socket unexplained.
     async fn send(&mut self, msg: Message) -> Result<(), WriteError> {
         let started = Instant::now();
         let sent = write(&mut self.socket, msg, SEND_TIMEOUT, Some(&self.kick)).await;
         self.app
             .socket_write
             .record(started.elapsed().as_secs_f64());
-        sent
+        match sent {
+            Err(WriteError::Kicked) => Ok(()),
+            sent => sent,
+        }
     }
 
     async fn close(&mut self, code: ErrorCode, reason: &str) {

@@ -88,7 +88,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
-    bandsync_nats::service::prometheus();
+    install_metrics();
     let tasks = TaskTracker::new();
     let app = Arc::new(AppState {
         hub: hub::Hub::new(bus.clone(), config.client_queue, tasks.clone()),
@@ -153,6 +153,71 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         id: gateway_id,
         task,
     })
+}
+
+/// Installs the process's Prometheus recorder (shared with other services in
+/// the same process) and describes the gateway's metrics in it once.
+fn install_metrics() {
+    bandsync_nats::service::prometheus();
+    static DESCRIBED: std::sync::Once = std::sync::Once::new();
+    DESCRIBED.call_once(describe_metrics);
+}
+
+/// The gateway's metrics with their help text, exported at 0 from the start so
+/// a dashboard (or a test reading them strictly) can tell "none yet" from "not
+/// exported".
+fn describe_metrics() {
+    let counters = [
+        (
+            "bandsync_gateway_slow_clients_total",
+            "Clients dropped because their event queue overflowed (slow_client).",
+        ),
+        (
+            "bandsync_gateway_rate_limited_total",
+            "Client messages dropped by the rate limit.",
+        ),
+        (
+            "bandsync_gateway_publish_failures_total",
+            "Commands that could not be published to the bus.",
+        ),
+        (
+            "bandsync_gateway_stale_epoch_dropped_total",
+            "Bus messages dropped as coming from a deposed owner.",
+        ),
+        (
+            "bandsync_gateway_ticks_forwarded_total",
+            "Ticks handed to client mailboxes.",
+        ),
+    ];
+    for (name, help) in counters {
+        metrics::describe_counter!(name, help);
+        metrics::counter!(name).increment(0);
+    }
+    let gauges = [
+        ("bandsync_gateway_connections", "Open client WebSockets."),
+        (
+            "bandsync_gateway_sessions",
+            "Sessions this gateway is subscribed to.",
+        ),
+    ];
+    for (name, help) in gauges {
+        metrics::describe_gauge!(name, help);
+        metrics::gauge!(name).increment(0.0);
+    }
+    // All in seconds.
+    let histograms = [
+        (
+            "bandsync_gateway_bus_delay_seconds",
+            "How old a tick or event is when it arrives from the bus (by kind).",
+        ),
+        (
+            "bandsync_gateway_socket_write_seconds",
+            "Time to write one frame to a client's socket.",
+        ),
+    ];
+    for (name, help) in histograms {
+        metrics::describe_histogram!(name, metrics::Unit::Seconds, help);
+    }
 }
 
 /// Ticks and events are small and latency-bound: no Nagle delay. A bounded
