@@ -1,7 +1,7 @@
 use bandsync_client::{Api, Connection, Joined};
 use bandsync_gateway::Gateway;
 use bandsync_nats::{ServerMsg, state::Change};
-use bandsync_testkit::NatsServer;
+use bandsync_testkit::{NatsServer, eventually};
 use bandsync_ticker::Ticker;
 use clap::Parser;
 use std::net::SocketAddr;
@@ -117,20 +117,14 @@ impl Stack {
 
     /// Until the ticker owns every shard, commands would only queue.
     async fn wait_for_shards(&self) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while self
-            .tickers
-            .iter()
-            .map(|(t, _)| t.shards_owned())
-            .sum::<usize>()
-            < 16
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "ticker never took its shards"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(WAIT, "the ticker to own all 16 shards", || async {
+            self.tickers
+                .iter()
+                .map(|(t, _)| t.shards_owned())
+                .sum::<usize>()
+                >= 16
+        })
+        .await;
     }
 
     /// Gateway `gateway`'s address, in process or not.
