@@ -3,6 +3,8 @@
 //! validates and rate-limits client messages, publishes commands to the
 //! session's shard on the bus, and forwards the owner's events and ticks to
 //! its local members (subscribing per session, only while it has members).
+//! On shutdown it tells every socket to reconnect elsewhere and waits for its
+//! tasks (sockets, fan-outs, heartbeat) within `SHUTDOWN_GRACE`.
 //!
 //! Invariants: **a client only ever blocks itself** (bounded per-client queues,
 //! ticks coalesce, slow clients are dropped); **bytes from the bus are forwarded
