@@ -271,7 +271,8 @@ pub async fn websocket(
         .write_buffer_size(0)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
-    ws.on_upgrade(config, move |socket| async move {
+    let tasks = app.tasks.clone();
+    ws.on_upgrade(&tasks, config, move |socket| async move {
         match verified {
             Ok(claims) => crate::conn::serve(socket, app, claims).await,
             // A browser cannot read an HTTP status on a failed upgrade, so the

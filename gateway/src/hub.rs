@@ -6,7 +6,7 @@
 //! coalesce (a slow client skips to the newest one); a client whose event queue
 //! is full is kicked with `slow_client` rather than ever stalling the others.
 
-use crate::mailbox::Mailbox;
+use crate::mailbox::{Mailbox, Outbound};
 use bandsync_nats::bus::Bus;
 use bandsync_nats::wire::BusHeader;
 use bandsync_nats::{ErrorCode, MemberId, SessionId, now_us};
@@ -15,23 +15,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tungstenite::Utf8Bytes;
-
-/// Something to write to one client's socket.
-#[derive(Debug, Clone)]
-pub enum Outbound {
-    /// A state event; skipped if the client already has `seq` (from its welcome).
-    Event { seq: u64, text: Utf8Bytes },
-    /// An error for this member (a rejected command).
-    Error { text: Utf8Bytes },
-}
-
-/// Why a client was disconnected by the gateway.
-#[derive(Debug, Clone)]
-pub struct Kick {
-    pub code: ErrorCode,
-    pub reason: String,
-}
 
 /// The hub's handle on one connected client.
 struct ClientSlot {
@@ -58,22 +43,26 @@ pub struct Hub {
     sessions: tokio::sync::Mutex<HashMap<SessionId, Arc<LocalSession>>>,
     next_conn: AtomicU64,
     queue: usize,
+    /// The gateway's tasks, where the per-session fan-outs run.
+    tasks: TaskTracker,
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("subscribing to session {session}: {message}")]
+#[error("subscribing to session {session}")]
 pub struct SubscribeError {
     session: SessionId,
-    message: String,
+    #[source]
+    source: async_nats::SubscribeError,
 }
 
 impl Hub {
-    pub fn new(bus: Bus, queue: usize) -> Self {
+    pub fn new(bus: Bus, queue: usize, tasks: TaskTracker) -> Self {
         Self {
             bus,
             sessions: Default::default(),
             next_conn: AtomicU64::new(1),
             queue,
+            tasks,
         }
     }
 
@@ -91,30 +80,29 @@ impl Hub {
             mailbox: mailbox.clone(),
         };
         let mut sessions = self.sessions.lock().await;
-        let local = match sessions.get(session) {
-            Some(local) => local.clone(),
-            None => {
-                let subject = self.bus.subjects.session_all(session);
-                let sub = self
-                    .bus
-                    .client
-                    .subscribe(subject)
-                    .await
-                    .map_err(|e| SubscribeError {
-                        session: session.clone(),
-                        message: e.to_string(),
+        let local =
+            match sessions.get(session) {
+                Some(local) => local.clone(),
+                None => {
+                    let subject = self.bus.subjects.session_all(session);
+                    let sub = self.bus.client.subscribe(subject).await.map_err(|source| {
+                        SubscribeError {
+                            session: session.clone(),
+                            source,
+                        }
                     })?;
-                let local = Arc::new(LocalSession {
-                    clients: Mutex::new(Vec::new()),
-                    epoch: AtomicU64::new(0),
-                    stop: CancellationToken::new(),
-                });
-                tokio::spawn(fan_out(session.clone(), sub, local.clone()));
-                sessions.insert(session.clone(), local.clone());
-                metrics::gauge!("bandsync_gateway_sessions").set(sessions.len() as f64);
-                local
-            }
-        };
+                    let local = Arc::new(LocalSession {
+                        clients: Mutex::new(Vec::new()),
+                        epoch: AtomicU64::new(0),
+                        stop: CancellationToken::new(),
+                    });
+                    self.tasks
+                        .spawn(fan_out(session.clone(), sub, local.clone()));
+                    sessions.insert(session.clone(), local.clone());
+                    metrics::gauge!("bandsync_gateway_sessions").set(sessions.len() as f64);
+                    local
+                }
+            };
         lock(&local.clients).push(slot);
         Ok(ClientHandle { conn, mailbox })
     }

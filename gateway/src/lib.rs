@@ -3,6 +3,8 @@
 //! validates and rate-limits client messages, publishes commands to the
 //! session's shard on the bus, and forwards the owner's events and ticks to
 //! its local members (subscribing per session, only while it has members).
+//! On shutdown it tells every socket to reconnect elsewhere and waits for its
+//! tasks (sockets, fan-outs, heartbeat) within `SHUTDOWN_GRACE`.
 //!
 //! Invariants: **a client only ever blocks itself** (bounded per-client queues,
 //! ticks coalesce, slow clients are dropped); **bytes from the bus are forwarded
@@ -33,6 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Shared by every request and connection.
 pub struct AppState {
@@ -42,6 +45,9 @@ pub struct AppState {
     pub hub: hub::Hub,
     pub tokens: token::TokenKey,
     pub shutdown: CancellationToken,
+    /// Every task of this gateway (sockets, per-session fan-outs, heartbeat):
+    /// shutdown waits for them, within `SHUTDOWN_GRACE`.
+    pub tasks: TaskTracker,
     /// `bandsync_gateway_socket_write_seconds`, looked up once: it is recorded per frame.
     pub socket_write: metrics::Histogram,
 }
@@ -54,14 +60,17 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Waits until the gateway has shut down.
+    /// Waits until the gateway has shut down: its sockets closed (each told to
+    /// reconnect) and its tasks ended, or `SHUTDOWN_GRACE` passed.
     pub async fn wait(self) -> anyhow::Result<()> {
         self.task.await.context("gateway task panicked")?
     }
 }
 
-/// Grace for open sockets to be told to reconnect elsewhere.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long shutdown waits for the gateway's tasks: each socket is told to
+/// reconnect and closed (waiting up to a second for its client's close), then
+/// says `bye` to the session's owner.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Connects to NATS, binds the listener and serves until `shutdown` is cancelled.
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Gateway> {
@@ -81,18 +90,20 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
-    bandsync_nats::service::prometheus();
+    install_metrics();
+    let tasks = TaskTracker::new();
     let app = Arc::new(AppState {
-        hub: hub::Hub::new(bus.clone(), config.client_queue),
+        hub: hub::Hub::new(bus.clone(), config.client_queue, tasks.clone()),
         tokens: token::TokenKey::new(config.token_secret.as_bytes()),
         config,
         gateway_id: gateway_id.clone(),
         bus,
         shutdown: shutdown.clone(),
+        tasks,
         socket_write: metrics::histogram!("bandsync_gateway_socket_write_seconds"),
     });
-    tokio::spawn(heartbeat(app.clone()));
-    tokio::spawn({
+    app.tasks.spawn(heartbeat(app.clone()));
+    app.tasks.spawn({
         let app = app.clone();
         async move {
             app.shutdown.cancelled().await;
@@ -115,17 +126,25 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .with_state(app.clone());
     tracing::info!(%addr, gateway = %gateway_id, "gateway listening");
     let task = tokio::spawn(async move {
-        let stop = shutdown.clone();
-        // Sockets are told through their mailboxes (and a socket joining later
-        // sees the token); the server stops accepting once they had time to leave.
-        let graceful = async move {
-            stop.cancelled().await;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
         let send_buffer = app.config.socket_send_buffer;
         let listener = listener.tap_io(move |tcp| tune_socket(tcp, send_buffer));
-        let serve = axum::serve(listener, router).with_graceful_shutdown(graceful);
+        // Stops accepting at once; returns when the HTTP requests in flight
+        // are answered (an upgrade's socket task is spawned by then).
+        let serve =
+            axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned());
         serve.await.context("serving HTTP")?;
+        // Sockets are told through their mailboxes (and one joining the hub
+        // later sees the token): each says why, closes and says bye.
+        app.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, app.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tasks = app.tasks.len(),
+                "tasks still running after the shutdown grace period"
+            );
+        }
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, app.bus.client.flush()).await;
         let _ = app.bus.gateways.delete(app.gateway_id.as_str()).await;
         tracing::info!("gateway stopped");
@@ -136,6 +155,71 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         id: gateway_id,
         task,
     })
+}
+
+/// Installs the process's Prometheus recorder (shared with other services in
+/// the same process) and describes the gateway's metrics in it once.
+fn install_metrics() {
+    bandsync_nats::service::prometheus();
+    static DESCRIBED: std::sync::Once = std::sync::Once::new();
+    DESCRIBED.call_once(describe_metrics);
+}
+
+/// The gateway's metrics with their help text, exported at 0 from the start so
+/// a dashboard (or a test reading them strictly) can tell "none yet" from "not
+/// exported".
+fn describe_metrics() {
+    let counters = [
+        (
+            "bandsync_gateway_slow_clients_total",
+            "Clients dropped because their event queue overflowed (slow_client).",
+        ),
+        (
+            "bandsync_gateway_rate_limited_total",
+            "Client messages dropped by the rate limit.",
+        ),
+        (
+            "bandsync_gateway_publish_failures_total",
+            "Commands that could not be published to the bus.",
+        ),
+        (
+            "bandsync_gateway_stale_epoch_dropped_total",
+            "Bus messages dropped as coming from a deposed owner.",
+        ),
+        (
+            "bandsync_gateway_ticks_forwarded_total",
+            "Ticks handed to client mailboxes.",
+        ),
+    ];
+    for (name, help) in counters {
+        metrics::describe_counter!(name, help);
+        metrics::counter!(name).increment(0);
+    }
+    let gauges = [
+        ("bandsync_gateway_connections", "Open client WebSockets."),
+        (
+            "bandsync_gateway_sessions",
+            "Sessions this gateway is subscribed to.",
+        ),
+    ];
+    for (name, help) in gauges {
+        metrics::describe_gauge!(name, help);
+        metrics::gauge!(name).increment(0.0);
+    }
+    // All in seconds.
+    let histograms = [
+        (
+            "bandsync_gateway_bus_delay_seconds",
+            "How old a tick or event is when it arrives from the bus (by kind).",
+        ),
+        (
+            "bandsync_gateway_socket_write_seconds",
+            "Time to write one frame to a client's socket.",
+        ),
+    ];
+    for (name, help) in histograms {
+        metrics::describe_histogram!(name, metrics::Unit::Seconds, help);
+    }
 }
 
 /// Ticks and events are small and latency-bound: no Nagle delay. A bounded

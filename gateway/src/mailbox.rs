@@ -9,13 +9,28 @@
 //! states) cost about 2 KB each of them whether used or not (massif, 1,200 idle
 //! sockets).
 
-use crate::hub::{Kick, Outbound};
 use bandsync_nats::ErrorCode;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tungstenite::Utf8Bytes;
+
+/// Something to write to one client's socket.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A state event; skipped if the client already has `seq` (from its welcome).
+    Event { seq: u64, text: Utf8Bytes },
+    /// An error for this member (a rejected command).
+    Error { text: Utf8Bytes },
+}
+
+/// Why a client was disconnected by the gateway.
+#[derive(Debug, Clone)]
+pub struct Kick {
+    pub code: ErrorCode,
+    pub reason: String,
+}
 
 pub struct Mailbox {
     inner: Mutex<Inner>,
@@ -142,6 +157,9 @@ impl Mailbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::poll;
+    use std::pin::pin;
+    use std::sync::Arc;
     use std::time::Duration;
 
     fn event(seq: u64) -> Outbound {
@@ -164,23 +182,25 @@ mod tests {
             got.push(name(m.next().await));
         }
         assert_eq!(got, ["e1", "e2", "t2"]);
-        let idle = tokio::time::timeout(Duration::from_millis(20), m.next()).await;
-        assert!(idle.is_err(), "nothing left");
+        assert!(poll!(pin!(m.next())).is_pending(), "nothing left");
     }
 
     #[tokio::test]
     async fn a_waiting_reader_wakes_on_a_push_from_another_task() {
-        let m = std::sync::Arc::new(Mailbox::new(4));
-        let reader = tokio::spawn({
+        let m = Arc::new(Mailbox::new(4));
+        let mut next = pin!(m.next());
+        // Polled once, the reader has looked, found nothing and waits.
+        assert!(poll!(next.as_mut()).is_pending(), "empty at first");
+        let pusher = tokio::spawn({
             let m = m.clone();
-            async move { m.next().await }
+            async move { m.put_tick(Utf8Bytes::from_static("t")) }
         });
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        m.put_tick(Utf8Bytes::from_static("t"));
-        let got = tokio::time::timeout(Duration::from_secs(1), reader)
+        pusher.await.expect("the push ran");
+        // The wake-up must come from the push: a lost one would leave this
+        // pending for ever, caught by the deadline.
+        let got = tokio::time::timeout(Duration::from_secs(5), next)
             .await
-            .expect("woken")
-            .expect("joined");
+            .expect("woken by the push");
         assert!(matches!(got, Delivery::Tick(t) if t.as_str() == "t"));
     }
 

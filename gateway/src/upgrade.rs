@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
+use tokio_util::task::TaskTracker;
 use tungstenite::handshake::derive_accept_key;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
@@ -71,14 +72,20 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
 }
 
 impl Upgrade {
-    /// Answers 101 and runs `serve` on the socket once the client has switched.
-    pub fn on_upgrade<F, Fut>(self, config: WebSocketConfig, serve: F) -> Response
+    /// Answers 101 and runs `serve` on the socket, as one of `tasks`, once the
+    /// client has switched.
+    pub fn on_upgrade<F, Fut>(
+        self,
+        tasks: &TaskTracker,
+        config: WebSocketConfig,
+        serve: F,
+    ) -> Response
     where
         F: FnOnce(Socket) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let on_upgrade = self.on_upgrade;
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
                     let io = TokioIo::new(upgraded);

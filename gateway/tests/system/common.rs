@@ -1,10 +1,13 @@
 use bandsync_client::{Api, Connection, Joined};
 use bandsync_gateway::Gateway;
 use bandsync_nats::{ServerMsg, state::Change};
-use bandsync_testkit::NatsServer;
+use bandsync_testkit::{NatsServer, eventually};
 use bandsync_ticker::Ticker;
 use clap::Parser;
+use std::net::SocketAddr;
+use std::process::Stdio;
 use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
 pub const SECRET: &str = "system-test-secret-0123456789";
@@ -18,6 +21,10 @@ pub struct Knobs {
     pub leader_grace_ms: u64,
     pub max_members: usize,
     pub client_queue: usize,
+    /// Gateways as `bandsync-gateway` processes rather than in this one: each
+    /// then has its own `/metrics` (in one process they share the global
+    /// recorder, and a counter sums every gateway's).
+    pub gateway_processes: bool,
 }
 
 impl Default for Knobs {
@@ -28,13 +35,16 @@ impl Default for Knobs {
             leader_grace_ms: 1_000,
             max_members: 12,
             client_queue: 64,
+            gateway_processes: false,
         }
     }
 }
 
 pub struct Stack {
     pub nats: NatsServer,
+    /// In-process gateways, or none with `Knobs::gateway_processes`.
     pub gateways: Vec<(Gateway, CancellationToken)>,
+    pub gateway_processes: Vec<GatewayProcess>,
     pub tickers: Vec<(Ticker, CancellationToken)>,
     pub knobs: Knobs,
 }
@@ -46,12 +56,19 @@ impl Stack {
         let mut stack = Stack {
             nats,
             gateways: Vec::new(),
+            gateway_processes: Vec::new(),
             tickers: Vec::new(),
             knobs,
         };
         stack.add_ticker().await;
         for i in 0..knobs.gateways {
-            stack.add_gateway(&format!("gw-{i}")).await;
+            let id = format!("gw-{i}");
+            if knobs.gateway_processes {
+                let process = GatewayProcess::spawn(&stack.gateway_args(&id)).await;
+                stack.gateway_processes.push(process);
+            } else {
+                stack.add_gateway(&id).await;
+            }
         }
         stack.wait_for_shards().await;
         stack
@@ -75,9 +92,8 @@ impl Stack {
         self.tickers.push((ticker, token));
     }
 
-    pub async fn add_gateway(&mut self, id: &str) {
-        let config = bandsync_gateway::Config::parse_from([
-            "bandsync-gateway".to_string(),
+    fn gateway_args(&self, id: &str) -> Vec<String> {
+        vec![
             format!("--nats-url={}", self.nats.url()),
             "--listen=127.0.0.1:0".into(),
             format!("--token-secret={SECRET}"),
@@ -86,7 +102,12 @@ impl Stack {
             "--max-frame-bytes=4096".into(),
             format!("--client-queue={}", self.knobs.client_queue),
             "--shards=16".into(),
-        ]);
+        ]
+    }
+
+    pub async fn add_gateway(&mut self, id: &str) {
+        let args = std::iter::once("bandsync-gateway".to_string()).chain(self.gateway_args(id));
+        let config = bandsync_gateway::Config::parse_from(args);
         let token = CancellationToken::new();
         let gateway = bandsync_gateway::start(config, token.clone())
             .await
@@ -96,24 +117,26 @@ impl Stack {
 
     /// Until the ticker owns every shard, commands would only queue.
     async fn wait_for_shards(&self) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while self
-            .tickers
-            .iter()
-            .map(|(t, _)| t.shards_owned())
-            .sum::<usize>()
-            < 16
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "ticker never took its shards"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        eventually(WAIT, "the ticker to own all 16 shards", || async {
+            self.tickers
+                .iter()
+                .map(|(t, _)| t.shards_owned())
+                .sum::<usize>()
+                >= 16
+        })
+        .await;
+    }
+
+    /// Gateway `gateway`'s address, in process or not.
+    pub fn addr(&self, gateway: usize) -> SocketAddr {
+        match self.gateways.get(gateway) {
+            Some((g, _)) => g.addr,
+            None => self.gateway_processes[gateway - self.gateways.len()].addr,
         }
     }
 
     pub fn base(&self, gateway: usize) -> String {
-        format!("http://{}", self.gateways[gateway].0.addr)
+        format!("http://{}", self.addr(gateway))
     }
 
     pub fn api(&self, gateway: usize) -> Api {
@@ -130,6 +153,52 @@ impl Stack {
             .await
             .expect("own connection announced");
         c
+    }
+}
+
+/// One `bandsync-gateway` process (this package's binary), killed on drop. Its
+/// log goes to this test's output.
+pub struct GatewayProcess {
+    pub addr: SocketAddr,
+    _child: tokio::process::Child,
+}
+
+impl GatewayProcess {
+    async fn spawn(args: &[String]) -> GatewayProcess {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bandsync-gateway"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawning bandsync-gateway");
+        let mut stderr = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stderr.next_line().await {
+                eprintln!("[gateway] {line}");
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        // main.rs: "bandsync-gateway listening on http://ADDR"
+        let line = tokio::time::timeout(WAIT, stdout.next_line())
+            .await
+            .expect("the gateway starts in time")
+            .expect("reading the gateway's output")
+            .expect("the gateway prints its address");
+        let addr = line
+            .rsplit("http://")
+            .next()
+            .and_then(|a| a.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no address in the gateway's first line: {line}"));
+        // Kept open: a write to a closed pipe would fail in the gateway.
+        tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+        GatewayProcess {
+            addr,
+            _child: child,
+        }
     }
 }
 
@@ -185,12 +254,4 @@ pub async fn event_of_kind(c: &mut Connection, kind: &str) -> (bandsync_nats::Ev
         .cloned()
         .expect("matched");
     (*e, change)
-}
-
-pub fn percentile(sorted: &[i64], p: f64) -> i64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx]
 }

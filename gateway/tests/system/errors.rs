@@ -20,7 +20,9 @@ async fn follower_commands_and_bad_input_get_clear_errors() {
     let stack = Stack::start(Knobs::default()).await;
     let (mut leader, mut followers) = band(&stack, 0, &[1, 1]).await;
     let seq_before = leader.state.seq;
+    let tempo_before = leader.state.timeline.latest().tempo_bpm;
 
+    // Refused by the session's owner.
     let f = &mut followers[0];
     f.send(&Command::Tempo { bpm: 90.0 }, Some("c1"))
         .await
@@ -34,7 +36,7 @@ async fn follower_commands_and_bad_input_get_clear_errors() {
         (err.code, err.id.as_deref()),
         (ErrorCode::NotLeader, Some("c1"))
     );
-
+    // Refused by the gateway.
     f.send_raw("{not json".into()).await.expect("send");
     expect_error(f, ErrorCode::BadJson).await;
     f.send_raw(r#"{"type":"moonwalk"}"#.into())
@@ -45,6 +47,19 @@ async fn follower_commands_and_bad_input_get_clear_errors() {
         .await
         .expect("send");
     expect_error(f, ErrorCode::UnknownType).await;
+    // A barrier: a valid command from the same member takes the same way to
+    // the owner, after the refused one. Had the tempo been applied, its event
+    // would come first and this one would not be the next seq.
+    f.send(&Command::RequestLeadership, None)
+        .await
+        .expect("send");
+    let (event, _) = event_of_kind(f, "leadership_requested").await;
+    assert_eq!(
+        event.seq,
+        seq_before + 1,
+        "only the follower's valid command changed the session"
+    );
+    assert_eq!(event.state.timeline.latest().tempo_bpm, tempo_before);
 
     leader
         .send_raw(r#"{"type":"tempo","bpm":500}"#.into())
@@ -62,8 +77,20 @@ async fn follower_commands_and_bad_input_get_clear_errors() {
         .await
         .expect("send");
     expect_error(&mut leader, ErrorCode::Invalid).await;
+    // The same barrier for the leader's refused values.
+    leader
+        .send(&Command::Tempo { bpm: 101.0 }, None)
+        .await
+        .expect("send");
+    let (event, _) = event_of_kind(&mut leader, "tempo").await;
+    assert_eq!(
+        event.seq,
+        seq_before + 2,
+        "only the leader's valid command changed the session"
+    );
+    assert_eq!(event.state.timeline.latest().tempo_bpm, 101.0);
 
-    // Nothing changed, and every connection is still usable.
+    // Every connection is still usable.
     leader
         .sync_clock(1)
         .await
@@ -72,10 +99,6 @@ async fn follower_commands_and_bad_input_get_clear_errors() {
         .sync_clock(1)
         .await
         .expect("follower still answers pings");
-    assert_eq!(
-        leader.state.seq, seq_before,
-        "rejected commands change nothing"
-    );
 
     // An over-size frame closes only that connection, with a reason.
     let big = format!(
@@ -96,11 +119,13 @@ async fn follower_commands_and_bad_input_get_clear_errors() {
 
     // The others carry on.
     leader
-        .send(&Command::Tempo { bpm: 101.0 }, None)
+        .send(&Command::Tempo { bpm: 102.0 }, None)
         .await
         .expect("send");
-    let (event, _) = event_of_kind(&mut followers[0], "tempo").await;
-    assert_eq!(event.state.timeline.latest().tempo_bpm, 101.0);
+    followers[0]
+        .wait_until(WAIT, |s| s.timeline.latest().tempo_bpm == 102.0)
+        .await
+        .expect("the other follower gets the leader's next tempo");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

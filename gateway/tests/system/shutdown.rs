@@ -2,8 +2,11 @@
 //! elsewhere before it closes their sockets.
 
 use crate::common::*;
-use bandsync_client::ClientError;
-use bandsync_nats::ServerMsg;
+use bandsync_client::{ClientError, Connection};
+use bandsync_gateway::SHUTDOWN_GRACE;
+use bandsync_nats::bus::BusArgs;
+use bandsync_nats::{Command, CommandEnvelope, ServerMsg};
+use std::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_gateway_tells_its_clients_to_reconnect() {
@@ -38,4 +41,87 @@ async fn a_stopping_gateway_tells_its_clients_to_reconnect() {
         matches!(msg, Err(ClientError::Timeout)),
         "the other gateway's client: {msg:?}"
     );
+}
+
+/// Byes from `gateway`'s connections in the command stream: a connection's
+/// task publishes its `bye` as its last step (after its socket closed) and
+/// waits for the stream's ack, so each one here is a task that finished.
+async fn byes_from(stack: &Stack, gateway: &str) -> usize {
+    let bus = BusArgs::new(&stack.nats.url())
+        .open("shutdown-test".into())
+        .await
+        .expect("bus");
+    let mut stream = bus
+        .js
+        .get_stream(bus.subjects.cmd_stream())
+        .await
+        .expect("command stream");
+    let last = stream
+        .info()
+        .await
+        .expect("stream info")
+        .state
+        .last_sequence;
+    let mut byes = 0;
+    for seq in 1..=last {
+        let msg = stream.get_raw_message(seq).await.expect("message");
+        let envelope: CommandEnvelope =
+            serde_json::from_slice(&msg.payload).expect("a command envelope");
+        if matches!(&envelope.command, Command::Bye { conn } if conn.gateway() == gateway) {
+            byes += 1;
+        }
+    }
+    byes
+}
+
+/// Shutdown waits for the sockets themselves, not a fixed delay: when `wait`
+/// returns, every connection was told to reconnect, closed, and said `bye`.
+/// Nobody reads the clients while the gateway stops, so each socket's task
+/// waits for its client's close frame (a second) before it can finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_gateway_returns_once_its_sockets_are_closed() {
+    let mut stack = Stack::start(Knobs {
+        gateways: 1,
+        ..Knobs::default()
+    })
+    .await;
+    let (leader, followers) = band(&stack, 0, &[0, 0, 0]).await;
+    let clients: Vec<Connection> = std::iter::once(leader).chain(followers).collect();
+    assert_eq!(byes_from(&stack, "gw-0").await, 0, "nobody has left yet");
+
+    let (gateway, token) = stack.gateways.remove(0);
+    token.cancel();
+    let started = Instant::now();
+    tokio::time::timeout(SHUTDOWN_GRACE * 2, gateway.wait())
+        .await
+        .expect("the gateway stops")
+        .expect("the gateway stops cleanly");
+    let took = started.elapsed();
+    println!("gateway with {} sockets stopped in {took:?}", clients.len());
+    assert_eq!(
+        byes_from(&stack, "gw-0").await,
+        clients.len(),
+        "every connection's task ended before wait returned"
+    );
+    assert!(
+        took < SHUTDOWN_GRACE,
+        "stopping took {took:?}, beyond the {SHUTDOWN_GRACE:?} grace"
+    );
+    for mut c in clients {
+        // Events and pongs sent before the shutdown come first.
+        let msg = c
+            .wait_for(WAIT, |m| matches!(m, ServerMsg::Reconnect { .. }))
+            .await
+            .expect("told to reconnect");
+        assert!(
+            matches!(&msg, ServerMsg::Reconnect { reason } if reason.contains("shutting down")),
+            "{msg:?}"
+        );
+        match c.next_within(WAIT).await {
+            Err(ClientError::Closed(Some(frame))) => {
+                assert_eq!(u16::from(frame.code), 1012, "close code: service restart")
+            }
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
 }
