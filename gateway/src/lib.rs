@@ -81,11 +81,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             .clone()
             .unwrap_or_else(|| format!("gw-{}", random_id(6))),
     )?;
-    let bus = config
+    // Waits for the bus (the cluster may be starting or electing) instead of exiting.
+    let Some(bus) = config
         .bus
-        .open(format!("bandsync-gateway-{gateway_id}"))
+        .open_patiently(format!("bandsync-gateway-{gateway_id}"), &shutdown)
         .await
-        .context("opening the NATS bus")?;
+        .context("opening the NATS bus")?
+    else {
+        anyhow::bail!("shut down while waiting for the bus");
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;

@@ -157,6 +157,17 @@ impl BusArgs {
         let subjects = self.validate()?;
         Bus::open(&self.settings(name), subjects).await
     }
+
+    /// [`Bus::open_patiently`] with these settings: `Ok(None)` if `shutdown`
+    /// came first.
+    pub async fn open_patiently(
+        &self,
+        name: String,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Bus>, BusError> {
+        let subjects = self.validate()?;
+        Bus::open_patiently(&self.settings(name), subjects, shutdown).await
+    }
 }
 
 /// A connected client with every stream and bucket declared.

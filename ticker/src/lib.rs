@@ -84,11 +84,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .ticker_id
         .clone()
         .unwrap_or_else(|| format!("ticker-{}", random_id(6)));
-    let bus = config
+    // Waits for the bus (the cluster may be starting or electing) instead of exiting.
+    let Some(bus) = config
         .bus
-        .open(format!("bandsync-{ticker_id}"))
+        .open_patiently(format!("bandsync-{ticker_id}"), &shutdown)
         .await
-        .context("opening the NATS bus")?;
+        .context("opening the NATS bus")?
+    else {
+        anyhow::bail!("shut down while waiting for the bus");
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
