@@ -1,4 +1,4 @@
-//! The shared musical timeline (DESIGN.md, "a timeline, not a stream of positions").
+//! The shared musical timeline: a timeline, not a stream of positions.
 //!
 //! A timeline is a short list of segments. Each segment says: from server time
 //! `anchor_time` on, the position is `anchor_beat` plus, while playing, the elapsed

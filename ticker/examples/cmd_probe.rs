@@ -6,7 +6,8 @@
 //! shard every 500 ms), while publishing core-NATS ticks that the gateway
 //! connection takes on one subscription per session. Prints publish → ack and
 //! publish → delivered, p50 / p99 / max: how much of a command's latency the
-//! server itself accounts for at a given rate (docs/benchmarks.md).
+//! server itself accounts for at a given rate (docs/benchmarks-history.md, "The
+//! command path, found (27 November)").
 //!
 //! cargo run --release -p bandsync-ticker --example cmd_probe -- \
 //!     [--shards 256] [--rate 500] [--secs 10] [--sessions 1000] [--noise-hz 1] [--work 2]
