@@ -195,10 +195,6 @@ fn describe_metrics() {
             "Ticks handed to client mailboxes.",
         ),
     ];
-    for (name, help) in counters {
-        metrics::describe_counter!(name, help);
-        metrics::counter!(name).increment(0);
-    }
     let gauges = [
         ("bandsync_gateway_connections", "Open client WebSockets."),
         (
@@ -206,10 +202,6 @@ fn describe_metrics() {
             "Sessions this gateway is subscribed to.",
         ),
     ];
-    for (name, help) in gauges {
-        metrics::describe_gauge!(name, help);
-        metrics::gauge!(name).increment(0.0);
-    }
     // All in seconds.
     let histograms = [
         (
@@ -221,9 +213,12 @@ fn describe_metrics() {
             "Time to write one frame to a client's socket.",
         ),
     ];
-    for (name, help) in histograms {
-        metrics::describe_histogram!(name, metrics::Unit::Seconds, help);
+    bandsync_nats::service::MetricDescriptions {
+        counters: &counters,
+        gauges: &gauges,
+        histograms_seconds: &histograms,
     }
+    .describe();
 }
 
 /// Ticks and events are small and latency-bound: no Nagle delay. A bounded

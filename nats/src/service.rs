@@ -54,6 +54,33 @@ pub fn shutdown_on_signal() -> CancellationToken {
 /// How often recorded histogram samples are folded into their summaries.
 const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// A service's metrics with their help text: `(name, help)` per counter, gauge
+/// and histogram (histograms in seconds). Counters and gauges are exported at 0
+/// from the start, so a dashboard (or a test reading them strictly) can tell
+/// "none yet" from "not exported".
+pub struct MetricDescriptions<'a> {
+    pub counters: &'a [(&'static str, &'static str)],
+    pub gauges: &'a [(&'static str, &'static str)],
+    pub histograms_seconds: &'a [(&'static str, &'static str)],
+}
+
+impl MetricDescriptions<'_> {
+    /// Describes them in the process's recorder (call once per service).
+    pub fn describe(&self) {
+        for &(name, help) in self.counters {
+            metrics::describe_counter!(name, help);
+            metrics::counter!(name).increment(0);
+        }
+        for &(name, help) in self.gauges {
+            metrics::describe_gauge!(name, help);
+            metrics::gauge!(name).increment(0.0);
+        }
+        for &(name, help) in self.histograms_seconds {
+            metrics::describe_histogram!(name, metrics::Unit::Seconds, help);
+        }
+    }
+}
+
 /// The process-wide Prometheus recorder, installed on first use. Services in one
 /// process (as in tests) share it; each describes its own metrics after.
 pub fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {

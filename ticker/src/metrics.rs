@@ -79,10 +79,6 @@ fn describe() {
             "Attempts to release an ended session's join code or delete its state that failed (each is retried at the next housekeeping).",
         ),
     ];
-    for (name, help) in counters {
-        metrics::describe_counter!(name, help);
-        metrics::counter!(name).increment(0);
-    }
     let gauges = [
         ("bandsync_ticker_shards_owned", "Shards this ticker owns."),
         (
@@ -106,10 +102,6 @@ fn describe() {
             "Ended sessions on the owned shards whose join code or state is still to delete.",
         ),
     ];
-    for (name, help) in gauges {
-        metrics::describe_gauge!(name, help);
-        metrics::gauge!(name).set(0.0);
-    }
     // All in seconds.
     let histograms = [
         (
@@ -129,7 +121,10 @@ fn describe() {
             "Parts of a command's way: `queued` (from the gateway's send to this ticker's handling), split into `to_stream` (until the command stream stored it) and `delivered` (from there to this ticker's handling); `state_write` (the compare-and-set); `event_publish` (until the stream acked the event).",
         ),
     ];
-    for (name, help) in histograms {
-        metrics::describe_histogram!(name, metrics::Unit::Seconds, help);
+    bandsync_nats::service::MetricDescriptions {
+        counters: &counters,
+        gauges: &gauges,
+        histograms_seconds: &histograms,
     }
+    .describe();
 }

@@ -5,7 +5,7 @@
 //! store's connections (what a server restart does to them).
 
 use crate::support::*;
-use bandsync_testkit::{NatsServer, eventually, http_get, scrape_metric};
+use bandsync_testkit::{NatsServer, eventually, http_get};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -70,15 +70,7 @@ async fn store_rides_out_a_postgres_outage() {
     tokio::time::sleep(Duration::from_millis(1000)).await;
     proxy.set_cut(true);
     let ready = format!("http://{}/readyz", store.addr());
-    let metrics = format!("http://{}/metrics", store.addr());
-    let read = |series: &'static str| {
-        let url = metrics.clone();
-        async move {
-            scrape_metric(&url, series)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"))
-        }
-    };
+    let read = |series: &'static str| store_metric(&store, series);
     eventually(
         Duration::from_secs(5),
         "readyz reports postgres down",
@@ -115,16 +107,7 @@ async fn store_rides_out_a_postgres_outage() {
     assert!(read("bandsync_store_write_errors_total{stream=\"events\"}").await >= 1.0);
     assert!(read("bandsync_store_rows_inserted_total{stream=\"events\"}").await <= total as f64);
     assert!(read("bandsync_store_messages_total{stream=\"events\"}").await >= total as f64);
-    assert_eq!(
-        read("bandsync_store_dead_letters_total{stream=\"events\"}").await,
-        0.0
-    );
-    eventually(
-        Duration::from_secs(10),
-        "the backlog read as empty",
-        || async { read("bandsync_store_pending_messages{stream=\"events\"}").await == 0.0 },
-    )
-    .await;
+    assert_events_clean(&store).await;
     let r = http_get(&ready).await.expect("GET /readyz");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(read("bandsync_store_db_up").await, 1.0);
@@ -169,26 +152,9 @@ async fn store_survives_its_connections_being_terminated() {
             .await,
         total
     );
-    let metrics = format!("http://{}/metrics", store.addr());
-    let read = |series: &'static str| {
-        let url = metrics.clone();
-        async move {
-            scrape_metric(&url, series)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"))
-        }
-    };
+    let read = |series: &'static str| store_metric(&store, series);
     assert!(read("bandsync_store_messages_total{stream=\"events\"}").await >= total as f64);
-    assert_eq!(
-        read("bandsync_store_dead_letters_total{stream=\"events\"}").await,
-        0.0
-    );
-    eventually(
-        Duration::from_secs(10),
-        "the backlog read as empty",
-        || async { read("bandsync_store_pending_messages{stream=\"events\"}").await == 0.0 },
-    )
-    .await;
+    assert_events_clean(&store).await;
     token.cancel();
     store.wait().await;
 }

@@ -6,7 +6,7 @@
 
 use crate::support::*;
 use bandsync_nats::now_us;
-use bandsync_testkit::{NatsServer, eventually, http_get, scrape_metric};
+use bandsync_testkit::{NatsServer, eventually, http_get};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -16,15 +16,7 @@ async fn a_stalled_ingest_shows_in_readyz_and_the_metrics() {
     let bus = bus(&nats.url()).await;
     let (store, token) = start_store_with(&nats.url(), &db.url(), |c| c.stall_after_secs = 1).await;
     let ready = format!("http://{}/readyz", store.addr());
-    let metrics = format!("http://{}/metrics", store.addr());
-    let read = |series: &'static str| {
-        let url = metrics.clone();
-        async move {
-            scrape_metric(&url, series)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"))
-        }
-    };
+    let read = |series: &'static str| store_metric(&store, series);
     eventually(Duration::from_secs(10), "the store ready", || async {
         http_get(&ready).await.is_ok_and(|r| r.status == 200)
     })

@@ -406,3 +406,31 @@ pub fn bulk_events(
     }
     out
 }
+
+/// One series of a store's `/metrics`; an absent series or an unreachable
+/// endpoint fails the test (never a 0).
+pub async fn store_metric(store: &Store, series: &str) -> f64 {
+    let url = format!("http://{}/metrics", store.addr());
+    bandsync_testkit::scrape_metric(&url, series)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Nothing of the events stream dead-lettered, and its backlog drained, as the
+/// store's own metrics say.
+pub async fn assert_events_clean(store: &Store) {
+    let dead = store_metric(
+        store,
+        r#"bandsync_store_dead_letters_total{stream="events"}"#,
+    )
+    .await;
+    assert_eq!(dead, 0.0, "no event dead-lettered");
+    bandsync_testkit::eventually(
+        Duration::from_secs(10),
+        "the backlog read as empty",
+        || async {
+            store_metric(store, r#"bandsync_store_pending_messages{stream="events"}"#).await == 0.0
+        },
+    )
+    .await;
+}
