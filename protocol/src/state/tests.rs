@@ -21,16 +21,21 @@ fn hello(tag: &str) -> Command {
     }
 }
 
-/// A session led by "lead" with "lead", "a" and "b" connected.
-fn band() -> (SessionState, Rules) {
-    let rules = Rules::default();
-    let mut s = SessionState::create(
+/// A new session `s1` led by "lead", who is not connected yet.
+fn created() -> SessionState {
+    SessionState::create(
         SessionId::parse("s1").expect("valid"),
         JoinCode::parse("ABCDEF").expect("valid"),
         id("lead"),
         name("Lead"),
         T0,
-    );
+    )
+}
+
+/// A session led by "lead" with "lead", "a" and "b" connected.
+fn band() -> (SessionState, Rules) {
+    let rules = Rules::default();
+    let mut s = created();
     for (i, m) in ["lead", "a", "b"].iter().enumerate() {
         s.apply(&hello(m), &id(m), None, T0 + i as i64, &rules)
             .expect("joins");
@@ -139,13 +144,7 @@ fn reconnect_is_the_same_member_and_stale_bye_is_ignored() {
 #[test]
 fn housekeeping_is_needed_only_when_it_could_change_something() {
     let rules = Rules::default();
-    let mut s = SessionState::create(
-        SessionId::parse("s1").expect("valid"),
-        JoinCode::parse("ABCDEF").expect("valid"),
-        id("lead"),
-        name("Lead"),
-        T0,
-    );
+    let mut s = created();
     let past_grace = T0 + rules.leader_grace_us;
     assert!(
         !s.needs_housekeeping(past_grace, &rules),
