@@ -92,7 +92,10 @@ pub async fn create(
     let member = MemberId::parse(random_id(12)).expect("random ids are valid");
     let code = reserve_code(&app, &session).await?;
     if let Err(e) = confirm_create(&app, &session, &member, &name, &code).await {
-        let _ = app.bus.codes.delete(code.as_str()).await;
+        // Give the code back; if that fails too it stays reserved, so say which.
+        if let Err(delete) = app.bus.codes.delete(code.as_str()).await {
+            tracing::warn!(code = %code, session = %session, error = %delete, "join code of a failed create left reserved");
+        }
         return Err(e);
     }
     tracing::info!(session = %session, "session created");
