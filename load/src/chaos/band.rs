@@ -61,8 +61,9 @@ pub struct MemberLog {
     pub events: Vec<EventSeen>,
     /// A leader's tempo changes: when sent and the tempo (as a key).
     pub sent: Vec<(Instant, i64)>,
-    /// Errors addressed to this member (refused commands).
-    pub refused: Vec<(Instant, String)>,
+    /// Errors addressed to this member: when, the tempo of the refused
+    /// command (a leader's tempo change), and the error.
+    pub refused: Vec<(Instant, Option<i64>, String)>,
     /// When the socket dropped, and why.
     pub drops: Vec<(Instant, String)>,
     /// When it was welcomed again after a drop.
@@ -192,7 +193,9 @@ async fn record(mut m: Member, command_every: Duration, stop: CancellationToken)
             _ = commands.tick(), if m.leader => {
                 let bpm = nth_tempo(n);
                 n += 1;
-                match m.conn.send(&Command::Tempo { bpm }, None).await {
+                // The id comes back in a refusal, so a refused command is known as such.
+                let id = format!("t{}", tempo_key(bpm));
+                match m.conn.send(&Command::Tempo { bpm }, Some(&id)).await {
                     Ok(()) => {
                         log.sent.push((Instant::now(), tempo_key(bpm)));
                         continue;
@@ -212,9 +215,13 @@ async fn record(mut m: Member, command_every: Duration, stop: CancellationToken)
                 tempo: tempo_key(e.state.timeline.latest().tempo_bpm),
                 by: e.cause.by.clone(),
             }),
-            Ok(ServerMsg::Error(e)) => log
-                .refused
-                .push((at, format!("{}: {}", e.code.as_str(), e.message))),
+            Ok(ServerMsg::Error(e)) => {
+                let tempo =
+                    e.id.as_deref()
+                        .and_then(|id| id.strip_prefix('t')?.parse().ok());
+                log.refused
+                    .push((at, tempo, format!("{}: {}", e.code.as_str(), e.message)));
+            }
             Ok(_) => {}
             Err(e) => {
                 log.drops.push((at, e.to_string()));

@@ -197,7 +197,7 @@ async fn kill(stack: &mut Stack, name: String) -> anyhow::Result<Recover> {
 
 /// The NATS node (server name = process name) leading a stream or bucket now.
 pub async fn leader_of(nats_urls: &str, asset: Asset) -> anyhow::Result<String> {
-    let client = async_nats::connect(nats_urls)
+    let client = async_nats::connect(bandsync_nats::bus::server_addrs(nats_urls)?)
         .await
         .context("connecting to NATS")?;
     let js = async_nats::jetstream::new(client);
@@ -227,7 +227,7 @@ pub async fn leader_of(nats_urls: &str, asset: Asset) -> anyhow::Result<String> 
 /// nor a dead letter), and events stored twice under different stream sequences.
 /// Waits up to 30 s for the store to catch up before calling a row missing.
 async fn rows_check(nats_urls: &str, database_url: &str) -> anyhow::Result<(i64, i64)> {
-    let client = async_nats::connect(nats_urls).await?;
+    let client = async_nats::connect(bandsync_nats::bus::server_addrs(nats_urls)?).await?;
     let js = async_nats::jetstream::new(client);
     let subjects = Subjects::new(bandsync_nats::subjects::DEFAULT_PREFIX)?;
     let (db, conn) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)

@@ -159,16 +159,20 @@ pub fn analyse(fault: &str, logs: &[MemberLog], fault_at: Instant, until: Instan
             }
         }
     }
-    let refused = logs
+    let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, _, why) in logs
         .iter()
         .flat_map(|l| &l.refused)
-        .filter(|(at, _)| *at >= from && *at <= until)
-        .inspect(|(_, why)| {
-            if notes.len() < 8 {
-                notes.push(format!("refused: {why}"));
-            }
-        })
-        .count();
+        .filter(|(at, _, _)| *at >= from && *at <= until)
+    {
+        *reasons.entry(why).or_default() += 1;
+    }
+    let refused = reasons.values().sum();
+    notes.extend(
+        reasons
+            .iter()
+            .map(|(why, n)| format!("refused ×{n}: {why}")),
+    );
     let mut dropped = 0;
     let mut reconnect_max = Duration::ZERO;
     for log in logs {
