@@ -100,6 +100,8 @@ struct Proc {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
     Term,
+    /// PostgreSQL: fast shutdown (SIGTERM waits for every client to leave).
+    Int,
     Kill,
     Stop,
     Cont,
@@ -111,6 +113,7 @@ impl Signal {
     fn name(self) -> &'static str {
         match self {
             Signal::Term => "TERM",
+            Signal::Int => "INT",
             Signal::Kill => "KILL",
             Signal::Stop => "STOP",
             Signal::Cont => "CONT",
@@ -508,9 +511,15 @@ impl Stack {
             let Some(mut child) = proc.child.take() else {
                 continue;
             };
+            // PostgreSQL's SIGTERM waits for its clients; SIGINT is its fast shutdown.
+            let signal = if proc.info.role == Role::Postgres {
+                "INT"
+            } else {
+                "TERM"
+            };
             if let Some(pid) = child.id() {
                 let _ = Command::new("kill")
-                    .args(["-s", "TERM", &pid.to_string()])
+                    .args(["-s", signal, &pid.to_string()])
                     .status()
                     .await;
             }

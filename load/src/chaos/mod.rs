@@ -164,7 +164,8 @@ async fn act(stack: &mut Stack, fault: Fault, notes: &mut Vec<String>) -> anyhow
         Fault::KillStore => kill(stack, first(stack, Role::Store)?).await?,
         Fault::RestartPostgres => {
             let pg = first(stack, Role::Postgres)?;
-            stack.signal(&pg, Signal::Term).await?;
+            // A real restart: fast shutdown (rolls back, closes every connection).
+            stack.signal(&pg, Signal::Int).await?;
             stack.wait_exit(&pg, Duration::from_secs(30)).await?;
             stack.restart(&pg).await?;
             Recover::Nothing

@@ -133,6 +133,11 @@ pub fn analyse(fault: &str, logs: &[MemberLog], fault_at: Instant, until: Instan
             (Some(&a), Some(&b)) => (b - a + 1) as usize != seen.len(),
             _ => false,
         } || !log.back.is_empty();
+        let refused: std::collections::HashSet<i64> = log
+            .refused
+            .iter()
+            .filter_map(|(_, tempo, _)| *tempo)
+            .collect();
         for &(sent_at, tempo) in log
             .sent
             .iter()
@@ -140,6 +145,8 @@ pub fn analyse(fault: &str, logs: &[MemberLog], fault_at: Instant, until: Instan
         {
             commands += 1;
             match applied.get(&tempo).map(Vec::as_slice) {
+                // Refused and never applied: counted with the refusals.
+                None | Some([]) if refused.contains(&tempo) => {}
                 None | Some([]) if missed => unverified += 1,
                 None | Some([]) => {
                     lost += 1;
