@@ -3,8 +3,9 @@
 //! idle connection small; a client only ever waits on its own socket.
 
 use crate::AppState;
+use crate::commands::{COMMAND_PATIENCE, CommandQueue, UNREACHABLE};
 use crate::hub::ClientHandle;
-use crate::mailbox::{Delivery, End, Outbound};
+use crate::mailbox::{Delivery, End, Mailbox, Outbound};
 use crate::ratelimit::{ERROR_INTERVAL, RateLimit};
 use crate::token::Claims;
 use crate::upgrade::Socket;
@@ -98,7 +99,7 @@ enum WriteError {
 /// Publishing a member's command to the session's shard.
 #[derive(Debug, thiserror::Error)]
 #[error("publishing a {command} command")]
-struct PublishError {
+pub(crate) struct PublishError {
     command: &'static str,
     #[source]
     source: BusError,
@@ -114,6 +115,7 @@ pub fn serve(socket: Socket, app: Arc<AppState>, claims: Claims) -> impl Future<
         socket,
         last_seq: 0,
         kick: CancellationToken::new(),
+        commands: None,
     }
     .serve()
 }
@@ -127,6 +129,8 @@ struct Conn {
     /// Cancelled by the hub when this client must go (e.g. it fell behind):
     /// it also interrupts a write stuck on a socket that does not drain.
     kick: CancellationToken,
+    /// The member's commands on their way to the bus, once it has sent one.
+    commands: Option<CommandQueue>,
 }
 
 impl Conn {
@@ -173,8 +177,14 @@ impl Conn {
         let bye = Command::Bye {
             conn: ConnId::new(&self.app.gateway_id, conn),
         };
-        if let Err(e) = Box::pin(publish(&self.app, &self.claims, bye, None)).await {
-            tracing::warn!(error = &e as &dyn std::error::Error, "cannot say bye");
+        match self.commands.take() {
+            // Behind the member's waiting commands, never ahead of them.
+            Some(queue) => Box::pin(queue.finish(bye)).await,
+            None => {
+                if let Err(e) = Box::pin(publish(&self.app, &self.claims, bye, None)).await {
+                    tracing::warn!(error = &e as &dyn std::error::Error, "cannot say bye");
+                }
+            }
         }
     }
 
@@ -221,7 +231,7 @@ impl Conn {
                             }
                             // Boxed, like the other rare paths below: a future
                             // inlined here is room in every connection's state.
-                            Box::pin(self.handle_text(&text)).await?;
+                            Box::pin(self.handle_text(&text, &handle.mailbox)).await?;
                         }
                         Some(Ok(Message::Binary(_))) => {
                             Box::pin(self.send_error(ErrorCode::BadJson, "send JSON text frames, not binary", None)).await?;
@@ -280,7 +290,7 @@ impl Conn {
         Ok(None)
     }
 
-    async fn handle_text(&mut self, text: &str) -> Result<(), WriteError> {
+    async fn handle_text(&mut self, text: &str, mailbox: &Arc<Mailbox>) -> Result<(), WriteError> {
         match ClientMsg::parse(text) {
             Ok(ClientMsg::Ping { t0 }) => {
                 self.send_msg(&ServerMsg::Pong {
@@ -290,21 +300,16 @@ impl Conn {
                 .await
             }
             Ok(ClientMsg::Command { id, command }) => {
-                let published =
-                    Box::pin(publish(&self.app, &self.claims, command, id.clone())).await;
-                if let Err(e) = published {
-                    tracing::warn!(
-                        error = &e as &dyn std::error::Error,
-                        "command not published"
-                    );
-                    self.send_error(
-                        ErrorCode::Unavailable,
-                        "the session owner is unreachable; try again",
-                        id,
-                    )
-                    .await?;
+                let (app, claims) = (&self.app, &self.claims);
+                let queue = self
+                    .commands
+                    .get_or_insert_with(|| CommandQueue::start(app, claims, mailbox));
+                if queue.push(command, id.clone()) {
+                    return Ok(());
                 }
-                Ok(())
+                metrics::counter!("bandsync_gateway_publish_failures_total").increment(1);
+                self.send_error(ErrorCode::Unavailable, UNREACHABLE, id)
+                    .await
             }
             Err(err) => self.send_msg(&ServerMsg::Error(err)).await,
         }
@@ -502,7 +507,9 @@ async fn linger(socket: &mut Socket) {
 }
 
 /// Publishes a command for this member to the session's shard.
-async fn publish(
+/// Publishes a member's command to its session's shard, waiting out a command
+/// stream without a leader for up to `COMMAND_PATIENCE`.
+pub(crate) async fn publish(
     app: &AppState,
     claims: &Claims,
     command: Command,
@@ -523,7 +530,7 @@ async fn publish(
     let subject = app.bus.subjects.cmd(shard, &claims.session);
     let payload = serde_json::to_vec(&envelope).expect("commands serialise");
     app.bus
-        .publish_durable(subject, id.as_str(), payload.into())
+        .publish_durable_patiently(subject, id.as_str(), payload.into(), COMMAND_PATIENCE)
         .await
         .map(|_| ())
         .map_err(|source| {

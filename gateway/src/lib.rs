@@ -11,6 +11,7 @@
 //! as they are** (serialised once, by the owner).
 
 pub mod api;
+mod commands;
 pub mod config;
 mod conn;
 pub mod hub;

@@ -27,6 +27,14 @@ pub const GATEWAY_TTL: Duration = Duration::from_secs(6);
 /// Largest session state, well above a full setlist with charts.
 const MAX_STATE_BYTES: i32 = 512 * 1024;
 
+/// How often a client pings a server that has sent it nothing. async-nats drops
+/// a connection with more than two pings unanswered, so a frozen or unreachable
+/// node is left for another within about three intervals (1.2 s), under the 2 s
+/// a band may go without a tick. A ping costs a few bytes, and only on an idle link.
+const PING_INTERVAL: Duration = Duration::from_millis(400);
+/// Backoff between attempts of a patient publish.
+const PUBLISH_RETRY_MIN: Duration = Duration::from_millis(50);
+const PUBLISH_RETRY_MAX: Duration = Duration::from_millis(500);
 /// How long one attempt waits for a connection before it counts as failed.
 const CONNECT_WAIT: Duration = Duration::from_secs(5);
 /// Backoff between attempts to open the bus.
@@ -320,6 +328,35 @@ impl Bus {
         Ok(ack.sequence)
     }
 
+    /// [`publish_durable`](Self::publish_durable), retried under the same msg id
+    /// (so a publish that landed unanswered is not stored twice) until it is
+    /// acked or `patience` has passed: long enough to ride out a stream whose
+    /// leader died while Raft elects another (5–7 s measured on three nodes).
+    pub async fn publish_durable_patiently(
+        &self,
+        subject: String,
+        msg_id: &str,
+        payload: Bytes,
+        patience: Duration,
+    ) -> Result<u64, BusError> {
+        let give_up = tokio::time::Instant::now() + patience;
+        let mut delay = PUBLISH_RETRY_MIN;
+        loop {
+            match self
+                .publish_durable(subject.clone(), msg_id, payload.clone())
+                .await
+            {
+                Ok(seq) => return Ok(seq),
+                Err(e) if tokio::time::Instant::now() + delay >= give_up => return Err(e),
+                Err(e) => {
+                    tracing::debug!(error = %e, retry_in_ms = delay.as_millis() as u64, "publish failed; retrying");
+                    tokio::time::sleep(jittered(delay)).await;
+                    delay = (delay * 2).min(PUBLISH_RETRY_MAX);
+                }
+            }
+        }
+    }
+
     /// The keys in `<p>_sessions` of one shard's sessions (keys start with their
     /// shard, `Subjects::session_key`), read from the bucket's stream subjects.
     pub async fn session_keys(&self, shard: Shard) -> Result<Vec<String>, BusError> {
@@ -354,6 +391,7 @@ async fn connect(settings: &BusSettings) -> Result<Client, BusError> {
         .name(&settings.name)
         // Ticks fan out from one subscription per session; a deep buffer rides out bursts.
         .subscription_capacity(65_536)
+        .ping_interval(PING_INTERVAL)
         .retry_on_initial_connect()
         .connect(server_addrs(&settings.url)?)
         .await

@@ -6,6 +6,7 @@ mod common;
 mod errors;
 mod large;
 mod leadership;
+mod outage;
 mod shutdown;
 mod slow;
 mod sync;
