@@ -128,7 +128,10 @@ impl Stack {
         let (dir, tmp) = match spec.run_dir {
             Some(d) => {
                 std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-                (d.to_path_buf(), None)
+                // Absolute: nginx and PostgreSQL resolve paths against their own prefix.
+                let d = std::fs::canonicalize(d)
+                    .with_context(|| format!("resolving {}", d.display()))?;
+                (d, None)
             }
             None => {
                 let t = tempfile::Builder::new()

@@ -203,6 +203,31 @@ mod tests {
         assert!(!conf.contains("gateway-1"), "{conf}");
     }
 
+    /// deploy/nginx.conf as the cluster runs it, checked by nginx itself (Debian's
+    /// nginx-light, which scripts/test installs): a directive nginx 1.22 does not
+    /// know, or a shape the local rendering broke, fails here.
+    #[test]
+    fn nginx_accepts_the_rendered_config() {
+        let nginx = nginx_bin().expect("nginx is installed (scripts/test installs nginx-light)");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ups = vec!["127.0.0.1:1".to_owned(), "127.0.0.1:2".to_owned()];
+        let conf = dir.path().join("nginx.conf");
+        std::fs::write(&conf, nginx_conf(dir.path(), 1, &ups).expect("renders")).expect("write");
+        let out = std::process::Command::new(nginx)
+            .arg("-t")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf)
+            .output()
+            .expect("runs nginx -t");
+        assert!(
+            out.status.success(),
+            "nginx -t: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     #[test]
     fn nats_conf_routes_to_the_other_nodes() {
         let conf = nats_conf(&NatsNode {
