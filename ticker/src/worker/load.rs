@@ -108,7 +108,6 @@ impl Worker {
             .chain(self.endings.states())
             .map(|s| s.last_cmd_seq);
         let resume = resume_after(seqs);
-        metrics::counter!("bandsync_ticker_corrupt_cursors_total").increment(1);
         tracing::error!(
             shard = self.owned.shard,
             value = %value,
@@ -116,6 +115,8 @@ impl Worker {
             error = %chain(&corrupt),
             "corrupt command cursor: replaying the shard's commands after the last one its sessions record"
         );
+        // Counted once logged, so whoever sees the count finds the line.
+        metrics::counter!("bandsync_ticker_corrupt_cursors_total").increment(1);
         self.cursor = Cursor::rebuilt(revision, resume);
     }
 

@@ -93,17 +93,24 @@ async fn a_corrupt_cursor_is_reported_and_its_replay_revives_no_ended_session() 
     .await;
     let corrupt = counter(ticker.metric("bandsync_ticker_corrupt_cursors_total").await);
     assert_eq!(corrupt, shards.len() as f64, "each counted once");
+    // The log is a file another process writes: wait for the lines, not a race.
+    let logged_lines = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("corrupt command cursor") && l.contains(CORRUPT))
+            .count()
+    };
+    eventually(
+        WAIT,
+        "an error naming the value per shard in the log",
+        || async { logged_lines(&ticker.log()) >= shards.len() },
+    )
+    .await;
     let log = ticker.log();
-    let logged: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("corrupt command cursor") && l.contains(CORRUPT))
-        .collect();
     assert_eq!(
-        logged.len(),
+        logged_lines(&log),
         shards.len(),
-        "an error naming the value per shard; the log:\n{log}"
+        "one error per shard; the log:\n{log}"
     );
-    println!("{}", logged[0]);
 
     // The replay went past the ended session's create and saved a real cursor.
     eventually(
