@@ -32,6 +32,8 @@ const MAX_STATE_BYTES: i32 = 512 * 1024;
 /// node is left for another within about three intervals (1.2 s), under the 2 s
 /// a band may go without a tick. A ping costs a few bytes, and only on an idle link.
 const PING_INTERVAL: Duration = Duration::from_millis(400);
+/// The leases bucket's max age: past the longest Raft election measured (6.6 s).
+const LEASE_BACKSTOP: Duration = Duration::from_secs(15);
 /// Backoff between attempts of a patient publish.
 const PUBLISH_RETRY_MIN: Duration = Duration::from_millis(50);
 const PUBLISH_RETRY_MAX: Duration = Duration::from_millis(500);
@@ -278,9 +280,14 @@ impl Bus {
             limit_markers: Some(Duration::from_secs(1)),
             ..c
         };
+        // Expiry is judged by the tickers (silence, counted only while the bucket
+        // takes writes); the max age is the backstop for a fleet that died whole.
+        // It must outlast a Raft election, or the bucket's new leader would expire
+        // every lease at once and move every shard.
+        let leases_max_age = settings.lease_ttl.max(LEASE_BACKSTOP);
         let leases = declare_kv(
             &js,
-            with_markers(bucket(subjects.leases_bucket(), settings.lease_ttl)),
+            with_markers(bucket(subjects.leases_bucket(), leases_max_age)),
         )
         .await?;
         let tickers = declare_kv(

@@ -136,6 +136,11 @@ pub struct Fleet {
     grace: Duration,
     /// A lease not renewed for this long (seen from here) counts as expired.
     silence: Duration,
+    /// Since when the leases bucket has taken our writes again, after a spell
+    /// when it could not (a Raft election): silence is counted from here too.
+    writable_since: Instant,
+    /// Our last write to the leases bucket failed for want of a leader.
+    unwritable: bool,
     slots: Vec<Slot>,
     /// When each ticker's latest heartbeat was seen.
     heartbeats: HashMap<String, Instant>,
@@ -152,6 +157,8 @@ impl Fleet {
             ttl,
             grace,
             silence: ttl * 9 / 10,
+            writable_since: now,
+            unwritable: false,
             slots: vec![
                 Slot::Vacant {
                     since: now,
@@ -252,13 +259,26 @@ impl Fleet {
         self.heartbeats.remove(ticker);
     }
 
+    /// Whether our last write to the leases bucket went through. While the bucket
+    /// cannot be written (its leader died and Raft elects another), no holder can
+    /// renew, so silence proves nothing: it is counted only while we can write,
+    /// from the moment we could again.
+    pub fn observe_bucket(&mut self, writable: bool, now: Instant) {
+        if writable && self.unwritable {
+            self.writable_since = now;
+        }
+        self.unwritable = !writable;
+    }
+
     /// When a slot held by another ticker fell silent, if it has.
     fn silent_since(&self, slot: &Slot, now: Instant) -> Option<Instant> {
+        if self.unwritable {
+            return None;
+        }
         match slot {
-            Slot::Held { ticker, seen, .. }
-                if *ticker != self.me && now.saturating_duration_since(*seen) > self.silence =>
-            {
-                Some(*seen + self.silence)
+            Slot::Held { ticker, seen, .. } if *ticker != self.me => {
+                let heard = (*seen).max(self.writable_since);
+                (now.saturating_duration_since(heard) > self.silence).then(|| heard + self.silence)
             }
             _ => None,
         }
@@ -523,6 +543,39 @@ mod tests {
         // A heartbeat from c after the expiry brings it back (it was only slow).
         fleet.observe_heartbeat("c", t1 + Duration::from_millis(10));
         assert_eq!(fleet.live(t1 + Duration::from_millis(10)).len(), 3);
+    }
+
+    #[test]
+    fn silence_counts_only_while_the_leases_bucket_takes_our_writes() {
+        let t0 = Instant::now();
+        let mut fleet = Fleet::new("a", 4, TTL, GRACE, t0);
+        fleet.observe_heartbeat("b", t0);
+        held_by(&mut fleet, "a", 0..2, t0);
+        held_by(&mut fleet, "b", 2..4, t0);
+        // The bucket's leader dies: our renewals fail too, so b's are no proof.
+        fleet.observe_bucket(false, t0 + GRACE);
+        let electing = t0 + Duration::from_secs(6);
+        fleet.observe_heartbeat("b", electing);
+        assert!(
+            fleet.plan(&mine(&fleet), electing).campaign.is_empty(),
+            "no holder is silent while nobody can renew"
+        );
+        assert_eq!(fleet.live(electing), vec!["a", "b"]);
+        // A leader again: silence counts from now, so b has its TTL to renew.
+        fleet.observe_bucket(true, electing);
+        let soon = electing + TTL / 2;
+        fleet.observe_heartbeat("b", soon);
+        assert!(
+            fleet.plan(&mine(&fleet), soon).campaign.is_empty(),
+            "b gets time to renew after the election"
+        );
+        let late = electing + TTL;
+        fleet.observe_heartbeat("b", late);
+        assert_eq!(
+            fleet.plan(&mine(&fleet), late).campaign.len(),
+            2,
+            "a holder still silent that long after is presumed dead"
+        );
     }
 
     #[test]

@@ -39,11 +39,20 @@ const SHUTDOWN_STEP: Duration = Duration::from_millis(500);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How long start-up waits to read the current leases and heartbeats.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
+/// How long a holder keeps its shards, ticking, while the leases bucket cannot be
+/// written (its Raft leader died and another is being elected: 5–7 s measured on
+/// three nodes), counted from its last successful renewal. Nobody can take a
+/// lease while nobody can write the bucket, and the others count a holder's
+/// silence only while they can write it (`Fleet::observe_bucket`), so the holder
+/// renews as soon as the bucket is back and its shards stay where they are.
+const RIDE_THROUGH: Duration = Duration::from_secs(10);
 
 struct Held {
     revision: u64,
     owned: Arc<OwnedShard>,
     worker: JoinHandle<()>,
+    /// Send time of the last renewal (or the campaign) that succeeded.
+    proven_at: Instant,
 }
 
 pub struct Leases {
@@ -54,6 +63,9 @@ pub struct Leases {
     ttl: Duration,
     /// The part of the TTL a successful renewal proves, counted from its send time.
     valid_for: Duration,
+    /// When the previous renewal round started: a round long after it means this
+    /// process was stalled (frozen), not the bus, and rides nothing through.
+    last_round: Option<Instant>,
 }
 
 type Watch = Option<kv::Watch>;
@@ -75,6 +87,7 @@ impl Leases {
             held: HashMap::new(),
             ttl,
             valid_for: ttl - ttl / 5,
+            last_round: None,
         }
     }
 
@@ -273,6 +286,11 @@ impl Leases {
 
     async fn renew_all(&mut self) {
         let sent_at = Instant::now();
+        // Rounds come every TTL/3; a much longer pause was this process stalling.
+        let steady = self
+            .last_round
+            .is_none_or(|last| sent_at.duration_since(last) < self.ttl);
+        self.last_round = Some(sent_at);
         let renewals: Vec<_> = self
             .held
             .iter()
@@ -282,6 +300,7 @@ impl Leases {
                     self.ctx.ticker_id.clone(),
                     shard,
                     held.revision,
+                    self.ttl / 3,
                 )
             })
             .collect();
@@ -293,8 +312,10 @@ impl Leases {
             match result {
                 Ok(revision) => {
                     metrics::counter!("bandsync_ticker_lease_renewals_total").increment(1);
+                    self.fleet.observe_bucket(true, Instant::now());
                     if let Some(held) = self.held.get_mut(&shard) {
                         held.revision = revision;
+                        held.proven_at = sent_at;
                         held.owned.extend(sent_at + self.valid_for);
                     }
                     let me = self.held_by_me();
@@ -303,6 +324,20 @@ impl Leases {
                 }
                 Err(e) => {
                     metrics::counter!("bandsync_ticker_lease_renewal_failures_total").increment(1);
+                    if unwritable(&e) {
+                        self.fleet.observe_bucket(false, Instant::now());
+                        if let Some(held) = self.held.get(&shard)
+                            && steady
+                            && sent_at.duration_since(held.proven_at) < RIDE_THROUGH
+                        {
+                            // The bucket is electing: nobody can take the lease,
+                            // so keep the shard and its ticks going.
+                            held.owned.extend(held.proven_at + RIDE_THROUGH);
+                            metrics::counter!("bandsync_ticker_lease_rides_total").increment(1);
+                            tracing::warn!(shard, error = %e, "leases bucket unavailable; keeping the shard while it elects a leader");
+                            continue;
+                        }
+                    }
                     if let Some(revision) = self.still_ours(shard).await {
                         tracing::warn!(shard, error = %e, revision, "lease renewal failed, but the lease is still ours");
                         if let Some(held) = self.held.get_mut(&shard) {
@@ -395,6 +430,7 @@ impl Leases {
                 revision,
                 owned,
                 worker,
+                proven_at: sent_at,
             },
         );
         let me = self.held_by_me();
@@ -570,15 +606,29 @@ async fn renew(
     id: String,
     shard: Shard,
     revision: u64,
+    renew_timeout: Duration,
 ) -> (Shard, Result<u64, kv::UpdateError>) {
     let started = Instant::now();
     let value = LeaseValue::Held { ticker: id }.encode();
-    let result = leases
-        .update(Subjects::shard_key(shard), value.into(), revision)
-        .await;
+    // A renewal is due every TTL/3: one without an answer by then counts as
+    // not written (the bucket may be electing), so the holder knows in time to
+    // ride through before its proven time runs out.
+    let update = leases.update(Subjects::shard_key(shard), value.into(), revision);
+    let result = tokio::time::timeout(renew_timeout, update)
+        .await
+        .unwrap_or_else(|_| Err(kv::UpdateError::new(kv::UpdateErrorKind::TimedOut)));
     metrics::histogram!("bandsync_ticker_lease_renew_seconds")
         .record(started.elapsed().as_secs_f64());
     (shard, result)
+}
+
+/// Whether a failed write says the bucket could not be written at all (no
+/// leader, no answer), as opposed to a refusal (another revision won).
+fn unwritable(e: &kv::UpdateError) -> bool {
+    matches!(
+        e.kind(),
+        kv::UpdateErrorKind::TimedOut | kv::UpdateErrorKind::Other
+    )
 }
 
 async fn run_worker(ctx: Arc<Ctx>, owned: Arc<OwnedShard>) {

@@ -11,9 +11,16 @@ use bandsync_nats::{
     now_us,
 };
 
-/// Attempts to apply a command whose state write keeps conflicting or failing
-/// before the worker gives the shard up (the next owner replays from the cursor).
+/// Attempts to apply a command whose state write keeps conflicting before the
+/// worker gives the shard up (the next owner replays from the cursor).
 const WRITE_ATTEMPTS: usize = 3;
+/// How long a command waits for a sessions bucket that takes no writes (its
+/// Raft leader died and another is being elected: 5–7 s measured) before the
+/// worker gives the shard up. Ticks go on meanwhile: they come from the
+/// timelines the shard already holds.
+const WRITE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
+const WRITE_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(50);
+const WRITE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why a command could not be applied (the worker then gives its shard up, and
 /// the next owner replays the command from the cursor).
@@ -32,10 +39,10 @@ pub enum ApplyError {
         #[source]
         source: kv::EntryError,
     },
-    #[error("writing the state of session {session} ({attempts} attempts)")]
+    #[error("writing the state of session {session} ({conflicts} conflicts)")]
     Write {
         session: SessionId,
-        attempts: usize,
+        conflicts: usize,
         #[source]
         source: WriteError,
     },
@@ -49,6 +56,13 @@ pub enum WriteError {
     Conflict,
     #[error("the sessions bucket refused it")]
     Store(#[source] kv::UpdateError),
+}
+
+impl WriteError {
+    /// The bucket took no write (no leader, no answer): a wait can fix it.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, WriteError::Store(e) if matches!(e.kind(), UpdateErrorKind::TimedOut | UpdateErrorKind::Other))
+    }
 }
 
 /// Whether a command is done with (applied, rejected or skipped as a replay).
@@ -211,8 +225,13 @@ impl Worker {
     }
 
     async fn apply(&mut self, env: &CommandEnvelope, stream_seq: u64) -> Handled {
-        let mut last = WriteError::Conflict;
-        for _ in 0..WRITE_ATTEMPTS {
+        let mut last;
+        let mut conflicts = 0;
+        // A write that failed without an answer may have landed all the same.
+        let mut unsure = false;
+        let give_up = tokio::time::Instant::now() + WRITE_PATIENCE;
+        let mut delay = WRITE_RETRY_MIN;
+        loop {
             if !self.sessions.contains_key(&env.session) {
                 self.reload(&env.session).await;
             }
@@ -226,6 +245,13 @@ impl Worker {
                 return Handled::Yes;
             };
             if stream_seq <= current.state.last_cmd_seq {
+                if unsure {
+                    // Our own write landed unanswered: its event is still due
+                    // (its msg id makes a second copy harmless).
+                    let state = current.state.clone();
+                    self.publish_event(&state).await;
+                    return Handled::Yes;
+                }
                 metrics::counter!("bandsync_ticker_commands_replayed_total").increment(1);
                 return Handled::Yes; // applied before a failover
             }
@@ -246,7 +272,23 @@ impl Worker {
                     }
                     match after_write(commit) {
                         Attempt::Over(handled) => return handled,
-                        Attempt::Again(e) => last = e,
+                        Attempt::Again(e) if e.is_unavailable() => {
+                            // The bucket is electing a leader: wait it out.
+                            unsure = true;
+                            last = e;
+                            if tokio::time::Instant::now() + delay >= give_up {
+                                break;
+                            }
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(WRITE_RETRY_MAX);
+                        }
+                        Attempt::Again(e) => {
+                            last = e;
+                            conflicts += 1;
+                            if conflicts >= WRITE_ATTEMPTS {
+                                break;
+                            }
+                        }
                     }
                 }
                 Err(rejection) => {
@@ -257,7 +299,7 @@ impl Worker {
         }
         Handled::Failed(ApplyError::Write {
             session: env.session.clone(),
-            attempts: WRITE_ATTEMPTS,
+            conflicts,
             source: last,
         })
     }
@@ -330,7 +372,7 @@ mod tests {
     fn failure() -> ApplyError {
         ApplyError::Write {
             session: SessionId::parse("s1").expect("valid"),
-            attempts: WRITE_ATTEMPTS,
+            conflicts: WRITE_ATTEMPTS,
             source: WriteError::Conflict,
         }
     }
@@ -341,7 +383,7 @@ mod tests {
         assert!(matches!(next_step(Handled::Fenced), Next::Stop));
         assert!(matches!(
             next_step(Handled::Failed(failure())),
-            Next::Fail(ApplyError::Write { attempts: 3, .. })
+            Next::Fail(ApplyError::Write { conflicts: 3, .. })
         ));
     }
 
@@ -366,11 +408,11 @@ mod tests {
         let e = failure();
         assert_eq!(
             e.to_string(),
-            "writing the state of session s1 (3 attempts)"
+            "writing the state of session s1 (3 conflicts)"
         );
         assert_eq!(
             super::super::chain(&e),
-            "writing the state of session s1 (3 attempts): another write got there first"
+            "writing the state of session s1 (3 conflicts): another write got there first"
         );
     }
 }
