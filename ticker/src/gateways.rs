@@ -12,12 +12,23 @@ use std::collections::HashMap;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+/// No heartbeat from any gateway for this long means the heartbeats are not
+/// getting through (the bucket's Raft leader died and another is being
+/// elected, or our watch is away), not that every gateway died: gateways write
+/// one every `GATEWAY_HEARTBEAT`.
+const ALL_SILENT: Micros = 2 * 2_000_000;
+/// How long such a silence of all may last before it is believed after all (the
+/// only gateway died): past the longest election measured (6.6 s), with room.
+const ALL_SILENT_BELIEVED: Micros = 15_000_000;
+
 /// When each gateway last announced itself.
 #[derive(Debug, Clone)]
 pub struct Gateways {
     /// When we started watching.
     since: Micros,
     last_seen: HashMap<String, Micros>,
+    /// The newest heartbeat from any gateway (or `since`).
+    last_any: Micros,
 }
 
 impl Gateways {
@@ -25,11 +36,13 @@ impl Gateways {
         Self {
             since,
             last_seen: HashMap::new(),
+            last_any: since,
         }
     }
 
     /// A heartbeat of `gateway` written at `at`.
     pub fn heard(&mut self, gateway: String, at: Micros) {
+        self.last_any = self.last_any.max(at);
         self.last_seen.insert(gateway, at);
     }
 
@@ -39,9 +52,18 @@ impl Gateways {
     }
 
     /// A gateway is gone once its heartbeat is older than the bucket's TTL
-    /// (or was never seen although we have been watching that long).
+    /// (or was never seen although we have been watching that long), unless
+    /// every gateway fell silent at once: then the heartbeats are not getting
+    /// through (a NATS node died and the bucket elects a leader), and nobody is
+    /// judged until that silence has lasted `ALL_SILENT_BELIEVED`. So an
+    /// election marks no member away; the death of the only gateway is noticed
+    /// 15 s after its last heartbeat instead of 6 s.
     pub fn is_gone(&self, gateway: &str, now: Micros) -> bool {
         let ttl = Micros::try_from(GATEWAY_TTL.as_micros()).unwrap_or(6_000_000);
+        let all_silent = now - self.last_any;
+        if all_silent > ALL_SILENT && all_silent <= ALL_SILENT_BELIEVED {
+            return false;
+        }
         match self.last_seen.get(gateway) {
             Some(&seen) => now - seen > ttl,
             None => now - self.since > ttl,
@@ -141,12 +163,45 @@ pub(crate) mod tests {
     fn a_gateway_is_gone_a_ttl_after_its_last_heartbeat_or_after_watching_that_long() {
         let mut g = Gateways::new(T0);
         g.heard("gw-a".into(), T0 + 1_000_000);
+        // gw-b keeps beating: the heartbeats get through, so silence is death.
+        let beat = |g: &mut Gateways, now: Micros| g.heard("gw-b".into(), now);
+        beat(&mut g, T0 + 1_000_000 + TTL);
         assert!(!g.is_gone("gw-a", T0 + 1_000_000 + TTL));
         assert!(g.is_gone("gw-a", T0 + 1_000_001 + TTL));
-        assert!(!g.is_gone("gw-never", T0 + TTL), "not watched long enough");
-        assert!(g.is_gone("gw-never", T0 + TTL + 1));
+        let mut fresh = Gateways::new(T0);
+        beat(&mut fresh, T0 + TTL);
+        assert!(
+            !fresh.is_gone("gw-never", T0 + TTL),
+            "not watched long enough"
+        );
+        assert!(fresh.is_gone("gw-never", T0 + TTL + 1));
         g.forget("gw-a");
-        assert!(g.is_gone("gw-a", T0 + TTL + 1), "a deleted heartbeat");
+        assert!(
+            g.is_gone("gw-a", T0 + 1_000_001 + TTL),
+            "a deleted heartbeat"
+        );
+    }
+
+    #[test]
+    fn when_every_heartbeat_stops_at_once_nobody_is_gone_until_it_lasts() {
+        let mut g = Gateways::new(T0);
+        g.heard("gw-a".into(), T0);
+        g.heard("gw-b".into(), T0);
+        // The gateways bucket elects a leader: no heartbeat gets through.
+        assert!(
+            !g.is_gone("gw-a", T0 + TTL + 1),
+            "an election is not a death"
+        );
+        assert!(!g.is_gone("gw-b", T0 + ALL_SILENT_BELIEVED));
+        // Heartbeats are back: gw-b beats again, gw-a stays silent: it died.
+        g.heard("gw-b".into(), T0 + 8_000_000);
+        assert!(g.is_gone("gw-a", T0 + 8_000_000));
+        assert!(!g.is_gone("gw-b", T0 + 8_000_000));
+        // The only gateway died: believed once the silence has lasted.
+        let mut only = Gateways::new(T0);
+        only.heard("gw-a".into(), T0);
+        assert!(!only.is_gone("gw-a", T0 + ALL_SILENT_BELIEVED));
+        assert!(only.is_gone("gw-a", T0 + ALL_SILENT_BELIEVED + 1));
     }
 
     #[test]
