@@ -392,6 +392,16 @@ impl Bus {
     }
 }
 
+/// Whether a failed KV update says the bucket took no write at all (no leader,
+/// no answer: its Raft group is electing, which a wait fixes), as opposed to a
+/// refusal (another revision got there first).
+pub fn not_written(e: &kv::UpdateError) -> bool {
+    matches!(
+        e.kind(),
+        kv::UpdateErrorKind::TimedOut | kv::UpdateErrorKind::Other
+    )
+}
+
 /// A client that keeps (re)connecting to any of the servers in the background.
 async fn connect(settings: &BusSettings) -> Result<Client, BusError> {
     async_nats::ConnectOptions::new()

@@ -324,7 +324,7 @@ impl Leases {
                 }
                 Err(e) => {
                     metrics::counter!("bandsync_ticker_lease_renewal_failures_total").increment(1);
-                    if unwritable(&e) {
+                    if bandsync_nats::bus::not_written(&e) {
                         self.fleet.observe_bucket(false, Instant::now());
                         if let Some(held) = self.held.get(&shard)
                             && steady
@@ -620,15 +620,6 @@ async fn renew(
     metrics::histogram!("bandsync_ticker_lease_renew_seconds")
         .record(started.elapsed().as_secs_f64());
     (shard, result)
-}
-
-/// Whether a failed write says the bucket could not be written at all (no
-/// leader, no answer), as opposed to a refusal (another revision won).
-fn unwritable(e: &kv::UpdateError) -> bool {
-    matches!(
-        e.kind(),
-        kv::UpdateErrorKind::TimedOut | kv::UpdateErrorKind::Other
-    )
 }
 
 async fn run_worker(ctx: Arc<Ctx>, owned: Arc<OwnedShard>) {

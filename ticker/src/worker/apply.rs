@@ -61,7 +61,7 @@ pub enum WriteError {
 impl WriteError {
     /// The bucket took no write (no leader, no answer): a wait can fix it.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, WriteError::Store(e) if matches!(e.kind(), UpdateErrorKind::TimedOut | UpdateErrorKind::Other))
+        matches!(self, WriteError::Store(e) if bandsync_nats::bus::not_written(e))
     }
 }
 
