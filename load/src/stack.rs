@@ -604,7 +604,11 @@ async fn wait_jetstream(monitor_ports: &[u16]) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + JETSTREAM_TIMEOUT;
     for &port in monitor_ports {
         loop {
-            if topology::http_status(port, "/healthz").await == Some(200) {
+            let healthz = format!("http://127.0.0.1:{port}/healthz");
+            if bandsync_testkit::http_get(&healthz)
+                .await
+                .is_ok_and(|r| r.status == 200)
+            {
                 break;
             }
             anyhow::ensure!(

@@ -6,7 +6,6 @@
 use anyhow::Context;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The deployed nginx config; the local one differs only in addresses and paths.
 const DEPLOYED_NGINX: &str = include_str!("../../deploy/nginx.conf");
@@ -161,24 +160,6 @@ pub fn maybe_as_postgres(bin: &Path, as_postgres: bool) -> tokio::process::Comma
     let mut cmd = tokio::process::Command::new(bin);
     cmd.args(args);
     cmd
-}
-
-/// The status of a plain GET on loopback, `None` if there is no answer.
-pub async fn http_status(port: u16, path: &str) -> Option<u16> {
-    let fetch = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()?;
-        let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut head = [0u8; 16];
-        s.read_exact(&mut head).await.ok()?;
-        std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(2), fetch)
-        .await
-        .ok()
-        .flatten()
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! Prometheus text read strictly (`metrics`: an absent series is an error, never
 //! a 0), waiting for a condition with a deadline (`wait`) and percentiles.
 //!
-//! A dev-dependency only: no service links it.
+//! No service links it: tests, benchmarks and the load and chaos tools do.
 
 pub mod http;
 pub mod metrics;
