@@ -99,7 +99,7 @@ async fn main() -> anyhow::Result<()> {
         eprintln!(
             "  {:<10} pid {:<8} {}",
             p.name,
-            p.pid.unwrap_or(0),
+            p.pid.map_or_else(|| "-".to_owned(), |pid| pid.to_string()),
             ports.join(", ")
         );
     }

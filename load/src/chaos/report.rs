@@ -40,19 +40,6 @@ pub struct FaultReport {
 }
 
 impl FaultReport {
-    /// Whether every figure keeps the promise for a fault that must be
-    /// invisible to the band (a NATS node's loss).
-    pub fn invisible(&self) -> bool {
-        self.tick_gap_max_ms <= 2000.0
-            && self.commands_lost == 0
-            && self.commands_doubled == 0
-            && self.commands_refused == 0
-            && self.leadership_changes == 0
-            && self.members_marked_away == 0
-            && self.rows_missing.unwrap_or(0) == 0
-            && self.rows_doubled.unwrap_or(0) == 0
-    }
-
     pub fn table_row(&self) -> String {
         let rows = |v: Option<i64>| v.map_or("-".to_owned(), |n| n.to_string());
         format!(
