@@ -62,11 +62,17 @@ async fn shutdown_ends_the_wait() {
     let subjects = Subjects::new("opentest").expect("valid prefix");
     let settings = settings(&url);
     let opening = Bus::open_patiently(&settings, subjects, &shutdown);
+    // The shutdown comes while the wait is under way (the server is gone);
+    // the wait must end on it, not go on retrying.
     let cancel = async {
         tokio::time::sleep(Duration::from_millis(500)).await;
         shutdown.cancel();
     };
-    let (result, ()) = tokio::join!(opening, cancel);
+    let (result, ()) = tokio::time::timeout(Duration::from_secs(5), async {
+        tokio::join!(opening, cancel)
+    })
+    .await
+    .expect("the wait ends within 5 s of the shutdown");
     assert!(matches!(result, Ok(None)), "cancelled, not an error");
 }
 
