@@ -7,6 +7,9 @@ use bandsync_testkit::{NatsServer, eventually, http_get};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// How long the bus is away: longer than one attempt to reach it.
+const BUS_AWAY: Duration = Duration::from_secs(7);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_started_before_the_bus_waits_for_it_not_ready() {
     let db = TestDb::fresh();
@@ -47,7 +50,12 @@ async fn a_store_started_before_the_bus_waits_for_it_not_ready() {
         "{}",
         waiting.body
     );
+    // The bus stays away past one connection attempt's wait (5 s): only a
+    // store that keeps waiting is still there when it comes back.
+    tokio::time::sleep(BUS_AWAY).await;
     assert!(!starting.is_finished(), "still waiting, not exited");
+    let still = http_get(&readyz).await.expect("readyz answers");
+    assert_eq!(still.status, 503, "{}", still.body);
 
     nats.restart().await;
     let store = tokio::time::timeout(Duration::from_secs(30), starting)
