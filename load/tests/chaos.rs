@@ -52,9 +52,12 @@ async fn a_nats_node_and_a_gateway_die_and_the_bands_play_on() {
         members: 3,
         command_every: Duration::from_millis(500),
     };
+    // Commands sent during the election are applied late (up to 15-17 s in the
+    // full suite: an open item of issue 11), so the bands keep recording long
+    // enough after the window to tell a late command from a lost one.
     let timing = Timing {
         window: Duration::from_secs(10),
-        settle: Duration::from_secs(2),
+        settle: Duration::from_secs(10),
     };
 
     let node = Fault::KillNatsLeading(Asset::Leases);
