@@ -5,10 +5,12 @@
 use crate::Shard;
 use crate::subjects::Subjects;
 use async_nats::jetstream::{self, kv, stream};
-use async_nats::{Client, HeaderMap};
+use async_nats::{Client, HeaderMap, ReconnectToServer, Server, ServerInfo};
 use bytes::Bytes;
 use futures::TryStreamExt;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// nats-server 2.11 brought per-message TTLs and KV limit markers.
@@ -27,13 +29,22 @@ pub const GATEWAY_TTL: Duration = Duration::from_secs(6);
 /// Largest session state, well above a full setlist with charts.
 const MAX_STATE_BYTES: i32 = 512 * 1024;
 
-/// How often a client pings a server that has sent it nothing. async-nats drops
-/// a connection with more than two pings unanswered, so a frozen or unreachable
-/// node is left for another within about three intervals (1.2 s), under the 2 s
-/// a band may go without a tick. A ping costs a few bytes, and only on an idle link.
-const PING_INTERVAL: Duration = Duration::from_millis(400);
-/// The leases bucket's max age: past the longest Raft election measured (6.6 s).
-const LEASE_BACKSTOP: Duration = Duration::from_secs(15);
+/// How often a client pings its server. async-nats drops a connection with
+/// more than two pings unanswered, so a frozen or unreachable node is left for
+/// another within about three intervals (0.9 s), under the 1.35 s of silence
+/// after which a ticker's shards are taken over and the 2 s a band may go
+/// without a tick. A ping costs a few bytes.
+const PING_INTERVAL: Duration = Duration::from_millis(300);
+/// How long one attempt to (re)connect to a server may take. A frozen node's
+/// kernel still accepts the TCP connection and then nothing answers: async-nats's
+/// default of 5 s on such a node, picked at random among the cluster's, left a
+/// gateway's bands without ticks for 6.3 s. A live server answers in milliseconds.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The leases bucket's max age: past the longest time a holder rides through
+/// an unwritable bucket (the ticker's 15 s: a node leading it frozen for 10 s
+/// left it unwritable for 11.4 s), so a bucket back from an election does not
+/// expire leases their holders still hold.
+pub const LEASE_BACKSTOP: Duration = Duration::from_secs(25);
 /// Backoff between attempts of a patient publish.
 const PUBLISH_RETRY_MIN: Duration = Duration::from_millis(50);
 const PUBLISH_RETRY_MAX: Duration = Duration::from_millis(500);
@@ -192,15 +203,18 @@ pub struct Bus {
     pub cursors: kv::Store,
     pub gateways: kv::Store,
     pub tickers: kv::Store,
+    /// Counts the client's connections: changes each time it (re)connects, so a
+    /// service can act at once on a new server (a ticker renews its leases).
+    pub connects: watch::Receiver<u64>,
 }
 
 impl Bus {
     /// Connects and declares every stream and bucket; fails if the bus is not
     /// there within a few seconds. Services use [`Bus::open_patiently`].
     pub async fn open(settings: &BusSettings, subjects: Subjects) -> Result<Self, BusError> {
-        let client = connect(settings).await?;
+        let (client, connects) = connect(settings).await?;
         wait_connected(&client, &settings.url, CONNECT_WAIT).await?;
-        Self::declare(client, settings, subjects).await
+        Self::declare(client, connects, settings, subjects).await
     }
 
     /// Opens the bus, waiting for it as long as it takes: the servers may still
@@ -214,12 +228,12 @@ impl Bus {
         subjects: Subjects,
         shutdown: &CancellationToken,
     ) -> Result<Option<Self>, BusError> {
-        let client = connect(settings).await?;
+        let (client, connects) = connect(settings).await?;
         let mut delay = OPEN_BACKOFF_MIN;
         loop {
             let attempt = async {
                 wait_connected(&client, &settings.url, CONNECT_WAIT).await?;
-                Self::declare(client.clone(), settings, subjects.clone()).await
+                Self::declare(client.clone(), connects.clone(), settings, subjects.clone()).await
             };
             let error = tokio::select! {
                 () = shutdown.cancelled() => return Ok(None),
@@ -241,6 +255,7 @@ impl Bus {
 
     async fn declare(
         client: Client,
+        connects: watch::Receiver<u64>,
         settings: &BusSettings,
         subjects: Subjects,
     ) -> Result<Self, BusError> {
@@ -305,6 +320,7 @@ impl Bus {
             cursors,
             gateways,
             tickers,
+            connects,
         })
     }
 
@@ -402,20 +418,67 @@ pub fn not_written(e: &kv::UpdateError) -> bool {
     )
 }
 
-/// A client that keeps (re)connecting to any of the servers in the background.
-async fn connect(settings: &BusSettings) -> Result<Client, BusError> {
-    async_nats::ConnectOptions::new()
+/// A client that keeps (re)connecting to any of the servers in the background,
+/// and the count of its connections.
+async fn connect(settings: &BusSettings) -> Result<(Client, watch::Receiver<u64>), BusError> {
+    let (connected, connects) = watch::channel(0u64);
+    let connected = Arc::new(connected);
+    let client = async_nats::ConnectOptions::new()
         .name(&settings.name)
         // Ticks fan out from one subscription per session; a deep buffer rides out bursts.
         .subscription_capacity(65_536)
         .ping_interval(PING_INTERVAL)
+        .connection_timeout(CONNECT_TIMEOUT)
+        .reconnect_to_server_callback(|servers, lost| async move { next_server(servers, &lost) })
+        .event_callback(move |event| {
+            let connected = connected.clone();
+            async move {
+                if matches!(event, async_nats::Event::Connected) {
+                    connected.send_modify(|n| *n += 1);
+                }
+                log_event(&event);
+            }
+        })
         .retry_on_initial_connect()
         .connect(server_addrs(&settings.url)?)
         .await
         .map_err(|source| BusError::Connect {
             url: settings.url.clone(),
             source,
-        })
+        })?;
+    Ok((client, connects))
+}
+
+/// Where to reconnect: a server with the fewest failed attempts, the one just
+/// lost last among equals, at random otherwise. A frozen server's kernel still
+/// accepts connections, so trying it again first costs a whole
+/// `CONNECT_TIMEOUT`; once the others have failed, it is tried again.
+fn next_server(servers: Vec<Server>, lost: &ServerInfo) -> Option<ReconnectToServer> {
+    let was_lost = |s: &Server| s.addr.host() == lost.host && s.addr.port() == lost.port;
+    let rank = |s: &Server| (s.failed_attempts, was_lost(s));
+    let best = servers.iter().map(rank).min()?;
+    let candidates: Vec<&Server> = servers.iter().filter(|s| rank(s) == best).collect();
+    let pick = candidates[rand::random_range(0..candidates.len())];
+    Some(ReconnectToServer {
+        addr: pick.addr.clone(),
+        delay: None,
+    })
+}
+
+/// What the connection went through, for whoever reads the logs during a fault.
+fn log_event(event: &async_nats::Event) {
+    use async_nats::Event;
+    match event {
+        Event::Connected => tracing::info!("connected to NATS"),
+        Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
+        Event::LameDuckMode => {
+            tracing::info!("the NATS server is going away (lame duck); moving to another")
+        }
+        Event::SlowConsumer(sid) => {
+            tracing::warn!(subscription = sid, "NATS dropped messages: a subscription fell behind")
+        }
+        other => tracing::warn!(event = %other, "NATS connection event"),
+    }
 }
 
 /// Waits until the client has met a server (its INFO names the version).
@@ -435,7 +498,7 @@ async fn wait_connected(client: &Client, url: &str, limit: Duration) -> Result<(
 }
 
 /// `d` ± 25%, so processes started together do not retry in step.
-fn jittered(d: Duration) -> Duration {
+pub fn jittered(d: Duration) -> Duration {
     d.mul_f64(rand::random_range(0.75..1.25))
 }
 
@@ -505,7 +568,7 @@ async fn declare_stream(
 async fn declare_kv(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, BusError> {
     let name = config.bucket.clone();
     if let Ok(store) = js.get_key_value(&name).await {
-        return Ok(store);
+        return Ok(keep_max_age(js, store, config).await);
     }
     match js.create_key_value(config).await {
         Ok(store) => Ok(store),
@@ -520,9 +583,61 @@ async fn declare_kv(js: &jetstream::Context, config: kv::Config) -> Result<kv::S
     }
 }
 
+/// An existing bucket whose max age this version wants changed (the leases'
+/// backstop, the tickers' heartbeats) is updated in place: creating it again
+/// would keep the old one. A refusal is logged, not fatal: the old age still works.
+async fn keep_max_age(js: &jetstream::Context, store: kv::Store, config: kv::Config) -> kv::Store {
+    let current = store.stream.cached_info().config.max_age;
+    if current == config.max_age {
+        return store;
+    }
+    let name = config.bucket.clone();
+    let wanted = config.max_age;
+    let mut update = config;
+    // Only the age changes: keep how the bucket was made otherwise.
+    update.num_replicas = store.stream.cached_info().config.num_replicas;
+    match js.update_key_value(update).await {
+        Ok(updated) => {
+            tracing::info!(bucket = name, from = ?current, to = ?wanted, "bucket max age updated");
+            updated
+        }
+        Err(e) => {
+            tracing::warn!(bucket = name, error = %e, "cannot update the bucket's max age; keeping {current:?}");
+            store
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reconnecting_tries_the_other_servers_before_the_one_lost() {
+        let server = |port: u16, failed_attempts| Server {
+            addr: format!("nats://127.0.0.1:{port}").parse().expect("address"),
+            failed_attempts,
+            did_connect: true,
+            is_discovered: false,
+            last_error: None,
+        };
+        let lost = ServerInfo {
+            host: "127.0.0.1".into(),
+            port: 4001,
+            ..Default::default()
+        };
+        let mut picked = std::collections::HashSet::new();
+        for _ in 0..64 {
+            let all = vec![server(4001, 0), server(4002, 0), server(4003, 0)];
+            let pick = next_server(all, &lost).expect("a server");
+            assert_ne!(pick.addr.port(), 4001, "not the server just lost");
+            picked.insert(pick.addr.port());
+        }
+        assert_eq!(picked.len(), 2, "either of the others, at random");
+        let others_failed = vec![server(4001, 0), server(4002, 1), server(4003, 1)];
+        let pick = next_server(others_failed, &lost).expect("a server");
+        assert_eq!(pick.addr.port(), 4001, "the lost one again once the others failed");
+    }
 
     #[test]
     fn cluster_urls_split_on_commas() {

@@ -29,6 +29,9 @@ pub struct Gateways {
     last_seen: HashMap<String, Micros>,
     /// The newest heartbeat from any gateway (or `since`).
     last_any: Micros,
+    /// When heartbeats got through again after all of them had stopped: a
+    /// gateway's silence counts from then at the earliest.
+    resumed: Micros,
 }
 
 impl Gateways {
@@ -37,11 +40,15 @@ impl Gateways {
             since,
             last_seen: HashMap::new(),
             last_any: since,
+            resumed: since,
         }
     }
 
     /// A heartbeat of `gateway` written at `at`.
     pub fn heard(&mut self, gateway: String, at: Micros) {
+        if at - self.last_any > ALL_SILENT {
+            self.resumed = at;
+        }
         self.last_any = self.last_any.max(at);
         self.last_seen.insert(gateway, at);
     }
@@ -55,7 +62,9 @@ impl Gateways {
     /// (or was never seen although we have been watching that long), unless
     /// every gateway fell silent at once: then the heartbeats are not getting
     /// through (a NATS node died and the bucket elects a leader), and nobody is
-    /// judged until that silence has lasted `ALL_SILENT_BELIEVED`. So an
+    /// judged until that silence has lasted `ALL_SILENT_BELIEVED`. And once
+    /// they get through again, each gateway has a TTL from then to show up: the
+    /// first one back does not condemn the others, whose next beat is due. So an
     /// election marks no member away; the death of the only gateway is noticed
     /// 15 s after its last heartbeat instead of 6 s.
     pub fn is_gone(&self, gateway: &str, now: Micros) -> bool {
@@ -64,10 +73,8 @@ impl Gateways {
         if all_silent > ALL_SILENT && all_silent <= ALL_SILENT_BELIEVED {
             return false;
         }
-        match self.last_seen.get(gateway) {
-            Some(&seen) => now - seen > ttl,
-            None => now - self.since > ttl,
-        }
+        let seen = self.last_seen.get(gateway).copied().unwrap_or(self.since);
+        now - seen.max(self.resumed) > ttl
     }
 
     /// The session's connected members whose gateway is gone, each with the
@@ -165,11 +172,15 @@ pub(crate) mod tests {
         g.heard("gw-a".into(), T0 + 1_000_000);
         // gw-b keeps beating: the heartbeats get through, so silence is death.
         let beat = |g: &mut Gateways, now: Micros| g.heard("gw-b".into(), now);
-        beat(&mut g, T0 + 1_000_000 + TTL);
+        for at in (T0 + 1_000_000..=T0 + 1_000_000 + TTL).step_by(2_000_000) {
+            beat(&mut g, at);
+        }
         assert!(!g.is_gone("gw-a", T0 + 1_000_000 + TTL));
         assert!(g.is_gone("gw-a", T0 + 1_000_001 + TTL));
         let mut fresh = Gateways::new(T0);
-        beat(&mut fresh, T0 + TTL);
+        for at in (T0..=T0 + TTL).step_by(2_000_000) {
+            beat(&mut fresh, at);
+        }
         assert!(
             !fresh.is_gone("gw-never", T0 + TTL),
             "not watched long enough"
@@ -193,10 +204,17 @@ pub(crate) mod tests {
             "an election is not a death"
         );
         assert!(!g.is_gone("gw-b", T0 + ALL_SILENT_BELIEVED));
-        // Heartbeats are back: gw-b beats again, gw-a stays silent: it died.
-        g.heard("gw-b".into(), T0 + 8_000_000);
-        assert!(g.is_gone("gw-a", T0 + 8_000_000));
-        assert!(!g.is_gone("gw-b", T0 + 8_000_000));
+        // Heartbeats are back: gw-b beats first; gw-a's beat is due within a
+        // heartbeat, so it has a TTL from the return to show up.
+        let back = T0 + 8_000_000;
+        g.heard("gw-b".into(), back);
+        assert!(!g.is_gone("gw-a", back + 2_000_000), "the first back condemns nobody");
+        for at in (back..=back + TTL).step_by(2_000_000) {
+            g.heard("gw-b".into(), at);
+        }
+        // gw-a stays silent: it died.
+        assert!(g.is_gone("gw-a", back + TTL + 1));
+        assert!(!g.is_gone("gw-b", back + TTL + 1));
         // The only gateway died: believed once the silence has lasted.
         let mut only = Gateways::new(T0);
         only.heard("gw-a".into(), T0);
@@ -210,7 +228,9 @@ pub(crate) mod tests {
         let mut s = session_on_two_gateways(&rules);
         let mut g = Gateways::new(T0);
         let now = T0 + 2 * TTL;
-        g.heard("gw-a".into(), now);
+        for at in (T0..=now).step_by(2_000_000) {
+            g.heard("gw-a".into(), at);
+        }
         let departed = g.departed(&s, now);
         assert_eq!(
             departed,

@@ -40,12 +40,26 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How long start-up waits to read the current leases and heartbeats.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 /// How long a holder keeps its shards, ticking, while the leases bucket cannot be
-/// written (its Raft leader died and another is being elected: 5–7 s measured on
-/// three nodes), counted from its last successful renewal. Nobody can take a
-/// lease while nobody can write the bucket, and the others count a holder's
-/// silence only while they can write it (`Fleet::observe_bucket`), so the holder
-/// renews as soon as the bucket is back and its shards stay where they are.
-const RIDE_THROUGH: Duration = Duration::from_secs(10);
+/// written, counted from its last successful renewal: its Raft leader died and
+/// another is being elected (5–7 s measured on three nodes), or froze (SIGSTOP
+/// for 10 s: no write for 11.4 s, as the other nodes did not elect meanwhile).
+/// Nobody can take a lease while nobody can write the bucket, and the others
+/// count a holder's silence only while they can write it
+/// (`Fleet::observe_bucket`), so the holder renews as soon as the bucket is back
+/// and its shards stay where they are. Shorter than the bucket's max age, or the
+/// bucket back from its election would expire the leases still ridden.
+const RIDE_THROUGH: Duration = Duration::from_secs(15);
+const _: () = assert!(RIDE_THROUGH.as_secs() < bandsync_nats::bus::LEASE_BACKSTOP.as_secs());
+
+/// Who holds a shard's lease, as far as a read after a refused renewal can tell.
+enum Holder {
+    /// This ticker, at this revision.
+    Us(u64),
+    /// Another ticker, or nobody (released or expired), as the read said.
+    Other(String),
+    /// No answer, or an answer from a node behind on the bucket.
+    Unknown,
+}
 
 struct Held {
     revision: u64,
@@ -110,10 +124,22 @@ impl Leases {
         watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         // Every step is cut short by a shutdown: with NATS unreachable a step may
         // wait for a reconnection that never comes, and SIGTERM must still work.
+        // And every bucket operation in a step is bounded by TTL/3, so no step
+        // (a campaign, a release, a watch to reopen) can hold the renewals back
+        // while a bucket elects: a holder silent for 0.9 TTL loses its shards.
+        let mut connects = self.ctx.bus.connects.clone();
+        connects.borrow_and_update();
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                // Back on a server after losing ours (it froze or died): renew
+                // now, not at the next round, before the others count us silent.
+                Ok(()) = connects.changed() => {
+                    tracing::info!("reconnected to NATS; renewing the leases now");
+                    every.reset();
+                    interruptible(&shutdown, self.round()).await;
+                }
                 _ = every.tick() => interruptible(&shutdown, async {
                     if leases.is_none() {
                         leases = self.open_watch(true).await;
@@ -165,7 +191,10 @@ impl Leases {
         } else {
             &self.ctx.bus.tickers
         };
-        match bucket.watch_with_history(">").await {
+        match tokio::time::timeout(self.ttl / 3, bucket.watch_with_history(">"))
+            .await
+            .unwrap_or_else(|_| Err(kv::WatchError::new(kv::WatchErrorKind::TimedOut)))
+        {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!(error = %e, leases, "cannot watch; campaigning on the timer only");
@@ -285,29 +314,44 @@ impl Leases {
     }
 
     async fn renew_all(&mut self) {
-        let sent_at = Instant::now();
         // Rounds come every TTL/3; a much longer pause was this process stalling.
         let steady = self
             .last_round
-            .is_none_or(|last| sent_at.duration_since(last) < self.ttl);
+            .is_none_or(|last| Instant::now().duration_since(last) < self.ttl);
+        let (sent_at, results) = loop {
+            let mut connects = self.ctx.bus.connects.clone();
+            connects.borrow_and_update();
+            let sent_at = Instant::now();
+            let renewals: Vec<_> = self
+                .held
+                .iter()
+                .map(|(&shard, held)| {
+                    renew(
+                        self.ctx.bus.leases.clone(),
+                        self.ctx.ticker_id.clone(),
+                        shard,
+                        held.revision,
+                        self.ttl / 3,
+                    )
+                })
+                .collect();
+            let round = futures::stream::iter(renewals)
+                .buffer_unordered(PARALLEL)
+                .collect::<Vec<_>>();
+            tokio::select! {
+                results = round => break (sent_at, results),
+                // Sent on a connection that has since been replaced (its server
+                // froze): no answer will come, so send them again on the new one
+                // now rather than wait out the timeout, while the others may be
+                // counting our silence.
+                Ok(()) = connects.changed() => {
+                    tracing::info!("reconnected to NATS during a renewal round; renewing again");
+                }
+            }
+        };
         self.last_round = Some(sent_at);
-        let renewals: Vec<_> = self
-            .held
-            .iter()
-            .map(|(&shard, held)| {
-                renew(
-                    self.ctx.bus.leases.clone(),
-                    self.ctx.ticker_id.clone(),
-                    shard,
-                    held.revision,
-                    self.ttl / 3,
-                )
-            })
-            .collect();
-        let results = futures::stream::iter(renewals)
-            .buffer_unordered(PARALLEL)
-            .collect::<Vec<_>>()
-            .await;
+        let mut riding: Vec<Shard> = Vec::new();
+        let mut ride_error = None;
         for (shard, result) in results {
             match result {
                 Ok(revision) => {
@@ -324,31 +368,50 @@ impl Leases {
                 }
                 Err(e) => {
                     metrics::counter!("bandsync_ticker_lease_renewal_failures_total").increment(1);
-                    if bandsync_nats::bus::not_written(&e) {
+                    let holder = if bandsync_nats::bus::not_written(&e) {
                         self.fleet.observe_bucket(false, Instant::now());
-                        if let Some(held) = self.held.get(&shard)
-                            && steady
-                            && sent_at.duration_since(held.proven_at) < RIDE_THROUGH
+                        Holder::Unknown
+                    } else {
+                        self.holder(shard).await
+                    };
+                    match holder {
+                        Holder::Us(revision) => {
+                            tracing::warn!(shard, error = %e, revision, "lease renewal failed, but the lease is still ours");
+                            if let Some(held) = self.held.get_mut(&shard) {
+                                held.revision = revision;
+                            }
+                        }
+                        Holder::Unknown
+                            if steady
+                                && self.held.get(&shard).is_some_and(|held| {
+                                    sent_at.duration_since(held.proven_at) < RIDE_THROUGH
+                                }) =>
                         {
-                            // The bucket is electing: nobody can take the lease,
-                            // so keep the shard and its ticks going.
-                            held.owned.extend(held.proven_at + RIDE_THROUGH);
+                            // The bucket is electing, or the answer came from a node
+                            // that has not heard of the election yet: nobody can take
+                            // the lease meanwhile, so keep the shard and its ticks going.
+                            if let Some(held) = self.held.get(&shard) {
+                                held.owned.extend(held.proven_at + RIDE_THROUGH);
+                            }
                             metrics::counter!("bandsync_ticker_lease_rides_total").increment(1);
-                            tracing::warn!(shard, error = %e, "leases bucket unavailable; keeping the shard while it elects a leader");
-                            continue;
+                            riding.push(shard);
+                            ride_error.get_or_insert_with(|| e.to_string());
+                        }
+                        Holder::Unknown => {
+                            tracing::warn!(shard, error = %e, "lease renewal failed; the bucket has been unwritable too long");
+                            self.lose(shard, "renewal failed").await;
+                        }
+                        Holder::Other(now) => {
+                            tracing::warn!(shard, error = %e, now, "lease renewal failed");
+                            self.lose(shard, "renewal failed").await;
                         }
                     }
-                    if let Some(revision) = self.still_ours(shard).await {
-                        tracing::warn!(shard, error = %e, revision, "lease renewal failed, but the lease is still ours");
-                        if let Some(held) = self.held.get_mut(&shard) {
-                            held.revision = revision;
-                        }
-                        continue;
-                    }
-                    tracing::warn!(shard, error = %e, "lease renewal failed");
-                    self.lose(shard, "renewal failed").await;
                 }
             }
+        }
+        if let Some(error) = ride_error {
+            // One line per round, not one per shard: a ticker holds hundreds.
+            tracing::warn!(shards = riding.len(), error, "leases bucket unavailable; keeping the shards while it elects a leader");
         }
     }
 
@@ -359,37 +422,62 @@ impl Leases {
         }
     }
 
-    /// After a failed renewal: the key's revision if it still names this ticker.
-    /// A renewal whose answer was lost (a timeout under load) may have landed
-    /// anyway, leaving our name at a newer revision that the next renewal must
-    /// use; giving the shard up for it would cost a failover for nothing. Safe:
-    /// validity is not extended here (we do not know when it landed), so the
-    /// workers stay fenced past the last proven renewal until the next one
-    /// succeeds, and no other ticker may take a key that names us before it expires.
-    async fn still_ours(&self, shard: Shard) -> Option<u64> {
-        let held = self.held.get(&shard)?;
-        let entry = self
-            .ctx
-            .bus
-            .leases
-            .entry(Subjects::shard_key(shard))
-            .await
-            .ok()??;
+    /// After a refused renewal: who holds the shard's key now. A renewal whose
+    /// answer was lost (a timeout under load) may have landed anyway, leaving our
+    /// name at a newer revision that the next renewal must use; giving the shard
+    /// up for it would cost a failover for nothing. Safe: validity is not
+    /// extended here (we do not know when it landed), so the workers stay fenced
+    /// past the last proven renewal until the next one succeeds, and no other
+    /// ticker may take a key that names us before it expires.
+    ///
+    /// A node waking from a freeze still believes for a moment that it leads the
+    /// bucket, and answers from its old state: a refusal ("wrong last sequence")
+    /// and a read older than our own proven revision. Revisions only grow, so
+    /// such a read proves nothing either way.
+    async fn holder(&self, shard: Shard) -> Holder {
+        let Some(held) = self.held.get(&shard) else {
+            return Holder::Other("not held".into());
+        };
+        let read = self.ctx.bus.leases.entry(Subjects::shard_key(shard));
+        let entry = match tokio::time::timeout(self.ttl / 3, read).await {
+            Ok(Ok(Some(entry))) => entry,
+            // Absent: expired by the bucket's max age, or purged.
+            Ok(Ok(None)) => return Holder::Other("no entry".into()),
+            Ok(Err(_)) | Err(_) => return Holder::Unknown,
+        };
+        if entry.revision < held.revision {
+            return Holder::Unknown;
+        }
         let ours = entry.operation == kv::Operation::Put
-            && entry.revision >= held.revision
             && std::str::from_utf8(&entry.value)
                 .is_ok_and(|text| LeaseValue::parse(text) == self.held_by_me());
-        ours.then_some(entry.revision)
+        if ours {
+            Holder::Us(entry.revision)
+        } else {
+            Holder::Other(format!(
+                "{:?} {:?} at revision {} (ours was {})",
+                entry.operation,
+                String::from_utf8_lossy(&entry.value),
+                entry.revision,
+                held.revision
+            ))
+        }
     }
 
     async fn campaign_many(&mut self, vacancies: Vec<Vacancy>) {
         let leases = self.ctx.bus.leases.clone();
         let value: bytes::Bytes = self.held_by_me().encode().into();
+        let limit = self.ttl / 3;
         let attempts = vacancies.into_iter().map(|v| {
             let (leases, value) = (leases.clone(), value.clone());
             async move {
                 let sent_at = Instant::now();
-                (v, sent_at, campaign(&leases, &v, value).await)
+                // Unanswered: counted lost. If it landed, the key names us with
+                // nobody renewing it, and it lapses like any silent holder's.
+                let won = tokio::time::timeout(limit, campaign(&leases, &v, value))
+                    .await
+                    .unwrap_or(None);
+                (v, sent_at, won)
             }
         });
         let results = futures::stream::iter(attempts)
@@ -476,6 +564,7 @@ impl Leases {
         }
         let leases = self.ctx.bus.leases.clone();
         let me = self.ctx.ticker_id.clone();
+        let limit = self.ttl / 3;
         let releases = shards.into_iter().map(|(shard, held)| {
             let (leases, me) = (leases.clone(), me.clone());
             async move {
@@ -486,13 +575,14 @@ impl Leases {
                     last_tick: held.owned.last_tick(),
                     leaving,
                 };
-                let result = leases
-                    .update(
-                        Subjects::shard_key(shard),
-                        value.encode().into(),
-                        held.revision,
-                    )
-                    .await;
+                let update = leases.update(
+                    Subjects::shard_key(shard),
+                    value.encode().into(),
+                    held.revision,
+                );
+                let result = tokio::time::timeout(limit, update)
+                    .await
+                    .unwrap_or_else(|_| Err(kv::UpdateError::new(kv::UpdateErrorKind::TimedOut)));
                 (shard, value, result)
             }
         });

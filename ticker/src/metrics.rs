@@ -22,7 +22,7 @@ fn describe() {
         ),
         (
             "bandsync_ticker_lease_renewal_failures_total",
-            "Lease renewals that failed (each loses its shard).",
+            "Lease renewals that failed (the shard rides through while the bucket elects, else it is lost).",
         ),
         ("bandsync_ticker_leases_acquired_total", "Shard leases won."),
         (
@@ -53,6 +53,10 @@ fn describe() {
         (
             "bandsync_ticker_commands_applied_total",
             "Commands applied to session state.",
+        ),
+        (
+            "bandsync_ticker_command_consumer_resets_total",
+            "Command consumers replaced after they went quiet or skipped a command (the shard is kept).",
         ),
         (
             "bandsync_ticker_commands_replayed_total",

@@ -24,7 +24,8 @@ pub use report::FaultReport;
 pub enum Fault {
     /// kill -9 the NATS node leading this stream or bucket (restarted after the window).
     KillNatsLeading(Asset),
-    /// SIGSTOP a NATS node for this long, then SIGCONT: a frozen, unreachable node.
+    /// SIGSTOP the NATS node leading the command stream for this long, then
+    /// SIGCONT: a frozen, unreachable node.
     FreezeNats(Duration),
     KillGateway,
     KillTicker,
@@ -45,7 +46,10 @@ impl Fault {
     pub fn name(self) -> String {
         match self {
             Fault::KillNatsLeading(a) => format!("kill -9 the NATS node leading {}", a.name()),
-            Fault::FreezeNats(d) => format!("SIGSTOP a NATS node for {} s", d.as_secs()),
+            Fault::FreezeNats(d) => format!(
+                "SIGSTOP the NATS node leading the command stream for {} s",
+                d.as_secs()
+            ),
             Fault::KillGateway => "kill -9 a gateway".into(),
             Fault::KillTicker => "kill -9 a ticker".into(),
             Fault::KillStore => "kill -9 the store".into(),
@@ -153,7 +157,9 @@ async fn act(stack: &mut Stack, fault: Fault, notes: &mut Vec<String>) -> anyhow
             Recover::Restart(node)
         }
         Fault::FreezeNats(d) => {
-            let node = first(stack, Role::Nats)?;
+            // The worst node to freeze for commands: their stream's leader.
+            let node = leader_of(&stack.nats_urls, Asset::Commands).await?;
+            notes.push(format!("{node} led {}", Asset::Commands.name()));
             stack.signal(&node, Signal::Stop).await?;
             tokio::time::sleep(d).await;
             stack.signal(&node, Signal::Cont).await?;

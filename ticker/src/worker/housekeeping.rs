@@ -87,7 +87,9 @@ mod tests {
         let s = session_on_two_gateways(&rules);
         let now = T0 + 10 * SECOND;
         let mut gateways = Gateways::new(T0);
-        gateways.heard("gw-a".into(), now);
+        for at in (T0..=now).step_by(2 * SECOND as usize) {
+            gateways.heard("gw-a".into(), at);
+        }
         let next = plan(&s, Some(&gateways), now, &rules).expect("a change");
         let b = next.member(&member("b")).expect("b stays a member");
         assert!(!b.connected, "b's gateway died");

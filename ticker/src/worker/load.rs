@@ -10,7 +10,7 @@ use bandsync_nats::bus::BusError;
 use bandsync_nats::{SessionId, SessionState, Subjects};
 use futures::StreamExt;
 
-/// Why a shard could not be taken on (the lease manager then gives it up).
+/// Why a shard could not be taken on yet (retried while the shard is held).
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(transparent)]

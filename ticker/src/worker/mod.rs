@@ -19,11 +19,13 @@
 //! command: state machine, compare-and-set, event), `housekeeping` (time-driven
 //! rules), `ending` (deleting an ended session and releasing its code, retried
 //! until done), `cursor` (where consuming resumes; a corrupt one is rebuilt),
-//! `publish` (events and rejections).
+//! `publish` (events and rejections), `feed` (the shard's commands in order, on
+//! a consumer replaced within a second of going quiet).
 
 mod apply;
 mod cursor;
 mod ending;
+mod feed;
 mod housekeeping;
 mod load;
 mod publish;
@@ -32,15 +34,10 @@ use crate::Ctx;
 use crate::fleet::Vacated;
 use crate::owned::OwnedShard;
 use apply::{ApplyError, Next, next_step, stage};
-use async_nats::jetstream::consumer::StreamError;
-use async_nats::jetstream::consumer::push::{OrderedConfig, OrderedError};
-use async_nats::jetstream::context::GetStreamError;
-use async_nats::jetstream::stream::ConsumerError;
 use bandsync_nats::{SessionId, SessionState, Shard, now_us};
 use cursor::Cursor;
 use ending::Endings;
-use futures::StreamExt;
-use load::LoadError;
+use feed::{Feed, FeedError};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,16 +54,35 @@ struct Session {
     revision: u64,
 }
 
+/// Backoff while the bus cannot serve a shard's worker yet: `RETRY_FIRST`,
+/// doubling up to `RETRY_MAX`, jittered.
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+struct Retry(Duration);
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self(RETRY_FIRST)
+    }
+}
+
+impl Retry {
+    /// Waits before the next attempt; false if the shard was stopped meanwhile.
+    async fn wait(&mut self, stop: &tokio_util::sync::CancellationToken) -> bool {
+        let delay = bandsync_nats::bus::jittered(self.0);
+        self.0 = (self.0 * 2).min(RETRY_MAX);
+        tokio::select! {
+            _ = stop.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
+        }
+    }
+}
+
 /// Why a shard's worker stopped before its shard did (the lease manager then
 /// gives the shard up, and its next owner starts from the saved cursor).
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    #[error("loading shard {shard}")]
-    Load {
-        shard: Shard,
-        #[source]
-        source: LoadError,
-    },
     #[error("consuming the commands of shard {shard}")]
     Consume {
         shard: Shard,
@@ -77,18 +93,6 @@ pub enum WorkerError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumeError {
-    #[error("opening the command stream {stream}")]
-    OpenStream {
-        stream: String,
-        #[source]
-        source: GetStreamError,
-    },
-    #[error("creating the command consumer")]
-    CreateConsumer(#[source] ConsumerError),
-    #[error("subscribing to the command consumer")]
-    Subscribe(#[source] StreamError),
-    #[error("receiving a command")]
-    Receive(#[source] OrderedError),
     #[error("the command consumer ended")]
     Ended,
     #[error("applying command {seq}")]
@@ -142,10 +146,16 @@ impl Worker {
             endings: Endings::default(),
             cursor: Cursor::default(),
         };
-        worker
-            .load()
-            .await
-            .map_err(|source| WorkerError::Load { shard, source })?;
+        // A shard whose sessions cannot be read yet (their bucket is electing a
+        // leader) is kept and retried: given up, it would move to a ticker that
+        // meets the same election, and its bands would wait for both.
+        let mut retry = Retry::default();
+        while let Err(e) = worker.load().await {
+            tracing::warn!(shard, error = %chain(&e), "cannot load the shard yet; retrying");
+            if !retry.wait(&worker.owned.stop).await {
+                return Ok(());
+            }
+        }
         worker.owned.mark_loaded();
         worker.ctx.ticks.catch_up(&worker.owned).await;
         if worker.owned.vacated == Vacated::Expired {
@@ -160,28 +170,26 @@ impl Worker {
     async fn consume(&mut self) -> Result<(), ConsumeError> {
         let bus = &self.ctx.bus;
         let stream_name = bus.subjects.cmd_stream();
-        let stream =
-            bus.js
-                .get_stream(&stream_name)
-                .await
-                .map_err(|source| ConsumeError::OpenStream {
-                    stream: stream_name,
-                    source,
-                })?;
+        let mut retry = Retry::default();
+        let stream = loop {
+            match bus.js.get_stream(&stream_name).await {
+                Ok(stream) => break stream,
+                Err(e) => {
+                    tracing::warn!(shard = self.owned.shard, stream = stream_name, error = %e, "cannot open the command stream yet; retrying");
+                    if !retry.wait(&self.owned.stop).await {
+                        return Ok(());
+                    }
+                }
+            }
+        };
         self.cursor
             .consuming_from(stream.cached_info().state.last_sequence);
-        let config = OrderedConfig {
-            deliver_subject: bus.client.new_inbox(),
-            filter_subject: bus.subjects.cmd_shard(self.owned.shard),
-            deliver_policy: self.cursor.deliver_policy(),
-            ..Default::default()
-        };
-        let consumer = stream
-            .create_consumer(config)
-            .await
-            .map_err(ConsumeError::CreateConsumer)?;
-        let name = consumer.cached_info().name.clone();
-        let mut messages = consumer.messages().await.map_err(ConsumeError::Subscribe)?;
+        let mut feed = Feed::new(
+            stream,
+            bus.client.clone(),
+            bus.subjects.cmd_shard(self.owned.shard),
+            self.cursor.deliver_policy(),
+        );
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         let mut cursor_save = tokio::time::interval(CURSOR_SAVE);
         let stop = self.owned.stop.clone();
@@ -189,8 +197,8 @@ impl Worker {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break Ok(()),
-                msg = messages.next() => match msg {
-                    Some(Ok(msg)) => {
+                msg = feed.next() => match msg {
+                    Ok(msg) => {
                         let (seq, stored_us) = msg.info().map_or((0, None), |i| {
                             (i.stream_sequence, i64::try_from(i.published.unix_timestamp_nanos() / 1_000).ok())
                         });
@@ -204,19 +212,22 @@ impl Worker {
                             Next::Fail(source) => break Err(ConsumeError::Apply { seq, source }),
                         }
                     }
-                    Some(Err(e)) => break Err(ConsumeError::Receive(e)),
-                    None => break Err(ConsumeError::Ended),
+                    Err(FeedError::Ended) => break Err(ConsumeError::Ended),
+                    // The stream is electing a leader, or our consumer's node died
+                    // or froze: keep the shard (and its ticks) while the feed
+                    // makes another consumer.
+                    Err(e @ (FeedError::Quiet | FeedError::Gap { .. })) => {
+                        metrics::counter!("bandsync_ticker_command_consumer_resets_total").increment(1);
+                        tracing::warn!(shard = self.owned.shard, error = %e, "command consumer lost");
+                    }
+                    // Retried every 250 ms while the stream elects: not worth a line each.
+                    Err(e) => tracing::debug!(shard = self.owned.shard, error = %chain(&e), "no command consumer yet"),
                 },
                 _ = housekeeping.tick() => self.housekeep().await,
                 _ = cursor_save.tick() => self.save_cursor().await,
             }
         };
-        drop(messages);
-        // Ordered consumers linger 30 s after their subscriber goes; with many
-        // hand-overs that would pile up against the server's consumer limit.
-        if let Err(e) = stream.delete_consumer(&name).await {
-            tracing::debug!(shard = self.owned.shard, error = %e, "cannot delete the command consumer");
-        }
+        feed.close().await;
         result
     }
 
