@@ -37,6 +37,11 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 const FRAGMENT_BYTES: usize = 1024;
 
 /// How a connection ended when nothing failed.
+/// How long a connection closed by the gateway's shutdown waits before its
+/// `bye`: clients reconnect within a second (the web client after 0.2–0.8 s).
+/// Within `SHUTDOWN_GRACE` with the second a socket's close takes.
+const MOVING_GRACE: std::time::Duration = std::time::Duration::from_millis(1500);
+
 #[derive(Debug)]
 enum Ended {
     /// The client closed its socket.
@@ -154,8 +159,10 @@ impl Conn {
         metrics::gauge!("bandsync_gateway_connections").increment(1);
         // Matched in place, not bound to a local: a local would keep its room
         // in this future across the awaits below.
+        let mut moving = false;
         match self.run(handle).await {
             Ok(ended) => {
+                moving = matches!(ended, Ended::ShuttingDown);
                 tracing::debug!(member = %self.claims.member, reason = ended.reason(), "connection ended")
             }
             // The gateway's own dependencies failed: worth an operator's look.
@@ -173,6 +180,13 @@ impl Conn {
         }
         metrics::gauge!("bandsync_gateway_connections").decrement(1);
         Box::pin(self.app.hub.leave(&session, conn)).await;
+        if moving {
+            // Told to reconnect, the member is moving to another gateway, whose
+            // hello replaces this connection: a bye landing first would show the
+            // band a member away for a moment. After the wait it is stale, and
+            // ignored, unless the member did not come back.
+            tokio::time::sleep(MOVING_GRACE).await;
+        }
         // Best effort: tell the owner this connection is gone (a stale bye is ignored).
         let bye = Command::Bye {
             conn: ConnId::new(&self.app.gateway_id, conn),

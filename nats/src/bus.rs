@@ -477,6 +477,8 @@ fn log_event(event: &async_nats::Event) {
         Event::SlowConsumer(sid) => {
             tracing::warn!(subscription = sid, "NATS dropped messages: a subscription fell behind")
         }
+        // Our own client closing, at shutdown.
+        Event::Closed => tracing::debug!("NATS connection closed"),
         other => tracing::warn!(event = %other, "NATS connection event"),
     }
 }

@@ -125,3 +125,52 @@ async fn a_stopped_gateway_returns_once_its_sockets_are_closed() {
         }
     }
 }
+
+/// A member whose gateway stops moves to another and is never shown away: the
+/// stopping gateway's `bye` for it comes after its hello elsewhere, and is stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_moved_by_a_gateway_stop_is_never_shown_away() {
+    let stack = Stack::start(Knobs::default()).await;
+    let lead = stack.api(1).create("Leader").await.expect("create");
+    let mut watcher = stack.connect(1, &lead).await;
+    let mover = stack
+        .api(0)
+        .join(lead.code.as_str(), "Mover")
+        .await
+        .expect("join");
+    let mut moving = stack.connect(0, &mover).await;
+    watcher
+        .wait_until(WAIT, |s| s.member(&mover.member).is_some_and(|m| m.connected))
+        .await
+        .expect("the mover is seen");
+
+    stack.gateways[0].1.cancel();
+    moving
+        .wait_for(WAIT, |m| matches!(m, ServerMsg::Reconnect { .. }))
+        .await
+        .expect("told to reconnect");
+    // As the web client does: close at once, come back a moment later.
+    moving.close().await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let _moved = stack.connect(1, &mover).await;
+    // Past the moving grace and the old connection's bye.
+    let watch_until = Instant::now() + std::time::Duration::from_secs(4);
+    while let Some(left) = watch_until.checked_duration_since(Instant::now()) {
+        match watcher.next_within(left).await {
+            Ok(ServerMsg::Event(event)) => assert!(
+                !event.changes.iter().any(|c| matches!(
+                    c,
+                    bandsync_nats::Change::MemberDisconnected { member, .. } if *member == mover.member
+                )),
+                "the mover was shown away: {event:?}"
+            ),
+            Ok(_) => {}
+            Err(ClientError::Timeout) => break,
+            Err(e) => panic!("the watcher's connection failed: {e}"),
+        }
+    }
+    assert!(
+        watcher.state.member(&mover.member).is_some_and(|m| m.connected),
+        "the mover is connected"
+    );
+}

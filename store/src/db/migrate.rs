@@ -47,6 +47,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "members_on_their_own",
         sql: include_str!("../../migrations/0007_members_on_their_own.sql"),
     },
+    Migration {
+        version: 8,
+        name: "events_once",
+        sql: include_str!("../../migrations/0008_events_once.sql"),
+    },
 ];
 
 /// Arbitrary constant naming the store's migration lock.

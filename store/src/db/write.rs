@@ -1,6 +1,8 @@
 //! Writes one batch in one transaction: one multi-row `INSERT ... SELECT FROM
 //! UNNEST(...) ON CONFLICT DO NOTHING` per table, so a redelivered message is
-//! skipped by its (stream, stream_seq) key and the log holds each exactly once.
+//! skipped by its (stream, stream_seq) key and the log holds each exactly once;
+//! an event whose (session, seq) is stored already (a re-publication) becomes a
+//! dead letter.
 
 use super::DbError;
 use crate::decode::{CommandRow, DeadRow, Decoded, EventRow, StreamKind};
@@ -35,7 +37,21 @@ FROM UNNEST($2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text
             $16::text[])
      AS r(stream_seq, session_id, kind, changes, actor, cmd_id, seq, epoch, error_code,
           occurred_us, published_us, payload, state, members, setlist)
-ON CONFLICT (stream, stream_seq) DO NOTHING";
+ON CONFLICT DO NOTHING";
+
+/// After `INSERT_EVENTS` in the same transaction: an event the log did not take
+/// although its message is new (its (session, seq) is stored already, from a
+/// re-publication) becomes a dead letter, so every stream message is accounted
+/// for. A redelivered message is in `events` under its own stream_seq: skipped.
+const INSERT_DUPLICATE_EVENTS: &str = "
+INSERT INTO dead_letters (stream, stream_seq, subject, reason, payload, published_at)
+SELECT $1, r.stream_seq, '',
+       format('duplicate: event %s of session %s is already stored', r.seq, r.session_id),
+       convert_to(r.payload, 'UTF8'), bandsync_ts(r.published_us)
+FROM UNNEST($2::int8[], $3::text[], $4::int8[], $5::text[], $6::int8[])
+     AS r(stream_seq, session_id, seq, payload, published_us)
+WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.stream = $1 AND e.stream_seq = r.stream_seq)
+ON CONFLICT DO NOTHING";
 
 const INSERT_COMMANDS: &str = "
 INSERT INTO commands (stream, stream_seq, cmd_id, session_id, kind, actor, gateway, sent_at,
@@ -129,6 +145,7 @@ pub async fn write_batch(
                 })
                 .collect();
             written.inserted = insert_events(&tx, stream, &events).await?;
+            written.dead += insert_duplicate_events(&tx, stream, &events).await?;
             let summary = summary::summarise(events.iter().copied());
             upsert_sessions(&tx, &summary.sessions).await?;
             upsert_members(&tx, &summary.members).await?;
@@ -147,7 +164,7 @@ pub async fn write_batch(
             written.inserted = insert_commands(&tx, stream, &commands).await?;
         }
     }
-    written.dead = insert_dead(&tx, stream, &dead).await?;
+    written.dead += insert_dead(&tx, stream, &dead).await?;
     tx.commit().await?;
     Ok(written)
 }
@@ -250,6 +267,28 @@ async fn insert_events(
             &opt(|r| r.members_json.as_deref()),
             &opt(|r| r.setlist_json.as_deref()),
         ],
+    )
+    .await
+}
+
+async fn insert_duplicate_events(
+    tx: &Transaction<'_>,
+    stream: &str,
+    rows: &[&EventRow],
+) -> Result<u64, DbError> {
+    let events: Vec<&&EventRow> = rows.iter().filter(|r| r.kind == "event").collect();
+    if events.is_empty() {
+        return Ok(0);
+    }
+    let stream_seq: Vec<i64> = events.iter().map(|r| r.stream_seq).collect();
+    let session: Vec<&str> = events.iter().map(|r| r.session_id.as_str()).collect();
+    let seq: Vec<Option<i64>> = events.iter().map(|r| r.seq).collect();
+    let payload: Vec<&str> = events.iter().map(|r| r.payload.as_str()).collect();
+    let published: Vec<i64> = events.iter().map(|r| r.published_us).collect();
+    run(
+        tx,
+        INSERT_DUPLICATE_EVENTS,
+        &[&stream, &stream_seq, &session, &seq, &payload, &published],
     )
     .await
 }

@@ -273,3 +273,67 @@ async fn poison_timelines_are_dead_letters_and_their_batch_is_written() {
     token.cancel();
     store.wait().await;
 }
+
+/// A new owner re-publishes a session's latest event; past the stream's
+/// duplicate window the stream stores it again. The log keeps each event once,
+/// and the copy is a dead letter naming why, so every stream message is
+/// accounted for (stream messages = rows + dead letters).
+#[tokio::test]
+async fn a_re_published_event_is_stored_once() {
+    let nats = NatsServer::start().await;
+    let db = TestDb::fresh();
+    let bus = bus(&nats.url()).await;
+    let band = rehearsal("dup1", now_us());
+    let events = band.events();
+    publish_all(&bus.js, events.clone()).await;
+    // The latest event again, as a new message (no msg id: outside the window).
+    let (subject, _, bytes) = events.last().expect("events").clone();
+    let copy = publish_raw(&bus.js, subject, bytes).await;
+    // And the first one, in the same batch as nothing else.
+    let (subject, _, bytes) = events[0].clone();
+    publish_raw(&bus.js, subject, bytes).await;
+    let (store, token) = start_store(&nats.url(), &db.url()).await;
+
+    let expected = events.len() as i64;
+    eventually(Duration::from_secs(20), "events and their copies", || async {
+        db.count("SELECT count(*) FROM events").await == expected
+            && db.count("SELECT count(*) FROM dead_letters").await == 2
+    })
+    .await;
+    assert_eq!(
+        db.count(
+            "SELECT count(*) - count(DISTINCT (session_id, seq)) FROM events WHERE kind = 'event'"
+        )
+        .await,
+        0,
+        "no event twice"
+    );
+    let client = db.client().await;
+    let row = client
+        .query_one(
+            "SELECT reason FROM dead_letters WHERE stream_seq = $1",
+            &[&(copy as i64)],
+        )
+        .await
+        .expect("the copy is a dead letter");
+    let reason: String = row.get(0);
+    assert!(
+        reason.starts_with("duplicate: event") && reason.contains("session dup1"),
+        "{reason}"
+    );
+    let mut stream = bus
+        .js
+        .get_stream("BANDSYNC_EVT")
+        .await
+        .expect("events stream");
+    let in_stream = stream.info().await.expect("info").state.messages as i64;
+    assert_eq!(
+        in_stream,
+        db.count("SELECT count(*) FROM events").await
+            + db.count("SELECT count(*) FROM dead_letters").await,
+        "every stream message is a row or a dead letter"
+    );
+
+    token.cancel();
+    store.wait().await;
+}

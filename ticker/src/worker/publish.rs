@@ -7,11 +7,17 @@ use super::{Worker, chain};
 use bandsync_nats::bus::BusError;
 use bandsync_nats::wire::ErrorMsg;
 use bandsync_nats::{CommandEnvelope, ErrorCode, EventMsg, ServerMsg, SessionState, Subjects};
+use std::time::Duration;
 
-/// Attempts to publish an event before giving up (the next owner re-publishes it).
-const EVENT_PUBLISH_ATTEMPTS: usize = 3;
+/// How long an event or rejection is retried while the events stream takes no
+/// writes (its Raft leader died, or froze, and another is being elected): as long
+/// as a state write waits, so an event whose state was written is not left out
+/// of the log. The command behind it waits meanwhile; ticks go on.
+const PUBLISH_PATIENCE: Duration = Duration::from_secs(20);
+const PUBLISH_RETRY_MIN: Duration = Duration::from_millis(50);
+const PUBLISH_RETRY_MAX: Duration = Duration::from_secs(1);
 
-/// An event or rejection that could not be published; the next owner
+/// An event or rejection that could not be published in time; the next owner
 /// re-publishes each session's latest event.
 #[derive(Debug, thiserror::Error)]
 #[error("publishing to {subject} ({attempts} attempts)")]
@@ -57,6 +63,8 @@ impl Worker {
         msg_id: &str,
         payload: bytes::Bytes,
     ) -> Result<(), PublishError> {
+        let give_up = tokio::time::Instant::now() + PUBLISH_PATIENCE;
+        let mut delay = PUBLISH_RETRY_MIN;
         let mut attempt = 1;
         loop {
             if !self.owned.is_valid() {
@@ -69,7 +77,7 @@ impl Worker {
                 .await
             {
                 Ok(_) => return Ok(()),
-                Err(source) if attempt == EVENT_PUBLISH_ATTEMPTS => {
+                Err(source) if tokio::time::Instant::now() + delay >= give_up => {
                     return Err(PublishError {
                         subject,
                         attempts: attempt,
@@ -80,6 +88,8 @@ impl Worker {
                     tracing::debug!(subject, attempt, error = %e, "publish failed; trying again")
                 }
             }
+            tokio::time::sleep(bandsync_nats::bus::jittered(delay)).await;
+            delay = (delay * 2).min(PUBLISH_RETRY_MAX);
             attempt += 1;
         }
     }
