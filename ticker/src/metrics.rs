@@ -24,6 +24,10 @@ fn describe() {
             "bandsync_ticker_lease_renewal_failures_total",
             "Lease renewals that failed (the shard rides through while the bucket elects, else it is lost).",
         ),
+        (
+            "bandsync_ticker_lease_rides_total",
+            "Renewals that failed while the leases bucket could not be written, the shard kept (riding through an election).",
+        ),
         ("bandsync_ticker_leases_acquired_total", "Shard leases won."),
         (
             "bandsync_ticker_failovers_total",

@@ -13,20 +13,22 @@ async fn rehearsal_lands_once_and_is_served() {
     let band = rehearsal("reh1", now_us() - 600_000_000);
     publish_all(&bus.js, band.commands()).await;
     publish_all(&bus.js, band.events()).await;
-    // The owner re-publishes an event it was unsure about: same bytes, new stream message.
+    // The owner re-publishes an event it was unsure about: same bytes, new stream
+    // message. The log keeps the event once; the copy is a dead letter.
     let (subject, _, bytes) = band.events().pop().expect("events");
-    publish_raw(&bus.js, subject, bytes).await;
-    let n_events = band.events().len() as i64 + 1;
+    let copy = publish_raw(&bus.js, subject, bytes).await;
+    let n_events = band.events().len() as i64;
     let n_commands = band.commands().len() as i64;
 
     let (store, token) = start_store(&nats.url(), &db.url()).await;
     eventually(Duration::from_secs(20), "every message stored", || async {
         db.count("SELECT count(*) FROM events").await == n_events
             && db.count("SELECT count(*) FROM commands").await == n_commands
+            && db.count("SELECT count(*) FROM dead_letters").await == 1
     })
     .await;
 
-    // Same set of stream sequences as the stream holds, none twice.
+    // Every stream sequence the stream holds is a row or the copy's dead letter, none twice.
     let evt_info = bus
         .js
         .get_stream("BANDSYNC_EVT")
@@ -37,7 +39,7 @@ async fn rehearsal_lands_once_and_is_served() {
         .expect("info")
         .state
         .clone();
-    assert_eq!(evt_info.messages as i64, n_events);
+    assert_eq!(evt_info.messages as i64, n_events + 1);
     assert_eq!(
         db.count("SELECT count(DISTINCT stream_seq) FROM events")
             .await,
@@ -47,9 +49,13 @@ async fn rehearsal_lands_once_and_is_served() {
         db.count("SELECT min(stream_seq) FROM events").await,
         evt_info.first_sequence as i64
     );
+    assert_eq!(copy, evt_info.last_sequence, "the copy came last");
     assert_eq!(
-        db.count("SELECT max(stream_seq) FROM events").await,
-        evt_info.last_sequence as i64
+        db.count(&format!(
+            "SELECT count(*) FROM dead_letters WHERE stream_seq = {copy} AND reason LIKE 'duplicate:%'"
+        ))
+        .await,
+        1
     );
     assert_eq!(
         db.count("SELECT count(*) FROM events WHERE kind = 'rejected'")
@@ -185,7 +191,8 @@ async fn rehearsal_lands_once_and_is_served() {
     );
     assert_eq!(
         read("bandsync_store_dead_letters_total{stream=\"events\"}"),
-        0.0
+        1.0,
+        "the re-published copy"
     );
 
     token.cancel();
