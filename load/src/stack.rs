@@ -507,6 +507,20 @@ impl Stack {
         proc.launch().await
     }
 
+    /// Waits until JetStream answers healthy on every NATS node: a node back
+    /// from a restart has caught up on every stream and bucket. A rolling restart
+    /// must wait for it before stopping the next node, or a Raft group is left
+    /// without a quorum.
+    pub async fn wait_nats_healthy(&self) -> anyhow::Result<()> {
+        let monitors: Vec<u16> = self
+            .procs
+            .iter()
+            .filter(|p| p.info.role == Role::Nats)
+            .filter_map(|p| p.info.ports.get("monitor").copied())
+            .collect();
+        wait_jetstream(&monitors).await
+    }
+
     /// Stops everything: services first (SIGTERM, so tickers hand over and the
     /// store commits), NATS and PostgreSQL last.
     pub async fn stop(mut self) {

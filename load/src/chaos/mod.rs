@@ -182,6 +182,7 @@ async fn act(stack: &mut Stack, fault: Fault, notes: &mut Vec<String>) -> anyhow
                 let waited = Duration::from_secs(crate::topology::LAME_DUCK_DURATION_SECS + 15);
                 stack.wait_exit(&node, waited).await?;
                 stack.restart(&node).await?;
+                stack.wait_nats_healthy().await?;
             }
             for name in stack
                 .names(Role::Gateway)
