@@ -82,18 +82,22 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             .clone()
             .unwrap_or_else(|| format!("gw-{}", random_id(6))),
     )?;
-    // Waits for the bus (the cluster may be starting or electing) instead of exiting.
-    let Some(bus) = config
+    // Bound first: while it waits for the bus (the cluster may be starting or
+    // electing) instead of exiting, its port says so (`/readyz` 503).
+    let std_listener = std::net::TcpListener::bind(config.listen)
+        .with_context(|| format!("binding {}", config.listen))?;
+    std_listener.set_nonblocking(true)?;
+    let waiting = bandsync_nats::service::answer_while_waiting(&std_listener)?;
+    let bus = config
         .bus
         .open_patiently(format!("bandsync-gateway-{gateway_id}"), &shutdown)
         .await
-        .context("opening the NATS bus")?
-    else {
+        .context("opening the NATS bus");
+    waiting.stop().await;
+    let Some(bus) = bus? else {
         anyhow::bail!("shut down while waiting for the bus");
     };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
+    let listener = tokio::net::TcpListener::from_std(std_listener)?;
     let addr = listener.local_addr()?;
     install_metrics();
     let tasks = TaskTracker::new();

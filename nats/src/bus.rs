@@ -475,7 +475,10 @@ fn log_event(event: &async_nats::Event) {
             tracing::info!("the NATS server is going away (lame duck); moving to another")
         }
         Event::SlowConsumer(sid) => {
-            tracing::warn!(subscription = sid, "NATS dropped messages: a subscription fell behind")
+            tracing::warn!(
+                subscription = sid,
+                "NATS dropped messages: a subscription fell behind"
+            )
         }
         // Our own client closing, at shutdown.
         Event::Closed => tracing::debug!("NATS connection closed"),
@@ -638,7 +641,11 @@ mod tests {
         assert_eq!(picked.len(), 2, "either of the others, at random");
         let others_failed = vec![server(4001, 0), server(4002, 1), server(4003, 1)];
         let pick = next_server(others_failed, &lost).expect("a server");
-        assert_eq!(pick.addr.port(), 4001, "the lost one again once the others failed");
+        assert_eq!(
+            pick.addr.port(),
+            4001,
+            "the lost one again once the others failed"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! What every BandSync binary does the same way at start-up: structured logs,
-//! a shutdown token cancelled by SIGINT/SIGTERM, and random identifiers.
+//! a shutdown token cancelled by SIGINT/SIGTERM, random identifiers, and an
+//! HTTP port that answers "not ready" while the service waits for the bus.
 
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
@@ -141,5 +142,44 @@ mod tests {
         assert!(crate::SessionId::parse(a.clone()).is_ok());
         assert_ne!(a, random_id(12));
         assert_eq!(random_join_code().as_str().len(), crate::ids::JOIN_CODE_LEN);
+    }
+}
+
+/// A stand-in HTTP server on a service's port while it waits for the bus:
+/// `/healthz` answers 200 (the process is alive) and everything else 503
+/// "waiting for the bus", so an orchestrator or an operator sees "not ready"
+/// and why, instead of a refused connection.
+pub struct WaitingForBus {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts answering on a clone of `listener` (which stays the caller's, for the
+/// service's own server once the bus is open).
+pub fn answer_while_waiting(listener: &std::net::TcpListener) -> std::io::Result<WaitingForBus> {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let clone = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(|| async { (StatusCode::SERVICE_UNAVAILABLE, "waiting for the bus\n") });
+    let stop = CancellationToken::new();
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let serve = axum::serve(clone, app).with_graceful_shutdown(stop.cancelled_owned());
+            if let Err(e) = serve.await {
+                tracing::warn!(error = %e, "the waiting server failed");
+            }
+        }
+    });
+    Ok(WaitingForBus { stop, task })
+}
+
+impl WaitingForBus {
+    /// Stops answering (requests in flight are answered first).
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
     }
 }

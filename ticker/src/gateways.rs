@@ -208,7 +208,10 @@ pub(crate) mod tests {
         // heartbeat, so it has a TTL from the return to show up.
         let back = T0 + 8_000_000;
         g.heard("gw-b".into(), back);
-        assert!(!g.is_gone("gw-a", back + 2_000_000), "the first back condemns nobody");
+        assert!(
+            !g.is_gone("gw-a", back + 2_000_000),
+            "the first back condemns nobody"
+        );
         for at in (back..=back + TTL).step_by(2_000_000) {
             g.heard("gw-b".into(), at);
         }

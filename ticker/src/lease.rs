@@ -411,7 +411,11 @@ impl Leases {
         }
         if let Some(error) = ride_error {
             // One line per round, not one per shard: a ticker holds hundreds.
-            tracing::warn!(shards = riding.len(), error, "leases bucket unavailable; keeping the shards while it elects a leader");
+            tracing::warn!(
+                shards = riding.len(),
+                error,
+                "leases bucket unavailable; keeping the shards while it elects a leader"
+            );
         }
     }
 

@@ -140,7 +140,9 @@ async fn a_member_moved_by_a_gateway_stop_is_never_shown_away() {
         .expect("join");
     let mut moving = stack.connect(0, &mover).await;
     watcher
-        .wait_until(WAIT, |s| s.member(&mover.member).is_some_and(|m| m.connected))
+        .wait_until(WAIT, |s| {
+            s.member(&mover.member).is_some_and(|m| m.connected)
+        })
         .await
         .expect("the mover is seen");
 
@@ -170,7 +172,10 @@ async fn a_member_moved_by_a_gateway_stop_is_never_shown_away() {
         }
     }
     assert!(
-        watcher.state.member(&mover.member).is_some_and(|m| m.connected),
+        watcher
+            .state
+            .member(&mover.member)
+            .is_some_and(|m| m.connected),
         "the mover is connected"
     );
 }

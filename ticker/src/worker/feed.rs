@@ -18,8 +18,8 @@
 use async_nats::jetstream::consumer::push::{Config, Messages};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, stream::Stream};
-use futures::StreamExt;
 use bandsync_nats::bus::jittered;
+use futures::StreamExt;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;

@@ -16,3 +16,4 @@ mod freeze;
 mod join;
 mod renewal;
 mod shutdown;
+mod waiting;
