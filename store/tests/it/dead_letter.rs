@@ -295,10 +295,14 @@ async fn a_re_published_event_is_stored_once() {
     let (store, token) = start_store(&nats.url(), &db.url()).await;
 
     let expected = events.len() as i64;
-    eventually(Duration::from_secs(20), "events and their copies", || async {
-        db.count("SELECT count(*) FROM events").await == expected
-            && db.count("SELECT count(*) FROM dead_letters").await == 2
-    })
+    eventually(
+        Duration::from_secs(20),
+        "events and their copies",
+        || async {
+            db.count("SELECT count(*) FROM events").await == expected
+                && db.count("SELECT count(*) FROM dead_letters").await == 2
+        },
+    )
     .await;
     assert_eq!(
         db.count(
