@@ -131,20 +131,6 @@ pub fn random_join_code() -> crate::JoinCode {
     crate::JoinCode::parse(&code).expect("generated from the join-code alphabet")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn random_ids_are_valid_and_distinct() {
-        let a = random_id(12);
-        assert_eq!(a.len(), 12);
-        assert!(crate::SessionId::parse(a.clone()).is_ok());
-        assert_ne!(a, random_id(12));
-        assert_eq!(random_join_code().as_str().len(), crate::ids::JOIN_CODE_LEN);
-    }
-}
-
 /// A stand-in HTTP server on a service's port while it waits for the bus:
 /// `/healthz` answers 200 (the process is alive) and everything else 503
 /// "waiting for the bus", so an orchestrator or an operator sees "not ready"
@@ -181,5 +167,19 @@ impl WaitingForBus {
     pub async fn stop(self) {
         self.stop.cancel();
         let _ = self.task.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_ids_are_valid_and_distinct() {
+        let a = random_id(12);
+        assert_eq!(a.len(), 12);
+        assert!(crate::SessionId::parse(a.clone()).is_ok());
+        assert_ne!(a, random_id(12));
+        assert_eq!(random_join_code().as_str().len(), crate::ids::JOIN_CODE_LEN);
     }
 }
