@@ -91,7 +91,9 @@ struct Proc {
     bin: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
-    /// The port that answers once the process is up.
+    /// The port that answers once the process is up: with `/readyz` 200 for
+    /// the services (which bind it while they still wait for the bus), by
+    /// accepting a connection for the others.
     ready_port: u16,
     child: Option<Child>,
 }
@@ -586,11 +588,19 @@ impl Proc {
             .spawn()
             .with_context(|| format!("starting {name} ({})", self.bin.display()))?;
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        let service = matches!(self.info.role, Role::Gateway | Role::Ticker | Role::Store);
+        let readyz = format!("http://127.0.0.1:{}/readyz", self.ready_port);
         loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.ready_port))
-                .await
-                .is_ok()
-            {
+            let up = if service {
+                bandsync_testkit::http_get(&readyz)
+                    .await
+                    .is_ok_and(|r| r.status == 200)
+            } else {
+                tokio::net::TcpStream::connect(("127.0.0.1", self.ready_port))
+                    .await
+                    .is_ok()
+            };
+            if up {
                 break;
             }
             if let Some(status) = child.try_wait()? {
@@ -601,7 +611,7 @@ impl Proc {
             }
             anyhow::ensure!(
                 tokio::time::Instant::now() < deadline,
-                "{name} did not listen on port {} within {START_TIMEOUT:?}; see {}",
+                "{name} was not ready on port {} within {START_TIMEOUT:?}; see {}",
                 self.ready_port,
                 self.info.log.display()
             );
