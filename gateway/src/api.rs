@@ -5,7 +5,7 @@ use crate::token::Claims;
 use crate::upgrade::Upgrade;
 use axum::Json;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bandsync_nats::service::{random_id, random_join_code};
 use bandsync_nats::wire::BusHeader;
@@ -261,8 +261,25 @@ pub struct WsQuery {
 pub async fn websocket(
     State(app): State<Arc<AppState>>,
     Query(q): Query<WsQuery>,
+    headers: HeaderMap,
     ws: Upgrade,
 ) -> Response {
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    if !app
+        .origins
+        .allows(header(header::ORIGIN), header(header::HOST))
+    {
+        metrics::counter!("bandsync_gateway_origins_refused_total").increment(1);
+        return (
+            StatusCode::FORBIDDEN,
+            "this page's origin may not open a BandSync connection here\n",
+        )
+            .into_response();
+    }
     let verified = app.tokens.verify(&q.token);
     // Messages up to 4x the limit are read whole and refused with a clean
     // close (`too_large`); only larger ones hit the transport's hard cap.

@@ -45,6 +45,12 @@ pub struct Config {
     /// Messages per second a client may send (sustained); bursts up to twice that.
     #[arg(long, env = "BANDSYNC_RATE_LIMIT", default_value_t = 20)]
     pub rate_limit: u32,
+    /// Web origins whose pages may open `/ws`, comma-separated (e.g.
+    /// `https://band.example`); by default only the gateway's own (the page's
+    /// host is the one the request was sent to). Clients that send no `Origin`
+    /// (not browsers) are admitted by their token alone.
+    #[arg(long, env = "BANDSYNC_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
 }
 
 impl Config {

@@ -16,6 +16,7 @@ pub mod config;
 mod conn;
 pub mod hub;
 mod mailbox;
+pub mod origin;
 pub mod ratelimit;
 pub mod token;
 mod upgrade;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub tasks: TaskTracker,
     /// `bandsync_gateway_socket_write_seconds`, looked up once: it is recorded per frame.
     pub socket_write: metrics::Histogram,
+    /// Which pages may open `/ws`.
+    pub origins: origin::Origins,
 }
 
 /// A running gateway.
@@ -104,6 +107,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let app = Arc::new(AppState {
         hub: hub::Hub::new(bus.clone(), config.client_queue, tasks.clone()),
         tokens: token::TokenKey::new(config.token_secret.as_bytes()),
+        origins: origin::Origins::new(&config.allowed_origins),
         config,
         gateway_id: gateway_id.clone(),
         bus,
@@ -132,6 +136,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             "/metrics",
             get(|| async { bandsync_nats::service::prometheus().render() }),
         )
+        .layer(axum::middleware::map_response(web::security_headers))
         .with_state(app.clone());
     tracing::info!(%addr, gateway = %gateway_id, "gateway listening");
     let task = tokio::spawn(async move {
@@ -186,6 +191,10 @@ fn describe_metrics() {
         (
             "bandsync_gateway_rate_limited_total",
             "Client messages dropped by the rate limit.",
+        ),
+        (
+            "bandsync_gateway_origins_refused_total",
+            "WebSocket upgrades refused because the page's Origin is not allowed.",
         ),
         (
             "bandsync_gateway_publish_failures_total",
