@@ -144,6 +144,14 @@ impl Conn {
         let joined = Box::pin(self.app.hub.join(&session, &self.claims.member)).await;
         let handle = match joined {
             Ok(h) => h,
+            Err(crate::hub::JoinError::TooOften) => {
+                self.close(
+                    ErrorCode::RateLimited,
+                    "this member connects too often; wait a few seconds",
+                )
+                .await;
+                return;
+            }
             Err(e) => {
                 tracing::warn!(error = &e as &dyn std::error::Error, "cannot join the hub");
                 self.close(
@@ -160,9 +168,13 @@ impl Conn {
         // Matched in place, not bound to a local: a local would keep its room
         // in this future across the awaits below.
         let mut moving = false;
+        let mut replaced = false;
         match self.run(handle).await {
             Ok(ended) => {
                 moving = matches!(ended, Ended::ShuttingDown);
+                // The member's new connection took over: its hello is the
+                // member's news, and a bye from this one could land first.
+                replaced = matches!(ended, Ended::Kicked(ErrorCode::Replaced));
                 tracing::debug!(member = %self.claims.member, reason = ended.reason(), "connection ended")
             }
             // The gateway's own dependencies failed: worth an operator's look.
@@ -180,6 +192,9 @@ impl Conn {
         }
         metrics::gauge!("bandsync_gateway_connections").decrement(1);
         Box::pin(self.app.hub.leave(&session, conn)).await;
+        if replaced {
+            return;
+        }
         if moving {
             // Told to reconnect, the member is moving to another gateway, whose
             // hello replaces this connection: a bye landing first would show the

@@ -38,8 +38,16 @@ struct LocalSession {
     stop: CancellationToken,
 }
 
+/// Connections one member may open per `CONNECT_WINDOW` on this gateway; more
+/// are refused (`rate_limited`). A reload is one; a client reconnecting in a
+/// loop would otherwise cost its band an event per attempt.
+const CONNECTS_PER_WINDOW: u32 = 10;
+const CONNECT_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct Hub {
     bus: Bus,
+    /// Each member's connections in the current window (pruned as windows end).
+    connects: Mutex<HashMap<MemberId, (std::time::Instant, u32)>>,
     sessions: tokio::sync::Mutex<HashMap<SessionId, Arc<LocalSession>>>,
     next_conn: AtomicU64,
     queue: usize,
@@ -48,17 +56,22 @@ pub struct Hub {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("subscribing to session {session}")]
-pub struct SubscribeError {
-    session: SessionId,
-    #[source]
-    source: async_nats::SubscribeError,
+pub enum JoinError {
+    #[error("subscribing to session {session}")]
+    Subscribe {
+        session: SessionId,
+        #[source]
+        source: async_nats::SubscribeError,
+    },
+    #[error("this member connected {CONNECTS_PER_WINDOW} times in {CONNECT_WINDOW:?}")]
+    TooOften,
 }
 
 impl Hub {
     pub fn new(bus: Bus, queue: usize, tasks: TaskTracker) -> Self {
         Self {
             bus,
+            connects: Default::default(),
             sessions: Default::default(),
             next_conn: AtomicU64::new(1),
             queue,
@@ -66,12 +79,16 @@ impl Hub {
         }
     }
 
-    /// Registers a client, subscribing to the session if it is the first one here.
+    /// Registers a client, subscribing to the session if it is the first one
+    /// here. A member has one live connection: one it already had here is
+    /// closed (`replaced`), as a reload closes the page's old socket, so however
+    /// often a member reconnects the band holds one socket of theirs.
     pub async fn join(
         &self,
         session: &SessionId,
         member: &MemberId,
-    ) -> Result<ClientHandle, SubscribeError> {
+    ) -> Result<ClientHandle, JoinError> {
+        self.count_connect(member)?;
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let mailbox = Arc::new(Mailbox::new(self.queue));
         let slot = ClientSlot {
@@ -80,31 +97,51 @@ impl Hub {
             mailbox: mailbox.clone(),
         };
         let mut sessions = self.sessions.lock().await;
-        let local =
-            match sessions.get(session) {
-                Some(local) => local.clone(),
-                None => {
-                    let subject = self.bus.subjects.session_all(session);
-                    let sub = self.bus.client.subscribe(subject).await.map_err(|source| {
-                        SubscribeError {
-                            session: session.clone(),
-                            source,
-                        }
-                    })?;
-                    let local = Arc::new(LocalSession {
-                        clients: Mutex::new(Vec::new()),
-                        epoch: AtomicU64::new(0),
-                        stop: CancellationToken::new(),
-                    });
-                    self.tasks
-                        .spawn(fan_out(session.clone(), sub, local.clone()));
-                    sessions.insert(session.clone(), local.clone());
-                    metrics::gauge!("bandsync_gateway_sessions").set(sessions.len() as f64);
-                    local
-                }
-            };
-        lock(&local.clients).push(slot);
+        let local = match sessions.get(session) {
+            Some(local) => local.clone(),
+            None => {
+                let subject = self.bus.subjects.session_all(session);
+                let sub = self.bus.client.subscribe(subject).await.map_err(|source| {
+                    JoinError::Subscribe {
+                        session: session.clone(),
+                        source,
+                    }
+                })?;
+                let local = Arc::new(LocalSession {
+                    clients: Mutex::new(Vec::new()),
+                    epoch: AtomicU64::new(0),
+                    stop: CancellationToken::new(),
+                });
+                self.tasks
+                    .spawn(fan_out(session.clone(), sub, local.clone()));
+                sessions.insert(session.clone(), local.clone());
+                metrics::gauge!("bandsync_gateway_sessions").set(sessions.len() as f64);
+                local
+            }
+        };
+        let mut clients = lock(&local.clients);
+        for old in clients.iter().filter(|c| c.member == *member) {
+            old.mailbox.kick(
+                ErrorCode::Replaced,
+                "you connected again from another tab or device",
+            );
+        }
+        clients.push(slot);
         Ok(ClientHandle { conn, mailbox })
+    }
+
+    /// Counts a connection of `member`; refuses it past the window's allowance.
+    fn count_connect(&self, member: &MemberId) -> Result<(), JoinError> {
+        let now = std::time::Instant::now();
+        let mut connects = lock(&self.connects);
+        connects.retain(|_, (since, _)| now.duration_since(*since) < CONNECT_WINDOW);
+        let (_, count) = connects.entry(member.clone()).or_insert((now, 0));
+        if *count >= CONNECTS_PER_WINDOW {
+            metrics::counter!("bandsync_gateway_rate_limited_total").increment(1);
+            return Err(JoinError::TooOften);
+        }
+        *count += 1;
+        Ok(())
     }
 
     /// Removes a client; unsubscribes from the session when it was the last one here.

@@ -303,6 +303,12 @@
       if (FATAL_CODES.has(e.reason)) {
         return endMembership(e.reason, 'This membership is no longer valid. Join again with the code.');
       }
+      if (e.reason === 'replaced') {
+        // The same member opened the session in another tab or device: going
+        // back would close that one, and the two would take turns for ever.
+        Conn.wanted = false;
+        return setConn('offline', 'open in another tab or device — reload to use it here');
+      }
       scheduleReconnect();
     };
     ws.onerror = () => {}; // a close follows

@@ -18,6 +18,9 @@ pub enum ErrorCode {
     RateLimited,
     Unavailable,
     SlowClient,
+    /// The member connected again (another tab or device): this connection is
+    /// closed, and should not reconnect by itself.
+    Replaced,
     Internal,
 }
 
@@ -35,6 +38,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::SlowClient => "slow_client",
+            ErrorCode::Replaced => "replaced",
             ErrorCode::Internal => "internal",
         }
     }
