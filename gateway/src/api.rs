@@ -4,7 +4,7 @@ use crate::AppState;
 use crate::token::Claims;
 use crate::upgrade::Upgrade;
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bandsync_nats::service::{random_id, random_join_code};
@@ -15,6 +15,7 @@ use bandsync_nats::{
 };
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tungstenite::protocol::WebSocketConfig;
@@ -29,6 +30,9 @@ pub struct ApiError {
     status: StatusCode,
     code: ErrorCode,
     message: String,
+    /// Seconds until a refused client may try again (`Retry-After`, and
+    /// `retry_after_secs` in the body).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -37,6 +41,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
     fn unavailable(what: impl std::fmt::Display) -> Self {
@@ -51,8 +56,21 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "code": self.code, "message": self.message });
-        (self.status, Json(body)).into_response()
+        let mut body = serde_json::json!({ "code": self.code, "message": self.message });
+        let mut response = match self.retry_after {
+            Some(secs) => {
+                body["retry_after_secs"] = secs.into();
+                (
+                    self.status,
+                    [(header::RETRY_AFTER, secs.to_string())],
+                    Json(body),
+                )
+                    .into_response()
+            }
+            None => (self.status, Json(body)).into_response(),
+        };
+        *response.status_mut() = self.status;
+        response
     }
 }
 
@@ -198,14 +216,32 @@ async fn confirm_create(
 /// `POST /api/join`: a member token for the session behind a join code.
 pub async fn join(
     State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     body: Result<Json<JoinRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Joined>, ApiError> {
+    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    let addr = crate::guesses::client_addr(peer.ip(), forwarded, &app.config.trusted_proxies);
+    let now = std::time::Instant::now();
+    if let Some(wait) = app.failed_joins.wait_needed(addr, now) {
+        metrics::counter!("bandsync_gateway_join_guesses_refused_total").increment(1);
+        let secs = wait.as_secs().max(1);
+        let mut refused = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            format!("too many wrong join codes from your address; try again in {secs} s"),
+        );
+        refused.retry_after = Some(secs);
+        return Err(refused);
+    }
     let Json(req) = body
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::Invalid, e.body_text()))?;
     let name = parse_name(&req.name)?;
     let code = JoinCode::parse(&req.code)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::Invalid, e.to_string()))?;
+    // A code that names no session is a guess, right or wrong: counted.
     let unknown = || {
+        app.failed_joins.failed(addr, now);
         ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::UnknownSession,

@@ -51,6 +51,11 @@ pub struct Config {
     /// (not browsers) are admitted by their token alone.
     #[arg(long, env = "BANDSYNC_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+    /// Addresses of the proxies in front (e.g. nginx), comma-separated: from
+    /// them, the client's address is read from `X-Forwarded-For` (for the
+    /// per-address limits); from anyone else that header is ignored.
+    #[arg(long, env = "BANDSYNC_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Config {

@@ -14,6 +14,7 @@ pub mod api;
 mod commands;
 pub mod config;
 mod conn;
+pub mod guesses;
 pub mod hub;
 mod mailbox;
 pub mod origin;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub socket_write: metrics::Histogram,
     /// Which pages may open `/ws`.
     pub origins: origin::Origins,
+    /// Wrong join codes per client address.
+    pub failed_joins: guesses::FailedJoins,
 }
 
 /// A running gateway.
@@ -108,6 +111,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         hub: hub::Hub::new(bus.clone(), config.client_queue, tasks.clone()),
         tokens: token::TokenKey::new(config.token_secret.as_bytes()),
         origins: origin::Origins::new(&config.allowed_origins),
+        failed_joins: guesses::FailedJoins::default(),
         config,
         gateway_id: gateway_id.clone(),
         bus,
@@ -144,8 +148,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         let listener = listener.tap_io(move |tcp| tune_socket(tcp, send_buffer));
         // Stops accepting at once; returns when the HTTP requests in flight
         // are answered (an upgrade's socket task is spawned by then).
-        let serve =
-            axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned());
+        let serve = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.cancelled_owned());
         serve.await.context("serving HTTP")?;
         // Sockets are told through their mailboxes (and one joining the hub
         // later sees the token): each says why, closes and says bye.
@@ -191,6 +198,10 @@ fn describe_metrics() {
         (
             "bandsync_gateway_rate_limited_total",
             "Client messages dropped by the rate limit.",
+        ),
+        (
+            "bandsync_gateway_join_guesses_refused_total",
+            "Joins refused because their address gave too many wrong codes.",
         ),
         (
             "bandsync_gateway_origins_refused_total",

@@ -230,6 +230,11 @@ impl Stack {
             let mut args = common(port);
             args.push(format!("--gateway-id=gw-{i}"));
             args.push(format!("--max-members={}", spec.max_members.max(12)));
+            if spec.nginx_port.is_some() {
+                // nginx on loopback is the proxy in front: its X-Forwarded-For
+                // names the client (deploy/nginx.conf).
+                args.push("--trusted-proxies=127.0.0.1".into());
+            }
             let name = format!("gateway-{i}");
             stack
                 .spawn(

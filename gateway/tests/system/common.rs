@@ -102,6 +102,8 @@ impl Stack {
             "--max-frame-bytes=4096".into(),
             format!("--client-queue={}", self.knobs.client_queue),
             "--shards=16".into(),
+            // Tests stand in for a proxy: their X-Forwarded-For is believed.
+            "--trusted-proxies=127.0.0.1".into(),
         ]
     }
 

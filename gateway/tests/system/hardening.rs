@@ -74,3 +74,67 @@ async fn every_page_is_marked_for_the_browser() {
         }
     }
 }
+
+/// `POST /api/join` as a client behind a proxy at `from`: (status, headers, body).
+async fn join_from(base: &str, from: &str, code: &str) -> (u16, String, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let authority = base.strip_prefix("http://").expect("an http base");
+    let body = serde_json::json!({ "code": code, "name": "Guesser" }).to_string();
+    let request = format!(
+        "POST /api/join HTTP/1.1\r\nHost: {authority}\r\nX-Forwarded-For: {from}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut tcp = tokio::net::TcpStream::connect(authority)
+        .await
+        .expect("connects");
+    tcp.write_all(request.as_bytes()).await.expect("sends");
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await.expect("reads");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    let json = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+    (status, head.to_ascii_lowercase(), json)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_guessing_join_codes_is_held_back_and_nobody_else() {
+    let stack = Stack::start(Knobs {
+        gateways: 1,
+        ..Knobs::default()
+    })
+    .await;
+    let base = stack.base(0);
+    let lead = stack.api(0).create("Leader").await.expect("create");
+    let guesser = "203.0.113.7";
+    // A code nobody has: the band's own code with its letters turned round.
+    let wrong: String = lead.code.as_str().chars().rev().collect();
+    let wrong = if wrong == lead.code.as_str() {
+        "ZZZZZZ".to_owned()
+    } else {
+        wrong
+    };
+    for i in 0..bandsync_gateway::guesses::FAILURES_PER_WINDOW {
+        let (status, _, body) = join_from(&base, guesser, &wrong).await;
+        assert_eq!(status, 404, "wrong guess {i}: {body}");
+    }
+    let (status, head, body) = join_from(&base, guesser, &wrong).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["code"], "rate_limited");
+    let retry = body["retry_after_secs"].as_u64().expect("a retry time");
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert!(head.contains(&format!("retry-after: {retry}")), "{head}");
+    let (status, _, _) = join_from(&base, guesser, lead.code.as_str()).await;
+    assert_eq!(
+        status, 429,
+        "even the right code, from that address, this minute"
+    );
+
+    // Another client (another address behind the same proxy) joins as usual.
+    let (status, _, body) = join_from(&base, "198.51.100.1", lead.code.as_str()).await;
+    assert_eq!(status, 200, "{body}");
+}
