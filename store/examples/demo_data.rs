@@ -60,7 +60,9 @@ async fn main() -> anyhow::Result<()> {
     println!("published {published} messages and one garbage event");
 
     let token = CancellationToken::new();
-    let config = Config::new(&nats.url(), &db_url, "127.0.0.1:9299".parse()?);
+    let mut config = Config::new(&nats.url(), &db_url, "127.0.0.1:9299".parse()?);
+    // The demo's analyst token (docs/analytics.md's examples use it).
+    config.analyst_tokens = vec!["demo-analyst-token".into()];
     let store = Store::start(config, token.clone()).await?;
     while store.metrics().rows_inserted(StreamKind::Events)
         + store.metrics().rows_inserted(StreamKind::Commands)

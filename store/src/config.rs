@@ -45,6 +45,17 @@ pub struct Config {
     /// dead worker's messages return to the others only after it.
     #[arg(long, env = "BANDSYNC_STORE_STALL_AFTER_SECS", default_value_t = 30)]
     pub stall_after_secs: u64,
+    /// Tokens of the analysts who may read the log through the API
+    /// (`Authorization: Bearer <token>`), comma-separated, each at least 16
+    /// characters: one per analyst, so one can be withdrawn alone. None: the
+    /// API answers nobody (health, readiness and metrics stay open).
+    #[arg(
+        long,
+        env = "BANDSYNC_ANALYST_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub analyst_tokens: Vec<String>,
 }
 
 /// Largest batch accepted: bounds memory held while PostgreSQL is down and
@@ -71,6 +82,13 @@ impl Config {
     /// Checks everything before anything is bound or connected.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.bus.validate()?;
+        anyhow::ensure!(
+            self.analyst_tokens
+                .iter()
+                .all(|t| t.len() >= crate::api::auth::MIN_TOKEN_LEN),
+            "--analyst-tokens: each token must be at least {} characters",
+            crate::api::auth::MIN_TOKEN_LEN
+        );
         anyhow::ensure!(
             (1..=MAX_BATCH).contains(&self.batch_max),
             "--batch-max must be 1..={MAX_BATCH}"
@@ -133,6 +151,7 @@ impl Config {
             writers: 3,
             pool_size: 8,
             stall_after_secs: 30,
+            analyst_tokens: Vec::new(),
         }
     }
 }

@@ -68,12 +68,15 @@ impl Store {
         let tasks = TaskTracker::new();
 
         // Serve first, so /readyz says what the store waits for while it waits.
-        let app = api::router(api::AppState {
-            pool: pool.clone(),
-            metrics: metrics.clone(),
-            health: health.clone(),
-            nats: nats.clone(),
-        });
+        let app = api::router(
+            api::AppState {
+                pool: pool.clone(),
+                metrics: metrics.clone(),
+                health: health.clone(),
+                nats: nats.clone(),
+            },
+            api::auth::Analysts::new(&config.analyst_tokens),
+        );
         let stop = shutdown.clone();
         tasks.spawn(async move {
             if let Err(e) = axum::serve(listener, app)

@@ -39,6 +39,15 @@ pub enum HttpError {
 /// `GET url` (`http://host:port/path`, or `host:port/path`), whole body read;
 /// chunked bodies are decoded.
 pub async fn http_get(url: &str) -> Result<Response, HttpError> {
+    http_get_with(url, &[]).await
+}
+
+/// `GET url` with extra request headers (`("Authorization", "Bearer …")`).
+pub async fn http_get_with(url: &str, headers: &[(&str, &str)]) -> Result<Response, HttpError> {
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     let rest = url.strip_prefix("http://").unwrap_or(url);
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let path = if path.is_empty() { "/" } else { path };
@@ -48,7 +57,8 @@ pub async fn http_get(url: &str) -> Result<Response, HttpError> {
     };
     let fetch = async {
         let mut stream = tokio::net::TcpStream::connect(host).await.map_err(io)?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.map_err(io)?;
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).await.map_err(io)?;

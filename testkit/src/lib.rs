@@ -10,7 +10,7 @@ pub mod metrics;
 pub mod nats;
 pub mod wait;
 
-pub use http::{HttpError, Response, http_get};
+pub use http::{HttpError, Response, http_get, http_get_with};
 pub use metrics::{MetricError, metric, scrape_metric};
 pub use nats::{NatsCluster, NatsServer, nats_server_bin};
 pub use wait::eventually;

@@ -1,6 +1,7 @@
 //! The HTTP side: analysts' API, health and metrics. Handlers are thin: they
 //! parse the request, call `db::query`, and map errors to stable codes.
 
+pub mod auth;
 mod error;
 mod export;
 pub mod replay;
@@ -33,17 +34,23 @@ pub struct AppState {
     pub nats: Arc<OnceLock<async_nats::Client>>,
 }
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+pub fn router(state: AppState, analysts: auth::Analysts) -> Router {
+    let analysts_only = Router::new()
         .route("/sessions", get(sessions::list))
         .route("/sessions/{id}/events", get(sessions::events))
         .route("/sessions/{id}/commands", get(sessions::commands))
         .route("/sessions/{id}/export.csv", get(export::csv))
         .route("/sessions/{id}/export.ndjson", get(export::ndjson))
         .route("/sessions/{id}/state", get(replay::state_at))
+        .layer(axum::middleware::from_fn_with_state(
+            analysts,
+            auth::require_analyst,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(analysts_only)
         .with_state(state)
 }
 

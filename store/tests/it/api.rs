@@ -2,7 +2,7 @@
 
 use crate::support::*;
 use bandsync_nats::now_us;
-use bandsync_testkit::{NatsServer, eventually, http_get, metric};
+use bandsync_testkit::{NatsServer, eventually, http_get, http_get_with, metric};
 use std::time::Duration;
 
 #[tokio::test]
@@ -126,10 +126,24 @@ async fn rehearsal_lands_once_and_is_served() {
     let get = |path: &str| {
         let url = format!("{base}{path}");
         async move {
-            let r = http_get(&url).await.expect("GET");
+            let bearer = format!("Bearer {ANALYST}");
+            let r = http_get_with(&url, &[("Authorization", &bearer)])
+                .await
+                .expect("GET");
             (r.status, r.body)
         }
     };
+    // The log is the analysts' only: no token, or a wrong one, reads nothing.
+    for headers in [
+        vec![],
+        vec![("Authorization", "Bearer not-the-analyst-token")],
+    ] {
+        let r = http_get_with(&format!("{base}/sessions"), &headers)
+            .await
+            .expect("GET");
+        assert_eq!(r.status, 401, "{}", r.body);
+        assert!(!r.body.contains("reh1"), "{}", r.body);
+    }
     let (status, body) = get("/sessions?member=cy").await;
     assert_eq!(status, 200, "{body}");
     let list: serde_json::Value = serde_json::from_str(&body).expect("json");
@@ -195,6 +209,31 @@ async fn rehearsal_lands_once_and_is_served() {
         "the re-published copy"
     );
 
+    token.cancel();
+    store.wait().await;
+}
+
+/// A store given no analyst tokens serves the log to nobody, and its health,
+/// readiness and metrics to everyone.
+#[tokio::test]
+async fn without_analyst_tokens_the_log_is_closed() {
+    let nats = NatsServer::start().await;
+    let db = TestDb::fresh();
+    let (store, token) =
+        start_store_with(&nats.url(), &db.url(), |c| c.analyst_tokens.clear()).await;
+    let base = format!("http://{}", store.addr());
+    let r = http_get_with(
+        &format!("{base}/sessions"),
+        &[("Authorization", "Bearer analyst-token-for-the-tests")],
+    )
+    .await
+    .expect("GET");
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("BANDSYNC_ANALYST_TOKENS"), "{}", r.body);
+    for open in ["/healthz", "/metrics"] {
+        let r = http_get(&format!("{base}{open}")).await.expect("GET");
+        assert_eq!(r.status, 200, "{open}");
+    }
     token.cancel();
     store.wait().await;
 }

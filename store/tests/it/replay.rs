@@ -4,7 +4,7 @@
 use crate::support::*;
 use bandsync_nats::{SessionState, Subjects, now_us};
 use bandsync_store::api::replay::Replayed;
-use bandsync_testkit::{NatsServer, eventually, http_get};
+use bandsync_testkit::{NatsServer, eventually};
 use std::time::Duration;
 
 #[tokio::test]
@@ -33,7 +33,7 @@ async fn replay_equals_the_owners_state_at_every_instant() {
     let state_at = |at: i64| {
         let url = format!("{base}?at={at}");
         async move {
-            let r = http_get(&url).await.expect("GET state");
+            let r = analyst_get(&url).await;
             assert_eq!(r.status, 200, "{}", r.body);
             serde_json::from_str::<Replayed>(&r.body).expect("replayed state")
         }
@@ -67,9 +67,7 @@ async fn replay_equals_the_owners_state_at_every_instant() {
         );
         assert_eq!(got.seq, want.seq as i64);
     }
-    let before = http_get(&format!("{base}?at={}", band.steps[0].at - 1))
-        .await
-        .expect("GET state");
+    let before = analyst_get(&format!("{base}?at={}", band.steps[0].at - 1)).await;
     assert_eq!(before.status, 404, "nothing before the session existed");
 
     // At the end, replay of "now" equals the owner's KV value.
@@ -80,7 +78,7 @@ async fn replay_equals_the_owners_state_at_every_instant() {
         .expect("kv get")
         .expect("kv value");
     let kv_state: SessionState = serde_json::from_slice(&kv).expect("kv state");
-    let r = http_get(&base).await.expect("GET state");
+    let r = analyst_get(&base).await;
     let now: Replayed = serde_json::from_str(&r.body).expect("replayed state");
     assert_eq!(now.state, as_read(&kv_state));
 
@@ -88,9 +86,7 @@ async fn replay_equals_the_owners_state_at_every_instant() {
     let t = band.steps[7].at + 500_000;
     let secs = t.div_euclid(1_000_000);
     let rfc = rfc3339(secs, t.rem_euclid(1_000_000));
-    let r = http_get(&format!("{base}?at={rfc}"))
-        .await
-        .expect("GET state");
+    let r = analyst_get(&format!("{base}?at={rfc}")).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let by_text: Replayed = serde_json::from_str(&r.body).expect("replayed");
     assert_eq!(by_text.at, t);

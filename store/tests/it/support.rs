@@ -106,6 +106,17 @@ pub async fn start_store(nats_url: &str, db_url: &str) -> (Store, CancellationTo
     start_store_with(nats_url, db_url, |_| {}).await
 }
 
+/// The analyst token every test store accepts.
+pub const ANALYST: &str = "analyst-token-for-the-tests";
+
+/// `GET url` as the tests' analyst.
+pub async fn analyst_get(url: &str) -> bandsync_testkit::Response {
+    let bearer = format!("Bearer {ANALYST}");
+    bandsync_testkit::http_get_with(url, &[("Authorization", &bearer)])
+        .await
+        .expect("GET")
+}
+
 /// Starts a store in this process on a free port, its settings changed by `tweak`.
 pub async fn start_store_with(
     nats_url: &str,
@@ -114,6 +125,7 @@ pub async fn start_store_with(
 ) -> (Store, CancellationToken) {
     let token = CancellationToken::new();
     let mut config = Config::new(nats_url, db_url, "127.0.0.1:0".parse().expect("addr"));
+    config.analyst_tokens = vec![ANALYST.into()];
     tweak(&mut config);
     let store = Store::start(config, token.clone())
         .await
