@@ -44,6 +44,19 @@ impl ApiError {
             retry_after: None,
         }
     }
+    /// A body that is not the JSON asked for: 413 `too_large` past the body
+    /// limit (2 MB), else 400 `invalid` with the reason.
+    fn from_json(e: axum::extract::rejection::JsonRejection) -> Self {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::TooLarge,
+                "the request body is too large",
+            );
+        }
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::Invalid, e.body_text())
+    }
+
     fn unavailable(what: impl std::fmt::Display) -> Self {
         tracing::warn!(error = %what, "api dependency unavailable");
         Self::new(
@@ -103,8 +116,7 @@ pub async fn create(
     State(app): State<Arc<AppState>>,
     body: Result<Json<CreateRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Joined>), ApiError> {
-    let Json(req) = body
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::Invalid, e.body_text()))?;
+    let Json(req) = body.map_err(ApiError::from_json)?;
     let name = parse_name(&req.name)?;
     let session = SessionId::parse(random_id(12)).expect("random ids are valid");
     let member = MemberId::parse(random_id(12)).expect("random ids are valid");
@@ -234,8 +246,7 @@ pub async fn join(
         refused.retry_after = Some(secs);
         return Err(refused);
     }
-    let Json(req) = body
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::Invalid, e.body_text()))?;
+    let Json(req) = body.map_err(ApiError::from_json)?;
     let name = parse_name(&req.name)?;
     let code = JoinCode::parse(&req.code)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::Invalid, e.to_string()))?;
@@ -290,7 +301,8 @@ pub async fn join(
 
 #[derive(Deserialize)]
 pub struct WsQuery {
-    token: String,
+    /// Optional here so that its absence gets the API's JSON error, not axum's text.
+    token: Option<String>,
 }
 
 /// `GET /ws?token=…`: the member's WebSocket.
@@ -316,7 +328,15 @@ pub async fn websocket(
         )
             .into_response();
     }
-    let verified = app.tokens.verify(&q.token);
+    let Some(token) = q.token else {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "a member token is required: /ws?token=<token>",
+        )
+        .into_response();
+    };
+    let verified = app.tokens.verify(&token);
     // Messages up to 4x the limit are read whole and refused with a clean
     // close (`too_large`); only larger ones hit the transport's hard cap.
     let max = app.config.max_frame_bytes.saturating_mul(4);

@@ -138,3 +138,68 @@ async fn an_address_guessing_join_codes_is_held_back_and_nobody_else() {
     let (status, _, body) = join_from(&base, "198.51.100.1", lead.code.as_str()).await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// Errors are JSON with a code everywhere: a socket opened without a token,
+/// and a body past the limit (413 `too_large`, not 400).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_json_with_their_own_status() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stack = Stack::start(Knobs {
+        gateways: 1,
+        ..Knobs::default()
+    })
+    .await;
+    let base = stack.base(0);
+    let url = base.replace("http://", "ws://") + "/ws";
+    match tokio_tungstenite::connect_async(url.as_str()).await {
+        Err(tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 401);
+            let body: serde_json::Value =
+                serde_json::from_slice(response.body().as_deref().unwrap_or_default())
+                    .expect("a JSON body");
+            assert_eq!(body["code"], "unauthorized", "{body}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+
+    let authority = base
+        .strip_prefix("http://")
+        .expect("an http base")
+        .to_owned();
+    let tcp = tokio::net::TcpStream::connect(&authority)
+        .await
+        .expect("connects");
+    let (mut rx, mut tx) = tcp.into_split();
+    // 10 MB, past the 2 MB body limit: written in the background (the server
+    // may answer and stop reading before the end).
+    const BODY: usize = 10 << 20;
+    tokio::spawn(async move {
+        let head = format!(
+            "POST /api/join HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n\
+             Content-Length: {BODY}\r\nConnection: close\r\n\r\n"
+        );
+        let _ = tx.write_all(head.as_bytes()).await;
+        let _ = tx.write_all(&vec![b' '; BODY]).await;
+    });
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(Ok(n)) =
+        tokio::time::timeout(std::time::Duration::from_secs(5), rx.read(&mut chunk)).await
+    {
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&chunk[..n]);
+        if String::from_utf8_lossy(&raw).contains('}') {
+            break;
+        }
+    }
+    let answer = String::from_utf8_lossy(&raw).into_owned();
+    let (status_line, rest) = answer.split_once("\r\n").expect("an answer");
+    assert!(status_line.contains(" 413 "), "{status_line}");
+    let body = rest
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    assert!(body.contains("\"too_large\""), "{body}");
+}
