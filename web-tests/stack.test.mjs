@@ -234,6 +234,23 @@ describe('a band on the real stack (nats-server, ticker, two gateways)', () => {
     await until('still two members', async () => (await text(leader, '#member-count')) === '2/2 online', { timeout: 5000 });
   });
 
+  test('the same member in a second tab: the first tab is told and does not take it back', async () => {
+    const tab = await follower.context().newPage();
+    await tab.goto(stack.gateways[1].url);
+    await until('rejoin offered', () => visible(tab, '#rejoin'));
+    await tab.click('#rejoin-btn');
+    await until('second tab online', () => bs(tab, () => bandsync.connection === 'online'), { timeout: 10_000 });
+    await until('first tab told', async () => (await text(follower, '#conn-text')).includes('another tab'), { timeout: 5000 });
+    await sleep(1500);
+    assert.equal(await bs(follower, () => bandsync.connection), 'offline', 'the first tab does not reconnect by itself');
+    assert.equal(await text(leader, '#member-count'), '2/2 online', 'the band saw no one leave');
+    await screenshot(follower, 'replaced-first-tab');
+    await tab.close();
+    await follower.reload(); // this tab takes the membership back for the tests after
+    await until('welcomed again', () => bs(follower, () => bandsync.connection === 'online'), { timeout: 10_000 });
+    await until('two online again', async () => (await text(leader, '#member-count')) === '2/2 online', { timeout: 10_000 });
+  });
+
   test('a gateway restart: the follower is told to reconnect and comes back as the same member', async () => {
     const me = await bs(follower, () => bandsync.me);
     await leader.click('#play-btn');
