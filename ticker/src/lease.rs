@@ -584,10 +584,7 @@ impl Leases {
                     value.encode().into(),
                     held.revision,
                 );
-                let result = tokio::time::timeout(limit, update)
-                    .await
-                    .unwrap_or_else(|_| Err(kv::UpdateError::new(kv::UpdateErrorKind::TimedOut)));
-                (shard, value, result)
+                (shard, value, within(limit, update).await)
             }
         });
         let results = futures::stream::iter(releases)
@@ -708,12 +705,20 @@ async fn renew(
     // not written (the bucket may be electing), so the holder knows in time to
     // ride through before its proven time runs out.
     let update = leases.update(Subjects::shard_key(shard), value.into(), revision);
-    let result = tokio::time::timeout(renew_timeout, update)
-        .await
-        .unwrap_or_else(|_| Err(kv::UpdateError::new(kv::UpdateErrorKind::TimedOut)));
+    let result = within(renew_timeout, update).await;
     metrics::histogram!("bandsync_ticker_lease_renew_seconds")
         .record(started.elapsed().as_secs_f64());
     (shard, result)
+}
+
+/// A lease update given up after `limit`, as a timed-out one (not written).
+async fn within(
+    limit: Duration,
+    update: impl std::future::Future<Output = Result<u64, kv::UpdateError>>,
+) -> Result<u64, kv::UpdateError> {
+    tokio::time::timeout(limit, update)
+        .await
+        .unwrap_or_else(|_| Err(kv::UpdateError::new(kv::UpdateErrorKind::TimedOut)))
 }
 
 async fn run_worker(ctx: Arc<Ctx>, owned: Arc<OwnedShard>) {

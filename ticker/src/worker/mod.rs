@@ -20,7 +20,7 @@
 //! rules), `ending` (deleting an ended session and releasing its code, retried
 //! until done), `cursor` (where consuming resumes; a corrupt one is rebuilt),
 //! `publish` (events and rejections), `feed` (the shard's commands in order, on
-//! a consumer replaced within a second of going quiet).
+//! a consumer replaced once it has been quiet for two heartbeats, 2 s).
 
 mod apply;
 mod cursor;
