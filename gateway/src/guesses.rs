@@ -8,9 +8,8 @@
 //! trusts (`--trusted-proxies`), the client nginx names in `X-Forwarded-For`:
 //! any other client could write that header itself.
 
-use std::collections::HashMap;
+use crate::windows::Windows;
 use std::net::IpAddr;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub const FAILURES_PER_WINDOW: u32 = 10;
@@ -20,35 +19,24 @@ pub const WINDOW: Duration = Duration::from_secs(60);
 /// address starts with the same allowance anyway).
 const MAX_ADDRESSES: usize = 100_000;
 
-#[derive(Default)]
-pub struct FailedJoins {
-    by_addr: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+pub struct FailedJoins(Windows<IpAddr>);
+
+impl Default for FailedJoins {
+    fn default() -> Self {
+        Self(Windows::new(WINDOW, MAX_ADDRESSES))
+    }
 }
 
 impl FailedJoins {
     /// `None` if `addr` may try a join now, else how long until it may.
     pub fn wait_needed(&self, addr: IpAddr, now: Instant) -> Option<Duration> {
-        let by_addr = self.lock();
-        let &(since, failures) = by_addr.get(&addr)?;
-        let ends = since + WINDOW;
-        (failures >= FAILURES_PER_WINDOW && now < ends).then(|| ends - now)
+        let (failures, ends) = self.0.count(&addr, now)?;
+        (failures >= FAILURES_PER_WINDOW).then(|| ends - now)
     }
 
     /// A join from `addr` named no session.
     pub fn failed(&self, addr: IpAddr, now: Instant) {
-        let mut by_addr = self.lock();
-        if by_addr.len() >= MAX_ADDRESSES {
-            by_addr.retain(|_, (since, _)| now.duration_since(*since) < WINDOW);
-        }
-        let entry = by_addr.entry(addr).or_insert((now, 0));
-        if now.duration_since(entry.0) >= WINDOW {
-            *entry = (now, 0);
-        }
-        entry.1 += 1;
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, (Instant, u32)>> {
-        self.by_addr.lock().unwrap_or_else(|e| e.into_inner())
+        self.0.add_below(addr, u32::MAX, now);
     }
 }
 

@@ -7,6 +7,7 @@
 //! is full is kicked with `slow_client` rather than ever stalling the others.
 
 use crate::mailbox::{Mailbox, Outbound};
+use crate::windows::Windows;
 use bandsync_nats::bus::Bus;
 use bandsync_nats::wire::BusHeader;
 use bandsync_nats::{ErrorCode, MemberId, SessionId, now_us};
@@ -43,11 +44,13 @@ struct LocalSession {
 /// loop would otherwise cost its band an event per attempt.
 const CONNECTS_PER_WINDOW: u32 = 10;
 const CONNECT_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+/// Members whose connections are counted at once; past it, ended windows are pruned.
+const MAX_MEMBERS_COUNTED: usize = 100_000;
 
 pub struct Hub {
     bus: Bus,
-    /// Each member's connections in the current window (pruned as windows end).
-    connects: Mutex<HashMap<MemberId, (std::time::Instant, u32)>>,
+    /// Each member's connections in the current window.
+    connects: Windows<MemberId>,
     sessions: tokio::sync::Mutex<HashMap<SessionId, Arc<LocalSession>>>,
     next_conn: AtomicU64,
     queue: usize,
@@ -71,7 +74,7 @@ impl Hub {
     pub fn new(bus: Bus, queue: usize, tasks: TaskTracker) -> Self {
         Self {
             bus,
-            connects: Default::default(),
+            connects: Windows::new(CONNECT_WINDOW, MAX_MEMBERS_COUNTED),
             sessions: Default::default(),
             next_conn: AtomicU64::new(1),
             queue,
@@ -133,14 +136,13 @@ impl Hub {
     /// Counts a connection of `member`; refuses it past the window's allowance.
     fn count_connect(&self, member: &MemberId) -> Result<(), JoinError> {
         let now = std::time::Instant::now();
-        let mut connects = lock(&self.connects);
-        connects.retain(|_, (since, _)| now.duration_since(*since) < CONNECT_WINDOW);
-        let (_, count) = connects.entry(member.clone()).or_insert((now, 0));
-        if *count >= CONNECTS_PER_WINDOW {
+        if !self
+            .connects
+            .add_below(member.clone(), CONNECTS_PER_WINDOW, now)
+        {
             metrics::counter!("bandsync_gateway_rate_limited_total").increment(1);
             return Err(JoinError::TooOften);
         }
-        *count += 1;
         Ok(())
     }
 

@@ -22,6 +22,7 @@ pub mod ratelimit;
 pub mod token;
 mod upgrade;
 mod web;
+mod windows;
 
 use anyhow::Context;
 use axum::Router;
