@@ -13,7 +13,7 @@ const CHART = ['| C    | G/B  |', '| Am   | F    |', '| C    | G    |', '| F    
 
 let browser;
 let web;
-const tokens = { 'tok-ana': 'm-ana', 'tok-ben': 'm-ben' };
+const tokens = { 'tok-ana': 'm-ana', 'tok-ben': 'm-ben', 'tok-ben-2': 'm-ben' };
 
 before(async () => {
   browser = await launch();
@@ -60,6 +60,8 @@ describe('web client against a stand-in gateway', () => {
     await page.click('#create-btn');
     await until('the join code', async () => (await text(page, '#join-code-big')) === 'K7M-Q2X');
     assert.equal(fake.sockets[0].token, 'tok-ana');
+    assert.deepEqual(fake.sockets[0].offered, ['bandsync', 'bandsync.token.tok-ana']);
+    assert.equal(fake.sockets[0].tokenInUrl, false, 'the token stays out of the URL');
     await until('leader role', async () => (await text(page, '#role')) === 'Leader');
     assert.ok(await visible(page, '#leader-controls'));
     assert.ok(!(await visible(page, '#follower-controls')));
@@ -283,11 +285,13 @@ describe('web client against a stand-in gateway', () => {
     await page.context().close();
   });
 
-  test('reconnect: on a reconnect message, a dropped socket and a reload, the same token comes back', async () => {
+  test('reconnect: on a reconnect message, a dropped socket and a reload, the newest token comes back', async () => {
     const { page, fake } = await inSession(LAPTOP, 'tok-ben', {
       welcome: welcomeWith(() => sessionState({ members: [{ ...ANA }, { ...BEN }], leader: 'm-ana', segments: [segment({})] })),
     });
     await until('online', () => page.evaluate(() => bandsync.connection === 'online'));
+    // Tokens expire: the gateway hands out fresh ones, which replace the old.
+    fake.send({ type: 'token', token: 'tok-ben-2', expires_at: Math.round(Date.now() / 1000) + 86400 });
     fake.send({ type: 'reconnect', reason: 'gateway shutting down; connect again' });
     await until('second socket', () => fake.sockets.length === 2, { timeout: 3000 });
     await until('online again', () => page.evaluate(() => bandsync.connection === 'online'));
@@ -295,7 +299,7 @@ describe('web client against a stand-in gateway', () => {
     await until('third socket (backoff)', () => fake.sockets.length === 3, { timeout: 5000 });
     await page.reload();
     await until('fourth socket after reload', () => fake.sockets.length === 4, { timeout: 5000 });
-    assert.deepEqual(fake.sockets.map((s) => s.token), ['tok-ben', 'tok-ben', 'tok-ben', 'tok-ben']);
+    assert.deepEqual(fake.sockets.map((s) => s.token), ['tok-ben', 'tok-ben-2', 'tok-ben-2', 'tok-ben-2']);
     await until('online after reload', () => page.evaluate(() => bandsync.connection === 'online'));
     assert.equal(await page.evaluate(() => bandsync.me), 'm-ben');
     await page.context().close();

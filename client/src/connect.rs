@@ -3,7 +3,7 @@
 //! gateway), with small buffers when thousands of sockets share a process, and
 //! again with backoff when a gateway goes away.
 
-use crate::{ClientError, Connection, ws_url};
+use crate::{ClientError, Connection, ws_request};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::net::{TcpSocket, TcpStream};
@@ -98,7 +98,7 @@ pub(crate) async fn open(
         .ok_or_else(|| ClientError::BadAddress(base.to_owned()))?;
     let stream = tcp_connect(addr, options.local_ip).await?;
     let (ws, _) = tokio_tungstenite::client_async_with_config(
-        ws_url(base, token),
+        ws_request(base, token)?,
         MaybeTlsStream::Plain(stream),
         options.ws_config(),
     )

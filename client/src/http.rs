@@ -14,6 +14,8 @@ pub struct Joined {
     pub code: JoinCode,
     pub member: MemberId,
     pub token: String,
+    /// When the token lapses unless refreshed over the socket, Unix seconds.
+    pub token_expires_at: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -16,6 +16,8 @@ use futures::{SinkExt, StreamExt};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -25,6 +27,8 @@ pub enum ClientError {
     Io(#[from] std::io::Error),
     #[error("bad gateway address {0:?} (expected http://host:port)")]
     BadAddress(String),
+    #[error("a member token is letters, digits, '-', '_' and '.'")]
+    BadToken,
     #[error("websocket: {0}")]
     WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
     #[error("server sent something that is not a BandSync message: {0}")]
@@ -57,12 +61,31 @@ pub struct Connection {
     backlog: std::collections::VecDeque<ServerMsg>,
     /// Server time at which the last tick was received and its seq.
     pub last_tick: Option<(Micros, u64)>,
+    /// The newest member token the gateway handed out (`token` messages): the
+    /// one to reconnect with.
+    pub token: String,
 }
 
-/// `ws://host:port/ws?token=…` for an `http://host:port` base.
-pub fn ws_url(base: &str, token: &str) -> String {
+/// The WebSocket subprotocol BandSync speaks; a client offers it with a
+/// second one, [`TOKEN_SUBPROTOCOL_PREFIX`] and its member token, which keeps
+/// the token out of URLs (and so out of proxies' access logs).
+pub const SUBPROTOCOL: &str = "bandsync";
+pub const TOKEN_SUBPROTOCOL_PREFIX: &str = "bandsync.token.";
+
+/// The upgrade request for `ws://host:port/ws` (for an `http://host:port`
+/// base), offering the member's token.
+pub fn ws_request(base: &str, token: &str) -> Result<Request, ClientError> {
     let base = base.trim_end_matches('/').replacen("http://", "ws://", 1);
-    format!("{base}/ws?token={token}")
+    let mut request = format!("{base}/ws")
+        .into_client_request()
+        .map_err(|_| ClientError::BadAddress(base.clone()))?;
+    let offered = format!("{SUBPROTOCOL}, {TOKEN_SUBPROTOCOL_PREFIX}{token}")
+        .parse()
+        .map_err(|_| ClientError::BadToken)?;
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", offered);
+    Ok(request)
 }
 
 impl Connection {
@@ -99,6 +122,7 @@ impl Connection {
                 epoch: 0,
                 backlog: Default::default(),
                 last_tick: None,
+                token: token.to_owned(),
             }),
             ServerMsg::Error(e) => Err(ClientError::NoWelcome(format!(
                 "error {}: {}",
@@ -213,6 +237,7 @@ impl Connection {
             ServerMsg::Pong { t0, server_time } => {
                 self.clock.add_sample(*t0 as Micros, *server_time, now_us());
             }
+            ServerMsg::Token { token, .. } => self.token.clone_from(token),
             _ => {}
         }
         Ok(true)

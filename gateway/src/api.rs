@@ -4,7 +4,7 @@ use crate::AppState;
 use crate::token::Claims;
 use crate::upgrade::Upgrade;
 use axum::Json;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bandsync_nats::service::{random_id, random_join_code};
@@ -17,7 +17,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tungstenite::protocol::WebSocketConfig;
 
 /// How long creating a session waits for the owner to confirm it.
@@ -104,6 +104,26 @@ pub struct Joined {
     code: JoinCode,
     member: MemberId,
     token: String,
+    /// When the token lapses unless refreshed over the socket, Unix seconds.
+    token_expires_at: u64,
+}
+
+impl Joined {
+    fn new(
+        session: SessionId,
+        code: JoinCode,
+        member: MemberId,
+        token: String,
+        claims: &Claims,
+    ) -> Self {
+        Self {
+            session,
+            code,
+            member,
+            token,
+            token_expires_at: claims.exp,
+        }
+    }
 }
 
 fn parse_name(name: &str) -> Result<DisplayName, ApiError> {
@@ -129,19 +149,10 @@ pub async fn create(
         return Err(e);
     }
     tracing::info!(session = %session, "session created");
-    let token = app.tokens.sign(&Claims {
-        session: session.clone(),
-        member: member.clone(),
-        name,
-    });
+    let (token, claims) = app.tokens.sign(&session, &member, &name, SystemTime::now());
     Ok((
         StatusCode::CREATED,
-        Json(Joined {
-            session,
-            code,
-            member,
-            token,
-        }),
+        Json(Joined::new(session, code, member, token, &claims)),
     ))
 }
 
@@ -286,29 +297,30 @@ pub async fn join(
         ));
     }
     let member = MemberId::parse(random_id(12)).expect("random ids are valid");
-    let token = app.tokens.sign(&Claims {
-        session: session.clone(),
-        member: member.clone(),
-        name,
-    });
-    Ok(Json(Joined {
-        session,
-        code,
-        member,
-        token,
-    }))
+    let (token, claims) = app.tokens.sign(&session, &member, &name, SystemTime::now());
+    Ok(Json(Joined::new(session, code, member, token, &claims)))
 }
 
-#[derive(Deserialize)]
-pub struct WsQuery {
-    /// Optional here so that its absence gets the API's JSON error, not axum's text.
-    token: Option<String>,
+/// The WebSocket subprotocol a client offers, and the gateway answers with.
+pub const SUBPROTOCOL: &str = "bandsync";
+/// The client's other offered subprotocol is this prefix and its token: a
+/// header, unlike a query string, stays out of proxies' access logs.
+pub const TOKEN_SUBPROTOCOL_PREFIX: &str = "bandsync.token.";
+
+/// The token a client offers in `Sec-WebSocket-Protocol`, if any.
+fn offered_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix(TOKEN_SUBPROTOCOL_PREFIX))
 }
 
-/// `GET /ws?token=…`: the member's WebSocket.
+/// `GET /ws`, offering the subprotocols `bandsync` and `bandsync.token.<token>`:
+/// the member's WebSocket.
 pub async fn websocket(
     State(app): State<Arc<AppState>>,
-    Query(q): Query<WsQuery>,
     headers: HeaderMap,
     ws: Upgrade,
 ) -> Response {
@@ -328,15 +340,18 @@ pub async fn websocket(
         )
             .into_response();
     }
-    let Some(token) = q.token else {
+    let Some(token) = offered_token(&headers) else {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             ErrorCode::Unauthorized,
-            "a member token is required: /ws?token=<token>",
+            format!(
+                "a member token is required: offer the WebSocket subprotocols \
+                 {SUBPROTOCOL} and {TOKEN_SUBPROTOCOL_PREFIX}<token>"
+            ),
         )
         .into_response();
     };
-    let verified = app.tokens.verify(&token);
+    let verified = app.tokens.verify(token, SystemTime::now());
     // Messages up to 4x the limit are read whole and refused with a clean
     // close (`too_large`); only larger ones hit the transport's hard cap.
     let max = app.config.max_frame_bytes.saturating_mul(4);
@@ -348,7 +363,7 @@ pub async fn websocket(
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
     let tasks = app.tasks.clone();
-    ws.on_upgrade(&tasks, config, move |socket| async move {
+    let mut response = ws.on_upgrade(&tasks, config, move |socket| async move {
         match verified {
             Ok(claims) => crate::conn::serve(socket, app, claims).await,
             // A browser cannot read an HTTP status on a failed upgrade, so the
@@ -362,5 +377,11 @@ pub async fn websocket(
                 .await
             }
         }
-    })
+    });
+    // A browser that offered subprotocols fails a handshake that picks none.
+    response.headers_mut().insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(SUBPROTOCOL),
+    );
+    response
 }

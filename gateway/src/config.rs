@@ -1,5 +1,6 @@
 //! Gateway configuration: every flag also reads a `BANDSYNC_` environment variable.
 
+use crate::token::{Key, TokenKeys};
 use bandsync_nats::bus::BusArgs;
 use std::net::SocketAddr;
 
@@ -18,9 +19,27 @@ pub struct Config {
         default_value = "127.0.0.1:8080"
     )]
     pub listen: SocketAddr,
-    /// HMAC secret shared by all gateways for member tokens (at least 16 bytes).
+    /// HMAC secret shared by all gateways that signs member tokens (at least 16 bytes).
     #[arg(long, env = "BANDSYNC_TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: String,
+    /// Id of `--token-secret`, carried in every token it signs (letters, digits,
+    /// '-', '_'; at most 16): give a new secret a new id.
+    #[arg(long, env = "BANDSYNC_TOKEN_KEY_ID", default_value = "k1")]
+    pub token_key_id: String,
+    /// Earlier keys that still verify tokens (never sign), comma-separated
+    /// `id:secret`: keep one for a token lifetime after a rotation.
+    #[arg(
+        long,
+        env = "BANDSYNC_TOKEN_OLD_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub token_old_keys: Vec<String>,
+    /// How long a member token lives, in seconds. A connected member gets a
+    /// fresh one on connecting and after half of it; a device away longer
+    /// joins again with the code.
+    #[arg(long, env = "BANDSYNC_TOKEN_LIFETIME_SECS", default_value_t = 86_400)]
+    pub token_lifetime_secs: u64,
     /// This gateway's id (letters, digits, '-', '_'); random if not given.
     #[arg(long, env = "BANDSYNC_GATEWAY_ID")]
     pub gateway_id: Option<String>,
@@ -59,11 +78,32 @@ pub struct Config {
 }
 
 impl Config {
+    /// The token keys: `--token-secret` signs, the old keys verify too.
+    pub fn token_keys(&self) -> anyhow::Result<TokenKeys> {
+        let signing = Key::new(&self.token_key_id, self.token_secret.as_bytes())
+            .map_err(|e| e.context("--token-secret/--token-key-id"))?;
+        let old = self
+            .token_old_keys
+            .iter()
+            .map(|spec| Key::parse(spec).map_err(|e| e.context("--token-old-keys")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        anyhow::ensure!(
+            old.iter().all(|k| k.id() != signing.id()),
+            "--token-old-keys repeats the signing key's id"
+        );
+        Ok(TokenKeys::new(
+            signing,
+            old,
+            std::time::Duration::from_secs(self.token_lifetime_secs),
+        ))
+    }
+
     /// Checks everything before anything is bound or connected.
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.token_keys()?;
         anyhow::ensure!(
-            self.token_secret.len() >= 16,
-            "--token-secret must be at least 16 bytes"
+            (10..=30 * 86_400).contains(&self.token_lifetime_secs),
+            "--token-lifetime-secs must be 10..=2592000 (30 days)"
         );
         anyhow::ensure!(self.shards > 0, "--shards must be positive");
         anyhow::ensure!(self.max_members >= 1, "--max-members must be at least 1");

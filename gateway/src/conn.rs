@@ -18,7 +18,7 @@ use bandsync_nats::{
 };
 use futures::{FutureExt, SinkExt, StreamExt};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::Frame;
@@ -121,6 +121,7 @@ pub fn serve(socket: Socket, app: Arc<AppState>, claims: Claims) -> impl Future<
         last_seq: 0,
         kick: CancellationToken::new(),
         commands: None,
+        refresh_at: Instant::now(),
     }
     .serve()
 }
@@ -136,6 +137,9 @@ struct Conn {
     kick: CancellationToken,
     /// The member's commands on their way to the bus, once it has sent one.
     commands: Option<CommandQueue>,
+    /// When the member's token is next refreshed: it was handed a fresh one
+    /// on connecting, and gets another on a ping after half its lifetime.
+    refresh_at: Instant,
 }
 
 impl Conn {
@@ -286,7 +290,7 @@ impl Conn {
     /// while the socket closes) would otherwise be room in every connection's
     /// future. `Some` when the connection ends here without a failure.
     async fn greet(&mut self, conn: u64) -> Result<Option<Ended>, ConnError> {
-        let state = match read_state(&self.app, &self.claims).await {
+        let mut state = match read_state(&self.app, &self.claims).await {
             Ok(Some(state)) => state,
             Ok(None) => {
                 let reason = "this session has ended or never existed";
@@ -300,6 +304,7 @@ impl Conn {
             }
         };
         self.last_seq = state.seq;
+        state.hide_internals();
         let welcome = serde_json::to_string(&ServerMsg::Welcome {
             member: self.claims.member.clone(),
             server_time: now_us(),
@@ -307,6 +312,7 @@ impl Conn {
         })
         .expect("server messages serialise");
         self.send(Message::Text(welcome.into())).await?;
+        self.refresh_token().await?;
         let hello = Command::Hello {
             name: self.claims.name.clone(),
             conn: ConnId::new(&self.app.gateway_id, conn),
@@ -326,7 +332,11 @@ impl Conn {
                     t0,
                     server_time: now_us(),
                 })
-                .await
+                .await?;
+                if Instant::now() >= self.refresh_at {
+                    Box::pin(self.refresh_token()).await?;
+                }
+                Ok(())
             }
             Ok(ClientMsg::Command { id, command }) => {
                 let (app, claims) = (&self.app, &self.claims);
@@ -342,6 +352,19 @@ impl Conn {
             }
             Err(err) => self.send_msg(&ServerMsg::Error(err)).await,
         }
+    }
+
+    /// Hands the member a fresh token, signed with the current key.
+    async fn refresh_token(&mut self) -> Result<(), WriteError> {
+        let tokens = &self.app.tokens;
+        let c = &self.claims;
+        let (token, claims) = tokens.sign(&c.session, &c.member, &c.name, SystemTime::now());
+        self.refresh_at = Instant::now() + tokens.lifetime() / 2;
+        self.send_msg(&ServerMsg::Token {
+            token,
+            expires_at: claims.exp,
+        })
+        .await
     }
 
     async fn forward(&mut self, out: Outbound) -> Result<(), WriteError> {

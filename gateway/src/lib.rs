@@ -47,7 +47,7 @@ pub struct AppState {
     pub gateway_id: GatewayId,
     pub bus: Bus,
     pub hub: hub::Hub,
-    pub tokens: token::TokenKey,
+    pub tokens: token::TokenKeys,
     pub shutdown: CancellationToken,
     /// Every task of this gateway (sockets, per-session fan-outs, heartbeat):
     /// shutdown waits for them, within `SHUTDOWN_GRACE`.
@@ -110,7 +110,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let tasks = TaskTracker::new();
     let app = Arc::new(AppState {
         hub: hub::Hub::new(bus.clone(), config.client_queue, tasks.clone()),
-        tokens: token::TokenKey::new(config.token_secret.as_bytes()),
+        tokens: config.token_keys()?,
         origins: origin::Origins::new(&config.allowed_origins),
         failed_joins: guesses::FailedJoins::default(),
         config,

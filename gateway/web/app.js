@@ -267,12 +267,13 @@
     Conn.wanted = true;
     const proto = location.protocol === 'https:' ? 'wss' : 'ws';
     // `session` is for a load balancer that keeps a band on one gateway
-    // (deploy/nginx.conf); the gateway reads only the token.
-    const url = `${proto}://${location.host}/ws?token=${encodeURIComponent(S.auth.token)}` +
-      `&session=${encodeURIComponent(S.auth.session)}`;
+    // (deploy/nginx.conf); the gateway ignores it.
+    const url = `${proto}://${location.host}/ws?session=${encodeURIComponent(S.auth.session)}`;
     let ws;
     try {
-      ws = new WebSocket(url);
+      // The token travels as a subprotocol, a header, never in the URL (which
+      // proxies write to their access logs).
+      ws = new WebSocket(url, ['bandsync', `bandsync.token.${S.auth.token}`]);
     } catch {
       return scheduleReconnect();
     }
@@ -397,6 +398,12 @@
         break;
       case 'error':
         onError(msg);
+        break;
+      case 'token':
+        // A fresh token (tokens expire): the next connection, or a reload, uses it.
+        S.auth = { ...S.auth, token: msg.token };
+        store.set('sessionStorage', AUTH_KEY, S.auth);
+        store.set('localStorage', LAST_KEY, S.auth);
         break;
       case 'reconnect':
         // The gateway is going away: come back at once (any gateway), same token.

@@ -391,6 +391,7 @@ fn kind(e: &ClientError) -> &'static str {
     match e {
         ClientError::Io(_) => "io",
         ClientError::BadAddress(_) => "bad address",
+        ClientError::BadToken => "bad token",
         ClientError::WebSocket(_) => "websocket",
         ClientError::Decode(_) => "decode",
         ClientError::Closed(_) => "closed",
@@ -440,7 +441,7 @@ fn handle(run: &Run, session: &Session, me: &Member, tick_seq: &mut Option<u64>,
         }
         ServerMsg::Error(e) => run.recorder.with(|w| w.error(e.code.as_str())),
         ServerMsg::Reconnect { .. } => run.recorder.with(|w| w.error("told to reconnect")),
-        ServerMsg::Welcome { .. } | ServerMsg::Pong { .. } => {}
+        ServerMsg::Welcome { .. } | ServerMsg::Pong { .. } | ServerMsg::Token { .. } => {}
     }
 }
 

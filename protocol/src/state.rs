@@ -216,7 +216,10 @@ pub struct SessionState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub displaced_leader: Option<MemberId>,
     pub last_activity: Micros,
-    /// Stream sequence of the last command applied: replays at or below it are skipped.
+    /// Stream sequence of the last command applied: replays at or below it are
+    /// skipped. The owner's alone: a counter of the whole stream, it would tell
+    /// a member how busy other sessions are (`hide_internals`).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub last_cmd_seq: u64,
     /// The latest change set and its cause, so an owner can re-publish a lost event.
     pub last_changes: Vec<Change>,
@@ -226,7 +229,21 @@ pub struct SessionState {
 
 pub const DEFAULT_BPM: f64 = 120.0;
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 impl SessionState {
+    /// Clears what only the owner needs before the state leaves the bus for
+    /// members: the connections (gateway ids and counters) and the command
+    /// stream's position.
+    pub fn hide_internals(&mut self) {
+        self.last_cmd_seq = 0;
+        for m in &mut self.members {
+            m.conn = None;
+        }
+    }
+
     /// A new session led by its creator, who is not connected yet.
     pub fn create(
         id: SessionId,

@@ -31,6 +31,13 @@ pub enum ServerMsg {
     Reconnect {
         reason: String,
     },
+    /// A fresh member token (sent on connecting and after half a token's
+    /// lifetime): keep it in place of the old one for the next connection.
+    Token {
+        token: String,
+        /// When it lapses, Unix seconds.
+        expires_at: u64,
+    },
 }
 
 impl ServerMsg {
@@ -98,6 +105,7 @@ impl EventMsg {
     /// The event describing the state's latest change set.
     pub fn latest(state: &SessionState, epoch: u64) -> Self {
         let mut sent = state.clone();
+        sent.hide_internals();
         let members = std::mem::take(&mut sent.members);
         let setlist = std::mem::take(&mut sent.setlist);
         Self {
@@ -416,6 +424,10 @@ mod tests {
             ServerMsg::Error(ErrorMsg::new(ErrorCode::NotLeader, "no", None)),
             ServerMsg::Reconnect {
                 reason: "bye".into(),
+            },
+            ServerMsg::Token {
+                token: "k1.e30.c2ln".into(),
+                expires_at: 1_800_000_000,
             },
         ];
         for msg in messages {

@@ -103,8 +103,12 @@ export async function fakeSocket(page, { welcome, skewUs = 0, latencyMs = 0 } = 
   };
   await page.routeWebSocket(/\/ws\?/, (ws) => {
     fake.sockets.push(ws);
-    const token = new URL(ws.url()).searchParams.get('token');
+    const offered = JSON.parse(new URL(ws.url()).searchParams.get('__offered') || '[]');
+    const prefix = 'bandsync.token.';
+    const token = (offered.find((p) => p.startsWith(prefix)) || '').slice(prefix.length) || null;
     ws.token = token;
+    ws.offered = offered;
+    ws.tokenInUrl = new URL(ws.url()).searchParams.has('token');
     ws.onMessage((text) => {
       const msg = JSON.parse(text);
       fake.received.push(msg);
@@ -121,6 +125,19 @@ export async function fakeSocket(page, { welcome, skewUs = 0, latencyMs = 0 } = 
       const w = typeof welcome === 'function' ? welcome(token) : welcome;
       if (w) ws.send(JSON.stringify({ type: 'welcome', server_time: fake.serverNow(), ...w }));
     }
+  });
+  // The page offers its token as a subprotocol, which the route cannot see: a
+  // wrapper copies what each socket offers into its URL for the route to read
+  // (installed after the route, so that it wraps Playwright's stand-in).
+  await page.addInitScript(() => {
+    const Native = window.WebSocket;
+    window.WebSocket = class WebSocket extends Native {
+      constructor(url, protocols) {
+        const u = new URL(url, location.href);
+        u.searchParams.set('__offered', JSON.stringify([].concat(protocols || [])));
+        super(u.toString(), protocols);
+      }
+    };
   });
   return fake;
 }

@@ -93,7 +93,14 @@ impl Stack {
     }
 
     fn gateway_args(&self, id: &str) -> Vec<String> {
-        vec![
+        self.gateway_args_with(id, &[])
+    }
+
+    /// The gateway's flags, with `overrides` (`--flag=value`) in place of the
+    /// defaults' flags of the same name.
+    fn gateway_args_with(&self, id: &str, overrides: &[String]) -> Vec<String> {
+        let flag = |arg: &str| arg.split('=').next().unwrap_or_default().to_owned();
+        let mut args = vec![
             format!("--nats-url={}", self.nats.url()),
             "--listen=127.0.0.1:0".into(),
             format!("--token-secret={SECRET}"),
@@ -104,11 +111,20 @@ impl Stack {
             "--shards=16".into(),
             // Tests stand in for a proxy: their X-Forwarded-For is believed.
             "--trusted-proxies=127.0.0.1".into(),
-        ]
+        ];
+        args.retain(|a| overrides.iter().all(|o| flag(o) != flag(a)));
+        args.extend(overrides.iter().cloned());
+        args
     }
 
     pub async fn add_gateway(&mut self, id: &str) {
-        let args = std::iter::once("bandsync-gateway".to_string()).chain(self.gateway_args(id));
+        self.add_gateway_with(id, &[]).await;
+    }
+
+    /// An in-process gateway with some flags of its own (`--flag=value`).
+    pub async fn add_gateway_with(&mut self, id: &str, overrides: &[String]) {
+        let args = std::iter::once("bandsync-gateway".to_string())
+            .chain(self.gateway_args_with(id, overrides));
         let config = bandsync_gateway::Config::parse_from(args);
         let token = CancellationToken::new();
         let gateway = bandsync_gateway::start(config, token.clone())

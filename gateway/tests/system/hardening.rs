@@ -4,12 +4,11 @@
 
 use crate::common::*;
 use bandsync_testkit::http_get;
-use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+use tokio_tungstenite::tungstenite;
 
 /// The upgrade's answer: 101 when the socket opened, else the refusal's status.
 async fn upgrade_status(base: &str, token: &str, origin: Option<&str>) -> u16 {
-    let url = bandsync_client::ws_url(base, token);
-    let mut request = url.into_client_request().expect("a request");
+    let mut request = bandsync_client::ws_request(base, token).expect("a request");
     if let Some(origin) = origin {
         request
             .headers_mut()
@@ -202,4 +201,61 @@ async fn refusals_are_json_with_their_own_status() {
         .map(|(_, b)| b)
         .unwrap_or_default();
     assert!(body.contains("\"too_large\""), "{body}");
+}
+
+/// What members are sent holds nothing of the bus's inner workings: not the
+/// connections (gateway ids and counters) in member lists, nor the command
+/// stream's position, which counts every session's commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_sent_no_internals() {
+    use futures::StreamExt;
+    let stack = Stack::start(Knobs {
+        gateways: 1,
+        ..Knobs::default()
+    })
+    .await;
+    let lead = stack.api(0).create("Leader").await.expect("create");
+    let mut leader = stack.connect(0, &lead).await;
+    // Activity, so that the stream's position is past zero.
+    let before = leader.state.seq;
+    leader
+        .send(&bandsync_nats::Command::Tempo { bpm: 99.0 }, None)
+        .await
+        .expect("tempo");
+    leader
+        .wait_until(WAIT, |s| s.seq > before)
+        .await
+        .expect("tempo applied");
+
+    let joined = stack
+        .api(0)
+        .join(lead.code.as_str(), "Ben")
+        .await
+        .expect("join");
+    let request = bandsync_client::ws_request(&stack.base(0), &joined.token).expect("request");
+    let (mut raw, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("upgrade");
+    let mut texts = Vec::new();
+    // The welcome (its state was written with the connections and the stream
+    // position in it) and the event announcing this member, with the members.
+    while !texts
+        .iter()
+        .any(|t: &String| t.contains(r#""type":"event""#) && t.contains(r#""members":["#))
+    {
+        let msg = tokio::time::timeout(WAIT, raw.next())
+            .await
+            .expect("a message in time")
+            .expect("open")
+            .expect("a frame");
+        if let tungstenite::Message::Text(t) = msg {
+            texts.push(t.to_string());
+        }
+    }
+    assert!(texts[0].starts_with(r#"{"type":"welcome""#), "{}", texts[0]);
+    for text in &texts {
+        for internal in [r#""conn""#, "last_cmd_seq"] {
+            assert!(!text.contains(internal), "{internal} sent: {text}");
+        }
+    }
 }

@@ -13,3 +13,4 @@ mod shutdown;
 mod slow;
 mod sync;
 mod ticks;
+mod tokens;

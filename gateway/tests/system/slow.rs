@@ -3,7 +3,7 @@
 //! keeps its ticks.
 
 use crate::common::*;
-use bandsync_client::ws_url;
+use bandsync_client::ws_request;
 use bandsync_nats::{Command, ErrorCode, ServerMsg};
 use bandsync_testkit::{eventually, scrape_metric};
 use futures::StreamExt;
@@ -53,10 +53,12 @@ async fn a_client_that_stops_reading_is_dropped_and_hurts_nobody() {
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(2048).expect("small buffer");
     let stream = socket.connect(stack.addr(0)).await.expect("tcp");
-    let (mut stuck, _) =
-        tokio_tungstenite::client_async(ws_url(&stack.base(0), &joined.token), stream)
-            .await
-            .expect("upgrade");
+    let (mut stuck, _) = tokio_tungstenite::client_async(
+        ws_request(&stack.base(0), &joined.token).expect("request"),
+        stream,
+    )
+    .await
+    .expect("upgrade");
     let welcome = tokio::time::timeout(WAIT, stuck.next())
         .await
         .expect("welcome in time");
