@@ -361,6 +361,41 @@ describe('web client against a stand-in gateway', () => {
     await page.context().close();
   });
 
+  test('the leader closes joining and removes a member; the removed member is sent back to the start', async () => {
+    const state = sessionState({ members: [{ ...ANA }, { ...BEN }], leader: 'm-ana', segments: [segment({})] });
+    const { page, fake } = await inSession(LAPTOP, 'tok-ana', { welcome: welcomeWith(state) });
+    await until('leader controls', () => visible(page, '#leader-controls'));
+    const cmds = () => fake.received.filter((m) => m.type !== 'ping').map(({ id, ...m }) => m);
+    assert.equal(await text(page, '#joining-btn'), 'Close joining');
+    await page.click('#joining-btn');
+    await until('joining command', () => cmds().length === 1);
+    assert.deepEqual(cmds()[0], { type: 'joining', open: false });
+    fake.send({ type: 'event', session: 'sess1', seq: state.seq + 1, epoch: 1, at: fake.serverNow(), cause: { by: 'm-ana' }, changes: [{ kind: 'joining', open: false }], state: { ...state, seq: state.seq + 1, joining_closed: true } });
+    await until('closed shown', async () => (await text(page, '#joining-state')) === 'Joining is closed.');
+    assert.equal(await text(page, '#joining-btn'), 'Open joining');
+    page.once('dialog', (d) => d.accept());
+    await page.click('li[data-member="m-ben"] .remove');
+    await until('remove command', () => cmds().length === 2);
+    assert.deepEqual(cmds()[1], { type: 'remove_member', member: 'm-ben' });
+    await screenshot(page, 'client-joining-closed-laptop');
+    await page.context().close();
+
+    // The removed member's device: told, closed, back to the start screen.
+    const phone = await device(browser, PHONE);
+    await phone.routeWebSocket(/\/ws\?/, (ws) => {
+      ws.send(JSON.stringify({ type: 'error', code: 'removed', message: 'the leader removed you from this session' }));
+      ws.close({ code: 1008, reason: 'removed' });
+    });
+    await phone.addInitScript(() => {
+      sessionStorage.setItem('bandsync.auth', JSON.stringify({ session: 'sess1', code: 'K7MQ2X', member: 'm-ben', token: 'tok-ben', name: 'Ben' }));
+    });
+    await phone.goto(web.url);
+    await until('landing with the error', () => visible(phone, '#landing-error'));
+    assert.match(await text(phone, '#landing-error'), /removed.*leader removed you/);
+    assert.equal(await phone.evaluate(() => localStorage.getItem('bandsync.last')), null, 'no Rejoin offered');
+    await phone.context().close();
+  });
+
   test('metronome: clicks are scheduled exactly on the beats, accent on beat 1', async () => {
     const start = Math.round(nowUs() + 1_500_000);
     const { page } = await inSession(LAPTOP, 'tok-ben', {

@@ -288,7 +288,14 @@ pub async fn join(
         .map_err(ApiError::unavailable)?
         .ok_or_else(unknown)?;
     let state: SessionState = serde_json::from_slice(&raw).map_err(ApiError::unavailable)?;
-    // Early refusal for the common case; the owner enforces the cap exactly.
+    // Early refusals for the common cases; the owner enforces both exactly.
+    if state.joining_closed {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::JoiningClosed,
+            "the leader has closed this session to new members",
+        ));
+    }
     if state.members.len() >= app.config.max_members {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -303,6 +303,19 @@ impl Conn {
                 return Err(ConnError::ReadState(e));
             }
         };
+        // Early refusals; the owner refuses the hello too, whatever the timing.
+        let me = &self.claims.member;
+        let refused = if state.removed.contains(me) {
+            Some(ErrorCode::Removed)
+        } else if state.joining_closed && state.member(me).is_none() {
+            Some(ErrorCode::JoiningClosed)
+        } else {
+            None
+        };
+        if let Some(code) = refused {
+            self.close(code, crate::hub::refusal(code)).await;
+            return Ok(Some(Ended::Kicked(code)));
+        }
         self.last_seq = state.seq;
         state.hide_internals();
         let welcome = serde_json::to_string(&ServerMsg::Welcome {

@@ -224,6 +224,11 @@ async fn fan_out(session: SessionId, mut sub: async_nats::Subscriber, local: Arc
             }
             "event" => {
                 for c in clients.iter() {
+                    if head.removed.as_ref() == Some(&c.member) {
+                        c.mailbox
+                            .kick(ErrorCode::Removed, refusal(ErrorCode::Removed));
+                        continue;
+                    }
                     let out = Outbound::Event {
                         seq: head.seq,
                         text: text.clone(),
@@ -238,9 +243,14 @@ async fn fan_out(session: SessionId, mut sub: async_nats::Subscriber, local: Arc
                     .iter()
                     .filter(|c| head.to.as_ref() == Some(&c.member))
                 {
-                    if head.code == Some(ErrorCode::SessionFull) {
-                        c.mailbox
-                            .kick(ErrorCode::SessionFull, "this session is full");
+                    // A refused hello: the member cannot be in the session.
+                    if let Some(
+                        code @ (ErrorCode::SessionFull
+                        | ErrorCode::Removed
+                        | ErrorCode::JoiningClosed),
+                    ) = head.code
+                    {
+                        c.mailbox.kick(code, refusal(code));
                     } else {
                         push_or_kick(c, Outbound::Error { text: text.clone() });
                     }
@@ -262,6 +272,15 @@ fn push_or_kick(c: &ClientSlot, out: Outbound) -> bool {
         );
     }
     queued
+}
+
+/// What a member refused by the owner is told as their socket closes.
+pub(crate) fn refusal(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::Removed => "the leader removed you from this session",
+        ErrorCode::JoiningClosed => "the leader has closed this session to new members",
+        _ => "this session is full",
+    }
 }
 
 /// A bounded label for the delay histogram, whatever the message says its kind is.

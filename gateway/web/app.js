@@ -27,7 +27,7 @@
   const RECONNECT_MAX_MS = 10000;
   const ERROR_SHOW_MS = 9000;
   // Errors that mean this membership cannot come back: forget it.
-  const FATAL_CODES = new Set(['unauthorized', 'unknown_session', 'session_full']);
+  const FATAL_CODES = new Set(['unauthorized', 'unknown_session', 'session_full', 'removed', 'joining_closed']);
 
   const $ = (sel) => document.querySelector(sel);
   const el = (tag, cls, text) => {
@@ -717,10 +717,23 @@
         b.type = 'button';
         b.disabled = !m.connected;
         b.addEventListener('click', () => send({ type: 'hand_leadership', to: m.id }));
-        li.append(b);
+        const r = el('button', 'btn small ghost remove', 'Remove');
+        r.type = 'button';
+        r.title = `Remove ${m.name} from the band: their device is disconnected and cannot come back`;
+        r.addEventListener('click', () => {
+          if (confirm(`Remove ${m.name} from the band?`)) send({ type: 'remove_member', member: m.id });
+        });
+        li.append(b, r);
       }
       ul.append(li);
     }
+    // Who else may join: the leader opens and closes the door.
+    $('#joining-row').hidden = !leader && !st.joining_closed;
+    $('#joining-state').textContent = st.joining_closed ? 'Joining is closed.' : 'Anyone with the code can join.';
+    const jb = $('#joining-btn');
+    jb.hidden = !leader;
+    jb.textContent = st.joining_closed ? 'Open joining' : 'Close joining';
+    jb.onclick = () => send({ type: 'joining', open: !!st.joining_closed });
   }
 
   function renderSetlist(st, leader) {

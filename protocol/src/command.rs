@@ -58,6 +58,15 @@ pub enum Command {
     },
     /// Any member; granted at once if the leader is away or it is the displaced leader.
     RequestLeadership,
+    /// Opens or closes the session to new members (members already in it can
+    /// always reconnect).
+    Joining {
+        open: bool,
+    },
+    /// Removes a member: their token stops working and their socket closes.
+    RemoveMember {
+        member: MemberId,
+    },
     // --- sent by gateways on members' behalf; refused from clients ---
     Create {
         code: JoinCode,
@@ -85,6 +94,8 @@ impl Command {
         "song",
         "hand_leadership",
         "request_leadership",
+        "joining",
+        "remove_member",
     ];
 
     /// Checks every value against the ranges the timeline accepts.
@@ -122,6 +133,8 @@ impl Command {
             Command::Song { .. } => "song",
             Command::HandLeadership { .. } => "hand_leadership",
             Command::RequestLeadership => "request_leadership",
+            Command::Joining { .. } => "joining",
+            Command::RemoveMember { .. } => "remove_member",
             Command::Create { .. } => "create",
             Command::Hello { .. } => "hello",
             Command::Bye { .. } => "bye",
@@ -326,8 +339,10 @@ mod tests {
             Command::Seek { beat: 0.0 },
             Command::Setlist { songs: vec![] },
             Command::Song { index: 0 },
-            Command::HandLeadership { to },
+            Command::HandLeadership { to: to.clone() },
             Command::RequestLeadership,
+            Command::Joining { open: false },
+            Command::RemoveMember { member: to },
         ];
         let kinds: Vec<&str> = member_commands.iter().map(Command::kind).collect();
         assert_eq!(kinds, Command::CLIENT_TYPES);

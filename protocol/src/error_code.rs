@@ -21,6 +21,10 @@ pub enum ErrorCode {
     /// The member connected again (another tab or device): this connection is
     /// closed, and should not reconnect by itself.
     Replaced,
+    /// The leader removed this member: the token no longer works.
+    Removed,
+    /// The leader closed the session to new members.
+    JoiningClosed,
     Internal,
 }
 
@@ -39,6 +43,8 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::SlowClient => "slow_client",
             ErrorCode::Replaced => "replaced",
+            ErrorCode::Removed => "removed",
+            ErrorCode::JoiningClosed => "joining_closed",
             ErrorCode::Internal => "internal",
         }
     }

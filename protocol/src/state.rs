@@ -86,6 +86,14 @@ pub enum Change {
     LeadershipRequested {
         by: MemberId,
     },
+    /// The leader opened or closed the session to new members.
+    Joining {
+        open: bool,
+    },
+    /// The leader removed a member; their token no longer works here.
+    MemberRemoved {
+        member: MemberId,
+    },
     Tempo {
         bpm: f64,
         at: Micros,
@@ -133,6 +141,7 @@ impl Change {
                 | Change::MemberJoined { .. }
                 | Change::MemberConnected { .. }
                 | Change::MemberDisconnected { .. }
+                | Change::MemberRemoved { .. }
                 | Change::LeaderChanged { .. }
         )
     }
@@ -145,6 +154,8 @@ impl Change {
             Change::MemberDisconnected { .. } => "member_disconnected",
             Change::LeaderChanged { .. } => "leader_changed",
             Change::LeadershipRequested { .. } => "leadership_requested",
+            Change::Joining { .. } => "joining",
+            Change::MemberRemoved { .. } => "member_removed",
             Change::Tempo { .. } => "tempo",
             Change::Meter { .. } => "meter",
             Change::Play { .. } => "play",
@@ -215,6 +226,13 @@ pub struct SessionState {
     pub leader_away_since: Option<Micros>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub displaced_leader: Option<MemberId>,
+    /// Closed by the leader: nobody new may join.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub joining_closed: bool,
+    /// Members the leader removed, newest last (at most `MAX_REMOVED`): their
+    /// tokens are refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<MemberId>,
     pub last_activity: Micros,
     /// Stream sequence of the last command applied: replays at or below it are
     /// skipped. The owner's alone: a counter of the whole stream, it would tell
@@ -232,6 +250,14 @@ pub const DEFAULT_BPM: f64 = 120.0;
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Removed members remembered per session. Past it the oldest is forgotten, and
+/// its token (if not yet expired) would be admitted as a new member again.
+pub const MAX_REMOVED: usize = 64;
 
 impl SessionState {
     /// Clears what only the owner needs before the state leaves the bus for
@@ -274,6 +300,8 @@ impl SessionState {
             leadership_request: None,
             leader_away_since: Some(now),
             displaced_leader: None,
+            joining_closed: false,
+            removed: Vec::new(),
             last_activity: now,
             last_cmd_seq: 0,
             last_changes: vec![
@@ -389,6 +417,18 @@ impl SessionState {
                 }
                 Ok(vec![self.set_leader(to.clone(), LeaderReason::Handed, now)])
             }
+            Command::Joining { open } => {
+                self.require_leader(actor)?;
+                if self.joining_closed != *open {
+                    return Ok(Vec::new());
+                }
+                self.joining_closed = !open;
+                Ok(vec![Change::Joining { open: *open }])
+            }
+            Command::RemoveMember { member } => {
+                self.require_leader(actor)?;
+                self.remove(actor, member)
+            }
             _ => {
                 self.require_leader(actor)?;
                 self.timeline_command(cmd, now, lead)
@@ -474,6 +514,35 @@ impl SessionState {
         Ok(vec![change])
     }
 
+    fn remove(&mut self, actor: &MemberId, member: &MemberId) -> Result<Vec<Change>, Rejection> {
+        if member == actor {
+            return Err(Rejection::new(
+                ErrorCode::Invalid,
+                "the leader cannot remove themselves; hand leadership over first",
+            ));
+        }
+        let Some(at) = self.members.iter().position(|m| &m.id == member) else {
+            return Err(Rejection::new(
+                ErrorCode::Invalid,
+                "that member is not in this session",
+            ));
+        };
+        self.members.remove(at);
+        if self.removed.len() >= MAX_REMOVED {
+            self.removed.remove(0);
+        }
+        self.removed.push(member.clone());
+        if self.leadership_request.as_ref() == Some(member) {
+            self.leadership_request = None;
+        }
+        if self.displaced_leader.as_ref() == Some(member) {
+            self.displaced_leader = None;
+        }
+        Ok(vec![Change::MemberRemoved {
+            member: member.clone(),
+        }])
+    }
+
     fn hello(
         &mut self,
         actor: &MemberId,
@@ -492,6 +561,18 @@ impl SessionState {
                 });
             }
             None => {
+                if self.removed.contains(actor) {
+                    return Err(Rejection::new(
+                        ErrorCode::Removed,
+                        "the leader removed you from this session",
+                    ));
+                }
+                if self.joining_closed {
+                    return Err(Rejection::new(
+                        ErrorCode::JoiningClosed,
+                        "the leader has closed this session to new members",
+                    ));
+                }
                 if self.members.len() >= rules.max_members {
                     return Err(Rejection::new(
                         ErrorCode::SessionFull,

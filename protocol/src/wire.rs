@@ -99,6 +99,10 @@ pub struct EventMsg {
     /// The new setlist, in the event that replaced it (`state.setlist_rev == seq`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub setlist: Option<Vec<Song>>,
+    /// The member this event removed (also in `changes`): at the top, where a
+    /// gateway's header read finds the socket to close.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed: Option<MemberId>,
 }
 
 impl EventMsg {
@@ -118,6 +122,10 @@ impl EventMsg {
             state: sent,
             members: (state.members_rev == state.seq).then_some(members),
             setlist: (state.setlist_rev == state.seq).then_some(setlist),
+            removed: state.last_changes.iter().find_map(|c| match c {
+                Change::MemberRemoved { member } => Some(member.clone()),
+                _ => None,
+            }),
         }
     }
 
@@ -219,6 +227,9 @@ pub struct BusHeader {
     /// An event's `at`.
     #[serde(default)]
     pub at: Option<Micros>,
+    /// The member an event removed.
+    #[serde(default)]
+    pub removed: Option<MemberId>,
 }
 
 impl BusHeader {

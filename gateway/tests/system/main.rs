@@ -8,6 +8,7 @@ mod hardening;
 mod large;
 mod leadership;
 mod outage;
+mod removal;
 mod replaced;
 mod shutdown;
 mod slow;

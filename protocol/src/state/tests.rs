@@ -316,6 +316,13 @@ fn golden_state_json_round_trips() {
     assert_eq!(serde_json::from_str::<SessionState>(&json).expect("de"), s);
 }
 
+/// A state as members hold it: without the owner's internals.
+fn hidden(s: &SessionState) -> SessionState {
+    let mut s = s.clone();
+    s.hide_internals();
+    s
+}
+
 fn any_command() -> impl Strategy<Value = (Command, usize)> {
     let cmd = prop_oneof![
         (10.0..450.0f64).prop_map(|bpm| Command::Tempo { bpm }),
@@ -333,6 +340,10 @@ fn any_command() -> impl Strategy<Value = (Command, usize)> {
         }),
         (0usize..5).prop_map(|i| Command::Bye {
             conn: conn(&format!("c{i}"))
+        }),
+        any::<bool>().prop_map(|open| Command::Joining { open }),
+        (0usize..5).prop_map(|i| Command::RemoveMember {
+            member: id(&format!("m{i}"))
         }),
         (0usize..3).prop_map(|n| Command::Setlist {
             songs: (0..n)
@@ -372,7 +383,7 @@ proptest! {
                     if !changes.is_empty() {
                         // What the event leaves out, a receiver holding `before` has.
                         let event = EventMsg::latest(&s, 1);
-                        prop_assert_eq!(event.state_after(&before), Some(s.clone()));
+                        prop_assert_eq!(event.state_after(&hidden(&before)), Some(hidden(&s)));
                     }
                 }
                 Err(_) => prop_assert_eq!(&s, &before),
@@ -381,9 +392,10 @@ proptest! {
             let changes = s.housekeep(now, &rules);
             prop_assert_eq!(s.seq, held.seq + u64::from(!changes.is_empty()));
             if !changes.is_empty() {
-                prop_assert_eq!(EventMsg::latest(&s, 1).state_after(&held), Some(s.clone()));
+                prop_assert_eq!(EventMsg::latest(&s, 1).state_after(&hidden(&held)), Some(hidden(&s)));
             }
             prop_assert!(s.members.len() <= rules.max_members);
+            prop_assert!(s.members.iter().all(|m| !s.removed.contains(&m.id)), "a removed member is back");
             if let Some(l) = &s.leader {
                 prop_assert!(s.member(l).is_some(), "leader must be a member");
             }
@@ -434,4 +446,101 @@ fn editing_the_setlist_keeps_the_live_song() {
     )
     .expect("edit");
     assert_eq!(s.song, None, "the live song was removed");
+}
+
+#[test]
+fn the_leader_removes_a_member_who_cannot_come_back() {
+    let (mut s, rules) = band();
+    let remove = |m: &str| Command::RemoveMember { member: id(m) };
+    let err = s
+        .apply(&remove("b"), &id("a"), None, T0 + 10, &rules)
+        .expect_err("a follower");
+    assert_eq!(err.code, ErrorCode::NotLeader);
+    let err = s
+        .apply(&remove("lead"), &id("lead"), None, T0 + 10, &rules)
+        .expect_err("themselves");
+    assert_eq!(err.code, ErrorCode::Invalid);
+    let err = s
+        .apply(&remove("nobody"), &id("lead"), None, T0 + 10, &rules)
+        .expect_err("not a member");
+    assert_eq!(err.code, ErrorCode::Invalid);
+
+    let changes = s
+        .apply(&remove("b"), &id("lead"), None, T0 + 11, &rules)
+        .expect("removed");
+    assert_eq!(changes, vec![Change::MemberRemoved { member: id("b") }]);
+    assert!(s.member(&id("b")).is_none());
+    assert_eq!(s.removed, vec![id("b")]);
+    assert_eq!(s.members_rev, s.seq, "the event carries the members");
+    let event = EventMsg::latest(&s, 1);
+    assert_eq!(event.removed, Some(id("b")));
+
+    // Back with the same token (a hello as the same member): refused.
+    let err = s
+        .apply(&hello("b2"), &id("b"), None, T0 + 12, &rules)
+        .expect_err("removed");
+    assert_eq!(err.code, ErrorCode::Removed);
+    // Their seat is free for someone else.
+    let full = Rules {
+        max_members: 3,
+        ..rules
+    };
+    s.apply(&hello("c"), &id("c"), None, T0 + 13, &full)
+        .expect("a new member takes the seat");
+}
+
+#[test]
+fn closed_joining_keeps_newcomers_out_and_members_in() {
+    let (mut s, rules) = band();
+    let close = Command::Joining { open: false };
+    let err = s
+        .apply(&close, &id("a"), None, T0 + 10, &rules)
+        .expect_err("a follower");
+    assert_eq!(err.code, ErrorCode::NotLeader);
+    let changes = s
+        .apply(&close, &id("lead"), None, T0 + 11, &rules)
+        .expect("closed");
+    assert_eq!(changes, vec![Change::Joining { open: false }]);
+    assert!(s.joining_closed);
+    assert_eq!(
+        s.apply(&close, &id("lead"), None, T0 + 12, &rules),
+        Ok(vec![]),
+        "closing twice changes nothing"
+    );
+    let err = s
+        .apply(&hello("c"), &id("c"), None, T0 + 13, &rules)
+        .expect_err("a newcomer");
+    assert_eq!(err.code, ErrorCode::JoiningClosed);
+    s.apply(&hello("a2"), &id("a"), None, T0 + 14, &rules)
+        .expect("a member reconnects");
+    s.apply(
+        &Command::Joining { open: true },
+        &id("lead"),
+        None,
+        T0 + 15,
+        &rules,
+    )
+    .expect("opened");
+    s.apply(&hello("c"), &id("c"), None, T0 + 16, &rules)
+        .expect("a newcomer joins");
+}
+
+#[test]
+fn removed_members_are_remembered_up_to_a_bound() {
+    let (mut s, rules) = band();
+    for i in 0..MAX_REMOVED + 1 {
+        let m = format!("m{i}");
+        s.apply(&hello(&m), &id(&m), None, T0 + 10, &rules)
+            .expect("joins");
+        s.apply(
+            &Command::RemoveMember { member: id(&m) },
+            &id("lead"),
+            None,
+            T0 + 11,
+            &rules,
+        )
+        .expect("removed");
+    }
+    assert_eq!(s.removed.len(), MAX_REMOVED);
+    assert_eq!(s.removed.first(), Some(&id("m1")), "the oldest forgotten");
 }
