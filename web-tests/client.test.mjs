@@ -73,16 +73,16 @@ describe('web client against a stand-in gateway', () => {
   test('landing: a join code nobody has shows the server code and sentence', async () => {
     const page = await device(browser, PHONE);
     await page.goto(web.url);
-    await page.fill('#join-code', 'zzz-zzz');
+    await page.fill('#join-code', 'zzzz-zzzz');
     await page.fill('#join-name', 'Ben');
     await page.click('#join-btn');
     await until('the error', () => visible(page, '#landing-error'));
     const t = await text(page, '#landing-error');
     assert.match(t, /unknown_session/);
-    assert.match(t, /no session has the code ZZZZZZ/);
+    assert.match(t, /no session has the code ZZZZZZZZ/);
     await page.fill('#join-code', 'k7');
     await page.click('#join-btn');
-    await until('client-side check', async () => /six letters/.test(await text(page, '#landing-error')));
+    await until('client-side check', async () => /eight letters/.test(await text(page, '#landing-error')));
     await screenshot(page, 'client-landing-phone-error');
     await page.context().close();
   });

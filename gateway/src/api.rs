@@ -264,6 +264,7 @@ pub async fn join(
     // A code that names no session is a guess, right or wrong: counted.
     let unknown = || {
         app.failed_joins.failed(addr, now);
+        metrics::counter!("bandsync_gateway_join_codes_unknown_total").increment(1);
         ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::UnknownSession,

@@ -106,4 +106,17 @@ mod tests {
             "nothing usable: the proxy itself"
         );
     }
+
+    /// Codes are sized against the limit: a botnet of 1,000 addresses on 4
+    /// gateways, against 1,000 live sessions, needs days, not hours.
+    #[test]
+    fn guessing_a_code_takes_a_botnet_days() {
+        use bandsync_nats::ids::{JOIN_CODE_ALPHABET, JOIN_CODE_LEN};
+        let codes = (JOIN_CODE_ALPHABET.len() as f64).powi(JOIN_CODE_LEN as i32);
+        let guesses_per_minute =
+            1_000.0 * 4.0 * f64::from(FAILURES_PER_WINDOW) * 60.0 / WINDOW.as_secs_f64();
+        let minutes = codes / 1_000.0 / guesses_per_minute;
+        let days = minutes / 60.0 / 24.0;
+        assert!(days > 7.0, "a botnet finds a session in {days:.2} days");
+    }
 }

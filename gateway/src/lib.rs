@@ -201,6 +201,10 @@ fn describe_metrics() {
             "Client messages dropped by the rate limit.",
         ),
         (
+            "bandsync_gateway_join_codes_unknown_total",
+            "Joins with a code that names no session (guesses and typos).",
+        ),
+        (
             "bandsync_gateway_join_guesses_refused_total",
             "Joins refused because their address gave too many wrong codes.",
         ),

@@ -12,7 +12,7 @@
   const AUTH_KEY = 'bandsync.auth'; // sessionStorage: this tab's membership (a reload rejoins)
   const LAST_KEY = 'bandsync.last'; // localStorage: offered as "Rejoin" on the landing screen
   const NAME_KEY = 'bandsync.name'; // localStorage: the name typed last time
-  const JOIN_ALPHABET = /^[ABCDEFGHJKMNPQRSTUVWXYZ23456789]{6}$/;
+  const JOIN_ALPHABET = /^[ABCDEFGHJKMNPQRSTUVWXYZ23456789]{6}([ABCDEFGHJKMNPQRSTUVWXYZ23456789]{2})?$/;
   const EPS_BEATS = 1e-6; // same tolerance as the server's timeline math
   const PING_BURST = 8; // pings sent quickly after connecting
   const PING_BURST_GAP_MS = 60;
@@ -510,7 +510,10 @@
   const nameOf = (id) => (S.state && S.state.members.find((m) => m.id === id)?.name) || 'someone';
   const latestSeg = () => S.timeline.segments[S.timeline.segments.length - 1];
   const fmtBpm = (bpm) => (Math.abs(bpm - Math.round(bpm)) < 0.05 ? String(Math.round(bpm)) : bpm.toFixed(1));
-  const fmtCode = (code) => (code && code.length === 6 ? `${code.slice(0, 3)}-${code.slice(3)}` : code || '');
+  const fmtCode = (code) => {
+    if (code && code.length === 8) return `${code.slice(0, 4)}-${code.slice(4)}`;
+    return code && code.length === 6 ? `${code.slice(0, 3)}-${code.slice(3)}` : code || '';
+  };
 
   let flashTimer = null;
   function flash(text) {
@@ -1036,7 +1039,7 @@
       const code = $('#join-code').value.replace(/[\s-]/g, '').toUpperCase();
       const name = $('#join-name').value.trim();
       if (!JOIN_ALPHABET.test(code)) {
-        return showLandingError('invalid', 'A join code is six letters and digits, like K7M-Q2X.');
+        return showLandingError('invalid', 'A join code is eight letters and digits, like K7MQ-2XBD.');
       }
       if (!name) return showLandingError('invalid', 'Type your name first.');
       $('#join-btn').disabled = true;

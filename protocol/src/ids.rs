@@ -149,10 +149,15 @@ impl fmt::Display for ConnId {
 
 /// Letters that cannot be mistaken for each other when read aloud or off a screen.
 pub const JOIN_CODE_ALPHABET: &[u8] = b"ABCDEFGHJKMNPQRSTUVWXYZ23456789";
-/// Length of a join code: 31^6 ≈ 887 million codes.
-pub const JOIN_CODE_LEN: usize = 6;
+/// Length of a new join code: 31^8 ≈ 853 billion codes, so that guessing one
+/// against the per-address limit of wrong codes takes a botnet weeks
+/// (docs/security.md, "Join codes").
+pub const JOIN_CODE_LEN: usize = 8;
+/// Length of the codes of sessions made before codes grew to 8 characters:
+/// still accepted, so that a band in an older session can be joined.
+pub const LEGACY_JOIN_CODE_LEN: usize = 6;
 
-/// Human-friendly code a band member types to join, e.g. `K7MQ2X`.
+/// Human-friendly code a band member types to join, e.g. `K7MQ2XBD`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct JoinCode(String);
@@ -165,10 +170,11 @@ impl JoinCode {
             .filter(|c| !c.is_whitespace() && *c != '-')
             .map(|c| c.to_ascii_uppercase())
             .collect();
-        if code.len() != JOIN_CODE_LEN || !code.bytes().all(|b| JOIN_CODE_ALPHABET.contains(&b)) {
+        let len_ok = code.len() == JOIN_CODE_LEN || code.len() == LEGACY_JOIN_CODE_LEN;
+        if !len_ok || !code.bytes().all(|b| JOIN_CODE_ALPHABET.contains(&b)) {
             return Err(InvalidValue::new(
                 "join code",
-                format!("must be {JOIN_CODE_LEN} characters like K7MQ2X"),
+                format!("must be {JOIN_CODE_LEN} letters and digits like K7MQ-2XBD"),
             ));
         }
         Ok(Self(code))
@@ -267,6 +273,11 @@ mod tests {
             Ok("K7MQ2X".into())
         );
         assert!(JoinCode::parse("K7MQ2").is_err());
+        assert_eq!(
+            JoinCode::parse("k7mq-2xbd").map(|c| c.to_string()),
+            Ok("K7MQ2XBD".into())
+        );
+        assert!(JoinCode::parse("K7MQ2XB").is_err(), "7 characters");
         assert!(JoinCode::parse("K7MQ2O").is_err(), "O is ambiguous with 0");
     }
 

@@ -96,8 +96,13 @@ async fn replay_equals_the_owners_state_at_every_instant() {
 }
 
 /// The state as any reader of the JSON sees it (serde_json may round a float's last bit).
+/// The owner's state as the log holds it: through JSON, and without what only
+/// the owner needs (events leave out connections and the stream position).
 fn as_read(state: &SessionState) -> SessionState {
-    serde_json::from_slice(&serde_json::to_vec(state).expect("serialises")).expect("parses")
+    let mut read: SessionState =
+        serde_json::from_slice(&serde_json::to_vec(state).expect("serialises")).expect("parses");
+    read.hide_internals();
+    read
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` from Unix seconds (civil-from-days, proleptic Gregorian).
