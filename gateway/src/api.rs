@@ -1,11 +1,13 @@
 //! HTTP API: create a session, join one with its code, open the WebSocket.
 
 use crate::AppState;
+use crate::addresses::Refused;
 use crate::token::Claims;
 use crate::upgrade::Upgrade;
 use axum::Json;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Extension, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bandsync_nats::service::{random_id, random_join_code};
 use bandsync_nats::wire::BusHeader;
@@ -15,9 +17,9 @@ use bandsync_nats::{
 };
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tungstenite::protocol::WebSocketConfig;
 
 /// How long creating a session waits for the owner to confirm it.
@@ -57,6 +59,20 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, ErrorCode::Invalid, e.body_text())
     }
 
+    /// A per-address limit refused: 429 with the time to wait.
+    fn limited(refused: Refused) -> Self {
+        metrics::counter!("bandsync_gateway_address_limited_total", "limit" => refused.limit.as_str())
+            .increment(1);
+        let secs = refused.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            format!("{}; try again in {secs} s", refused.limit.message()),
+        );
+        e.retry_after = Some(secs);
+        e
+    }
+
     fn unavailable(what: impl std::fmt::Display) -> Self {
         tracing::warn!(error = %what, "api dependency unavailable");
         Self::new(
@@ -85,6 +101,31 @@ impl IntoResponse for ApiError {
         *response.status_mut() = self.status;
         response
     }
+}
+
+/// The client's address (see `guesses::client_addr`), found once per request
+/// by [`limit_requests`].
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub IpAddr);
+
+/// Every request: the per-address request limit, and the client's address for
+/// the handlers' own limits.
+pub async fn limit_requests(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let forwarded = request
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    let addr = crate::guesses::client_addr(peer.ip(), forwarded, &app.config.trusted_proxies);
+    if let Err(refused) = app.addresses.request(addr, Instant::now()) {
+        return ApiError::limited(refused).into_response();
+    }
+    request.extensions_mut().insert(ClientAddr(addr));
+    next.run(request).await
 }
 
 #[derive(Deserialize)]
@@ -134,8 +175,12 @@ fn parse_name(name: &str) -> Result<DisplayName, ApiError> {
 /// `POST /api/sessions`: the caller becomes the leader of a new session.
 pub async fn create(
     State(app): State<Arc<AppState>>,
+    Extension(ClientAddr(addr)): Extension<ClientAddr>,
     body: Result<Json<CreateRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Joined>), ApiError> {
+    app.addresses
+        .create(addr, Instant::now())
+        .map_err(ApiError::limited)?;
     let Json(req) = body.map_err(ApiError::from_json)?;
     let name = parse_name(&req.name)?;
     let session = SessionId::parse(random_id(12)).expect("random ids are valid");
@@ -239,13 +284,10 @@ async fn confirm_create(
 /// `POST /api/join`: a member token for the session behind a join code.
 pub async fn join(
     State(app): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Extension(ClientAddr(addr)): Extension<ClientAddr>,
     body: Result<Json<JoinRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Joined>, ApiError> {
-    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
-    let addr = crate::guesses::client_addr(peer.ip(), forwarded, &app.config.trusted_proxies);
-    let now = std::time::Instant::now();
+    let now = Instant::now();
     if let Some(wait) = app.failed_joins.wait_needed(addr, now) {
         metrics::counter!("bandsync_gateway_join_guesses_refused_total").increment(1);
         let secs = wait.as_secs().max(1);
@@ -322,13 +364,18 @@ fn offered_token(headers: &HeaderMap) -> Option<&str> {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .find_map(|p| p.trim().strip_prefix(TOKEN_SUBPROTOCOL_PREFIX))
+        .find_map(|p| {
+            p.trim()
+                .strip_prefix(TOKEN_SUBPROTOCOL_PREFIX)
+                .filter(|t| !t.is_empty())
+        })
 }
 
 /// `GET /ws`, offering the subprotocols `bandsync` and `bandsync.token.<token>`:
 /// the member's WebSocket.
 pub async fn websocket(
     State(app): State<Arc<AppState>>,
+    Extension(ClientAddr(addr)): Extension<ClientAddr>,
     headers: HeaderMap,
     ws: Upgrade,
 ) -> Response {
@@ -348,6 +395,11 @@ pub async fn websocket(
         )
             .into_response();
     }
+    // Held by the connection for as long as it is open.
+    let slot = match app.addresses.connect(addr, Instant::now()) {
+        Ok(slot) => slot,
+        Err(refused) => return ApiError::limited(refused).into_response(),
+    };
     let Some(token) = offered_token(&headers) else {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -372,6 +424,7 @@ pub async fn websocket(
         .max_frame_size(Some(max));
     let tasks = app.tasks.clone();
     let mut response = ws.on_upgrade(&tasks, config, move |socket| async move {
+        let _slot = slot;
         match verified {
             Ok(claims) => crate::conn::serve(socket, app, claims).await,
             // A browser cannot read an HTTP status on a failed upgrade, so the

@@ -75,9 +75,33 @@ pub struct Config {
     /// per-address limits); from anyone else that header is ignored.
     #[arg(long, env = "BANDSYNC_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// HTTP requests (page, API, upgrades) one client address may make per
+    /// minute; 0 for no limit.
+    #[arg(long, env = "BANDSYNC_REQUESTS_PER_ADDRESS", default_value_t = 600)]
+    pub requests_per_address: u32,
+    /// WebSocket connections one client address may open per minute; 0 for no limit.
+    #[arg(long, env = "BANDSYNC_CONNECTS_PER_ADDRESS", default_value_t = 120)]
+    pub connects_per_address: u32,
+    /// Sessions one client address may create per minute; 0 for no limit.
+    #[arg(long, env = "BANDSYNC_CREATES_PER_ADDRESS", default_value_t = 10)]
+    pub creates_per_address: u32,
+    /// WebSockets one client address may hold open at once (a rehearsal
+    /// room's Wi-Fi shares one); 0 for no limit.
+    #[arg(long, env = "BANDSYNC_SOCKETS_PER_ADDRESS", default_value_t = 200)]
+    pub sockets_per_address: u32,
 }
 
 impl Config {
+    /// The per-address limits.
+    pub fn address_limits(&self) -> crate::addresses::Limits {
+        crate::addresses::Limits {
+            requests_per_minute: self.requests_per_address,
+            connects_per_minute: self.connects_per_address,
+            creates_per_minute: self.creates_per_address,
+            sockets: self.sockets_per_address,
+        }
+    }
+
     /// The token keys: `--token-secret` signs, the old keys verify too.
     pub fn token_keys(&self) -> anyhow::Result<TokenKeys> {
         let signing = Key::new(&self.token_key_id, self.token_secret.as_bytes())

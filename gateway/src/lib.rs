@@ -10,6 +10,7 @@
 //! ticks coalesce, slow clients are dropped); **bytes from the bus are forwarded
 //! as they are** (serialised once, by the owner).
 
+pub mod addresses;
 pub mod api;
 mod commands;
 pub mod config;
@@ -58,6 +59,7 @@ pub struct AppState {
     pub origins: origin::Origins,
     /// Wrong join codes per client address.
     pub failed_joins: guesses::FailedJoins,
+    pub addresses: addresses::AddressLimits,
 }
 
 /// A running gateway.
@@ -113,6 +115,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         tokens: config.token_keys()?,
         origins: origin::Origins::new(&config.allowed_origins),
         failed_joins: guesses::FailedJoins::default(),
+        addresses: addresses::AddressLimits::new(config.address_limits()),
         config,
         gateway_id: gateway_id.clone(),
         bus,
@@ -141,6 +144,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             "/metrics",
             get(|| async { bandsync_nats::service::prometheus().render() }),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            api::limit_requests,
+        ))
         .layer(axum::middleware::map_response(web::security_headers))
         .with_state(app.clone());
     tracing::info!(%addr, gateway = %gateway_id, "gateway listening");
@@ -199,6 +206,10 @@ fn describe_metrics() {
         (
             "bandsync_gateway_rate_limited_total",
             "Client messages dropped by the rate limit.",
+        ),
+        (
+            "bandsync_gateway_address_limited_total",
+            "Requests refused by a per-address limit (label limit: requests, connects, creates, sockets).",
         ),
         (
             "bandsync_gateway_join_codes_unknown_total",

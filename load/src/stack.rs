@@ -230,6 +230,11 @@ impl Stack {
             let mut args = common(port);
             args.push(format!("--gateway-id=gw-{i}"));
             args.push(format!("--max-members={}", spec.max_members.max(12)));
+            // The generator stands in for thousands of devices from a handful
+            // of addresses: the per-address limits would refuse it.
+            for limit in ["requests", "connects", "creates", "sockets"] {
+                args.push(format!("--{limit}-per-address=0"));
+            }
             if spec.nginx_port.is_some() {
                 // nginx on loopback is the proxy in front: its X-Forwarded-For
                 // names the client (deploy/nginx.conf).

@@ -111,6 +111,12 @@ impl Stack {
             "--shards=16".into(),
             // Tests stand in for a proxy: their X-Forwarded-For is believed.
             "--trusted-proxies=127.0.0.1".into(),
+            // And for many devices from one address: limits/address.rs sets
+            // its own.
+            "--requests-per-address=0".into(),
+            "--connects-per-address=0".into(),
+            "--creates-per-address=0".into(),
+            "--sockets-per-address=0".into(),
         ];
         args.retain(|a| overrides.iter().all(|o| flag(o) != flag(a)));
         args.extend(overrides.iter().cloned());
@@ -272,4 +278,36 @@ pub async fn event_of_kind(c: &mut Connection, kind: &str) -> (bandsync_nats::Ev
         .cloned()
         .expect("matched");
     (*e, change)
+}
+
+/// `POST path` with a JSON body as a client behind a proxy at `from` (the test
+/// stack trusts 127.0.0.1's `X-Forwarded-For`): (status, lower-cased head, body).
+pub async fn post_from(
+    base: &str,
+    path: &str,
+    from: &str,
+    body: &serde_json::Value,
+) -> (u16, String, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let authority = base.strip_prefix("http://").expect("an http base");
+    let body = body.to_string();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nX-Forwarded-For: {from}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut tcp = tokio::net::TcpStream::connect(authority)
+        .await
+        .expect("connects");
+    tcp.write_all(request.as_bytes()).await.expect("sends");
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await.expect("reads");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    let json = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+    (status, head.to_ascii_lowercase(), json)
 }

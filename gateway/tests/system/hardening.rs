@@ -76,28 +76,8 @@ async fn every_page_is_marked_for_the_browser() {
 
 /// `POST /api/join` as a client behind a proxy at `from`: (status, headers, body).
 async fn join_from(base: &str, from: &str, code: &str) -> (u16, String, serde_json::Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let authority = base.strip_prefix("http://").expect("an http base");
-    let body = serde_json::json!({ "code": code, "name": "Guesser" }).to_string();
-    let request = format!(
-        "POST /api/join HTTP/1.1\r\nHost: {authority}\r\nX-Forwarded-For: {from}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let mut tcp = tokio::net::TcpStream::connect(authority)
-        .await
-        .expect("connects");
-    tcp.write_all(request.as_bytes()).await.expect("sends");
-    let mut answer = String::new();
-    tcp.read_to_string(&mut answer).await.expect("reads");
-    let (head, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status");
-    let json = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
-    (status, head.to_ascii_lowercase(), json)
+    let body = serde_json::json!({ "code": code, "name": "Guesser" });
+    post_from(base, "/api/join", from, &body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@ mod errors;
 mod hardening;
 mod large;
 mod leadership;
+mod limits;
 mod outage;
 mod removal;
 mod replaced;

@@ -1,0 +1,154 @@
+//! Per-address limits: one address that asks too much (requests, new
+//! sessions, connections, open sockets) is refused `429 rate_limited` with a
+//! retry time, and every other address goes on as before.
+
+use crate::common::*;
+use bandsync_testkit::{eventually, http_get_with, scrape_metric};
+use futures::StreamExt;
+use tokio_tungstenite::tungstenite;
+
+/// Limits low enough to reach in a test.
+fn low_limits() -> Vec<String> {
+    vec![
+        "--requests-per-address=20".into(),
+        "--connects-per-address=10".into(),
+        "--creates-per-address=2".into(),
+        "--sockets-per-address=3".into(),
+    ]
+}
+
+async fn stack() -> Stack {
+    let mut stack = Stack::start(Knobs {
+        gateways: 0,
+        ..Knobs::default()
+    })
+    .await;
+    stack.add_gateway_with("gw-0", &low_limits()).await;
+    stack
+}
+
+/// A WebSocket upgrade from `from` (behind the trusted proxy): the socket, or
+/// the refusal's status and body.
+async fn upgrade_from(
+    base: &str,
+    token: &str,
+    from: &str,
+) -> Result<Socket, (u16, serde_json::Value)> {
+    let mut request = bandsync_client::ws_request(base, token).expect("a request");
+    request
+        .headers_mut()
+        .insert("x-forwarded-for", from.parse().expect("a header value"));
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((socket, _)) => Ok(socket),
+        Err(tungstenite::Error::Http(r)) => {
+            let body = serde_json::from_slice(r.body().as_deref().unwrap_or_default())
+                .unwrap_or(serde_json::Value::Null);
+            Err((r.status().as_u16(), body))
+        }
+        Err(e) => panic!("the upgrade failed otherwise: {e}"),
+    }
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn assert_limited(status: u16, body: &serde_json::Value, words: &str) {
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["code"], "rate_limited", "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains(words), "{body}");
+    assert!(
+        body["retry_after_secs"].as_u64().is_some_and(|s| s >= 1),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_that_asks_too_much_is_refused_and_nobody_else() {
+    let stack = stack().await;
+    let base = stack.base(0);
+    let limited = |limit: &str| {
+        let url = format!("{base}/metrics");
+        let series = format!("bandsync_gateway_address_limited_total{{limit=\"{limit}\"}}");
+        async move { scrape_metric(&url, &series).await }
+    };
+
+    // Sessions: two a minute from one address.
+    let create = serde_json::json!({ "name": "Leader" });
+    let mut tokens = Vec::new();
+    for _ in 0..2 {
+        let (status, _, body) = post_from(&base, "/api/sessions", "198.51.100.1", &create).await;
+        assert_eq!(status, 201, "{body}");
+        tokens.push(body["token"].as_str().expect("a token").to_owned());
+    }
+    let (status, head, body) = post_from(&base, "/api/sessions", "198.51.100.1", &create).await;
+    assert_limited(status, &body, "new sessions");
+    assert!(head.contains("retry-after:"), "{head}");
+    let (status, _, body) = post_from(&base, "/api/sessions", "198.51.100.2", &create).await;
+    assert_eq!(status, 201, "another address creates: {body}");
+    tokens.push(body["token"].as_str().expect("a token").to_owned());
+    assert_eq!(limited("creates").await.expect("counted"), 1.0);
+
+    // Sockets: three open at once from one address.
+    let mut open = Vec::new();
+    for token in &tokens {
+        open.push(
+            upgrade_from(&base, token, "198.51.100.3")
+                .await
+                .expect("under the limit"),
+        );
+    }
+    let lead = stack.api(0).create("Fourth").await.expect("create");
+    let (status, body) = upgrade_from(&base, &lead.token, "198.51.100.3")
+        .await
+        .expect_err("a fourth socket is refused");
+    assert_limited(status, &body, "open connections");
+    assert!(
+        upgrade_from(&base, &lead.token, "198.51.100.4")
+            .await
+            .is_ok(),
+        "another address connects"
+    );
+    assert_eq!(limited("sockets").await.expect("counted"), 1.0);
+    // One closes: its place is free again.
+    let mut first = open.remove(0);
+    first.close(None).await.expect("close sent");
+    while first.next().await.is_some() {}
+    eventually(WAIT, "the closed socket's place to come free", || async {
+        upgrade_from(&base, &lead.token, "198.51.100.3")
+            .await
+            .is_ok()
+    })
+    .await;
+
+    // Connections: ten attempts a minute, refused ones (no token) included.
+    for _ in 0..10 {
+        let (status, _) = upgrade_from(&base, "", "198.51.100.5")
+            .await
+            .expect_err("no token, no socket");
+        assert_eq!(status, 401);
+    }
+    let (status, body) = upgrade_from(&base, &lead.token, "198.51.100.5")
+        .await
+        .expect_err("the eleventh connection in a minute is refused");
+    assert_limited(status, &body, "too many connections");
+    assert_eq!(limited("connects").await.expect("counted"), 1.0);
+
+    // Requests of any kind: twenty a minute.
+    let page = |from: &'static str| {
+        let url = format!("{base}/");
+        async move {
+            http_get_with(&url, &[("X-Forwarded-For", from)])
+                .await
+                .expect("an answer")
+        }
+    };
+    for _ in 0..20 {
+        assert_eq!(page("198.51.100.6").await.status, 200);
+    }
+    let refused = page("198.51.100.6").await;
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert!(refused.header("retry-after").is_some());
+    assert_eq!(page("198.51.100.7").await.status, 200, "another address");
+    assert_eq!(limited("requests").await.expect("counted"), 1.0);
+}
