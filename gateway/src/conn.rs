@@ -256,6 +256,11 @@ impl Conn {
                         Some(Ok(Message::Text(text))) => {
                             if !limit.allow(now) {
                                 metrics::counter!("bandsync_gateway_rate_limited_total").increment(1);
+                                if limit.flooding() {
+                                    metrics::counter!("bandsync_gateway_floods_closed_total").increment(1);
+                                    self.close(ErrorCode::RateLimited, "far too many messages; disconnected").await;
+                                    return Ok(Ended::Kicked(ErrorCode::RateLimited));
+                                }
                                 if last_limit_error.is_none_or(|t| now.duration_since(t) >= ERROR_INTERVAL) {
                                     last_limit_error = Some(now);
                                     Box::pin(self.send_error(ErrorCode::RateLimited, "too many messages; slow down", None)).await?;

@@ -208,6 +208,10 @@ fn describe_metrics() {
             "Client messages dropped by the rate limit.",
         ),
         (
+            "bandsync_gateway_floods_closed_total",
+            "Connections closed for sending ten times the message rate within a second.",
+        ),
+        (
             "bandsync_gateway_address_limited_total",
             "Requests refused by a per-address limit (label limit: requests, connects, creates, sockets).",
         ),

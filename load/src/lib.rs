@@ -12,6 +12,7 @@
 //! Everything runs on one machine, so the true server clock is the local
 //! clock: that is what makes the sync error measurable at all.
 
+pub mod abuse;
 pub mod chaos;
 pub mod config;
 pub mod member;
@@ -96,6 +97,7 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<Repo
             run_dir: config.run_dir.as_deref(),
             nginx_port: None,
             store: None,
+            address_limits: false,
         })
         .await?;
         let listed: Vec<String> = s.pids().iter().map(|(n, p)| format!("{n}={p}")).collect();

@@ -61,6 +61,9 @@ pub struct StackSpec<'a> {
     /// nginx in front of the gateways on this port (0: a free one).
     pub nginx_port: Option<u16>,
     pub store: Option<StoreDb>,
+    /// Keep the gateways' per-address limits (the abuse measurement); off, as
+    /// a load run needs, its thousands of members coming from a few addresses.
+    pub address_limits: bool,
 }
 
 /// What was started, as `bandsync-cluster` writes it for tools and people.
@@ -230,10 +233,12 @@ impl Stack {
             let mut args = common(port);
             args.push(format!("--gateway-id=gw-{i}"));
             args.push(format!("--max-members={}", spec.max_members.max(12)));
-            // The generator stands in for thousands of devices from a handful
-            // of addresses: the per-address limits would refuse it.
-            for limit in ["requests", "connects", "creates", "sockets"] {
-                args.push(format!("--{limit}-per-address=0"));
+            // A load run stands in for thousands of devices from a handful of
+            // addresses: the per-address limits would refuse it.
+            if !spec.address_limits {
+                for limit in ["requests", "connects", "creates", "sockets"] {
+                    args.push(format!("--{limit}-per-address=0"));
+                }
             }
             if spec.nginx_port.is_some() {
                 // nginx on loopback is the proxy in front: its X-Forwarded-For

@@ -43,6 +43,7 @@ async fn a_nats_node_and_a_gateway_die_and_the_bands_play_on() {
         run_dir: None,
         nginx_port: None,
         store: None,
+        address_limits: false,
     })
     .await
     .expect("the cluster starts");

@@ -152,3 +152,55 @@ async fn an_address_that_asks_too_much_is_refused_and_nobody_else() {
     assert_eq!(page("198.51.100.7").await.status, 200, "another address");
     assert_eq!(limited("requests").await.expect("counted"), 1.0);
 }
+
+/// A member sending far more than the message rate is disconnected (every
+/// frame costs the gateway a read, allowed or not); the band plays on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_flooding_messages_is_disconnected_and_the_band_plays_on() {
+    use bandsync_client::ClientError;
+    use bandsync_nats::{Command, ServerMsg};
+    let stack = Stack::start(Knobs {
+        gateways: 1,
+        ..Knobs::default()
+    })
+    .await;
+    let (mut leader, mut followers) = band(&stack, 0, &[0]).await;
+    let joined = stack
+        .api(0)
+        .join(leader.state.code.as_str(), "Flood")
+        .await
+        .expect("join");
+    let mut flood = stack.connect(0, &joined).await;
+    let mut sent = 0;
+    for _ in 0..1_000 {
+        if flood
+            .send_raw(r#"{"type":"ping","t0":1}"#.to_owned())
+            .await
+            .is_err()
+        {
+            break;
+        }
+        sent += 1;
+    }
+    match flood.wait_for(WAIT, |_| false).await {
+        Err(ClientError::Closed(Some(frame))) => {
+            assert_eq!(
+                frame.reason.as_str(),
+                "rate_limited",
+                "after {sent} messages"
+            )
+        }
+        other => panic!("the flood was not cut off after {sent} messages: {other:?}"),
+    }
+    leader
+        .send(&Command::Play { count_in_bars: 0 }, None)
+        .await
+        .expect("play");
+    let follower = &mut followers[0];
+    follower
+        .wait_for(WAIT, |m| matches!(m, ServerMsg::Tick(_)))
+        .await
+        .expect("the band plays on");
+    let me = follower.member.clone();
+    assert!(leader.state.member(&me).is_some_and(|m| m.connected));
+}

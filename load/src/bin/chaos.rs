@@ -71,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
         run_dir: args.run_dir.as_deref(),
         nginx_port: None,
         store: Some(StoreDb::Own),
+        address_limits: false,
     })
     .await?;
     eprintln!("stack in {}", stack.dir.display());

@@ -81,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
         run_dir: Some(&args.run_dir),
         nginx_port: Some(args.web_port),
         store: (!args.no_store).then_some(StoreDb::Own),
+        address_limits: false,
     })
     .await?;
     let manifest = Manifest {

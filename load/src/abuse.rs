@@ -1,0 +1,416 @@
+//! The abusive-client measurement: two bands play while nobody misbehaves
+//! (the quiet window), then again while, in the first band, one member opens
+//! hundreds of sockets with their token, another floods messages, a third
+//! never reads, and a stranger guesses join codes (the abused window). Each
+//! band's well-behaved members record the delay of every tick (receive time
+//! minus the tick's server time: one clock, one machine) and any connection
+//! they lose. The gateway runs with its per-address limits on, and every
+//! member and abuser connects from an address of its own (127.0.x.y).
+//!
+//! The abusers run on a runtime (and threads) of their own, so that their
+//! busy loops delay the gateway, if anything, and not the measuring members.
+
+use crate::stats::{Samples, Summary};
+use bandsync_client::{Api, ClientError, ConnectOptions, Connection, tcp_connect, ws_request};
+use bandsync_nats::service::random_join_code;
+use bandsync_nats::{Command, ServerMsg, now_us};
+use futures::{SinkExt, StreamExt};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+/// Well-behaved members per band, the leader included.
+const BAND: usize = 4;
+/// What one abuser may do at most, whatever the window.
+const MAX_SOCKETS: usize = 300;
+const MAX_GUESSES: usize = 200_000;
+const MAX_FLOOD: usize = 2_000_000;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    pub window: Duration,
+    /// Sockets the first abuser tries to open with their token.
+    pub sockets: usize,
+}
+
+/// One band's members over one window.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Seen {
+    pub tick_delay: Option<Summary>,
+    /// Connections the members lost (errors or closes) in the window.
+    pub dropped: u64,
+}
+
+/// What the abusers did and were answered.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Abusers {
+    pub sockets_opened: u64,
+    pub sockets_refused: BTreeMap<String, u64>,
+    pub flood_sent: u64,
+    pub flood_answers: BTreeMap<String, u64>,
+    pub flood_closed: Option<String>,
+    pub guesses: u64,
+    pub guess_answers: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AbuseReport {
+    pub quiet: [Seen; 2],
+    pub abused: [Seen; 2],
+    pub abusers: Abusers,
+}
+
+impl AbuseReport {
+    pub const TABLE_HEAD: &'static str = "| members | quiet: tick delay p50 / p99 / max | abused: p50 / p99 / max | p99 abused/quiet | dropped (quiet, abused) |\n|---|---|---|---|---|";
+
+    pub fn table(&self) -> String {
+        let fmt = |s: &Option<Summary>| {
+            s.as_ref().map_or("–".to_owned(), |s| {
+                format!("{:.2} / {:.2} / {:.2} ms", s.p50_ms, s.p99_ms, s.max_ms)
+            })
+        };
+        let ratio = |q: &Option<Summary>, a: &Option<Summary>| match (q, a) {
+            (Some(q), Some(a)) if q.p99_ms > 0.0 => format!("{:.2}", a.p99_ms / q.p99_ms),
+            _ => "–".into(),
+        };
+        let names = [
+            "the abused band's other 4 members",
+            "another band's 4 members",
+        ];
+        let mut rows = vec![Self::TABLE_HEAD.to_owned()];
+        for (i, name) in names.iter().enumerate() {
+            let (q, a) = (&self.quiet[i], &self.abused[i]);
+            rows.push(format!(
+                "| {name} | {} | {} | {} | {}, {} |",
+                fmt(&q.tick_delay),
+                fmt(&a.tick_delay),
+                ratio(&q.tick_delay, &a.tick_delay),
+                q.dropped,
+                a.dropped
+            ));
+        }
+        let a = &self.abusers;
+        rows.push(format!(
+            "\nabusers: sockets opened {} refused {:?}; flood sent {} answered {:?} closed {:?}; \
+             code guesses {} answered {:?}",
+            a.sockets_opened,
+            a.sockets_refused,
+            a.flood_sent,
+            a.flood_answers,
+            a.flood_closed,
+            a.guesses,
+            a.guess_answers
+        ));
+        rows.join("\n")
+    }
+}
+
+/// The window being recorded: 0 none, 1 quiet, 2 abused.
+struct Recording {
+    phase: AtomicU8,
+    /// [band][window]
+    seen: Mutex<[[(Samples, u64); 2]; 2]>,
+}
+
+impl Recording {
+    fn record(&self, band: usize, f: impl FnOnce(&mut (Samples, u64))) {
+        let phase = self.phase.load(Ordering::Acquire);
+        if phase == 0 {
+            return;
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut seen[band][usize::from(phase - 1)]);
+    }
+}
+
+/// 127.0.`group`.`n`: one address per member or abuser.
+fn addr(group: u8, n: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, group, n))
+}
+
+fn options(ip: IpAddr) -> ConnectOptions {
+    ConnectOptions {
+        local_ip: Some(ip),
+        light: true,
+        welcome_timeout: Some(Duration::from_secs(5)),
+    }
+}
+
+/// Runs the measurement against the gateway at `base`.
+pub async fn run(base: &str, spec: Spec) -> anyhow::Result<AbuseReport> {
+    let recording = Arc::new(Recording {
+        phase: AtomicU8::new(0),
+        seen: Mutex::default(),
+    });
+    let stop = CancellationToken::new();
+    let mut codes = Vec::new();
+    let mut readers = Vec::new();
+    for band in 0..2u8 {
+        let leader = Api::new(base)
+            .with_local_ip(addr(1, band * 10 + 1))
+            .create("Leader")
+            .await?;
+        codes.push(leader.code.clone());
+        let mut members = vec![
+            Connection::connect_with(base, &leader.token, &options(addr(1, band * 10 + 1))).await?,
+        ];
+        for i in 1..BAND as u8 {
+            let ip = addr(1, band * 10 + 1 + i);
+            let joined = Api::new(base)
+                .with_local_ip(ip)
+                .join(leader.code.as_str(), &format!("Member {i}"))
+                .await?;
+            members.push(Connection::connect_with(base, &joined.token, &options(ip)).await?);
+        }
+        for m in &mut members {
+            m.sync_clock(4).await?;
+        }
+        members[0]
+            .send(&Command::Play { count_in_bars: 0 }, None)
+            .await?;
+        for m in members {
+            readers.push(tokio::spawn(read_ticks(
+                m,
+                usize::from(band),
+                recording.clone(),
+                stop.clone(),
+            )));
+        }
+    }
+    // The abusers are members of the first band (and a stranger).
+    let code = codes[0].as_str().to_owned();
+    let mut tokens = Vec::new();
+    for n in 1..=3u8 {
+        let joined = Api::new(base)
+            .with_local_ip(addr(2, n))
+            .join(&code, &format!("Abuser {n}"))
+            .await?;
+        tokens.push(joined.token);
+    }
+
+    // Settle into playing, then the quiet window.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    recording.phase.store(1, Ordering::Release);
+    tokio::time::sleep(spec.window).await;
+
+    // The abused window, the abusers on a runtime of their own.
+    let abuse_stop = CancellationToken::new();
+    let abusers = {
+        let (base, stop, sockets) = (base.to_owned(), abuse_stop.clone(), spec.sockets);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            rt.block_on(abuse(&base, &tokens, stop, sockets))
+        })
+    };
+    recording.phase.store(2, Ordering::Release);
+    tokio::time::sleep(spec.window).await;
+    recording.phase.store(0, Ordering::Release);
+    abuse_stop.cancel();
+    let abusers = abusers
+        .join()
+        .map_err(|_| anyhow::anyhow!("the abusers' thread panicked"))??;
+    stop.cancel();
+    for r in readers {
+        let _ = r.await;
+    }
+    let seen = recording.seen.lock().unwrap_or_else(|e| e.into_inner());
+    let window = |band: usize, w: usize| Seen {
+        tick_delay: seen[band][w].0.summary(),
+        dropped: seen[band][w].1,
+    };
+    Ok(AbuseReport {
+        quiet: [window(0, 0), window(1, 0)],
+        abused: [window(0, 1), window(1, 1)],
+        abusers,
+    })
+}
+
+/// A well-behaved member: reads everything, records each tick's delay and a
+/// lost connection (then stops: a member the abuse dropped is the finding).
+async fn read_ticks(
+    mut c: Connection,
+    band: usize,
+    recording: Arc<Recording>,
+    stop: CancellationToken,
+) {
+    loop {
+        let msg = tokio::select! {
+            () = stop.cancelled() => return,
+            msg = c.next() => msg,
+        };
+        match msg {
+            Ok(ServerMsg::Tick(t)) => {
+                let delay = now_us() - t.server_time;
+                recording.record(band, |(samples, _)| samples.push(delay));
+            }
+            Ok(ServerMsg::Error(e)) => {
+                tracing::warn!(code = e.code.as_str(), "a quiet member got an error");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "a quiet member lost its connection");
+                recording.record(band, |(_, dropped)| *dropped += 1);
+                return;
+            }
+        }
+    }
+}
+
+/// All four abusers at once until `stop`.
+async fn abuse(
+    base: &str,
+    tokens: &[String],
+    stop: CancellationToken,
+    sockets: usize,
+) -> anyhow::Result<Abusers> {
+    let gateway: SocketAddr = base
+        .trim_start_matches("http://")
+        .parse()
+        .map_err(|e| anyhow::anyhow!("gateway address {base}: {e}"))?;
+    let (opener, flooder, stuck) = (&tokens[0], &tokens[1], &tokens[2]);
+    // The member who never reads: a tiny receive buffer, and no read after the upgrade.
+    let _stuck = {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(addr(2, 3), 0))?;
+        socket.set_recv_buffer_size(2048)?;
+        let stream = socket.connect(gateway).await?;
+        tokio_tungstenite::client_async(ws_request(base, stuck)?, stream).await?
+    };
+    let (opened, flooded, guessed) = tokio::join!(
+        open_sockets(base, opener, sockets.min(MAX_SOCKETS), stop.clone()),
+        flood(base, gateway, flooder, stop.clone()),
+        guess_codes(base, stop.clone()),
+    );
+    let mut report = Abusers::default();
+    (report.sockets_opened, report.sockets_refused) = opened;
+    (report.flood_sent, report.flood_answers, report.flood_closed) = flooded?;
+    (report.guesses, report.guess_answers) = guessed;
+    Ok(report)
+}
+
+/// Opens sockets with one member's token, one after another, keeping each.
+async fn open_sockets(
+    base: &str,
+    token: &str,
+    n: usize,
+    stop: CancellationToken,
+) -> (u64, BTreeMap<String, u64>) {
+    let mut held = Vec::new();
+    let mut refused = BTreeMap::new();
+    for _ in 0..n {
+        if stop.is_cancelled() {
+            break;
+        }
+        match Connection::connect_with(base, token, &options(addr(2, 1))).await {
+            Ok(c) => held.push(c),
+            Err(e) => *refused.entry(refusal(&e)).or_default() += 1,
+        }
+    }
+    stop.cancelled().await;
+    (held.len() as u64, refused)
+}
+
+fn refusal(e: &ClientError) -> String {
+    use bandsync_client::ClientError as E;
+    use tokio_tungstenite::tungstenite::Error as W;
+    match e {
+        E::WebSocket(W::Http(r)) => format!("http {}", r.status().as_u16()),
+        E::NoWelcome(why) => why
+            .strip_prefix("error ")
+            .and_then(|w| w.split(':').next())
+            .unwrap_or(why)
+            .to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// Sends commands as fast as the socket takes them, reading what comes back.
+async fn flood(
+    base: &str,
+    gateway: SocketAddr,
+    token: &str,
+    stop: CancellationToken,
+) -> anyhow::Result<(u64, BTreeMap<String, u64>, Option<String>)> {
+    let stream = tcp_connect(gateway, Some(addr(2, 2))).await?;
+    let (ws, _) = tokio_tungstenite::client_async(ws_request(base, token)?, stream).await?;
+    let (mut tx, mut rx) = ws.split();
+    let reader = async {
+        let mut answers: BTreeMap<String, u64> = BTreeMap::new();
+        let mut closed = None;
+        let over = async {
+            stop.cancelled().await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        };
+        tokio::pin!(over);
+        loop {
+            let msg = tokio::select! {
+                () = &mut over => break,
+                msg = rx.next() => match msg {
+                    Some(msg) => msg,
+                    None => break,
+                },
+            };
+            match msg {
+                Ok(Message::Text(t)) => {
+                    let kind = match ServerMsg::parse(&t) {
+                        Ok(ServerMsg::Error(e)) => e.code.as_str().to_owned(),
+                        Ok(_) => continue,
+                        Err(_) => "undecodable".into(),
+                    };
+                    *answers.entry(kind).or_default() += 1;
+                }
+                Ok(Message::Close(f)) => {
+                    closed = Some(f.map_or("no reason".into(), |f| f.reason.to_string()));
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    closed = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        (answers, closed)
+    };
+    let writer = async {
+        let mut sent = 0u64;
+        let msg = r#"{"type":"tempo","bpm":100}"#;
+        while !stop.is_cancelled() && (sent as usize) < MAX_FLOOD {
+            if tx.send(Message::text(msg)).await.is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        let _ = tx.close().await;
+        sent
+    };
+    let started = Instant::now();
+    let ((answers, closed), sent) = tokio::join!(reader, writer);
+    tracing::debug!(elapsed = ?started.elapsed(), sent, "flood over");
+    Ok((sent, answers, closed))
+}
+
+/// Joins with random codes as fast as the gateway answers.
+async fn guess_codes(base: &str, stop: CancellationToken) -> (u64, BTreeMap<String, u64>) {
+    let api = Api::new(base).with_local_ip(addr(3, 1));
+    let mut answers: BTreeMap<String, u64> = BTreeMap::new();
+    let mut n = 0u64;
+    while !stop.is_cancelled() && (n as usize) < MAX_GUESSES {
+        let answer = match api.join(random_join_code().as_str(), "Guesser").await {
+            Ok(_) => "joined".to_owned(),
+            Err(bandsync_client::ApiError::Refused { code, .. }) => code,
+            Err(e) => e.to_string(),
+        };
+        *answers.entry(answer).or_default() += 1;
+        n += 1;
+    }
+    (n, answers)
+}

@@ -1,0 +1,72 @@
+//! `bandsync-abuse`: the abusive-client measurement (docs/security.md). Starts
+//! a stack of its own (one nats-server, one ticker, one gateway with its
+//! per-address limits on), then runs `bandsync_load::abuse` and prints the
+//! table.
+
+use bandsync_load::abuse::{self, AbuseReport, Spec};
+use bandsync_load::stack::{Stack, StackSpec};
+use clap::Parser;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bandsync-abuse",
+    about = "Two bands play, quietly and then while abusers hit one of them; prints what the bands saw"
+)]
+struct Args {
+    /// Length of each window (quiet, then abused).
+    #[arg(long, default_value_t = 20)]
+    window_secs: u64,
+    /// Sockets the first abuser tries to open with one member's token (at most 300).
+    #[arg(long, default_value_t = 300)]
+    sockets: usize,
+    #[arg(long, env = "BANDSYNC_BIN_DIR")]
+    bin_dir: Option<PathBuf>,
+    #[arg(long, env = "BANDSYNC_NATS_SERVER", default_value = "nats-server")]
+    nats_server: PathBuf,
+    /// Keep data and logs here (default: a temporary directory).
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Also write the report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    bandsync_nats::service::init_tracing_at("warn");
+    let bin_dir = args
+        .bin_dir
+        .clone()
+        .unwrap_or_else(bandsync_load::stack::default_bin_dir);
+    let stack = Stack::start(StackSpec {
+        nats_server: &args.nats_server,
+        bin_dir: &bin_dir,
+        nats_nodes: 1,
+        gateways: 1,
+        tickers: 1,
+        tick_ms: 100,
+        max_members: 12,
+        token_secret: bandsync_nats::service::random_id(32),
+        run_dir: args.run_dir.as_deref(),
+        nginx_port: None,
+        store: None,
+        address_limits: true,
+    })
+    .await?;
+    eprintln!("stack in {}", stack.dir.display());
+    let spec = Spec {
+        window: Duration::from_secs(args.window_secs),
+        sockets: args.sockets,
+    };
+    let report: anyhow::Result<AbuseReport> = abuse::run(&stack.gateways[0], spec).await;
+    stack.stop().await;
+    let report = report?;
+    println!("{}", report.table());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+    }
+    Ok(())
+}
