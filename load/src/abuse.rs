@@ -7,8 +7,9 @@
 //! they lose. The gateway runs with its per-address limits on, and every
 //! member and abuser connects from an address of its own (127.0.x.y).
 //!
-//! The abusers run on a runtime (and threads) of their own, so that their
-//! busy loops delay the gateway, if anything, and not the measuring members.
+//! The abusers run in a process of their own at the lowest CPU priority
+//! (`nice -n 19`), so that their busy loops delay the gateway, if anything,
+//! through what it must do for them, not by taking the machine's cores.
 
 use crate::stats::{Samples, Summary};
 use bandsync_client::{Api, ClientError, ConnectOptions, Connection, tcp_connect, ws_request};
@@ -20,7 +21,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -31,11 +32,13 @@ const MAX_SOCKETS: usize = 300;
 const MAX_GUESSES: usize = 200_000;
 const MAX_FLOOD: usize = 2_000_000;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Spec {
     pub window: Duration,
     /// Sockets the first abuser tries to open with their token.
     pub sockets: usize,
+    /// The `bandsync-abuse` executable, run as `abusers` for the abused window.
+    pub abusers_exe: std::path::PathBuf,
 }
 
 /// One band's members over one window.
@@ -47,13 +50,14 @@ pub struct Seen {
 }
 
 /// What the abusers did and were answered.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct Abusers {
     pub sockets_opened: u64,
     pub sockets_refused: BTreeMap<String, u64>,
     pub flood_sent: u64,
     pub flood_answers: BTreeMap<String, u64>,
-    pub flood_closed: Option<String>,
+    /// How each of the flooder's sockets ended (it connects again each time).
+    pub flood_sockets: BTreeMap<String, u64>,
     pub guesses: u64,
     pub guess_answers: BTreeMap<String, u64>,
 }
@@ -96,13 +100,13 @@ impl AbuseReport {
         }
         let a = &self.abusers;
         rows.push(format!(
-            "\nabusers: sockets opened {} refused {:?}; flood sent {} answered {:?} closed {:?}; \
+            "\nabusers: sockets opened {} refused {:?}; flood sent {} answered {:?}, its sockets {:?}; \
              code guesses {} answered {:?}",
             a.sockets_opened,
             a.sockets_refused,
             a.flood_sent,
             a.flood_answers,
-            a.flood_closed,
+            a.flood_sockets,
             a.guesses,
             a.guess_answers
         ));
@@ -198,25 +202,30 @@ pub async fn run(base: &str, spec: Spec) -> anyhow::Result<AbuseReport> {
     recording.phase.store(1, Ordering::Release);
     tokio::time::sleep(spec.window).await;
 
-    // The abused window, the abusers on a runtime of their own.
-    let abuse_stop = CancellationToken::new();
-    let abusers = {
-        let (base, stop, sockets) = (base.to_owned(), abuse_stop.clone(), spec.sockets);
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()?;
-            rt.block_on(abuse(&base, &tokens, stop, sockets))
-        })
-    };
+    // The abused window, the abusers in a process of their own at the lowest
+    // CPU priority: on one machine, what they cost the band should be what the
+    // gateway spends on them, not the CPU their own loops burn.
+    let abusers = tokio::process::Command::new("nice")
+        .args(["-n", "19"])
+        .arg(&spec.abusers_exe)
+        .arg(format!("--window-secs={}", spec.window.as_secs()))
+        .arg(format!("--sockets={}", spec.sockets))
+        .args(["abusers", "--base", base, "--tokens", &tokens.join(",")])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
     recording.phase.store(2, Ordering::Release);
     tokio::time::sleep(spec.window).await;
     recording.phase.store(0, Ordering::Release);
-    abuse_stop.cancel();
-    let abusers = abusers
-        .join()
-        .map_err(|_| anyhow::anyhow!("the abusers' thread panicked"))??;
+    let out = tokio::time::timeout(
+        spec.window + Duration::from_secs(30),
+        abusers.wait_with_output(),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("the abusers did not finish"))??;
+    anyhow::ensure!(out.status.success(), "the abusers failed: {}", out.status);
+    let abusers: Abusers = serde_json::from_slice(&out.stdout)?;
     stop.cancel();
     for r in readers {
         let _ = r.await;
@@ -264,6 +273,27 @@ async fn read_ticks(
     }
 }
 
+/// All four abusers at once for `window` (the `abusers` process).
+pub async fn abuse_for(
+    base: &str,
+    tokens: &[String],
+    window: Duration,
+    sockets: usize,
+) -> anyhow::Result<Abusers> {
+    anyhow::ensure!(tokens.len() == 3, "three abusers' tokens");
+    let stop = CancellationToken::new();
+    let timer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(window).await;
+            stop.cancel();
+        })
+    };
+    let report = abuse(base, tokens, stop, sockets).await;
+    timer.abort();
+    report
+}
+
 /// All four abusers at once until `stop`.
 async fn abuse(
     base: &str,
@@ -291,7 +321,11 @@ async fn abuse(
     );
     let mut report = Abusers::default();
     (report.sockets_opened, report.sockets_refused) = opened;
-    (report.flood_sent, report.flood_answers, report.flood_closed) = flooded?;
+    (
+        report.flood_sent,
+        report.flood_answers,
+        report.flood_sockets,
+    ) = flooded?;
     (report.guesses, report.guess_answers) = guessed;
     Ok(report)
 }
@@ -332,27 +366,57 @@ fn refusal(e: &ClientError) -> String {
     }
 }
 
-/// Sends commands as fast as the socket takes them, reading what comes back.
+/// Floods commands, and connects again whenever the gateway closes the
+/// socket (as a determined abuser would), until `stop`.
 async fn flood(
     base: &str,
     gateway: SocketAddr,
     token: &str,
     stop: CancellationToken,
-) -> anyhow::Result<(u64, BTreeMap<String, u64>, Option<String>)> {
-    let stream = tcp_connect(gateway, Some(addr(2, 2))).await?;
-    let (ws, _) = tokio_tungstenite::client_async(ws_request(base, token)?, stream).await?;
+) -> anyhow::Result<(u64, BTreeMap<String, u64>, BTreeMap<String, u64>)> {
+    let (mut sent, mut answers, mut closes) = (0, BTreeMap::new(), BTreeMap::new());
+    while !stop.is_cancelled() && (sent as usize) < MAX_FLOOD {
+        let stream = tcp_connect(gateway, Some(addr(2, 2))).await?;
+        let ws = match tokio_tungstenite::client_async(ws_request(base, token)?, stream).await {
+            Ok((ws, _)) => ws,
+            Err(e) => {
+                let why = match &e {
+                    tokio_tungstenite::tungstenite::Error::Http(r) => {
+                        format!("refused http {}", r.status().as_u16())
+                    }
+                    other => other.to_string(),
+                };
+                *closes.entry(why).or_default() += 1;
+                // What a client told to retry later does, impatiently.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (n, closed) = flood_once(ws, &stop, &mut answers).await;
+        sent += n;
+        *closes.entry(closed).or_default() += 1;
+    }
+    Ok((sent, answers, closes))
+}
+
+/// One socket's flood: until the gateway closes it or `stop`.
+async fn flood_once(
+    ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    stop: &CancellationToken,
+    answers: &mut BTreeMap<String, u64>,
+) -> (u64, String) {
     let (mut tx, mut rx) = ws.split();
+    let over = CancellationToken::new();
     let reader = async {
-        let mut answers: BTreeMap<String, u64> = BTreeMap::new();
-        let mut closed = None;
-        let over = async {
+        let mut closed = "stopped".to_owned();
+        let grace = async {
             stop.cancelled().await;
             tokio::time::sleep(Duration::from_secs(2)).await;
         };
-        tokio::pin!(over);
+        tokio::pin!(grace);
         loop {
             let msg = tokio::select! {
-                () = &mut over => break,
+                () = &mut grace => break,
                 msg = rx.next() => match msg {
                     Some(msg) => msg,
                     None => break,
@@ -368,22 +432,23 @@ async fn flood(
                     *answers.entry(kind).or_default() += 1;
                 }
                 Ok(Message::Close(f)) => {
-                    closed = Some(f.map_or("no reason".into(), |f| f.reason.to_string()));
+                    closed = f.map_or("closed".into(), |f| format!("closed {}", f.reason));
                     break;
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    closed = Some(e.to_string());
+                    closed = e.to_string();
                     break;
                 }
             }
         }
-        (answers, closed)
+        over.cancel();
+        closed
     };
     let writer = async {
         let mut sent = 0u64;
         let msg = r#"{"type":"tempo","bpm":100}"#;
-        while !stop.is_cancelled() && (sent as usize) < MAX_FLOOD {
+        while !stop.is_cancelled() && !over.is_cancelled() {
             if tx.send(Message::text(msg)).await.is_err() {
                 break;
             }
@@ -392,10 +457,8 @@ async fn flood(
         let _ = tx.close().await;
         sent
     };
-    let started = Instant::now();
-    let ((answers, closed), sent) = tokio::join!(reader, writer);
-    tracing::debug!(elapsed = ?started.elapsed(), sent, "flood over");
-    Ok((sent, answers, closed))
+    let (closed, sent) = tokio::join!(reader, writer);
+    (sent, closed)
 }
 
 /// Joins with random codes as fast as the gateway answers.

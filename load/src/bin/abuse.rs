@@ -1,11 +1,12 @@
 //! `bandsync-abuse`: the abusive-client measurement (docs/security.md). Starts
 //! a stack of its own (one nats-server, one ticker, one gateway with its
 //! per-address limits on), then runs `bandsync_load::abuse` and prints the
-//! table.
+//! table. `bandsync-abuse abusers …` is the abusers' own process, which the
+//! measurement starts at the lowest CPU priority.
 
-use bandsync_load::abuse::{self, AbuseReport, Spec};
+use bandsync_load::abuse::{self, Spec};
 use bandsync_load::stack::{Stack, StackSpec};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -31,12 +32,32 @@ struct Args {
     /// Also write the report as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    #[command(subcommand)]
+    abusers: Option<Abusers>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Abusers {
+    /// Only the abusers, against a running gateway; prints what they got as JSON.
+    Abusers {
+        #[arg(long)]
+        base: String,
+        /// The three abusing members' tokens, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        tokens: Vec<String>,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     bandsync_nats::service::init_tracing_at("warn");
+    let window = Duration::from_secs(args.window_secs);
+    if let Some(Abusers::Abusers { base, tokens }) = &args.abusers {
+        let got = abuse::abuse_for(base, tokens, window, args.sockets).await?;
+        println!("{}", serde_json::to_string(&got)?);
+        return Ok(());
+    }
     let bin_dir = args
         .bin_dir
         .clone()
@@ -58,10 +79,11 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     eprintln!("stack in {}", stack.dir.display());
     let spec = Spec {
-        window: Duration::from_secs(args.window_secs),
+        window,
         sockets: args.sockets,
+        abusers_exe: std::env::current_exe()?,
     };
-    let report: anyhow::Result<AbuseReport> = abuse::run(&stack.gateways[0], spec).await;
+    let report = abuse::run(&stack.gateways[0], spec).await;
     stack.stop().await;
     let report = report?;
     println!("{}", report.table());
