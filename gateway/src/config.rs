@@ -18,6 +18,16 @@ pub struct Config {
         default_value = "127.0.0.1:8080"
     )]
     pub listen: SocketAddr,
+    /// Address for the operations endpoints, `/healthz`, `/readyz` and
+    /// `/metrics` (port 0 picks a free port). They are not on the public port:
+    /// keep this one off the internet (loopback, or a network only Prometheus
+    /// and the orchestrator reach).
+    #[arg(
+        long,
+        env = "BANDSYNC_GATEWAY_OPS_LISTEN",
+        default_value = "127.0.0.1:9080"
+    )]
+    pub ops_listen: SocketAddr,
     /// HMAC secret shared by all gateways for member tokens (at least 16 bytes).
     #[arg(long, env = "BANDSYNC_TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: String,
@@ -64,6 +74,10 @@ impl Config {
         anyhow::ensure!(
             self.token_secret.len() >= 16,
             "--token-secret must be at least 16 bytes"
+        );
+        anyhow::ensure!(
+            self.listen.port() == 0 || self.listen != self.ops_listen,
+            "--ops-listen must not be the public --listen address"
         );
         anyhow::ensure!(self.shards > 0, "--shards must be positive");
         anyhow::ensure!(self.max_members >= 1, "--max-members must be at least 1");

@@ -7,5 +7,9 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = bandsync_nats::service::shutdown_on_signal();
     let gateway = bandsync_gateway::start(config, shutdown).await?;
     println!("bandsync-gateway listening on http://{}", gateway.addr);
+    println!(
+        "bandsync-gateway operations (/healthz, /readyz, /metrics) on http://{}",
+        gateway.ops_addr
+    );
     gateway.wait().await
 }

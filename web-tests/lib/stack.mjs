@@ -134,6 +134,7 @@ export async function startGateway(stack, id, port) {
   const gw = new Proc(`gateway-${id}`, join(stack.bin, 'bandsync-gateway'), [
     '--nats-url', stack.natsUrl,
     '--listen', `127.0.0.1:${port}`,
+    '--ops-listen', '127.0.0.1:0',
     '--gateway-id', id,
     '--token-secret', TOKEN_SECRET,
   ]);

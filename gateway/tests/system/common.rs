@@ -96,6 +96,7 @@ impl Stack {
         vec![
             format!("--nats-url={}", self.nats.url()),
             "--listen=127.0.0.1:0".into(),
+            "--ops-listen=127.0.0.1:0".into(),
             format!("--token-secret={SECRET}"),
             format!("--gateway-id={id}"),
             format!("--max-members={}", self.knobs.max_members),
@@ -141,6 +142,15 @@ impl Stack {
         format!("http://{}", self.addr(gateway))
     }
 
+    /// Gateway `gateway`'s operations endpoints (`/healthz`, `/readyz`, `/metrics`).
+    pub fn ops_base(&self, gateway: usize) -> String {
+        let addr = match self.gateways.get(gateway) {
+            Some((g, _)) => g.ops_addr,
+            None => self.gateway_processes[gateway - self.gateways.len()].ops_addr,
+        };
+        format!("http://{addr}")
+    }
+
     pub fn api(&self, gateway: usize) -> Api {
         Api::new(self.base(gateway))
     }
@@ -162,6 +172,7 @@ impl Stack {
 /// log goes to this test's output.
 pub struct GatewayProcess {
     pub addr: SocketAddr,
+    pub ops_addr: SocketAddr,
     _child: tokio::process::Child,
 }
 
@@ -184,21 +195,26 @@ impl GatewayProcess {
             }
         });
         let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-        // main.rs: "bandsync-gateway listening on http://ADDR"
-        let line = tokio::time::timeout(WAIT, stdout.next_line())
-            .await
-            .expect("the gateway starts in time")
-            .expect("reading the gateway's output")
-            .expect("the gateway prints its address");
-        let addr = line
-            .rsplit("http://")
-            .next()
-            .and_then(|a| a.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no address in the gateway's first line: {line}"));
+        // main.rs: "bandsync-gateway listening on http://ADDR", then
+        // "bandsync-gateway operations (...) on http://OPS"
+        let mut address = async || {
+            let line = tokio::time::timeout(WAIT, stdout.next_line())
+                .await
+                .expect("the gateway starts in time")
+                .expect("reading the gateway's output")
+                .expect("the gateway prints its addresses");
+            line.rsplit("://")
+                .next()
+                .and_then(|a| a.trim().parse::<SocketAddr>().ok())
+                .unwrap_or_else(|| panic!("no address in the gateway's line: {line}"))
+        };
+        let addr = address().await;
+        let ops_addr = address().await;
         // Kept open: a write to a closed pipe would fail in the gateway.
         tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
         GatewayProcess {
             addr,
+            ops_addr,
             _child: child,
         }
     }

@@ -7,6 +7,7 @@ mod errors;
 mod hardening;
 mod large;
 mod leadership;
+mod ops;
 mod outage;
 mod replaced;
 mod shutdown;
