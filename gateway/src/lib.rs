@@ -20,6 +20,7 @@ mod mailbox;
 mod ops;
 pub mod origin;
 pub mod ratelimit;
+pub mod tls;
 pub mod token;
 mod upgrade;
 mod web;
@@ -65,8 +66,20 @@ pub struct Gateway {
     pub addr: SocketAddr,
     /// `/healthz`, `/readyz`, `/metrics`.
     pub ops_addr: SocketAddr,
+    /// How to reach it over HTTPS, when it serves HTTPS.
+    pub https: Option<Https>,
     pub id: GatewayId,
     task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// A gateway serving HTTPS: where, and which certificate.
+pub struct Https {
+    /// The URLs that reach it (LAN addresses first).
+    pub urls: Vec<String>,
+    /// SHA-256 of its certificate, `AB:CD:…`.
+    pub fingerprint: String,
+    /// URLs, fingerprint and a QR code of the first URL, for a terminal.
+    pub banner: String,
 }
 
 impl Gateway {
@@ -91,6 +104,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             .clone()
             .unwrap_or_else(|| format!("gw-{}", random_id(6))),
     )?;
+    // The certificate is read (or made) before anything is bound: a missing
+    // file or an unwritable directory is a start-up error.
+    let tls = tls::load(&config).context("setting up TLS")?;
     // Both ports are bound first, so a taken address fails at once. While the
     // gateway waits for the bus (the cluster may be starting or electing)
     // instead of exiting, its operations port says so (`/readyz` 503), and its
@@ -152,6 +168,22 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .layer(axum::middleware::map_response(web::security_headers))
         .with_state(app.clone());
     tracing::info!(%addr, %ops_addr, gateway = %gateway_id, "gateway listening");
+    let https = tls.as_ref().map(|tls| {
+        let lan = tls::lan_addresses();
+        let urls = tls::banner::urls(addr, &lan);
+        tracing::info!(
+            urls = %urls.join(" "),
+            fingerprint = %tls.fingerprint,
+            cert = %tls.cert_path.display(),
+            "serving HTTPS"
+        );
+        Https {
+            banner: tls::banner::text(&urls, &tls.fingerprint, &tls.cert_path, tls.self_signed),
+            fingerprint: tls.fingerprint.clone(),
+            urls,
+        }
+    });
+    let acceptor = tls.map(|tls| tls.acceptor);
     // Answers until the gateway has stopped: `/readyz` and `/metrics` stay
     // readable while its sockets close.
     let ops_stop = CancellationToken::new();
@@ -173,9 +205,23 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         // Stops accepting at once; returns when the HTTP requests in flight
         // are answered (an upgrade's socket task is spawned by then).
         let stopped = shutdown.clone().cancelled_owned();
-        let served = axum::serve(listener.tap_io(tune), service)
-            .with_graceful_shutdown(stopped)
-            .await;
+        let served = match acceptor {
+            None => {
+                axum::serve(listener.tap_io(tune), service)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }
+            Some(acceptor) => {
+                let timeout = Duration::from_millis(app.config.tls_handshake_timeout_ms);
+                let tls = tls::TlsListener::spawn(listener, acceptor, timeout, tune, shutdown)
+                    .context("starting the TLS listener")?;
+                // `tap_io` is what gives a listener of our own axum's
+                // `ConnectInfo<SocketAddr>` (the per-address limits read it).
+                axum::serve(tls.tap_io(|_| {}), service)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }
+        };
         served.context("serving HTTP")?;
         // Sockets are told through their mailboxes (and one joining the hub
         // later sees the token): each says why, closes and says bye.
@@ -199,6 +245,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     Ok(Gateway {
         addr,
         ops_addr,
+        https,
         id: gateway_id,
         task,
     })
@@ -288,6 +335,7 @@ fn describe_metrics() {
         histograms_seconds: &histograms,
     }
     .describe();
+    tls::describe_metrics();
 }
 
 /// Ticks and events are small and latency-bound: no Nagle delay. A bounded

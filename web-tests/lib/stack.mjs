@@ -130,18 +130,27 @@ async function waitFor(what, proc, check, timeoutMs) {
   throw new Error(`timed out waiting for ${what}:\n${proc.tail()}`);
 }
 
-export async function startGateway(stack, id, port) {
+/**
+ * Starts a gateway on `port`. With `tlsDir` it serves HTTPS with a self-signed
+ * certificate it keeps there (its URL is then https://localhost:port).
+ */
+export async function startGateway(stack, id, port, { tlsDir } = {}) {
+  const tls = tlsDir ? ['--tls', 'self-signed', '--tls-dir', tlsDir] : [];
   const gw = new Proc(`gateway-${id}`, join(stack.bin, 'bandsync-gateway'), [
     '--nats-url', stack.natsUrl,
     '--listen', `127.0.0.1:${port}`,
     '--ops-listen', '127.0.0.1:0',
     '--gateway-id', id,
     '--token-secret', TOKEN_SECRET,
+    ...tls,
   ]);
-  const url = `http://127.0.0.1:${port}`;
+  const url = tlsDir ? `https://localhost:${port}` : `http://127.0.0.1:${port}`;
   gw.url = url;
   gw.port = port;
   await waitFor(`gateway ${id} serving /`, gw, async () => {
+    // The public port listens once the gateway has its bus; fetch() would
+    // refuse the self-signed certificate.
+    if (tlsDir) return tcpOpen(port);
     try {
       return (await fetch(`${url}/`)).ok;
     } catch {

@@ -6,6 +6,7 @@ use bandsync_ticker::Ticker;
 use clap::Parser;
 use std::net::SocketAddr;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
@@ -92,7 +93,7 @@ impl Stack {
         self.tickers.push((ticker, token));
     }
 
-    fn gateway_args(&self, id: &str) -> Vec<String> {
+    pub fn gateway_args(&self, id: &str) -> Vec<String> {
         vec![
             format!("--nats-url={}", self.nats.url()),
             "--listen=127.0.0.1:0".into(),
@@ -173,11 +174,36 @@ impl Stack {
 pub struct GatewayProcess {
     pub addr: SocketAddr,
     pub ops_addr: SocketAddr,
+    /// What it printed after its two address lines (e.g. the HTTPS banner).
+    pub output: Arc<Mutex<Vec<String>>>,
     _child: tokio::process::Child,
 }
 
 impl GatewayProcess {
-    async fn spawn(args: &[String]) -> GatewayProcess {
+    /// The first line it printed (after its addresses) that `pick` maps to
+    /// something, waiting up to `WAIT` for it.
+    pub async fn printed<T>(&self, what: &str, pick: impl Fn(&str) -> Option<T>) -> T {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let found = self
+                .output
+                .lock()
+                .expect("not poisoned")
+                .iter()
+                .find_map(|l| pick(l));
+            if let Some(found) = found {
+                return found;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the gateway never printed {what}: {:?}",
+                self.output.lock().expect("not poisoned")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn spawn(args: &[String]) -> GatewayProcess {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bandsync-gateway"))
             .args(args)
             .env("RUST_LOG", "warn")
@@ -211,10 +237,19 @@ impl GatewayProcess {
         let addr = address().await;
         let ops_addr = address().await;
         // Kept open: a write to a closed pipe would fail in the gateway.
-        tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+        let output = Arc::new(Mutex::new(Vec::new()));
+        tokio::spawn({
+            let output = output.clone();
+            async move {
+                while let Ok(Some(line)) = stdout.next_line().await {
+                    output.lock().expect("not poisoned").push(line);
+                }
+            }
+        });
         GatewayProcess {
             addr,
             ops_addr,
+            output,
             _child: child,
         }
     }

@@ -14,3 +14,4 @@ mod shutdown;
 mod slow;
 mod sync;
 mod ticks;
+mod tls;
