@@ -8,7 +8,7 @@ import { homedir, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-const REPO = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const REPO = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const LOGS = join(REPO, 'web-tests', 'logs');
 
 const TOKEN_SECRET = 'web-tests-secret-0123456789-abcdefghij';
@@ -52,7 +52,7 @@ export function freePort() {
   });
 }
 
-function tcpOpen(port) {
+export function tcpOpen(port) {
   return new Promise((resolve) => {
     const s = connect(port, '127.0.0.1');
     s.once('connect', () => {
@@ -76,7 +76,7 @@ process.on('exit', () => {
   }
 });
 
-class Proc {
+export class Proc {
   constructor(name, cmd, args) {
     mkdirSync(LOGS, { recursive: true });
     this.name = name;
