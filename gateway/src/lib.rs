@@ -3,6 +3,9 @@
 //! validates and rate-limits client messages, publishes commands to the
 //! session's shard on the bus, and forwards the owner's events and ticks to
 //! its local members (subscribing per session, only while it has members).
+//! Its public port serves the web client, the API and `/ws` (over HTTPS with
+//! `--tls`); `/healthz`, `/readyz` and `/metrics` are on an operations port of
+//! their own (`--ops-listen`).
 //! On shutdown it tells every socket to reconnect elsewhere and waits for its
 //! tasks (sockets, fan-outs, heartbeat) within `SHUTDOWN_GRACE`.
 //!
