@@ -64,7 +64,17 @@ impl TlsListener {
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
                     let _slot = slot;
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                    let started = tokio::time::Instant::now();
+                    let mut first = [0u8; 1];
+                    let peeked =
+                        tokio::time::timeout(handshake_timeout, tcp.peek(&mut first)).await;
+                    if matches!(peeked, Ok(Ok(1))) && super::plain::looks_like_http(first[0]) {
+                        metrics::counter!(FAILURES, "reason" => "plain_http").increment(1);
+                        super::plain::redirect(tcp, handshake_timeout).await;
+                        return;
+                    }
+                    let left = handshake_timeout.saturating_sub(started.elapsed());
+                    match tokio::time::timeout(left, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;
                         }
@@ -85,12 +95,12 @@ impl TlsListener {
 }
 
 /// The failure reasons, exported at 0 from the start.
-pub const FAILURE_REASONS: [&str; 3] = ["timeout", "error", "busy"];
+pub const FAILURE_REASONS: [&str; 4] = ["timeout", "error", "busy", "plain_http"];
 
 pub fn describe_metrics() {
     metrics::describe_counter!(
         FAILURES,
-        "TLS handshakes that failed (error), did not finish in time (timeout), or were refused because too many were in flight (busy)."
+        "TLS handshakes that failed (error), did not finish in time (timeout), were refused because too many were in flight (busy), or were plain HTTP, answered with a redirect to HTTPS (plain_http)."
     );
     for reason in FAILURE_REASONS {
         metrics::counter!(FAILURES, "reason" => reason).increment(0);

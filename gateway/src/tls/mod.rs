@@ -6,11 +6,13 @@
 //!
 //! `self_signed`: a certificate made on first run and kept, `accept`: the
 //! listener that shakes hands (each handshake in its own task, with a time
-//! limit, so a stalled client holds nothing), `banner`: the URLs, the
+//! limit, so a stalled client holds nothing; plain HTTP on the port gets a
+//! redirect to HTTPS, `plain`), `banner`: the URLs, the
 //! fingerprint and a QR code printed at start.
 
 mod accept;
 pub mod banner;
+mod plain;
 mod self_signed;
 
 pub use accept::{TlsListener, describe_metrics};

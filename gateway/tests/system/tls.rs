@@ -211,10 +211,27 @@ async fn a_stalled_handshake_is_cut_off_and_holds_nobody_up() {
     })
     .await;
 
-    // Plain HTTP on the HTTPS port is a failed handshake, counted as such.
+    // Plain HTTP on the HTTPS port (someone typed http://) is sent to HTTPS.
+    let before = failures("plain_http").await;
+    let plain = http_get(&format!("http://{}/?x=1", gateway.addr))
+        .await
+        .expect("an answer over plain HTTP");
+    assert_eq!(plain.status, 301);
+    assert_eq!(
+        plain.header("location"),
+        Some(format!("https://{}/?x=1", gateway.addr).as_str())
+    );
+    assert_eq!(failures("plain_http").await, before + 1.0);
+
+    // A handshake that is not one is counted as a failure.
     let before = failures("error").await;
-    let plain = http_get(&format!("http://{}/", gateway.addr)).await;
-    assert!(plain.is_err() || plain.is_ok_and(|r| r.status != 200));
+    let mut garbage = TcpStream::connect(gateway.addr).await.expect("tcp connect");
+    garbage
+        .write_all(&[0x16, 0x03, 0x01, 0x00, 0x04, 0xde, 0xad, 0xbe, 0xef])
+        .await
+        .expect("sent");
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(WAIT, garbage.read_to_end(&mut rest)).await;
     eventually(WAIT, "the bad handshake counted", || async {
         failures("error").await > before
     })
