@@ -3,6 +3,7 @@
 use crate::token::{Key, TokenKeys};
 use bandsync_nats::bus::BusArgs;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -19,6 +20,16 @@ pub struct Config {
         default_value = "127.0.0.1:8080"
     )]
     pub listen: SocketAddr,
+    /// Address for the operations endpoints, `/healthz`, `/readyz` and
+    /// `/metrics` (port 0 picks a free port). They are not on the public port:
+    /// keep this one off the internet (loopback, or a network only Prometheus
+    /// and the orchestrator reach).
+    #[arg(
+        long,
+        env = "BANDSYNC_GATEWAY_OPS_LISTEN",
+        default_value = "127.0.0.1:9080"
+    )]
+    pub ops_listen: SocketAddr,
     /// HMAC secret shared by all gateways that signs member tokens (at least 16 bytes).
     #[arg(long, env = "BANDSYNC_TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: String,
@@ -89,6 +100,37 @@ pub struct Config {
     /// room's Wi-Fi shares one); 0 for no limit.
     #[arg(long, env = "BANDSYNC_SOCKETS_PER_ADDRESS", default_value_t = 200)]
     pub sockets_per_address: u32,
+    /// HTTPS on the public port: `off` (plain HTTP; behind nginx that ends
+    /// TLS), `self-signed` (a certificate made on first run and kept in
+    /// --tls-dir, for a band's LAN: phones need HTTPS for the screen wake
+    /// lock), or `files` (--tls-cert and --tls-key).
+    #[arg(long, env = "BANDSYNC_TLS", value_enum, default_value = "off")]
+    pub tls: crate::tls::TlsMode,
+    /// The certificate chain (PEM), with `--tls files`.
+    #[arg(long, env = "BANDSYNC_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM), with `--tls files`.
+    #[arg(long, env = "BANDSYNC_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Where `--tls self-signed` keeps its key and certificate (created if
+    /// missing); by default `$XDG_DATA_HOME/bandsync/tls`, else
+    /// `~/.local/share/bandsync/tls`. Keep it: phones accept the certificate
+    /// once.
+    #[arg(long, env = "BANDSYNC_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// More names for the self-signed certificate, comma-separated (hostnames
+    /// or addresses); localhost, this machine's hostname and LAN addresses are
+    /// always in it.
+    #[arg(long, env = "BANDSYNC_TLS_HOSTNAMES", value_delimiter = ',')]
+    pub tls_hostnames: Vec<String>,
+    /// How long a client may take to finish its TLS handshake before it is
+    /// disconnected, in milliseconds.
+    #[arg(
+        long,
+        env = "BANDSYNC_TLS_HANDSHAKE_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub tls_handshake_timeout_ms: u64,
 }
 
 impl Config {
@@ -129,6 +171,10 @@ impl Config {
             (10..=30 * 86_400).contains(&self.token_lifetime_secs),
             "--token-lifetime-secs must be 10..=2592000 (30 days)"
         );
+        anyhow::ensure!(
+            self.listen.port() == 0 || self.listen != self.ops_listen,
+            "--ops-listen must not be the public --listen address"
+        );
         anyhow::ensure!(self.shards > 0, "--shards must be positive");
         anyhow::ensure!(self.max_members >= 1, "--max-members must be at least 1");
         anyhow::ensure!(
@@ -142,10 +188,37 @@ impl Config {
         );
         anyhow::ensure!(self.rate_limit >= 1, "--rate-limit must be at least 1");
         self.bus.validate()?;
+        anyhow::ensure!(
+            (100..=60_000).contains(&self.tls_handshake_timeout_ms),
+            "--tls-handshake-timeout-ms must be 100..=60000"
+        );
+        if self.tls == crate::tls::TlsMode::Files {
+            anyhow::ensure!(
+                self.tls_cert.is_some() && self.tls_key.is_some(),
+                "--tls files needs --tls-cert and --tls-key"
+            );
+        }
         if let Some(id) = &self.gateway_id {
             bandsync_nats::GatewayId::parse(id.clone())?;
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// Where the self-signed certificate is kept.
+    pub fn tls_dir(&self) -> anyhow::Result<PathBuf> {
+        if let Some(dir) = &self.tls_dir {
+            return Ok(dir.clone());
+        }
+        let data = std::env::var_os("XDG_DATA_HOME")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")));
+        match data {
+            Some(data) => Ok(data.join("bandsync").join("tls")),
+            None => anyhow::bail!("--tls self-signed needs --tls-dir (no HOME to default to)"),
+        }
     }
 }
 
@@ -155,6 +228,24 @@ mod tests {
     use bandsync_nats::command::{MAX_CHART_CHARS, MAX_SONGS};
     use bandsync_nats::{Command, Song};
     use clap::Parser;
+
+    #[test]
+    fn tls_files_needs_both_files() {
+        let base = ["bandsync-gateway", "--token-secret=0123456789abcdef"];
+        let parse = |extra: &[&str]| Config::parse_from(base.iter().chain(extra));
+        assert!(
+            parse(&["--tls=files", "--tls-cert=c.pem"])
+                .validate()
+                .is_err()
+        );
+        assert!(
+            parse(&["--tls=files", "--tls-cert=c.pem", "--tls-key=k.pem"])
+                .validate()
+                .is_ok()
+        );
+        assert!(parse(&["--tls=self-signed"]).validate().is_ok());
+        assert!(Config::try_parse_from(base.iter().chain(&["--tls=sometimes"])).is_err());
+    }
 
     #[test]
     fn the_default_message_limit_takes_the_largest_setlist() {

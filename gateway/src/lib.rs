@@ -3,6 +3,9 @@
 //! validates and rate-limits client messages, publishes commands to the
 //! session's shard on the bus, and forwards the owner's events and ticks to
 //! its local members (subscribing per session, only while it has members).
+//! Its public port serves the web client, the API and `/ws` (over HTTPS with
+//! `--tls`); `/healthz`, `/readyz` and `/metrics` are on an operations port of
+//! their own (`--ops-listen`).
 //! On shutdown it tells every socket to reconnect elsewhere and waits for its
 //! tasks (sockets, fan-outs, heartbeat) within `SHUTDOWN_GRACE`.
 //!
@@ -18,8 +21,10 @@ mod conn;
 pub mod guesses;
 pub mod hub;
 mod mailbox;
+mod ops;
 pub mod origin;
 pub mod ratelimit;
+pub mod tls;
 pub mod token;
 mod upgrade;
 mod web;
@@ -27,8 +32,6 @@ mod windows;
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use bandsync_nats::GatewayId;
@@ -64,9 +67,24 @@ pub struct AppState {
 
 /// A running gateway.
 pub struct Gateway {
+    /// The public address: web client, API, WebSocket.
     pub addr: SocketAddr,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub ops_addr: SocketAddr,
+    /// How to reach it over HTTPS, when it serves HTTPS.
+    pub https: Option<Https>,
     pub id: GatewayId,
     task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// A gateway serving HTTPS: where, and which certificate.
+pub struct Https {
+    /// The URLs that reach it (LAN addresses first).
+    pub urls: Vec<String>,
+    /// SHA-256 of its certificate, `AB:CD:…`.
+    pub fingerprint: String,
+    /// URLs, fingerprint and a QR code of the first URL, for a terminal.
+    pub banner: String,
 }
 
 impl Gateway {
@@ -91,12 +109,20 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             .clone()
             .unwrap_or_else(|| format!("gw-{}", random_id(6))),
     )?;
-    // Bound first: while it waits for the bus (the cluster may be starting or
-    // electing) instead of exiting, its port says so (`/readyz` 503).
-    let std_listener = std::net::TcpListener::bind(config.listen)
-        .with_context(|| format!("binding {}", config.listen))?;
-    std_listener.set_nonblocking(true)?;
-    let waiting = bandsync_nats::service::answer_while_waiting(&std_listener)?;
+    // The certificate is read (or made) before anything is bound: a missing
+    // file or an unwritable directory is a start-up error.
+    let tls = tls::load(&config).context("setting up TLS")?;
+    // Both ports are bound first, so a taken address fails at once. While the
+    // gateway waits for the bus (the cluster may be starting or electing)
+    // instead of exiting, its operations port says so (`/readyz` 503), and its
+    // public port refuses connections (bound, not listening), so a proxy
+    // sends clients to another gateway.
+    let ops_listener = std::net::TcpListener::bind(config.ops_listen)
+        .with_context(|| format!("binding {} (--ops-listen)", config.ops_listen))?;
+    ops_listener.set_nonblocking(true)?;
+    let public =
+        bind_unlistened(config.listen).with_context(|| format!("binding {}", config.listen))?;
+    let waiting = bandsync_nats::service::answer_while_waiting(&ops_listener)?;
     let bus = config
         .bus
         .open_patiently(format!("bandsync-gateway-{gateway_id}"), &shutdown)
@@ -106,6 +132,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let Some(bus) = bus? else {
         anyhow::bail!("shut down while waiting for the bus");
     };
+    let ops_listener = tokio::net::TcpListener::from_std(ops_listener)?;
+    let ops_addr = ops_listener.local_addr()?;
+    public
+        .listen(LISTEN_BACKLOG)
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let std_listener: std::net::TcpListener = public.into();
+    std_listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(std_listener)?;
     let addr = listener.local_addr()?;
     install_metrics();
@@ -138,30 +171,68 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .route("/api/sessions", post(api::create))
         .route("/api/join", post(api::join))
         .route("/ws", get(api::websocket))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route(
-            "/metrics",
-            get(|| async { bandsync_nats::service::prometheus().render() }),
-        )
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             api::limit_requests,
         ))
         .layer(axum::middleware::map_response(web::security_headers))
         .with_state(app.clone());
-    tracing::info!(%addr, gateway = %gateway_id, "gateway listening");
+    tracing::info!(%addr, %ops_addr, gateway = %gateway_id, "gateway listening");
+    let https = tls.as_ref().map(|tls| {
+        let lan = tls::lan_addresses();
+        let urls = tls::banner::urls(addr, &lan);
+        tracing::info!(
+            urls = %urls.join(" "),
+            fingerprint = %tls.fingerprint,
+            cert = %tls.cert_path.display(),
+            "serving HTTPS"
+        );
+        Https {
+            banner: tls::banner::text(&urls, &tls.fingerprint, &tls.cert_path, tls.self_signed),
+            fingerprint: tls.fingerprint.clone(),
+            urls,
+        }
+    });
+    let acceptor = tls.map(|tls| tls.acceptor);
+    // Answers until the gateway has stopped: `/readyz` and `/metrics` stay
+    // readable while its sockets close.
+    let ops_stop = CancellationToken::new();
+    let ops = tokio::spawn({
+        let serve = axum::serve(ops_listener, ops::router(app.clone()))
+            .with_graceful_shutdown(ops_stop.clone().cancelled_owned());
+        async move {
+            if let Err(e) = serve.await {
+                tracing::warn!(error = %e, "the operations server failed");
+            }
+        }
+    });
     let task = tokio::spawn(async move {
+        // Also stops the operations server should serving fail.
+        let ops_stop = ops_stop.drop_guard();
         let send_buffer = app.config.socket_send_buffer;
-        let listener = listener.tap_io(move |tcp| tune_socket(tcp, send_buffer));
+        let tune = move |tcp: &mut tokio::net::TcpStream| tune_socket(tcp, send_buffer);
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
         // Stops accepting at once; returns when the HTTP requests in flight
         // are answered (an upgrade's socket task is spawned by then).
-        let serve = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown.cancelled_owned());
-        serve.await.context("serving HTTP")?;
+        let stopped = shutdown.clone().cancelled_owned();
+        let served = match acceptor {
+            None => {
+                axum::serve(listener.tap_io(tune), service)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }
+            Some(acceptor) => {
+                let timeout = Duration::from_millis(app.config.tls_handshake_timeout_ms);
+                let tls = tls::TlsListener::spawn(listener, acceptor, timeout, tune, shutdown)
+                    .context("starting the TLS listener")?;
+                // `tap_io` is what gives a listener of our own axum's
+                // `ConnectInfo<SocketAddr>` (the per-address limits read it).
+                axum::serve(tls.tap_io(|_| {}), service)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }
+        };
+        served.context("serving HTTP")?;
         // Sockets are told through their mailboxes (and one joining the hub
         // later sees the token): each says why, closes and says bye.
         app.tasks.close();
@@ -176,14 +247,36 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         }
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, app.bus.client.flush()).await;
         let _ = app.bus.gateways.delete(app.gateway_id.as_str()).await;
+        drop(ops_stop);
+        let _ = ops.await;
         tracing::info!("gateway stopped");
         Ok(())
     });
     Ok(Gateway {
         addr,
+        ops_addr,
+        https,
         id: gateway_id,
         task,
     })
+}
+
+/// Connections the kernel queues for the public port before they are accepted.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// A TCP socket bound to `addr` (so the address is ours, and port 0 resolved)
+/// that does not listen yet: connections to it are refused.
+fn bind_unlistened(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    // As std's and tokio's listeners do: a restart may rebind at once.
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket)
 }
 
 /// Installs the process's Prometheus recorder (shared with other services in
@@ -264,6 +357,7 @@ fn describe_metrics() {
         histograms_seconds: &histograms,
     }
     .describe();
+    tls::describe_metrics();
 }
 
 /// Ticks and events are small and latency-bound: no Nagle delay. A bounded
@@ -277,18 +371,6 @@ fn tune_socket(tcp: &mut tokio::net::TcpStream, send_buffer: usize) {
     if let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer) {
         tracing::debug!(error = %e, "cannot set SO_SNDBUF");
     }
-}
-
-async fn readyz(State(app): State<Arc<AppState>>) -> (StatusCode, String) {
-    let state = app.bus.client.connection_state();
-    let ready = state == async_nats::connection::State::Connected;
-    let sessions = app.hub.session_count().await;
-    let code = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, format!("nats: {state:?}\nsessions: {sessions}\n"))
 }
 
 /// Announces this gateway in the gateways bucket so owners can tell live

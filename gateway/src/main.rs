@@ -6,6 +6,18 @@ async fn main() -> anyhow::Result<()> {
     bandsync_nats::service::init_tracing();
     let shutdown = bandsync_nats::service::shutdown_on_signal();
     let gateway = bandsync_gateway::start(config, shutdown).await?;
-    println!("bandsync-gateway listening on http://{}", gateway.addr);
+    let scheme = if gateway.https.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!("bandsync-gateway listening on {scheme}://{}", gateway.addr);
+    println!(
+        "bandsync-gateway operations (/healthz, /readyz, /metrics) on http://{}",
+        gateway.ops_addr
+    );
+    if let Some(https) = &gateway.https {
+        print!("{}", https.banner);
+    }
     gateway.wait().await
 }

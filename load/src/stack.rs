@@ -229,8 +229,9 @@ impl Stack {
             spec.token_secret.clone(),
         )];
         for i in 0..spec.gateways {
-            let port = free_port()?;
+            let (port, ops_port) = (free_port()?, free_port()?);
             let mut args = common(port);
+            args.push(format!("--ops-listen=127.0.0.1:{ops_port}"));
             args.push(format!("--gateway-id=gw-{i}"));
             args.push(format!("--max-members={}", spec.max_members.max(12)));
             // A load run stands in for thousands of devices from a handful of
@@ -253,10 +254,14 @@ impl Stack {
                     &gateway_bin,
                     args,
                     env.clone(),
-                    port,
+                    ops_port,
                     None,
                 )
                 .await?;
+            // Ready (`/readyz` 200) on its operations port; clients use this one.
+            if let Some(p) = stack.procs.last_mut() {
+                p.info.ports.insert("http", port);
+            }
             stack.gateways.push(format!("http://127.0.0.1:{port}"));
         }
         if let Some(port) = spec.nginx_port {
@@ -574,7 +579,9 @@ impl Role {
         match self {
             Role::Nats => "client",
             Role::Postgres => "postgres",
-            Role::Ticker | Role::Gateway | Role::Store | Role::Nginx => "http",
+            // A gateway's `/readyz` is on its operations port; "http" is added.
+            Role::Gateway => "ops",
+            Role::Ticker | Role::Store | Role::Nginx => "http",
         }
     }
 }

@@ -44,6 +44,7 @@ async fn stack() -> Stack {
             "bandsync-gateway".to_string(),
             format!("--nats-url={}", nats.url()),
             "--listen=127.0.0.1:0".into(),
+            "--ops-listen=127.0.0.1:0".into(),
             format!("--token-secret={SECRET}"),
             format!("--gateway-id=smoke-{i}"),
             SHARDS.into(),

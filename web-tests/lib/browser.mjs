@@ -17,7 +17,7 @@ export const PHONE = {
     'Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0 Mobile Safari/537.36',
 };
 
-export async function launch() {
+export async function launch(extraArgs = []) {
   if (!existsSync(CHROMIUM)) {
     throw new Error(`${CHROMIUM} is missing: run 'apt-get update && apt-get install -y chromium' (or scripts/web-test)`);
   }
@@ -32,6 +32,7 @@ export async function launch() {
       '--no-first-run',
       '--disable-sync',
       '--autoplay-policy=no-user-gesture-required',
+      ...extraArgs,
     ],
   });
 }

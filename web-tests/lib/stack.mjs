@@ -8,7 +8,7 @@ import { homedir, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-const REPO = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const REPO = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const LOGS = join(REPO, 'web-tests', 'logs');
 
 const TOKEN_SECRET = 'web-tests-secret-0123456789-abcdefghij';
@@ -52,7 +52,7 @@ export function freePort() {
   });
 }
 
-function tcpOpen(port) {
+export function tcpOpen(port) {
   return new Promise((resolve) => {
     const s = connect(port, '127.0.0.1');
     s.once('connect', () => {
@@ -76,7 +76,7 @@ process.on('exit', () => {
   }
 });
 
-class Proc {
+export class Proc {
   constructor(name, cmd, args) {
     mkdirSync(LOGS, { recursive: true });
     this.name = name;
@@ -130,17 +130,27 @@ async function waitFor(what, proc, check, timeoutMs) {
   throw new Error(`timed out waiting for ${what}:\n${proc.tail()}`);
 }
 
-export async function startGateway(stack, id, port) {
+/**
+ * Starts a gateway on `port`. With `tlsDir` it serves HTTPS with a self-signed
+ * certificate it keeps there (its URL is then https://localhost:port).
+ */
+export async function startGateway(stack, id, port, { tlsDir } = {}) {
+  const tls = tlsDir ? ['--tls', 'self-signed', '--tls-dir', tlsDir] : [];
   const gw = new Proc(`gateway-${id}`, join(stack.bin, 'bandsync-gateway'), [
     '--nats-url', stack.natsUrl,
     '--listen', `127.0.0.1:${port}`,
+    '--ops-listen', '127.0.0.1:0',
     '--gateway-id', id,
     '--token-secret', TOKEN_SECRET,
+    ...tls,
   ]);
-  const url = `http://127.0.0.1:${port}`;
+  const url = tlsDir ? `https://localhost:${port}` : `http://127.0.0.1:${port}`;
   gw.url = url;
   gw.port = port;
   await waitFor(`gateway ${id} serving /`, gw, async () => {
+    // The public port listens once the gateway has its bus; fetch() would
+    // refuse the self-signed certificate.
+    if (tlsDir) return tcpOpen(port);
     try {
       return (await fetch(`${url}/`)).ok;
     } catch {

@@ -6,6 +6,7 @@ use bandsync_ticker::Ticker;
 use clap::Parser;
 use std::net::SocketAddr;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
@@ -92,7 +93,7 @@ impl Stack {
         self.tickers.push((ticker, token));
     }
 
-    fn gateway_args(&self, id: &str) -> Vec<String> {
+    pub fn gateway_args(&self, id: &str) -> Vec<String> {
         self.gateway_args_with(id, &[])
     }
 
@@ -103,6 +104,7 @@ impl Stack {
         let mut args = vec![
             format!("--nats-url={}", self.nats.url()),
             "--listen=127.0.0.1:0".into(),
+            "--ops-listen=127.0.0.1:0".into(),
             format!("--token-secret={SECRET}"),
             format!("--gateway-id={id}"),
             format!("--max-members={}", self.knobs.max_members),
@@ -111,7 +113,7 @@ impl Stack {
             "--shards=16".into(),
             // Tests stand in for a proxy: their X-Forwarded-For is believed.
             "--trusted-proxies=127.0.0.1".into(),
-            // And for many devices from one address: limits/address.rs sets
+            // And for many devices from one address: limits.rs sets
             // its own.
             "--requests-per-address=0".into(),
             "--connects-per-address=0".into(),
@@ -163,6 +165,15 @@ impl Stack {
         format!("http://{}", self.addr(gateway))
     }
 
+    /// Gateway `gateway`'s operations endpoints (`/healthz`, `/readyz`, `/metrics`).
+    pub fn ops_base(&self, gateway: usize) -> String {
+        let addr = match self.gateways.get(gateway) {
+            Some((g, _)) => g.ops_addr,
+            None => self.gateway_processes[gateway - self.gateways.len()].ops_addr,
+        };
+        format!("http://{addr}")
+    }
+
     pub fn api(&self, gateway: usize) -> Api {
         Api::new(self.base(gateway))
     }
@@ -184,11 +195,37 @@ impl Stack {
 /// log goes to this test's output.
 pub struct GatewayProcess {
     pub addr: SocketAddr,
+    pub ops_addr: SocketAddr,
+    /// What it printed after its two address lines (e.g. the HTTPS banner).
+    pub output: Arc<Mutex<Vec<String>>>,
     _child: tokio::process::Child,
 }
 
 impl GatewayProcess {
-    async fn spawn(args: &[String]) -> GatewayProcess {
+    /// The first line it printed (after its addresses) that `pick` maps to
+    /// something, waiting up to `WAIT` for it.
+    pub async fn printed<T>(&self, what: &str, pick: impl Fn(&str) -> Option<T>) -> T {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let found = self
+                .output
+                .lock()
+                .expect("not poisoned")
+                .iter()
+                .find_map(|l| pick(l));
+            if let Some(found) = found {
+                return found;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the gateway never printed {what}: {:?}",
+                self.output.lock().expect("not poisoned")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn spawn(args: &[String]) -> GatewayProcess {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bandsync-gateway"))
             .args(args)
             .env("RUST_LOG", "warn")
@@ -206,21 +243,35 @@ impl GatewayProcess {
             }
         });
         let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-        // main.rs: "bandsync-gateway listening on http://ADDR"
-        let line = tokio::time::timeout(WAIT, stdout.next_line())
-            .await
-            .expect("the gateway starts in time")
-            .expect("reading the gateway's output")
-            .expect("the gateway prints its address");
-        let addr = line
-            .rsplit("http://")
-            .next()
-            .and_then(|a| a.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no address in the gateway's first line: {line}"));
+        // main.rs: "bandsync-gateway listening on http://ADDR", then
+        // "bandsync-gateway operations (...) on http://OPS"
+        let mut address = async || {
+            let line = tokio::time::timeout(WAIT, stdout.next_line())
+                .await
+                .expect("the gateway starts in time")
+                .expect("reading the gateway's output")
+                .expect("the gateway prints its addresses");
+            line.rsplit("://")
+                .next()
+                .and_then(|a| a.trim().parse::<SocketAddr>().ok())
+                .unwrap_or_else(|| panic!("no address in the gateway's line: {line}"))
+        };
+        let addr = address().await;
+        let ops_addr = address().await;
         // Kept open: a write to a closed pipe would fail in the gateway.
-        tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+        let output = Arc::new(Mutex::new(Vec::new()));
+        tokio::spawn({
+            let output = output.clone();
+            async move {
+                while let Ok(Some(line)) = stdout.next_line().await {
+                    output.lock().expect("not poisoned").push(line);
+                }
+            }
+        });
         GatewayProcess {
             addr,
+            ops_addr,
+            output,
             _child: child,
         }
     }

@@ -67,8 +67,9 @@ fn assert_limited(status: u16, body: &serde_json::Value, words: &str) {
 async fn an_address_that_asks_too_much_is_refused_and_nobody_else() {
     let stack = stack().await;
     let base = stack.base(0);
+    let ops = stack.ops_base(0);
     let limited = |limit: &str| {
-        let url = format!("{base}/metrics");
+        let url = format!("{ops}/metrics");
         let series = format!("bandsync_gateway_address_limited_total{{limit=\"{limit}\"}}");
         async move { scrape_metric(&url, &series).await }
     };

@@ -36,7 +36,7 @@ async fn a_client_that_stops_reading_is_dropped_and_hurts_nobody() {
         ..Knobs::default()
     })
     .await;
-    let metrics_url = format!("{}/metrics", stack.base(0));
+    let metrics_url = format!("{}/metrics", stack.ops_base(0));
     let before = scrape_metric(&metrics_url, SLOW_CLIENTS)
         .await
         .expect("the gateway exports its slow-client counter");

@@ -71,6 +71,7 @@ async fn a_band_session_through_gateways_and_ticker_is_stored_exactly_once() {
             "bandsync-gateway".to_string(),
             format!("--nats-url={}", nats.url()),
             "--listen=127.0.0.1:0".into(),
+            "--ops-listen=127.0.0.1:0".into(),
             "--token-secret=store-test-secret-0123456789".into(),
             format!("--gateway-id={id}"),
             "--shards=8".into(),

@@ -234,6 +234,7 @@ impl Fleet {
             "bandsync-gateway".to_string(),
             format!("--nats-url={}", self.nats.url()),
             "--listen=127.0.0.1:0".into(),
+            "--ops-listen=127.0.0.1:0".into(),
             format!("--token-secret={SECRET}"),
             format!("--gateway-id={id}"),
             format!("--shards={SHARDS}"),
