@@ -10,7 +10,7 @@ use crate::mailbox::{Mailbox, Outbound};
 use crate::windows::Windows;
 use bandsync_nats::bus::Bus;
 use bandsync_nats::wire::BusHeader;
-use bandsync_nats::{ErrorCode, MemberId, SessionId, now_us};
+use bandsync_nats::{ConnId, ErrorCode, GatewayId, MemberId, SessionId, now_us};
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,6 +49,8 @@ const MAX_MEMBERS_COUNTED: usize = 100_000;
 
 pub struct Hub {
     bus: Bus,
+    /// This gateway's id: a `replaced` notice names a connection by it.
+    gateway: GatewayId,
     /// Each member's connections in the current window.
     connects: Windows<MemberId>,
     sessions: tokio::sync::Mutex<HashMap<SessionId, Arc<LocalSession>>>,
@@ -71,9 +73,10 @@ pub enum JoinError {
 }
 
 impl Hub {
-    pub fn new(bus: Bus, queue: usize, tasks: TaskTracker) -> Self {
+    pub fn new(bus: Bus, gateway: GatewayId, queue: usize, tasks: TaskTracker) -> Self {
         Self {
             bus,
+            gateway,
             connects: Windows::new(CONNECT_WINDOW, MAX_MEMBERS_COUNTED),
             sessions: Default::default(),
             next_conn: AtomicU64::new(1),
@@ -115,8 +118,12 @@ impl Hub {
                     epoch: AtomicU64::new(0),
                     stop: CancellationToken::new(),
                 });
-                self.tasks
-                    .spawn(fan_out(session.clone(), sub, local.clone()));
+                self.tasks.spawn(fan_out(
+                    session.clone(),
+                    sub,
+                    local.clone(),
+                    self.gateway.clone(),
+                ));
                 sessions.insert(session.clone(), local.clone());
                 metrics::gauge!("bandsync_gateway_sessions").set(sessions.len() as f64);
                 local
@@ -184,7 +191,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-async fn fan_out(session: SessionId, mut sub: async_nats::Subscriber, local: Arc<LocalSession>) {
+async fn fan_out(
+    session: SessionId,
+    mut sub: async_nats::Subscriber,
+    local: Arc<LocalSession>,
+    gateway: GatewayId,
+) {
     loop {
         let msg = tokio::select! {
             _ = local.stop.cancelled() => break,
@@ -243,6 +255,16 @@ async fn fan_out(session: SessionId, mut sub: async_nats::Subscriber, local: Arc
                     .iter()
                     .filter(|c| head.to.as_ref() == Some(&c.member))
                 {
+                    // The member connected again elsewhere: this one socket goes.
+                    if head.code == Some(ErrorCode::Replaced) {
+                        if head.conn.as_ref() == Some(&ConnId::new(&gateway, c.conn)) {
+                            c.mailbox.kick(
+                                ErrorCode::Replaced,
+                                "you connected again elsewhere; this connection is closed",
+                            );
+                        }
+                        continue;
+                    }
                     // A refused hello: the member cannot be in the session.
                     if let Some(
                         code @ (ErrorCode::SessionFull

@@ -144,7 +144,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     install_metrics();
     let tasks = TaskTracker::new();
     let app = Arc::new(AppState {
-        hub: hub::Hub::new(bus.clone(), config.client_queue, tasks.clone()),
+        hub: hub::Hub::new(
+            bus.clone(),
+            gateway_id.clone(),
+            config.client_queue,
+            tasks.clone(),
+        ),
         tokens: config.token_keys()?,
         origins: origin::Origins::new(&config.allowed_origins),
         failed_joins: guesses::FailedJoins::default(),

@@ -4,7 +4,7 @@
 
 use crate::command::{Command, Song};
 use crate::error_code::ErrorCode;
-use crate::ids::{CommandId, MemberId, SessionId};
+use crate::ids::{CommandId, ConnId, MemberId, SessionId};
 use crate::state::{Cause, Change, Member, SessionState};
 use crate::timeline::{Micros, Timeline};
 use bytes::Bytes;
@@ -192,6 +192,10 @@ pub struct ErrorMsg {
     pub cmd: Option<CommandId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u64>,
+    /// The one connection it concerns (`replaced`: the member's older socket,
+    /// on whichever gateway holds it). Read by gateways, never sent to members.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conn: Option<ConnId>,
 }
 
 impl ErrorMsg {
@@ -204,6 +208,7 @@ impl ErrorMsg {
             to: None,
             cmd: None,
             epoch: None,
+            conn: None,
         }
     }
 }
@@ -230,6 +235,9 @@ pub struct BusHeader {
     /// The member an event removed.
     #[serde(default)]
     pub removed: Option<MemberId>,
+    /// The connection an error concerns (`replaced`).
+    #[serde(default)]
+    pub conn: Option<ConnId>,
 }
 
 impl BusHeader {

@@ -4,7 +4,7 @@
 use crate::summary::{self, SessionRow};
 use bandsync_nats::state::{Cause, SessionState};
 use bandsync_nats::wire::message_type;
-use bandsync_nats::{Change, CommandEnvelope, ErrorMsg, Micros, SessionId, Subjects};
+use bandsync_nats::{Change, CommandEnvelope, ErrorCode, ErrorMsg, Micros, SessionId, Subjects};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -298,7 +298,13 @@ fn decode_event(subjects: &Subjects, raw: &Raw<'_>, stream_seq: i64) -> Result<E
             Ok(EventRow {
                 stream_seq,
                 session_id: session.to_string(),
-                kind: "rejected",
+                // A member's older connection closed because they connected
+                // again, or a refused command.
+                kind: if err.code == ErrorCode::Replaced {
+                    "replaced"
+                } else {
+                    "rejected"
+                },
                 changes: String::new(),
                 actor: err.to.as_ref().map(ToString::to_string),
                 cmd_id: err.cmd.as_ref().map(ToString::to_string),

@@ -91,3 +91,37 @@ async fn a_member_has_one_live_connection_and_cannot_flood_the_band() {
             .is_some_and(|m| m.connected)
     );
 }
+
+/// Another gateway too: the member's older socket is closed wherever it is,
+/// and their new one, elsewhere, stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_connecting_on_another_gateway_replaces_the_older_socket() {
+    let stack = Stack::start(Knobs::default()).await;
+    let lead = stack.api(0).create("Leader").await.expect("create");
+    let mut leader = stack.connect(0, &lead).await;
+    let joined = stack
+        .api(0)
+        .join(lead.code.as_str(), "Keys")
+        .await
+        .expect("join");
+    let mut first = stack.connect(0, &joined).await;
+    let mut second = stack.connect(1, &joined).await;
+    let (code, reason) = ending(&mut first).await;
+    assert_eq!(code, Some(ErrorCode::Replaced), "told why");
+    assert_eq!(reason.as_deref(), Some("replaced"));
+    // The new socket stays, and the band sees the member connected.
+    second
+        .sync_clock(2)
+        .await
+        .expect("the new connection answers");
+    let me = joined.member.clone();
+    leader
+        .wait_until(WAIT, |s| s.member(&me).is_some_and(|m| m.connected))
+        .await
+        .expect("connected");
+    // And it still answers once the band has heard of it.
+    second
+        .sync_clock(1)
+        .await
+        .expect("the new connection is live");
+}

@@ -255,6 +255,14 @@ impl Worker {
                 metrics::counter!("bandsync_ticker_commands_replayed_total").increment(1);
                 return Handled::Yes; // applied before a failover
             }
+            // A member's hello from a new connection while an older one is
+            // live (another tab or device, maybe on another gateway).
+            let replaced = match (&env.command, current.state.member(&env.actor)) {
+                (Command::Hello { conn, .. }, Some(m)) if m.connected => {
+                    m.conn.clone().filter(|old| old != conn)
+                }
+                _ => None,
+            };
             let mut next = current.state.clone();
             match next.apply(
                 &env.command,
@@ -269,6 +277,9 @@ impl Worker {
                     let commit = self.commit(next).await;
                     if matches!(commit, Commit::Done) {
                         metrics::counter!("bandsync_ticker_commands_applied_total").increment(1);
+                        if let Some(old) = replaced {
+                            self.replaced(env, old).await;
+                        }
                     }
                     match after_write(commit) {
                         Attempt::Over(handled) => return handled,

@@ -6,7 +6,9 @@
 use super::{Worker, chain};
 use bandsync_nats::bus::BusError;
 use bandsync_nats::wire::ErrorMsg;
-use bandsync_nats::{CommandEnvelope, ErrorCode, EventMsg, ServerMsg, SessionState, Subjects};
+use bandsync_nats::{
+    CommandEnvelope, ConnId, ErrorCode, EventMsg, ServerMsg, SessionState, Subjects,
+};
 use std::time::Duration;
 
 /// How long an event or rejection is retried while the events stream takes no
@@ -52,6 +54,27 @@ impl Worker {
         let payload = ServerMsg::Error(err).to_bytes();
         if let Err(e) = self.publish_durable(subject, &msg_id, payload).await {
             tracing::warn!(session = %env.session, cmd = %env.id, error = %chain(&e), "rejection not published");
+        }
+    }
+
+    /// Tells the gateways that `old`, a connection of the member who just
+    /// said hello on another one, is replaced: whichever gateway holds it
+    /// closes it, as a gateway closes an older socket of its own.
+    pub(super) async fn replaced(&self, env: &CommandEnvelope, old: ConnId) {
+        let mut err = ErrorMsg::new(
+            ErrorCode::Replaced,
+            "you connected again elsewhere; this connection is closed",
+            None,
+        );
+        err.session = Some(env.session.clone());
+        err.to = Some(env.actor.clone());
+        err.epoch = Some(self.owned.epoch);
+        err.conn = Some(old);
+        let msg_id = format!("replaced-{}", env.id);
+        let subject = self.ctx.bus.subjects.evt(&env.session);
+        let payload = ServerMsg::Error(err).to_bytes();
+        if let Err(e) = self.publish_durable(subject, &msg_id, payload).await {
+            tracing::warn!(session = %env.session, error = %chain(&e), "replacement not published");
         }
     }
 
