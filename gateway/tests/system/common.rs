@@ -1,7 +1,7 @@
 use bandsync_client::{Api, Connection, Joined};
 use bandsync_gateway::Gateway;
 use bandsync_nats::{ServerMsg, state::Change};
-use bandsync_testkit::{NatsServer, eventually};
+use bandsync_testkit::{NatsServer, Role, eventually};
 use bandsync_ticker::Ticker;
 use clap::Parser;
 use std::net::SocketAddr;
@@ -76,15 +76,18 @@ impl Stack {
 
     pub async fn add_ticker(&mut self) {
         let k = self.knobs;
-        let config = bandsync_ticker::Config::parse_from([
-            "bandsync-ticker".to_string(),
-            format!("--nats-url={}", self.nats.url()),
-            "--listen=127.0.0.1:0".into(),
-            format!("--tick-ms={}", k.tick_ms),
-            format!("--leader-grace-ms={}", k.leader_grace_ms),
-            format!("--max-members={}", k.max_members),
-            "--shards=16".into(),
-        ]);
+        let config = bandsync_ticker::Config::parse_from(
+            ["bandsync-ticker".to_string()]
+                .into_iter()
+                .chain(self.nats.bus_flags(Role::Ticker))
+                .chain([
+                    "--listen=127.0.0.1:0".into(),
+                    format!("--tick-ms={}", k.tick_ms),
+                    format!("--leader-grace-ms={}", k.leader_grace_ms),
+                    format!("--max-members={}", k.max_members),
+                    "--shards=16".into(),
+                ]),
+        );
         let token = CancellationToken::new();
         let ticker = bandsync_ticker::start(config, token.clone())
             .await
@@ -93,8 +96,8 @@ impl Stack {
     }
 
     fn gateway_args(&self, id: &str) -> Vec<String> {
-        vec![
-            format!("--nats-url={}", self.nats.url()),
+        let mut args = self.nats.bus_flags(Role::Gateway);
+        args.extend([
             "--listen=127.0.0.1:0".into(),
             format!("--token-secret={SECRET}"),
             format!("--gateway-id={id}"),
@@ -104,7 +107,8 @@ impl Stack {
             "--shards=16".into(),
             // Tests stand in for a proxy: their X-Forwarded-For is believed.
             "--trusted-proxies=127.0.0.1".into(),
-        ]
+        ]);
+        args
     }
 
     pub async fn add_gateway(&mut self, id: &str) {
