@@ -125,7 +125,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let waiting = bandsync_nats::service::answer_while_waiting(&ops_listener)?;
     let bus = config
         .bus
-        .open_patiently(format!("bandsync-gateway-{gateway_id}"), &shutdown)
+        .bind_patiently(format!("bandsync-gateway-{gateway_id}"), &shutdown)
         .await
         .context("opening the NATS bus");
     waiting.stop().await;

@@ -33,7 +33,16 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|i| args.get(i + 1)?.parse().ok())
         .unwrap_or(300)
         .min(2_000);
-    let bus = BusArgs::new(&url).open("js-probe".into()).await?;
+    // Logs in as BANDSYNC_NATS_USER with BANDSYNC_NATS_PASSWORD when set
+    // (a ticker's or the operator's: it writes leases, state and events).
+    let mut args = BusArgs::new(&url);
+    if let (Ok(user), Ok(password)) = (
+        std::env::var("BANDSYNC_NATS_USER"),
+        std::env::var("BANDSYNC_NATS_PASSWORD"),
+    ) {
+        args = args.with_credentials(&user, &password);
+    }
+    let bus = args.open("js-probe".into()).await?;
     let session = SessionId::parse("jsprobe")?;
     let evt = bus.subjects.evt(&session);
     let key = Subjects::session_key(9_999, &session);

@@ -5,6 +5,11 @@
 //! process's CPU and memory; `bandsync-cluster` (scripts/cluster) and the chaos
 //! suite stop, freeze and restart single processes by name. Children are killed
 //! when the stack drops.
+//!
+//! NATS runs with BandSync's users and permissions (`bandsync_nats::auth`, as
+//! deployed): each service logs in as its own user with a password read from
+//! `<run dir>/nats-auth/<user>` (generated once), cluster routes log in too,
+//! and the chaos suite inspects the bus as `admin` ([`Stack::admin_client`]).
 
 use anyhow::Context;
 use serde::Serialize;
@@ -15,6 +20,7 @@ use std::time::Duration;
 use tokio::process::{Child, Command};
 
 use crate::topology;
+use bandsync_nats::auth::{self, Role as NatsUser};
 
 /// How long a started process may take to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,6 +41,8 @@ pub struct Stack {
     pub store: Option<String>,
     pub database_url: Option<String>,
     pub dir: PathBuf,
+    /// One file per NATS user (and `route`) holding its password.
+    pub nats_auth: PathBuf,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -154,9 +162,11 @@ impl Stack {
             nats_monitor: String::new(),
             store: None,
             database_url: None,
+            nats_auth: dir.join("nats-auth"),
             dir,
             _tmp: tmp,
         };
+        stack.write_passwords()?;
         let bin = |name: &str| -> anyhow::Result<PathBuf> {
             let path = spec.bin_dir.join(name);
             anyhow::ensure!(
@@ -176,9 +186,15 @@ impl Stack {
         stack.start_nats(spec.nats_server, spec.nats_nodes).await?;
         let replicas = if spec.nats_nodes >= 3 { 3 } else { 1 };
         let nats_urls = stack.nats_urls.clone();
-        let common = |listen: u16| {
+        let nats_auth = stack.nats_auth.clone();
+        let common = |user: NatsUser, listen: u16| {
             vec![
                 format!("--nats-url={nats_urls}"),
+                format!("--nats-user={}", user.user()),
+                format!(
+                    "--nats-password-file={}",
+                    nats_auth.join(user.user()).display()
+                ),
                 format!("--replicas={replicas}"),
                 format!("--listen=127.0.0.1:{listen}"),
             ]
@@ -189,7 +205,7 @@ impl Stack {
                 StoreDb::Url(url) => url.clone(),
             };
             let port = free_port()?;
-            let mut args = common(port);
+            let mut args = common(NatsUser::Store, port);
             args.push(format!("--database-url={url}"));
             stack
                 .spawn(
@@ -207,7 +223,7 @@ impl Stack {
         }
         for i in 0..spec.tickers {
             let port = free_port()?;
-            let mut args = common(port);
+            let mut args = common(NatsUser::Ticker, port);
             args.push(format!("--tick-ms={}", spec.tick_ms));
             args.push(format!("--ticker-id=ticker-{i}"));
             args.push(format!("--max-members={}", spec.max_members.max(12)));
@@ -230,7 +246,7 @@ impl Stack {
         )];
         for i in 0..spec.gateways {
             let (port, ops_port) = (free_port()?, free_port()?);
-            let mut args = common(port);
+            let mut args = common(NatsUser::Gateway, port);
             args.push(format!("--ops-listen=127.0.0.1:{ops_port}"));
             args.push(format!("--gateway-id=gw-{i}"));
             args.push(format!("--max-members={}", spec.max_members.max(12)));
@@ -270,6 +286,57 @@ impl Stack {
         Ok(stack)
     }
 
+    /// A password per NATS user and one for the routes, generated on the
+    /// first run into `nats_auth` (letters only: nats-server parses the
+    /// variable it reads a password from, so `12345` would be a number).
+    fn write_passwords(&self) -> anyhow::Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.nats_auth)
+            .with_context(|| format!("creating {}", self.nats_auth.display()))?;
+        let users = NatsUser::ALL.iter().map(|u| u.user());
+        for user in users.chain([auth::ROUTE_USER]) {
+            let path = self.nats_auth.join(user);
+            if path.is_file() {
+                continue;
+            }
+            let password: String = (0..32)
+                .map(|_| {
+                    let i = rand::random_range(0..52u8);
+                    char::from(if i < 26 { b'a' + i } else { b'A' + i - 26 })
+                })
+                .collect();
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            std::io::Write::write_all(&mut file, format!("{password}\n").as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// The password of `user` (a role's user name, or `route`).
+    pub fn nats_password(&self, user: &str) -> anyhow::Result<String> {
+        let path = self.nats_auth.join(user);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        Ok(text.trim().to_owned())
+    }
+
+    /// A client of the stack's NATS logged in as the operator (`admin`).
+    pub async fn admin_client(&self) -> anyhow::Result<async_nats::Client> {
+        let password = self.nats_password(NatsUser::Admin.user())?;
+        async_nats::ConnectOptions::new()
+            .user_and_password(NatsUser::Admin.user().into(), password)
+            .connect(bandsync_nats::bus::server_addrs(&self.nats_urls)?)
+            .await
+            .context("connecting to NATS as admin")
+    }
+
     async fn start_nats(&mut self, nats_server: &Path, nodes: usize) -> anyhow::Result<()> {
         let ports: Vec<(u16, u16, u16)> = (0..nodes)
             .map(|_| Ok((free_port()?, free_port()?, free_port()?)))
@@ -279,6 +346,16 @@ impl Stack {
         } else {
             Vec::new()
         };
+        // The users' passwords reach nats-server through its environment.
+        let mut env = Vec::new();
+        for user in NatsUser::ALL {
+            env.push((
+                user.password_var().to_owned(),
+                self.nats_password(user.user())?,
+            ));
+        }
+        let route_password = self.nats_password(auth::ROUTE_USER)?;
+        env.push((auth::ROUTE_PASSWORD_VAR.to_owned(), route_password.clone()));
         for (i, &(client, cluster, monitor)) in ports.iter().enumerate() {
             let name = format!("nats-{i}");
             let data = self.dir.join(&name);
@@ -292,6 +369,7 @@ impl Stack {
                 monitor,
                 store_dir: &data.join("jetstream"),
                 routes: &routes,
+                route_password: &route_password,
             });
             std::fs::write(&conf, text).with_context(|| format!("writing {}", conf.display()))?;
             let args = vec!["-c".to_owned(), conf.display().to_string()];
@@ -300,7 +378,7 @@ impl Stack {
                 Role::Nats,
                 nats_server,
                 args,
-                Vec::new(),
+                env.clone(),
                 client,
                 Some(data),
             )

@@ -23,12 +23,18 @@ pub struct NatsNode<'a> {
     pub store_dir: &'a Path,
     /// Every node's route port (a node skips its own).
     pub routes: &'a [u16],
+    /// What the routes log in with (as `route`).
+    pub route_password: &'a str,
 }
 
 /// A nats-server config file for one node on loopback.
 pub fn nats_conf(node: &NatsNode<'_>) -> String {
     let mut conf = String::new();
     let _ = writeln!(conf, "server_name: {}", node.name);
+    // The deployment's users and permissions (deploy/nats-auth.conf).
+    let subjects = bandsync_nats::Subjects::new(bandsync_nats::subjects::DEFAULT_PREFIX)
+        .expect("the default prefix is valid");
+    conf.push_str(&bandsync_nats::auth::server_authorization(&subjects));
     let _ = writeln!(conf, "listen: 127.0.0.1:{}", node.client);
     let _ = writeln!(conf, "http: 127.0.0.1:{}", node.monitor);
     let _ = writeln!(
@@ -43,11 +49,18 @@ pub fn nats_conf(node: &NatsNode<'_>) -> String {
             .routes
             .iter()
             .filter(|&&p| p != cluster)
-            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .map(|p| {
+                format!(
+                    "\"nats://{}:{}@127.0.0.1:{p}\"",
+                    bandsync_nats::auth::ROUTE_USER,
+                    node.route_password
+                )
+            })
             .collect();
         let _ = writeln!(
             conf,
-            "cluster {{\n  name: bandsync\n  listen: 127.0.0.1:{cluster}\n  routes: [{}]\n}}",
+            "cluster {{\n  name: bandsync\n  listen: 127.0.0.1:{cluster}\n  {}\n  routes: [{}]\n}}",
+            bandsync_nats::auth::route_authorization(),
             routes.join(", ")
         );
     }
@@ -218,11 +231,16 @@ mod tests {
             monitor: 6000,
             store_dir: Path::new("/tmp/js"),
             routes: &[5000, 5001, 5002],
+            route_password: "pw",
         });
         assert!(
-            conf.contains("routes: [nats://127.0.0.1:5001, nats://127.0.0.1:5002]"),
+            conf.contains(
+                r#"routes: ["nats://route:pw@127.0.0.1:5001", "nats://route:pw@127.0.0.1:5002"]"#
+            ),
             "{conf}"
         );
+        assert!(conf.contains("password: $BANDSYNC_NATS_ROUTE_PASSWORD"));
+        assert!(conf.contains("user: gateway"));
         assert!(conf.contains("lame_duck_duration"));
     }
 }

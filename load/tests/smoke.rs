@@ -4,7 +4,7 @@
 //! never how fast anything is: that is `scripts/bench`'s job.
 
 use bandsync_load::Config;
-use bandsync_testkit::NatsServer;
+use bandsync_testkit::{NatsServer, Role};
 use clap::Parser;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -28,32 +28,38 @@ async fn stack() -> Stack {
     bandsync_nats::service::init_tracing_at("warn");
     let nats = NatsServer::start().await;
     let stop = CancellationToken::new();
-    let ticker = bandsync_ticker::Config::parse_from([
-        "bandsync-ticker".to_string(),
-        format!("--nats-url={}", nats.url()),
-        "--listen=127.0.0.1:0".into(),
-        "--tick-ms=100".into(),
-        SHARDS.into(),
-    ]);
+    let ticker = bandsync_ticker::Config::parse_from(
+        ["bandsync-ticker".to_string()]
+            .into_iter()
+            .chain(nats.bus_flags(Role::Ticker))
+            .chain([
+                "--listen=127.0.0.1:0".into(),
+                "--tick-ms=100".into(),
+                SHARDS.into(),
+            ]),
+    );
     let ticker = bandsync_ticker::start(ticker, stop.clone())
         .await
         .expect("ticker starts");
     let mut gateways = Vec::new();
     for i in 0..2 {
-        let config = bandsync_gateway::Config::parse_from([
-            "bandsync-gateway".to_string(),
-            format!("--nats-url={}", nats.url()),
-            "--listen=127.0.0.1:0".into(),
-            "--ops-listen=127.0.0.1:0".into(),
-            format!("--token-secret={SECRET}"),
-            format!("--gateway-id=smoke-{i}"),
-            SHARDS.into(),
-            // Many devices from one address: no per-address limits.
-            "--requests-per-address=0".into(),
-            "--connects-per-address=0".into(),
-            "--creates-per-address=0".into(),
-            "--sockets-per-address=0".into(),
-        ]);
+        let config = bandsync_gateway::Config::parse_from(
+            ["bandsync-gateway".to_string()]
+                .into_iter()
+                .chain(nats.bus_flags(Role::Gateway))
+                .chain([
+                    "--listen=127.0.0.1:0".into(),
+                    "--ops-listen=127.0.0.1:0".into(),
+                    format!("--token-secret={SECRET}"),
+                    format!("--gateway-id=smoke-{i}"),
+                    SHARDS.into(),
+                    // Many devices from one address: no per-address limits.
+                    "--requests-per-address=0".into(),
+                    "--connects-per-address=0".into(),
+                    "--creates-per-address=0".into(),
+                    "--sockets-per-address=0".into(),
+                ]),
+        );
         let gw = bandsync_gateway::start(config, stop.clone())
             .await
             .expect("gateway starts");

@@ -1,5 +1,7 @@
 //! Connecting to NATS and declaring the streams and buckets BandSync uses.
-//! Every service calls `Bus::open`; declarations are idempotent, so any process
+//! Every service calls `Bus::open`, as its own NATS user (`auth`). Tickers
+//! declare (create or update) the streams and buckets, idempotently; gateways
+//! and the store bind to them and wait while none exists yet, so any process
 //! may start first.
 
 use crate::Shard;
@@ -8,6 +10,7 @@ use async_nats::jetstream::{self, kv, stream};
 use async_nats::{Client, HeaderMap, ReconnectToServer, Server, ServerInfo};
 use bytes::Bytes;
 use futures::TryStreamExt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -71,6 +74,8 @@ pub enum BusError {
     ServerTooOld { found: String },
     #[error("declaring {what}: {message}")]
     Declare { what: String, message: String },
+    #[error("binding {what} (a ticker creates it): {message}")]
+    Bind { what: String, message: String },
     #[error("publishing to {subject}: {message}")]
     Publish { subject: String, message: String },
     #[error("listing {what}: {message}")]
@@ -85,6 +90,7 @@ impl BusError {
             BusError::Connect { .. }
             | BusError::NotConnected { .. }
             | BusError::Declare { .. }
+            | BusError::Bind { .. }
             | BusError::Publish { .. }
             | BusError::List { .. } => true,
             BusError::Config { .. } | BusError::BadUrl { .. } | BusError::ServerTooOld { .. } => {
@@ -94,10 +100,58 @@ impl BusError {
     }
 }
 
+/// Whether a process creates the streams and buckets or only binds to them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provision {
+    /// Create what is missing and update settings that changed (tickers: the
+    /// only NATS user allowed to).
+    Declare,
+    /// Use them as they are, waiting while one is missing (gateways, the store).
+    Bind,
+}
+
+/// A password that never shows in logs or `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    pub fn new(password: impl Into<String>) -> Self {
+        Self(password.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(..)")
+    }
+}
+
+impl std::str::FromStr for Password {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// A NATS user and its password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub password: Password,
+}
+
 /// Where and how to connect.
 #[derive(Debug, Clone)]
 pub struct BusSettings {
     pub url: String,
+    /// The NATS user to log in as; `None` connects without credentials (which
+    /// BandSync's servers refuse).
+    pub credentials: Option<Credentials>,
+    /// Declare the streams and buckets, or bind to them.
+    pub provision: Provision,
     pub prefix: String,
     /// JetStream replicas for streams and buckets (3 in a three-node cluster).
     pub replicas: usize,
@@ -126,6 +180,19 @@ pub struct BusArgs {
     /// Shard lease TTL in milliseconds: the leases bucket's max age; every process must agree.
     #[arg(long, env = "BANDSYNC_LEASE_TTL_MS", default_value_t = 1500)]
     pub lease_ttl_ms: u64,
+    /// NATS user this process logs in as: gateway, ticker or store (docs/security.md).
+    #[arg(long, env = "BANDSYNC_NATS_USER")]
+    pub nats_user: Option<String>,
+    /// File holding the NATS user's password (its first line), so it stays out of `ps`.
+    #[arg(
+        long,
+        env = "BANDSYNC_NATS_PASSWORD_FILE",
+        conflicts_with = "nats_password"
+    )]
+    pub nats_password_file: Option<PathBuf>,
+    /// The NATS user's password; prefer the environment or --nats-password-file (a flag shows in `ps`).
+    #[arg(long, env = "BANDSYNC_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<Password>,
 }
 
 impl BusArgs {
@@ -136,6 +203,56 @@ impl BusArgs {
             prefix: crate::subjects::DEFAULT_PREFIX.to_owned(),
             replicas: 1,
             lease_ttl_ms: 1500,
+            nats_user: None,
+            nats_password_file: None,
+            nats_password: None,
+        }
+    }
+
+    /// Logs in as `user` with `password`.
+    pub fn with_credentials(mut self, user: &str, password: &str) -> Self {
+        self.nats_user = Some(user.to_owned());
+        self.nats_password = Some(Password::new(password));
+        self.nats_password_file = None;
+        self
+    }
+
+    /// The user and password (read from the password file if given); `None`
+    /// without a user. A user without a password, a password without a user,
+    /// or a password file that cannot be read or is empty is an error.
+    pub fn credentials(&self) -> Result<Option<Credentials>, BusError> {
+        let bad = |flag: &'static str, message: String| BusError::Config { flag, message };
+        let password = match (&self.nats_password, &self.nats_password_file) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| bad("--nats-password-file", format!("{}: {e}", path.display())))?;
+                let line = text.lines().next().unwrap_or("").trim();
+                if line.is_empty() {
+                    return Err(bad(
+                        "--nats-password-file",
+                        format!("{} is empty", path.display()),
+                    ));
+                }
+                Some(Password::new(line))
+            }
+            (None, None) => None,
+        };
+        match (&self.nats_user, password) {
+            (Some(user), Some(password)) if !user.is_empty() => Ok(Some(Credentials {
+                user: user.clone(),
+                password,
+            })),
+            (Some(_), Some(_)) => Err(bad("--nats-user", "must not be empty".into())),
+            (Some(_), None) => Err(bad(
+                "--nats-user",
+                "needs a password (BANDSYNC_NATS_PASSWORD_FILE or BANDSYNC_NATS_PASSWORD)".into(),
+            )),
+            (None, Some(_)) => Err(bad(
+                "--nats-password",
+                "needs a user (BANDSYNC_NATS_USER)".into(),
+            )),
+            (None, None) => Ok(None),
         }
     }
 
@@ -146,6 +263,7 @@ impl BusArgs {
             message: message.to_owned(),
         };
         server_addrs(&self.nats_url)?;
+        self.credentials()?;
         if !(1..=5).contains(&self.replicas) {
             return Err(bad("--replicas", "must be 1..=5"));
         }
@@ -162,32 +280,50 @@ impl BusArgs {
         Duration::from_millis(self.lease_ttl_ms)
     }
 
-    /// Connection settings for a process named `name` (shown by nats-server).
-    pub fn settings(&self, name: String) -> BusSettings {
-        BusSettings {
+    /// Connection settings for a process named `name` (shown by nats-server),
+    /// declaring the streams and buckets; fails if the password file cannot be read.
+    pub fn settings(&self, name: String) -> Result<BusSettings, BusError> {
+        Ok(BusSettings {
             url: self.nats_url.clone(),
+            credentials: self.credentials()?,
+            provision: Provision::Declare,
             prefix: self.prefix.clone(),
             replicas: self.replicas,
             lease_ttl: self.lease_ttl(),
             name,
-        }
+        })
     }
 
     /// Validates, connects and declares everything.
     pub async fn open(&self, name: String) -> Result<Bus, BusError> {
         let subjects = self.validate()?;
-        Bus::open(&self.settings(name), subjects).await
+        Bus::open(&self.settings(name)?, subjects).await
     }
 
-    /// [`Bus::open_patiently`] with these settings: `Ok(None)` if `shutdown`
-    /// came first.
+    /// [`Bus::open_patiently`] with these settings, declaring the streams and
+    /// buckets: `Ok(None)` if `shutdown` came first.
     pub async fn open_patiently(
         &self,
         name: String,
         shutdown: &CancellationToken,
     ) -> Result<Option<Bus>, BusError> {
         let subjects = self.validate()?;
-        Bus::open_patiently(&self.settings(name), subjects, shutdown).await
+        Bus::open_patiently(&self.settings(name)?, subjects, shutdown).await
+    }
+
+    /// As [`open_patiently`](Self::open_patiently), binding to the streams and
+    /// buckets a ticker declares (waiting for them while they are missing).
+    pub async fn bind_patiently(
+        &self,
+        name: String,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Bus>, BusError> {
+        let subjects = self.validate()?;
+        let settings = BusSettings {
+            provision: Provision::Bind,
+            ..self.settings(name)?
+        };
+        Bus::open_patiently(&settings, subjects, shutdown).await
     }
 }
 
@@ -209,8 +345,8 @@ pub struct Bus {
 }
 
 impl Bus {
-    /// Connects and declares every stream and bucket; fails if the bus is not
-    /// there within a few seconds. Services use [`Bus::open_patiently`].
+    /// Connects and declares (or binds to) every stream and bucket; fails if the
+    /// bus is not there within a few seconds. Services use [`Bus::open_patiently`].
     pub async fn open(settings: &BusSettings, subjects: Subjects) -> Result<Self, BusError> {
         let (client, connects) = connect(settings).await?;
         wait_connected(&client, &settings.url, CONNECT_WAIT).await?;
@@ -262,8 +398,10 @@ impl Bus {
         check_version(&client.server_info().version)?;
         let js = jetstream::new(client.clone());
         let replicas = settings.replicas;
+        let provision = settings.provision;
         declare_stream(
             &js,
+            provision,
             &subjects.cmd_stream(),
             vec![subjects.cmd_all()],
             CMD_MAX_AGE,
@@ -272,6 +410,7 @@ impl Bus {
         .await?;
         declare_stream(
             &js,
+            provision,
             &subjects.evt_stream(),
             vec![subjects.evt_all()],
             EVT_MAX_AGE,
@@ -286,10 +425,11 @@ impl Bus {
             max_value_size: MAX_STATE_BYTES,
             ..Default::default()
         };
-        let sessions = declare_kv(&js, bucket(subjects.sessions_bucket(), Duration::ZERO)).await?;
-        let codes = declare_kv(&js, bucket(subjects.codes_bucket(), Duration::ZERO)).await?;
-        let cursors = declare_kv(&js, bucket(subjects.cursors_bucket(), Duration::ZERO)).await?;
-        let gateways = declare_kv(&js, bucket(subjects.gateways_bucket(), GATEWAY_TTL)).await?;
+        let kv = |config| declare_kv(&js, provision, config);
+        let sessions = kv(bucket(subjects.sessions_bucket(), Duration::ZERO)).await?;
+        let codes = kv(bucket(subjects.codes_bucket(), Duration::ZERO)).await?;
+        let cursors = kv(bucket(subjects.cursors_bucket(), Duration::ZERO)).await?;
+        let gateways = kv(bucket(subjects.gateways_bucket(), GATEWAY_TTL)).await?;
         // Limit markers make an expired lease visible to watchers, so standbys campaign at once.
         let with_markers = |c: kv::Config| kv::Config {
             limit_markers: Some(Duration::from_secs(1)),
@@ -300,15 +440,15 @@ impl Bus {
         // It must outlast a Raft election, or the bucket's new leader would expire
         // every lease at once and move every shard.
         let leases_max_age = settings.lease_ttl.max(LEASE_BACKSTOP);
-        let leases = declare_kv(
-            &js,
-            with_markers(bucket(subjects.leases_bucket(), leases_max_age)),
-        )
+        let leases = kv(with_markers(bucket(
+            subjects.leases_bucket(),
+            leases_max_age,
+        )))
         .await?;
-        let tickers = declare_kv(
-            &js,
-            with_markers(bucket(subjects.tickers_bucket(), settings.lease_ttl * 2)),
-        )
+        let tickers = kv(with_markers(bucket(
+            subjects.tickers_bucket(),
+            settings.lease_ttl * 2,
+        )))
         .await?;
         Ok(Self {
             client,
@@ -423,7 +563,11 @@ pub fn not_written(e: &kv::UpdateError) -> bool {
 async fn connect(settings: &BusSettings) -> Result<(Client, watch::Receiver<u64>), BusError> {
     let (connected, connects) = watch::channel(0u64);
     let connected = Arc::new(connected);
-    let client = async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new();
+    if let Some(c) = &settings.credentials {
+        options = options.user_and_password(c.user.clone(), c.password.expose().to_owned());
+    }
+    let client = options
         .name(&settings.name)
         // Ticks fan out from one subscription per session; a deep buffer rides out bursts.
         .subscription_capacity(65_536)
@@ -547,6 +691,7 @@ pub fn check_version(version: &str) -> Result<(), BusError> {
 
 async fn declare_stream(
     js: &jetstream::Context,
+    provision: Provision,
     name: &str,
     subjects: Vec<String>,
     max_age: Duration,
@@ -561,6 +706,16 @@ async fn declare_stream(
         storage: stream::StorageType::File,
         ..Default::default()
     };
+    if provision == Provision::Bind {
+        return js
+            .get_stream(name)
+            .await
+            .map(|_| ())
+            .map_err(|e| BusError::Bind {
+                what: format!("stream {name}"),
+                message: e.to_string(),
+            });
+    }
     js.get_or_create_stream(config)
         .await
         .map(|_| ())
@@ -570,8 +725,18 @@ async fn declare_stream(
         })
 }
 
-async fn declare_kv(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, BusError> {
+async fn declare_kv(
+    js: &jetstream::Context,
+    provision: Provision,
+    config: kv::Config,
+) -> Result<kv::Store, BusError> {
     let name = config.bucket.clone();
+    if provision == Provision::Bind {
+        return js.get_key_value(&name).await.map_err(|e| BusError::Bind {
+            what: format!("bucket {name}"),
+            message: e.to_string(),
+        });
+    }
     if let Ok(store) = js.get_key_value(&name).await {
         return Ok(keep_max_age(js, store, config).await);
     }
@@ -658,6 +823,46 @@ mod tests {
         );
         assert!(server_addrs("").is_err());
         assert!(server_addrs("nats://bad host:x").is_err());
+    }
+
+    #[test]
+    fn credentials_come_in_pairs_and_from_a_file() {
+        let args = BusArgs::new("nats://127.0.0.1:1");
+        assert_eq!(args.credentials().ok(), Some(None));
+        let with = args.clone().with_credentials("gateway", "s3cret");
+        let c = with.credentials().ok().flatten().expect("credentials");
+        assert_eq!(
+            (c.user.as_str(), c.password.expose()),
+            ("gateway", "s3cret")
+        );
+        assert!(
+            !format!("{with:?}").contains("s3cret"),
+            "Debug hides the password"
+        );
+
+        let mut user_only = args.clone();
+        user_only.nats_user = Some("gateway".into());
+        assert!(user_only.validate().is_err());
+        let mut password_only = args.clone();
+        password_only.nats_password = Some(Password::new("x"));
+        assert!(password_only.validate().is_err());
+
+        let dir = std::env::temp_dir().join(format!("bandsync-bus-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("password");
+        std::fs::write(&file, "from-file\n").expect("writing");
+        let mut from_file = user_only.clone();
+        from_file.nats_password_file = Some(file.clone());
+        let c = from_file.credentials().ok().flatten().expect("credentials");
+        assert_eq!(c.password.expose(), "from-file");
+        std::fs::write(&file, "\n").expect("writing");
+        assert!(
+            from_file.credentials().is_err(),
+            "an empty file is an error"
+        );
+        from_file.nats_password_file = Some(dir.join("missing"));
+        assert!(from_file.validate().is_err(), "a missing file is an error");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

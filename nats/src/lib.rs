@@ -1,8 +1,10 @@
 //! The bus side of BandSync's shared language: subject, stream, bucket and key
-//! names (`subjects`, the only place that spells them), connecting and declaring
-//! them (`bus`), and process set-up (`service`). It re-exports the pure protocol
-//! (`bandsync-protocol`) so a service names one crate; a client needs only that one.
+//! names (`subjects`, the only place that spells them), who may do what on the
+//! bus (`auth`), connecting, declaring and binding (`bus`), and process set-up
+//! (`service`). It re-exports the pure protocol (`bandsync-protocol`) so a
+//! service names one crate; a client needs only that one.
 
+pub mod auth;
 pub mod bus;
 pub mod service;
 pub mod subjects;

@@ -86,6 +86,24 @@ impl Subjects {
         format!("{}_tickers", self.prefix)
     }
 
+    /// The stream holding KV bucket `bucket` (JetStream's naming).
+    pub fn kv_stream(bucket: &str) -> String {
+        format!("KV_{bucket}")
+    }
+    /// Every stream BandSync uses: the two streams and the buckets' streams.
+    pub fn streams(&self) -> [String; 8] {
+        [
+            self.cmd_stream(),
+            self.evt_stream(),
+            Self::kv_stream(&self.sessions_bucket()),
+            Self::kv_stream(&self.codes_bucket()),
+            Self::kv_stream(&self.leases_bucket()),
+            Self::kv_stream(&self.cursors_bucket()),
+            Self::kv_stream(&self.gateways_bucket()),
+            Self::kv_stream(&self.tickers_bucket()),
+        ]
+    }
+
     /// Session state key: the shard first, so one shard's sessions share a prefix.
     pub fn session_key(shard: Shard, session: &SessionId) -> String {
         format!("{shard}.{session}")

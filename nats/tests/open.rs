@@ -3,12 +3,12 @@
 
 use bandsync_nats::Subjects;
 use bandsync_nats::bus::{Bus, BusArgs};
-use bandsync_testkit::{NatsCluster, NatsServer};
+use bandsync_testkit::{NatsCluster, NatsServer, Role};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-fn settings(url: &str) -> bandsync_nats::bus::BusSettings {
-    BusArgs::new(url).settings("open-test".into())
+fn settings(args: BusArgs) -> bandsync_nats::bus::BusSettings {
+    args.settings("open-test".into()).expect("settings")
 }
 
 #[tokio::test]
@@ -18,13 +18,15 @@ async fn a_service_started_before_jetstream_has_a_quorum_opens_the_bus_when_it_h
     let mut cluster = NatsCluster::start(3).await;
     cluster.nodes[1].kill();
     cluster.nodes[2].kill();
-    let url = cluster.nodes[0].url();
+    let args = cluster
+        .logins()
+        .bus_args(&cluster.nodes[0].url(), Role::Ticker);
     let shutdown = CancellationToken::new();
     let opening = tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
-            let subjects = Subjects::new("opentest").expect("valid prefix");
-            let mut settings = settings(&url);
+            let subjects = Subjects::new("bandsync").expect("valid prefix");
+            let mut settings = settings(args);
             settings.replicas = 3;
             Bus::open_patiently(&settings, subjects, &shutdown).await
         }
@@ -56,11 +58,11 @@ async fn a_service_started_before_jetstream_has_a_quorum_opens_the_bus_when_it_h
 #[tokio::test]
 async fn shutdown_ends_the_wait() {
     let mut server = NatsServer::start().await;
-    let url = server.url();
+    let args = server.bus_args(Role::Ticker);
     server.kill();
     let shutdown = CancellationToken::new();
-    let subjects = Subjects::new("opentest").expect("valid prefix");
-    let settings = settings(&url);
+    let subjects = Subjects::new("bandsync").expect("valid prefix");
+    let settings = settings(args);
     let opening = Bus::open_patiently(&settings, subjects, &shutdown);
     // The shutdown comes while the wait is under way (the server is gone);
     // the wait must end on it, not go on retrying.
@@ -79,12 +81,68 @@ async fn shutdown_ends_the_wait() {
 #[tokio::test]
 async fn a_bad_url_fails_at_once() {
     let shutdown = CancellationToken::new();
-    let subjects = Subjects::new("opentest").expect("valid prefix");
+    let subjects = Subjects::new("bandsync").expect("valid prefix");
     let result = tokio::time::timeout(
         Duration::from_secs(2),
-        Bus::open_patiently(&settings("nats://bad host:x"), subjects, &shutdown),
+        Bus::open_patiently(
+            &settings(BusArgs::new("nats://bad host:x")),
+            subjects,
+            &shutdown,
+        ),
     )
     .await
     .expect("no waiting for a URL that cannot work");
     assert!(result.is_err());
+}
+
+#[tokio::test]
+async fn a_gateway_started_first_binds_once_a_ticker_has_declared() {
+    // Only tickers may create streams and buckets: a gateway (or the store)
+    // started before any ticker waits for them instead of failing.
+    let server = NatsServer::start().await;
+    let shutdown = CancellationToken::new();
+    let binding = tokio::spawn({
+        let args = server.bus_args(Role::Gateway);
+        let shutdown = shutdown.clone();
+        async move { args.bind_patiently("gateway".into(), &shutdown).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!binding.is_finished(), "nothing to bind to yet");
+    server
+        .bus_args(Role::Ticker)
+        .open("ticker".into())
+        .await
+        .unwrap_or_else(|e| panic!("the ticker declares: {e}; server log:\n{}", server.log()));
+    let bus = tokio::time::timeout(Duration::from_secs(15), binding)
+        .await
+        .expect("binds within 15 s of the declaration")
+        .expect("task")
+        .expect("no permanent error")
+        .expect("not cancelled");
+    assert!(
+        bus.sessions
+            .get("0.none")
+            .await
+            .expect("reads state")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_gateway_cannot_declare() {
+    let server = NatsServer::start().await;
+    let declared = tokio::time::timeout(
+        Duration::from_secs(15),
+        server.bus_args(Role::Gateway).open("gateway".into()),
+    )
+    .await;
+    assert!(
+        !matches!(declared, Ok(Ok(_))),
+        "the gateway's user created the streams"
+    );
+    let admin = async_nats::jetstream::new(server.connect(Role::Admin).await);
+    assert!(
+        admin.get_stream("BANDSYNC_CMD").await.is_err(),
+        "no stream was created"
+    );
 }

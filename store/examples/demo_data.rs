@@ -5,7 +5,7 @@
 //!
 //!     cargo run -p bandsync-store --example demo_data [-- DATABASE_URL]
 
-use bandsync_nats::bus::{Bus, BusSettings};
+use bandsync_nats::bus::Bus;
 use bandsync_nats::state::Rules;
 use bandsync_nats::{
     Command, CommandEnvelope, CommandId, DisplayName, ErrorMsg, EventMsg, GatewayId, JoinCode,
@@ -13,7 +13,7 @@ use bandsync_nats::{
 };
 use bandsync_store::decode::StreamKind;
 use bandsync_store::{Config, Store};
-use bandsync_testkit::NatsServer;
+use bandsync_testkit::{NatsServer, Role};
 use bytes::Bytes;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -27,13 +27,8 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/bandsync_demo".into());
     let nats = NatsServer::start().await;
     let subjects = Subjects::new("bandsync")?;
-    let settings = BusSettings {
-        url: nats.url(),
-        prefix: "bandsync".into(),
-        replicas: 1,
-        lease_ttl: Duration::from_millis(1500),
-        name: "demo".into(),
-    };
+    // As the operator: it publishes what gateways and tickers would.
+    let settings = nats.bus_args(Role::Admin).settings("demo".into())?;
     let bus = Bus::open(&settings, subjects.clone()).await?;
     // 2026-11-28 19:00 UTC and 2026-12-01 21:00 UTC.
     let rehearsal_at = 1_795_892_400 * S;
@@ -61,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
 
     let token = CancellationToken::new();
     let mut config = Config::new(&nats.url(), &db_url, "127.0.0.1:9299".parse()?);
+    config.bus = nats.bus_args(Role::Store);
     // The demo's analyst token (docs/analytics.md's examples use it).
     config.analyst_tokens = vec!["demo-analyst-token".into()];
     let store = Store::start(config, token.clone()).await?;

@@ -9,7 +9,7 @@
 use async_nats::HeaderMap;
 use async_nats::jetstream;
 use bandsync_load::procstat;
-use bandsync_nats::bus::{Bus, BusSettings};
+use bandsync_nats::bus::Bus;
 use bandsync_nats::state::Rules;
 use bandsync_nats::{
     Command, DisplayName, EventMsg, JoinCode, MemberId, Micros, ServerMsg, SessionId, SessionState,
@@ -17,7 +17,7 @@ use bandsync_nats::{
 };
 use bandsync_store::decode::StreamKind;
 use bandsync_store::{Config, Store};
-use bandsync_testkit::NatsServer;
+use bandsync_testkit::{NatsServer, Role};
 use bytes::Bytes;
 use std::time::{Duration, Instant};
 use tokio_postgres::NoTls;
@@ -43,13 +43,8 @@ async fn main() -> anyhow::Result<()> {
 
     let nats = NatsServer::start().await;
     let subjects = Subjects::new("bandsync")?;
-    let settings = BusSettings {
-        url: nats.url(),
-        prefix: "bandsync".into(),
-        replicas: 1,
-        lease_ttl: Duration::from_millis(1500),
-        name: "bench".into(),
-    };
+    // As the operator: it publishes what gateways and tickers would.
+    let settings = nats.bus_args(Role::Admin).settings("bench".into())?;
     let bus = Bus::open(&settings, subjects.clone()).await?;
     let mut events = Generator::new(&subjects, small);
     if std::env::var_os("BANDSYNC_BENCH_SHOW_EVENT").is_some() {
@@ -69,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let token = CancellationToken::new();
     let mut config = Config::new(&nats.url(), &db_url, "127.0.0.1:0".parse()?);
+    config.bus = nats.bus_args(Role::Store);
     // The store's own settings, from the environment as the service reads them.
     let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
     config.writers = env("BANDSYNC_STORE_WRITERS").unwrap_or(config.writers);

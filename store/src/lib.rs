@@ -24,7 +24,7 @@ pub mod supervise;
 pub use config::Config;
 
 use anyhow::Context;
-use bandsync_nats::bus::Bus;
+use bandsync_nats::bus::{Bus, BusSettings, Provision};
 use deadpool_postgres::Pool;
 use decode::StreamKind;
 use health::IngestHealth;
@@ -87,7 +87,14 @@ impl Store {
             }
         });
 
-        let settings = config.bus.settings(format!("store-{}", std::process::id()));
+        // The store binds to the streams a ticker declares (its NATS user may not create them).
+        let settings = BusSettings {
+            provision: Provision::Bind,
+            ..config
+                .bus
+                .settings(format!("store-{}", std::process::id()))
+                .context("reading the NATS credentials")?
+        };
         let Some(bus) = Bus::open_patiently(&settings, subjects.clone(), &shutdown)
             .await
             .context("opening the bus")?

@@ -10,9 +10,10 @@ pub mod metrics;
 pub mod nats;
 pub mod wait;
 
+pub use bandsync_nats::auth::Role;
 pub use http::{HttpError, Response, http_get, http_get_with};
 pub use metrics::{MetricError, metric, scrape_metric};
-pub use nats::{NatsCluster, NatsServer, nats_server_bin};
+pub use nats::{Logins, NatsCluster, NatsServer, nats_server_bin};
 pub use wait::eventually;
 
 /// The value at fraction `p` (0..=1) of an ascending slice, by nearest rank;

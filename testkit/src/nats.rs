@@ -7,6 +7,14 @@
 //! let failure tests stop a server hard and bring it back on the same port with the
 //! same JetStream store, as a crashed and restarted node would come back.
 //!
+//! Every server runs with BandSync's users and permissions
+//! (`bandsync_nats::auth`, the block deploy/nats-auth.conf holds), with random
+//! passwords of its own ([`Logins`]); a cluster's routes log in too. So every
+//! test that starts services shows the permissions are wide enough for them;
+//! tests connect as a role with [`NatsServer::connect`], [`NatsServer::bus_args`]
+//! or a service's flags from [`NatsServer::bus_flags`], and as `Role::Admin` to
+//! look at or change the bus as an operator would.
+//!
 //! The binary is nats-server 2.15.1 from `scripts/install-nats-server` (or
 //! `$BANDSYNC_NATS_SERVER`), never the one on `$PATH`: Debian's 2.9 lacks the
 //! JetStream features BandSync relies on.
@@ -16,7 +24,12 @@ use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
+
+use bandsync_nats::Subjects;
+use bandsync_nats::auth::{self, Role};
+use bandsync_nats::bus::BusArgs;
 
 use tempfile::TempDir;
 use tokio::time::{Instant, sleep};
@@ -61,13 +74,115 @@ fn install_path() -> PathBuf {
         .join("nats-server")
 }
 
+/// The random passwords of one server or cluster (every role's and the
+/// routes'), also written to one file per role for `--nats-password-file`.
+#[derive(Clone)]
+pub struct Logins {
+    passwords: Arc<Vec<(Role, String)>>,
+    route: String,
+    dir: Arc<TempDir>,
+}
+
+impl Logins {
+    fn generate() -> Logins {
+        let dir = tempfile::Builder::new()
+            .prefix("bandsync-logins-")
+            .tempdir()
+            .expect("creating a temp dir for NATS passwords");
+        let passwords: Vec<(Role, String)> =
+            Role::ALL.iter().map(|&r| (r, random_password())).collect();
+        for (role, password) in &passwords {
+            fs::write(dir.path().join(role.user()), format!("{password}\n"))
+                .expect("writing a password file");
+        }
+        Logins {
+            passwords: Arc::new(passwords),
+            route: random_password(),
+            dir: Arc::new(dir),
+        }
+    }
+
+    pub fn password(&self, role: Role) -> &str {
+        self.passwords
+            .iter()
+            .find(|(r, _)| *r == role)
+            .map(|(_, p)| p.as_str())
+            .expect("every role has a password")
+    }
+
+    /// The file holding `role`'s password.
+    pub fn password_file(&self, role: Role) -> PathBuf {
+        self.dir.path().join(role.user())
+    }
+
+    /// What nats-server reads the passwords from.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        let mut env: Vec<(&'static str, String)> = self
+            .passwords
+            .iter()
+            .map(|(r, p)| (r.password_var(), p.clone()))
+            .collect();
+        env.push((auth::ROUTE_PASSWORD_VAR, self.route.clone()));
+        env
+    }
+
+    /// The bus flags of a service logging in as `role` at `urls`.
+    pub fn bus_flags(&self, urls: &str, role: Role) -> Vec<String> {
+        vec![
+            format!("--nats-url={urls}"),
+            format!("--nats-user={}", role.user()),
+            format!(
+                "--nats-password-file={}",
+                self.password_file(role).display()
+            ),
+        ]
+    }
+
+    /// `BusArgs` (defaults otherwise) logging in as `role` at `urls`.
+    pub fn bus_args(&self, urls: &str, role: Role) -> BusArgs {
+        BusArgs::new(urls).with_credentials(role.user(), self.password(role))
+    }
+
+    /// Connect options logging in as `role`.
+    pub fn options(&self, role: Role) -> async_nats::ConnectOptions {
+        async_nats::ConnectOptions::new()
+            .user_and_password(role.user().into(), self.password(role).into())
+    }
+}
+
+/// 24 random letters: nats-server parses the variable it reads a password
+/// from as a value, so digits could make it a number (`12345`) or a size.
+fn random_password() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let mut rng = rand::rng();
+    (0..24)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// The configuration every test server runs with: BandSync's authorization
+/// block for the default prefix, and `cluster` (a cluster block) if given.
+fn server_config(cluster: Option<&str>) -> String {
+    let subjects = Subjects::new(bandsync_nats::subjects::DEFAULT_PREFIX)
+        .expect("the default prefix is valid");
+    let mut config = auth::server_authorization(&subjects);
+    if let Some(cluster) = cluster {
+        config.push_str(cluster);
+    }
+    config
+}
+
 /// One nats-server process with JetStream, killed on drop.
 pub struct NatsServer {
     child: Option<Child>,
     /// Client port; chosen by the server on first start, reused on restart.
     port: u16,
-    /// Arguments beyond the client listener (cluster settings, server name).
+    /// Arguments beyond the client listener (the server name).
     extra_args: Vec<String>,
+    /// Its configuration file's text: users and permissions, cluster settings.
+    config: String,
+    logins: Logins,
     /// Holds the store (`store/`), the log and the ports files; removed on drop.
     dir: TempDir,
 }
@@ -76,17 +191,13 @@ impl NatsServer {
     /// Starts a standalone server on a free port of 127.0.0.1 and waits until it
     /// accepts connections.
     pub async fn start() -> NatsServer {
-        Self::start_with_args(Vec::new()).await
-    }
-
-    async fn start_with_args(extra_args: Vec<String>) -> NatsServer {
-        let mut server = Self::spawn_with_args(extra_args);
+        let mut server = Self::spawn_with(Vec::new(), server_config(None), Logins::generate());
         server.wait_ready().await;
         server
     }
 
     /// Spawns without waiting, so cluster nodes can start side by side.
-    fn spawn_with_args(extra_args: Vec<String>) -> NatsServer {
+    fn spawn_with(extra_args: Vec<String>, config: String, logins: Logins) -> NatsServer {
         let dir = tempfile::Builder::new()
             .prefix("bandsync-nats-")
             .tempdir()
@@ -95,6 +206,8 @@ impl NatsServer {
             child: None,
             port: 0,
             extra_args,
+            config,
+            logins,
             dir,
         };
         server.spawn();
@@ -108,6 +221,30 @@ impl NatsServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Its users' passwords.
+    pub fn logins(&self) -> &Logins {
+        &self.logins
+    }
+
+    /// `--nats-url`, `--nats-user` and `--nats-password-file` for a service logging in as `role`.
+    pub fn bus_flags(&self, role: Role) -> Vec<String> {
+        self.logins.bus_flags(&self.url(), role)
+    }
+
+    /// `BusArgs` logging in as `role`.
+    pub fn bus_args(&self, role: Role) -> BusArgs {
+        self.logins.bus_args(&self.url(), role)
+    }
+
+    /// A client logged in as `role`; panics if the server refuses it.
+    pub async fn connect(&self, role: Role) -> async_nats::Client {
+        self.logins
+            .options(role)
+            .connect(self.url())
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {} as {}: {e}", self.url(), role.user()))
     }
 
     /// The JetStream store directory, kept across [`kill`](Self::kill) and
@@ -167,12 +304,17 @@ impl NatsServer {
         } else {
             self.port.to_string()
         };
+        let config = self.dir.path().join("nats.conf");
+        fs::write(&config, &self.config).expect("writing the nats-server config");
         let child = Command::new(&bin)
+            .arg("-c")
+            .arg(&config)
             .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
             .arg(self.store_dir())
             .arg("--ports_file_dir")
             .arg(self.dir.path())
             .args(&self.extra_args)
+            .envs(self.logins.env())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))
@@ -225,6 +367,22 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+        // A service refused something it needs fails its test in some other
+        // way (a timeout, a missing tick): say what the server refused.
+        let refused: Vec<String> = self
+            .log()
+            .lines()
+            .filter(|l| l.contains("Violation"))
+            .map(str::to_owned)
+            .collect();
+        if !refused.is_empty() {
+            eprintln!(
+                "nats-server on port {} refused {} request(s):\n{}",
+                self.port,
+                refused.len(),
+                refused.join("\n")
+            );
+        }
     }
 }
 
@@ -269,28 +427,24 @@ impl NatsCluster {
     pub async fn start(size: usize) -> NatsCluster {
         assert!(size >= 1, "a cluster needs at least one node");
         let route_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let logins = Logins::generate();
         let mut nodes: Vec<NatsServer> = route_ports
             .iter()
             .enumerate()
             .map(|(i, &own)| {
+                // Routes log in as the route user, whose password the URLs carry.
                 let routes: Vec<String> = route_ports
                     .iter()
                     .filter(|&&p| p != own)
-                    .map(|p| format!("nats://127.0.0.1:{p}"))
+                    .map(|p| format!("\"nats://{}:{}@127.0.0.1:{p}\"", auth::ROUTE_USER, logins.route))
                     .collect();
-                let mut args = vec![
-                    "--server_name".to_string(),
-                    format!("n{i}"),
-                    "--cluster_name".to_string(),
-                    "bandsync-test".to_string(),
-                    "--cluster".to_string(),
-                    format!("nats://127.0.0.1:{own}"),
-                ];
-                if !routes.is_empty() {
-                    args.push("--routes".to_string());
-                    args.push(routes.join(","));
-                }
-                NatsServer::spawn_with_args(args)
+                let cluster = format!(
+                    "cluster {{\n  name: bandsync-test\n  listen: \"127.0.0.1:{own}\"\n  {}\n  routes: [{}]\n}}\n",
+                    auth::route_authorization(),
+                    routes.join(", ")
+                );
+                let args = vec!["--server_name".to_string(), format!("n{i}")];
+                NatsServer::spawn_with(args, server_config(Some(&cluster)), logins.clone())
             })
             .collect();
         for node in &mut nodes {
@@ -311,11 +465,37 @@ impl NatsCluster {
         self.nodes.iter().map(NatsServer::url).collect()
     }
 
+    /// Its users' passwords (the same on every node).
+    pub fn logins(&self) -> &Logins {
+        self.nodes[0].logins()
+    }
+
+    /// A service's bus flags for every node, logging in as `role`.
+    pub fn bus_flags(&self, role: Role) -> Vec<String> {
+        self.logins().bus_flags(&self.urls(), role)
+    }
+
+    /// `BusArgs` for every node, logging in as `role`.
+    pub fn bus_args(&self, role: Role) -> BusArgs {
+        self.logins().bus_args(&self.urls(), role)
+    }
+
+    /// A client of the cluster logged in as `role`.
+    pub async fn connect(&self, role: Role) -> async_nats::Client {
+        self.logins()
+            .options(role)
+            .connect(self.url_list())
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {} as {}: {e}", self.urls(), role.user()))
+    }
+
     /// Retries creating (then deleting) an R`size` stream until the meta leader is
     /// elected and every peer has joined.
     async fn wait_jetstream(&self, size: usize) {
         let deadline = Instant::now() + CLUSTER_TIMEOUT;
-        let client = async_nats::ConnectOptions::new()
+        let client = self
+            .logins()
+            .options(Role::Admin)
             .connection_timeout(Duration::from_secs(2))
             .request_timeout(Some(Duration::from_secs(2)))
             .connect(self.url_list())
@@ -365,9 +545,7 @@ mod tests {
         assert!(server.port() > 0);
         assert_eq!(server.url(), format!("nats://127.0.0.1:{}", server.port()));
 
-        let client = async_nats::connect(server.url())
-            .await
-            .expect("connecting to the test server");
+        let client = server.connect(Role::Admin).await;
         assert!(
             client.server_info().version.starts_with("2.15"),
             "testkit must run the pinned nats-server, got {}",
@@ -392,15 +570,18 @@ mod tests {
         server.kill();
         assert!(!server.is_running());
         assert!(
-            async_nats::connect(server.url()).await.is_err(),
+            server
+                .logins()
+                .options(Role::Admin)
+                .connect(server.url())
+                .await
+                .is_err(),
             "a killed server must refuse connections"
         );
 
         server.restart().await;
         assert_eq!(server.port(), port, "restart keeps the port");
-        let client = async_nats::connect(server.url())
-            .await
-            .expect("reconnecting after restart");
+        let client = server.connect(Role::Admin).await;
         let kv = jetstream::new(client)
             .get_key_value("testkit")
             .await
@@ -432,9 +613,7 @@ mod tests {
         assert_eq!(cluster.nodes.len(), 3);
         assert_eq!(cluster.urls().split(',').count(), 3);
 
-        let client = async_nats::connect(cluster.url_list())
-            .await
-            .expect("connecting to the cluster");
+        let client = cluster.connect(Role::Admin).await;
         let js = jetstream::new(client);
         let mut stream = js
             .create_stream(jetstream::stream::Config {

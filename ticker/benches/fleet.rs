@@ -18,13 +18,13 @@
 //!   read the ticker's CPU from /proc/<pid>/stat, its ticks sent from /metrics, and
 //!   how late in the period a sample of 200 sessions' ticks carry their server time.
 
-use bandsync_nats::bus::{Bus, BusSettings};
+use bandsync_nats::bus::Bus;
 use bandsync_nats::service::random_id;
 use bandsync_nats::{
     Command, CommandEnvelope, CommandId, DisplayName, GatewayId, JoinCode, MemberId, SessionId,
     Subjects, now_us, shard_of,
 };
-use bandsync_testkit::{NatsServer, http_get, percentile, scrape_metric};
+use bandsync_testkit::{NatsServer, Role, http_get, percentile, scrape_metric};
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -80,12 +80,12 @@ struct Proc {
 }
 
 impl Proc {
-    async fn spawn(nats: &str, id: &str, tick_ms: u64) -> Proc {
+    async fn spawn(nats: &NatsServer, id: &str, tick_ms: u64) -> Proc {
         // BANDSYNC_BENCH_LOGS=<dir> keeps each ticker's log as <dir>/<id>.log.
         let logs = std::env::var_os("BANDSYNC_BENCH_LOGS").map(std::path::PathBuf::from);
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bandsync-ticker"))
+            .args(nats.bus_flags(Role::Ticker))
             .args([
-                format!("--nats-url={nats}"),
                 "--listen=127.0.0.1:0".into(),
                 format!("--ticker-id={id}"),
                 format!("--shards={SHARDS}"),
@@ -192,14 +192,12 @@ fn clock_ticks_per_second() -> f64 {
         .unwrap_or(100.0)
 }
 
-async fn open_bus(nats: &str) -> Bus {
-    let settings = BusSettings {
-        url: nats.to_owned(),
-        prefix: "bandsync".into(),
-        replicas: 1,
-        lease_ttl: Duration::from_millis(1500),
-        name: "bench-fleet".into(),
-    };
+/// The bench's own connection, as the operator (it sends commands as gateways would).
+async fn open_bus(nats: &NatsServer) -> Bus {
+    let settings = nats
+        .bus_args(Role::Admin)
+        .settings("bench-fleet".into())
+        .expect("settings");
     Bus::open(&settings, Subjects::new("bandsync").expect("prefix"))
         .await
         .expect("opening the bus")
@@ -301,7 +299,7 @@ async fn wait_balanced(tickers: &[Proc]) -> Duration {
 /// Kill (or terminate) one of three tickers `rounds` times; returns the worst
 /// orphan gap of each round (last tick of the old owner to first of the new).
 async fn failover_rounds(
-    nats: &str,
+    nats: &NatsServer,
     sessions: &[SessionId],
     arrivals: &Arrivals,
     signal: &str,
@@ -375,10 +373,10 @@ async fn failover_rounds(
 
 async fn failover(kills: usize) {
     let nats = NatsServer::start().await;
-    let bus = open_bus(&nats.url()).await;
+    let bus = open_bus(&nats).await;
     let mut next_id = 0;
     // One ticker creates the sessions; the rounds bring their own.
-    let creator = Proc::spawn(&nats.url(), "b-creator", 100).await;
+    let creator = Proc::spawn(&nats, "b-creator", 100).await;
     wait_balanced(std::slice::from_ref(&creator)).await;
     let sessions = playing_sessions(&bus, FAILOVER_SESSIONS).await;
     let arrivals = record_ticks(bus.client.clone(), "bandsync.sess.*.tick".into()).await;
@@ -389,15 +387,8 @@ async fn failover(kills: usize) {
             // default limit is 1000 per stream): let those of the kill rounds go.
             tokio::time::sleep(Duration::from_secs(31)).await;
         }
-        let mut gaps = failover_rounds(
-            &nats.url(),
-            &sessions,
-            &arrivals,
-            signal,
-            kills,
-            &mut next_id,
-        )
-        .await;
+        let mut gaps =
+            failover_rounds(&nats, &sessions, &arrivals, signal, kills, &mut next_id).await;
         gaps.sort_unstable();
         // "none" rather than 0 s when no round measured a gap.
         let figure = |p: f64| percentile(&gaps, p).map_or("none".to_owned(), |d| format!("{d:?}"));
@@ -415,8 +406,8 @@ async fn failover(kills: usize) {
 async fn capacity(hz: u64) {
     let tick_ms = 1000 / hz;
     let nats = NatsServer::start().await;
-    let bus = open_bus(&nats.url()).await;
-    let ticker = Proc::spawn(&nats.url(), "cap", tick_ms).await;
+    let bus = open_bus(&nats).await;
+    let ticker = Proc::spawn(&nats, "cap", tick_ms).await;
     wait_balanced(std::slice::from_ref(&ticker)).await;
     let steps: &[usize] = if hz >= 10 {
         &[1_000, 2_000, 5_000, 10_000, 20_000, 30_000, 40_000, 50_000]

@@ -13,7 +13,7 @@
 //!     [--shards 256] [--rate 500] [--secs 10] [--sessions 1000] [--noise-hz 1] [--work 2]
 
 use async_nats::jetstream::{self, consumer::push::OrderedConfig, stream};
-use bandsync_testkit::{NatsServer, percentile};
+use bandsync_testkit::{NatsServer, Role, percentile};
 use futures::StreamExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -60,8 +60,9 @@ async fn main() -> anyhow::Result<()> {
     // KV put per shard every 500 ms.
     let work = arg("--work", 0);
     let server = NatsServer::start().await;
-    let gateway = async_nats::connect(server.url()).await?;
-    let ticker = async_nats::connect(server.url()).await?;
+    // Its own streams and subjects, outside BandSync's permissions: as the operator.
+    let gateway = server.connect(Role::Admin).await;
+    let ticker = server.connect(Role::Admin).await;
     let js = jetstream::new(gateway.clone());
     let cmd = js
         .create_stream(stream::Config {

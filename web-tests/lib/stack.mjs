@@ -1,8 +1,11 @@
 // Starts the real BandSync stack on free loopback ports: a nats-server with
 // JetStream in a temporary directory, one ticker and N gateways. Everything is
 // killed by stop(), and by a process exit hook should a test die half-way.
+// NATS runs with the deployment's users and permissions (deploy/nats-auth.conf),
+// random passwords, and each service logs in as its own user.
 import { spawn, spawnSync } from 'node:child_process';
-import { createWriteStream, existsSync, mkdtempSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { randomInt } from 'node:crypto';
+import { copyFileSync, createWriteStream, existsSync, mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
 import { homedir, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -76,8 +79,19 @@ process.on('exit', () => {
   }
 });
 
+/** 32 random letters (nats-server parses the variable it reads a password from). */
+function password() {
+  const letters = 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ';
+  return Array.from({ length: 32 }, () => letters[randomInt(letters.length)]).join('');
+}
+
+/** `--nats-url`, `--nats-user` and `--nats-password-file` for a service logging in as `user`. */
+function busArgs(stack, user) {
+  return ['--nats-url', stack.natsUrl, '--nats-user', user, '--nats-password-file', join(stack.dir, 'nats-auth', user)];
+}
+
 export class Proc {
-  constructor(name, cmd, args) {
+  constructor(name, cmd, args, env = {}) {
     mkdirSync(LOGS, { recursive: true });
     this.name = name;
     Proc.count = (Proc.count || 0) + 1;
@@ -86,7 +100,7 @@ export class Proc {
     log.write(`$ ${cmd} ${args.join(' ')}\n`);
     this.child = spawn(cmd, args, {
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info', NO_COLOR: '1' },
+      env: { ...process.env, ...env, RUST_LOG: process.env.RUST_LOG || 'info', NO_COLOR: '1' },
     });
     this.child.stdout.pipe(log, { end: false });
     this.child.stderr.pipe(log, { end: false });
@@ -137,7 +151,7 @@ async function waitFor(what, proc, check, timeoutMs) {
 export async function startGateway(stack, id, port, { tlsDir } = {}) {
   const tls = tlsDir ? ['--tls', 'self-signed', '--tls-dir', tlsDir] : [];
   const gw = new Proc(`gateway-${id}`, join(stack.bin, 'bandsync-gateway'), [
-    '--nats-url', stack.natsUrl,
+    ...busArgs(stack, 'gateway'),
     '--listen', `127.0.0.1:${port}`,
     '--ops-listen', '127.0.0.1:0',
     '--gateway-id', id,
@@ -177,12 +191,22 @@ export async function startStack({ gateways = 2 } = {}) {
     rmSync(LOGS, { recursive: true, force: true });
     stack.dir = mkdtempSync(join(tmpdir(), 'bandsync-web-'));
     const natsPort = await freePort();
-    const nats = new Proc('nats', natsServerPath(), ['-a', '127.0.0.1', '-p', String(natsPort), '-js', '-sd', stack.dir]);
+    // The users and permissions every deployment runs with; a password each.
+    const env = {};
+    mkdirSync(join(stack.dir, 'nats-auth'), { mode: 0o700 });
+    for (const user of ['gateway', 'ticker', 'store', 'admin']) {
+      const pw = password();
+      writeFileSync(join(stack.dir, 'nats-auth', user), `${pw}\n`, { mode: 0o600 });
+      env[`BANDSYNC_NATS_${user.toUpperCase()}_PASSWORD`] = pw;
+    }
+    copyFileSync(join(REPO, 'deploy', 'nats-auth.conf'), join(stack.dir, 'nats-auth.conf'));
+    writeFileSync(join(stack.dir, 'nats.conf'), 'include nats-auth.conf\n');
+    const nats = new Proc('nats', natsServerPath(), ['-c', join(stack.dir, 'nats.conf'), '-a', '127.0.0.1', '-p', String(natsPort), '-js', '-sd', join(stack.dir, 'js')], env);
     stack.procs.push(nats);
     stack.natsUrl = `nats://127.0.0.1:${natsPort}`;
     await waitFor('nats-server', nats, () => tcpOpen(natsPort), 15_000);
 
-    const ticker = new Proc('ticker', join(stack.bin, 'bandsync-ticker'), ['--nats-url', stack.natsUrl, '--listen', '127.0.0.1:0']);
+    const ticker = new Proc('ticker', join(stack.bin, 'bandsync-ticker'), [...busArgs(stack, 'ticker'), '--listen', '127.0.0.1:0']);
     stack.procs.push(ticker);
     stack.ticker = ticker;
 

@@ -1,7 +1,7 @@
 use bandsync_client::{Api, Connection, Joined};
 use bandsync_gateway::Gateway;
 use bandsync_nats::{ServerMsg, state::Change};
-use bandsync_testkit::{NatsServer, eventually};
+use bandsync_testkit::{NatsServer, Role, eventually};
 use bandsync_ticker::Ticker;
 use clap::Parser;
 use std::net::SocketAddr;
@@ -77,15 +77,18 @@ impl Stack {
 
     pub async fn add_ticker(&mut self) {
         let k = self.knobs;
-        let config = bandsync_ticker::Config::parse_from([
-            "bandsync-ticker".to_string(),
-            format!("--nats-url={}", self.nats.url()),
-            "--listen=127.0.0.1:0".into(),
-            format!("--tick-ms={}", k.tick_ms),
-            format!("--leader-grace-ms={}", k.leader_grace_ms),
-            format!("--max-members={}", k.max_members),
-            "--shards=16".into(),
-        ]);
+        let config = bandsync_ticker::Config::parse_from(
+            ["bandsync-ticker".to_string()]
+                .into_iter()
+                .chain(self.nats.bus_flags(Role::Ticker))
+                .chain([
+                    "--listen=127.0.0.1:0".into(),
+                    format!("--tick-ms={}", k.tick_ms),
+                    format!("--leader-grace-ms={}", k.leader_grace_ms),
+                    format!("--max-members={}", k.max_members),
+                    "--shards=16".into(),
+                ]),
+        );
         let token = CancellationToken::new();
         let ticker = bandsync_ticker::start(config, token.clone())
             .await
@@ -101,8 +104,8 @@ impl Stack {
     /// defaults' flags of the same name.
     fn gateway_args_with(&self, id: &str, overrides: &[String]) -> Vec<String> {
         let flag = |arg: &str| arg.split('=').next().unwrap_or_default().to_owned();
-        let mut args = vec![
-            format!("--nats-url={}", self.nats.url()),
+        let mut args = self.nats.bus_flags(Role::Gateway);
+        args.extend([
             "--listen=127.0.0.1:0".into(),
             "--ops-listen=127.0.0.1:0".into(),
             format!("--token-secret={SECRET}"),
@@ -119,7 +122,7 @@ impl Stack {
             "--connects-per-address=0".into(),
             "--creates-per-address=0".into(),
             "--sockets-per-address=0".into(),
-        ];
+        ]);
         args.retain(|a| overrides.iter().all(|o| flag(o) != flag(a)));
         args.extend(overrides.iter().cloned());
         args

@@ -4,6 +4,7 @@
 
 mod common;
 mod errors;
+mod forged;
 mod hardening;
 mod large;
 mod leadership;

@@ -53,6 +53,8 @@ struct Manifest {
     store: Option<String>,
     database_url: Option<String>,
     nats_urls: String,
+    /// One file per NATS user holding its password (`admin` is the operator's).
+    nats_auth: PathBuf,
     processes: Vec<bandsync_load::stack::ProcInfo>,
 }
 
@@ -90,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
         store: stack.store.clone(),
         database_url: stack.database_url.clone(),
         nats_urls: stack.nats_urls.clone(),
+        nats_auth: stack.nats_auth.clone(),
         processes: stack.processes(),
     };
     let path = args.run_dir.join("cluster.json");
@@ -114,8 +117,9 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     eprintln!(
-        "NATS: {}\nprocesses: {} (Ctrl-C stops everything)",
+        "NATS: {} (users' passwords in {}/; the operator logs in as admin)\nprocesses: {} (Ctrl-C stops everything)",
         manifest.nats_urls,
+        manifest.nats_auth.display(),
         path.display()
     );
 

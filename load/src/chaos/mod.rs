@@ -119,7 +119,7 @@ pub async fn inject(
     let mut report = report::analyse(&fault.name(), &logs, fault_at, until);
     report.notes.splice(0..0, notes);
     if let (Some(db), Some(_)) = (&stack.database_url, &stack.store) {
-        let (missing, doubled) = rows_check(&stack.nats_urls, db).await?;
+        let (missing, doubled) = rows_check(stack, db).await?;
         report.rows_missing = Some(missing);
         report.rows_doubled = Some(doubled);
     }
@@ -151,14 +151,14 @@ async fn act(stack: &mut Stack, fault: Fault, notes: &mut Vec<String>) -> anyhow
     };
     Ok(match fault {
         Fault::KillNatsLeading(asset) => {
-            let node = leader_of(&stack.nats_urls, asset).await?;
+            let node = leader_of(stack, asset).await?;
             notes.push(format!("{node} led {}", asset.name()));
             stack.kill(&node).await?;
             Recover::Restart(node)
         }
         Fault::FreezeNats(d) => {
             // The worst node to freeze for commands: their stream's leader.
-            let node = leader_of(&stack.nats_urls, Asset::Commands).await?;
+            let node = leader_of(stack, Asset::Commands).await?;
             notes.push(format!("{node} led {}", Asset::Commands.name()));
             stack.signal(&node, Signal::Stop).await?;
             tokio::time::sleep(d).await;
@@ -204,10 +204,8 @@ async fn kill(stack: &mut Stack, name: String) -> anyhow::Result<Recover> {
 }
 
 /// The NATS node (server name = process name) leading a stream or bucket now.
-pub async fn leader_of(nats_urls: &str, asset: Asset) -> anyhow::Result<String> {
-    let client = async_nats::connect(bandsync_nats::bus::server_addrs(nats_urls)?)
-        .await
-        .context("connecting to NATS")?;
+pub async fn leader_of(stack: &Stack, asset: Asset) -> anyhow::Result<String> {
+    let client = stack.admin_client().await?;
     let js = async_nats::jetstream::new(client);
     let subjects = Subjects::new(bandsync_nats::subjects::DEFAULT_PREFIX)?;
     let stream_name = match asset {
@@ -234,8 +232,8 @@ pub async fn leader_of(nats_urls: &str, asset: Asset) -> anyhow::Result<String> 
 /// Rows the event and command streams hold that PostgreSQL lacks (neither a row
 /// nor a dead letter), and events stored twice under different stream sequences.
 /// Waits up to 30 s for the store to catch up before calling a row missing.
-async fn rows_check(nats_urls: &str, database_url: &str) -> anyhow::Result<(i64, i64)> {
-    let client = async_nats::connect(bandsync_nats::bus::server_addrs(nats_urls)?).await?;
+async fn rows_check(stack: &Stack, database_url: &str) -> anyhow::Result<(i64, i64)> {
+    let client = stack.admin_client().await?;
     let js = async_nats::jetstream::new(client);
     let subjects = Subjects::new(bandsync_nats::subjects::DEFAULT_PREFIX)?;
     let (db, conn) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)

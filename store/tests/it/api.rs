@@ -9,7 +9,7 @@ use std::time::Duration;
 async fn rehearsal_lands_once_and_is_served() {
     let nats = NatsServer::start().await;
     let db = TestDb::fresh();
-    let bus = bus(&nats.url()).await;
+    let bus = bus(&nats).await;
     let band = rehearsal("reh1", now_us() - 600_000_000);
     publish_all(&bus.js, band.commands()).await;
     publish_all(&bus.js, band.events()).await;
@@ -20,7 +20,7 @@ async fn rehearsal_lands_once_and_is_served() {
     let n_events = band.events().len() as i64;
     let n_commands = band.commands().len() as i64;
 
-    let (store, token) = start_store(&nats.url(), &db.url()).await;
+    let (store, token) = start_store(&nats, &db.url()).await;
     eventually(Duration::from_secs(20), "every message stored", || async {
         db.count("SELECT count(*) FROM events").await == n_events
             && db.count("SELECT count(*) FROM commands").await == n_commands
@@ -219,8 +219,7 @@ async fn rehearsal_lands_once_and_is_served() {
 async fn without_analyst_tokens_the_log_is_closed() {
     let nats = NatsServer::start().await;
     let db = TestDb::fresh();
-    let (store, token) =
-        start_store_with(&nats.url(), &db.url(), |c| c.analyst_tokens.clear()).await;
+    let (store, token) = start_store_with(&nats, &db.url(), |c| c.analyst_tokens.clear()).await;
     let base = format!("http://{}", store.addr());
     let r = http_get_with(
         &format!("{base}/sessions"),

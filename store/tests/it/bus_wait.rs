@@ -3,7 +3,7 @@
 
 use crate::support::*;
 use bandsync_store::{Config, Store};
-use bandsync_testkit::{NatsServer, eventually, http_get};
+use bandsync_testkit::{NatsServer, Role, eventually, http_get};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -19,11 +19,12 @@ async fn a_store_started_before_the_bus_waits_for_it_not_ready() {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
-    let config = Config::new(
+    let mut config = Config::new(
         &nats.url(),
         &db.url(),
         format!("127.0.0.1:{port}").parse().expect("addr"),
     );
+    config.bus = nats.bus_args(Role::Store);
     let token = CancellationToken::new();
     let starting = tokio::spawn(Store::start(config, token.clone()));
 
@@ -58,6 +59,11 @@ async fn a_store_started_before_the_bus_waits_for_it_not_ready() {
     assert_eq!(still.status, 503, "{}", still.body);
 
     nats.restart().await;
+    // The store binds to the streams a ticker creates (its user may not).
+    nats.bus_args(Role::Ticker)
+        .open("ticker".into())
+        .await
+        .expect("a ticker declares the streams");
     let store = tokio::time::timeout(Duration::from_secs(30), starting)
         .await
         .expect("started within 30 s of the bus's return")

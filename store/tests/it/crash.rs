@@ -2,7 +2,7 @@
 //! (as two workers sharing the durable consumer): every event is stored exactly once.
 
 use crate::support::*;
-use bandsync_testkit::{NatsServer, eventually, metric};
+use bandsync_testkit::{NatsServer, Role, eventually, metric};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::process::{Child, Command};
@@ -10,16 +10,10 @@ use tokio::process::{Child, Command};
 const TOTAL_SESSIONS: usize = 100;
 const PER_SESSION: usize = 1_000;
 
-fn spawn_store(nats_url: &str, db_url: &str) -> Child {
+fn spawn_store(nats: &NatsServer, db_url: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_bandsync-store"))
-        .args([
-            "--nats-url",
-            nats_url,
-            "--database-url",
-            db_url,
-            "--listen",
-            "127.0.0.1:0",
-        ])
+        .args(nats.bus_flags(Role::Store))
+        .args(["--database-url", db_url, "--listen", "127.0.0.1:0"])
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -32,13 +26,13 @@ fn spawn_store(nats_url: &str, db_url: &str) -> Child {
 async fn kill_9_mid_stream_loses_and_duplicates_nothing() {
     let nats = NatsServer::start().await;
     let db = TestDb::fresh();
-    let bus = bus(&nats.url()).await;
+    let bus = bus(&nats).await;
     let events = bulk_events("k", TOTAL_SESSIONS, PER_SESSION);
     let total = events.len() as i64;
     let js = bus.js.clone();
     let publisher = tokio::spawn(async move { publish_all(&js, events).await });
 
-    let mut first = spawn_store(&nats.url(), &db.url());
+    let mut first = spawn_store(&nats, &db.url());
     eventually(
         Duration::from_secs(60),
         "a good part of the events stored",
@@ -56,10 +50,7 @@ async fn kill_9_mid_stream_loses_and_duplicates_nothing() {
     );
 
     publisher.await.expect("publisher");
-    let mut workers = [
-        spawn_store(&nats.url(), &db.url()),
-        spawn_store(&nats.url(), &db.url()),
-    ];
+    let mut workers = [spawn_store(&nats, &db.url()), spawn_store(&nats, &db.url())];
     eventually(Duration::from_secs(120), "all events stored", || async {
         db_count_or_zero(&db).await == total
     })
@@ -114,12 +105,12 @@ async fn db_count_or_zero(db: &TestDb) -> i64 {
 async fn graceful_shutdown_acks_everything_it_committed() {
     let nats = NatsServer::start().await;
     let db = TestDb::fresh();
-    let bus = bus(&nats.url()).await;
+    let bus = bus(&nats).await;
     let events = bulk_events("g", 20, 1_000);
     let total = events.len() as i64;
     publish_all(&bus.js, events).await;
 
-    let (first, token) = start_store(&nats.url(), &db.url()).await;
+    let (first, token) = start_store(&nats, &db.url()).await;
     eventually(Duration::from_secs(60), "a first part stored", || async {
         db_count_or_zero(&db).await >= total / 4
     })
@@ -129,7 +120,7 @@ async fn graceful_shutdown_acks_everything_it_committed() {
     let stored = db.count("SELECT count(*) FROM events").await;
     assert!(stored < total, "stopped mid-stream ({stored} of {total})");
 
-    let (second, token) = start_store(&nats.url(), &db.url()).await;
+    let (second, token) = start_store(&nats, &db.url()).await;
     eventually(Duration::from_secs(60), "the rest stored", || async {
         db.count("SELECT count(*) FROM events").await == total
     })

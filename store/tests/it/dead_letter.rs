@@ -13,8 +13,8 @@ use std::time::Duration;
 async fn garbage_goes_to_dead_letters_and_the_pipeline_goes_on() {
     let nats = NatsServer::start().await;
     let db = TestDb::fresh();
-    let bus = bus(&nats.url()).await;
-    let (store, token) = start_store(&nats.url(), &db.url()).await;
+    let bus = bus(&nats).await;
+    let (store, token) = start_store(&nats, &db.url()).await;
 
     let band = rehearsal("dl1", now_us());
     let events = band.events();
@@ -105,7 +105,7 @@ async fn garbage_goes_to_dead_letters_and_the_pipeline_goes_on() {
 async fn a_row_postgres_refuses_is_isolated() {
     let nats = NatsServer::start().await;
     let db = TestDb::fresh();
-    let bus = bus(&nats.url()).await;
+    let bus = bus(&nats).await;
     let mut band = Band::create("nul1", "ana", now_us());
     let chart = "intro\u{0}verse".to_owned();
     let song = bandsync_nats::Song {
@@ -131,7 +131,7 @@ async fn a_row_postgres_refuses_is_isolated() {
     err.session = Some(bandsync_nats::SessionId::parse("nul1").expect("valid"));
     let refused = bandsync_nats::ServerMsg::Error(err).to_bytes();
     publish_raw(&bus.js, "bandsync.sess.nul1.evt".into(), refused).await;
-    let (store, token) = start_store(&nats.url(), &db.url()).await;
+    let (store, token) = start_store(&nats, &db.url()).await;
     eventually(
         Duration::from_secs(20),
         "events and dead letters",
@@ -168,7 +168,7 @@ async fn a_row_postgres_refuses_is_isolated() {
 async fn poison_timelines_are_dead_letters_and_their_batch_is_written() {
     let nats = NatsServer::start().await;
     let db = TestDb::fresh();
-    let bus = bus(&nats.url()).await;
+    let bus = bus(&nats).await;
     let band = rehearsal("px1", now_us());
     let events = band.events();
     let (subject, _, template) = events[3].clone();
@@ -199,7 +199,7 @@ async fn poison_timelines_are_dead_letters_and_their_batch_is_written() {
     publish_all(&bus.js, later.to_vec()).await;
     publish_all(&bus.js, band.commands()).await;
 
-    let (store, token) = start_store(&nats.url(), &db.url()).await;
+    let (store, token) = start_store(&nats, &db.url()).await;
     let good = events.len() as i64;
     eventually(
         Duration::from_secs(20),
@@ -282,7 +282,7 @@ async fn poison_timelines_are_dead_letters_and_their_batch_is_written() {
 async fn a_re_published_event_is_stored_once() {
     let nats = NatsServer::start().await;
     let db = TestDb::fresh();
-    let bus = bus(&nats.url()).await;
+    let bus = bus(&nats).await;
     let band = rehearsal("dup1", now_us());
     let events = band.events();
     publish_all(&bus.js, events.clone()).await;
@@ -292,7 +292,7 @@ async fn a_re_published_event_is_stored_once() {
     // And the first one, in the same batch as nothing else.
     let (subject, _, bytes) = events[0].clone();
     publish_raw(&bus.js, subject, bytes).await;
-    let (store, token) = start_store(&nats.url(), &db.url()).await;
+    let (store, token) = start_store(&nats, &db.url()).await;
 
     let expected = events.len() as i64;
     eventually(

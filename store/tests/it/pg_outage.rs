@@ -51,10 +51,10 @@ impl Proxy {
 async fn store_rides_out_a_postgres_outage() {
     let nats = NatsServer::start().await;
     let db = TestDb::fresh();
-    let bus = bus(&nats.url()).await;
+    let bus = bus(&nats).await;
     let proxy = Proxy::start("127.0.0.1:5432").await;
     let via_proxy = format!("postgres://postgres@127.0.0.1:{}/{}", proxy.port, db.name);
-    let (store, token) = start_store(&nats.url(), &via_proxy).await;
+    let (store, token) = start_store(&nats, &via_proxy).await;
 
     let events = bulk_events("o", 20, 500);
     let total = events.len() as i64;
@@ -119,8 +119,8 @@ async fn store_rides_out_a_postgres_outage() {
 async fn store_survives_its_connections_being_terminated() {
     let nats = NatsServer::start().await;
     let db = TestDb::fresh();
-    let bus = bus(&nats.url()).await;
-    let (store, token) = start_store(&nats.url(), &db.url()).await;
+    let bus = bus(&nats).await;
+    let (store, token) = start_store(&nats, &db.url()).await;
     let events = bulk_events("t", 20, 300);
     let total = events.len() as i64;
     let js = bus.js.clone();

@@ -11,7 +11,7 @@ use std::time::Duration;
 async fn replay_equals_the_owners_state_at_every_instant() {
     let nats = NatsServer::start().await;
     let db = TestDb::fresh();
-    let bus = bus(&nats.url()).await;
+    let bus = bus(&nats).await;
     let band = rehearsal("rp1", now_us() - 600_000_000);
     publish_all(&bus.js, band.events()).await;
     // The owner keeps its state in KV; at the end it holds the final state.
@@ -22,7 +22,7 @@ async fn replay_equals_the_owners_state_at_every_instant() {
         .await
         .expect("kv put");
 
-    let (store, token) = start_store(&nats.url(), &db.url()).await;
+    let (store, token) = start_store(&nats, &db.url()).await;
     let n = band.events().len() as i64;
     eventually(Duration::from_secs(20), "events stored", || async {
         db.count("SELECT count(*) FROM events").await == n

@@ -13,8 +13,8 @@ use std::time::Duration;
 async fn a_stalled_ingest_shows_in_readyz_and_the_metrics() {
     let nats = NatsServer::start().await;
     let db = TestDb::fresh();
-    let bus = bus(&nats.url()).await;
-    let (store, token) = start_store_with(&nats.url(), &db.url(), |c| c.stall_after_secs = 1).await;
+    let bus = bus(&nats).await;
+    let (store, token) = start_store_with(&nats, &db.url(), |c| c.stall_after_secs = 1).await;
     let ready = format!("http://{}/readyz", store.addr());
     let read = |series: &'static str| store_metric(&store, series);
     eventually(Duration::from_secs(10), "the store ready", || async {

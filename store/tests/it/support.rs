@@ -11,6 +11,7 @@ use bandsync_nats::{
     MemberId, Micros, ServerMsg, SessionId, SessionState, Subjects,
 };
 use bandsync_store::{Config, Store};
+use bandsync_testkit::{NatsServer, Role};
 use bytes::Bytes;
 use std::time::Duration;
 use tokio_postgres::NoTls;
@@ -88,22 +89,21 @@ pub fn subjects() -> Subjects {
     Subjects::new(PREFIX).expect("valid prefix")
 }
 
-pub async fn bus(url: &str) -> Bus {
-    let settings = BusSettings {
-        url: url.to_owned(),
-        prefix: PREFIX.to_owned(),
-        replicas: 1,
-        lease_ttl: Duration::from_millis(1500),
-        name: "store-test".into(),
-    };
+/// The test's own connection, as the operator: it publishes commands and
+/// events as gateways and tickers would.
+pub async fn bus(nats: &NatsServer) -> Bus {
+    let settings: BusSettings = nats
+        .bus_args(Role::Admin)
+        .settings("store-test".into())
+        .expect("settings");
     Bus::open(&settings, subjects())
         .await
         .expect("opening the bus")
 }
 
 /// Starts a store in this process on a free port.
-pub async fn start_store(nats_url: &str, db_url: &str) -> (Store, CancellationToken) {
-    start_store_with(nats_url, db_url, |_| {}).await
+pub async fn start_store(nats: &NatsServer, db_url: &str) -> (Store, CancellationToken) {
+    start_store_with(nats, db_url, |_| {}).await
 }
 
 /// The analyst token every test store accepts.
@@ -118,13 +118,20 @@ pub async fn analyst_get(url: &str) -> bandsync_testkit::Response {
 }
 
 /// Starts a store in this process on a free port, its settings changed by `tweak`.
+/// The store logs in as its own NATS user, which may not create the streams:
+/// they are declared first, as a ticker would.
 pub async fn start_store_with(
-    nats_url: &str,
+    nats: &NatsServer,
     db_url: &str,
     tweak: impl FnOnce(&mut Config),
 ) -> (Store, CancellationToken) {
+    nats.bus_args(Role::Ticker)
+        .open("ticker".into())
+        .await
+        .expect("a ticker declares the streams");
     let token = CancellationToken::new();
-    let mut config = Config::new(nats_url, db_url, "127.0.0.1:0".parse().expect("addr"));
+    let mut config = Config::new(&nats.url(), db_url, "127.0.0.1:0".parse().expect("addr"));
+    config.bus = nats.bus_args(Role::Store);
     config.analyst_tokens = vec![ANALYST.into()];
     tweak(&mut config);
     let store = Store::start(config, token.clone())

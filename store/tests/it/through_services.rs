@@ -5,7 +5,7 @@ use crate::support::{TestDb, start_store};
 use async_nats::jetstream::consumer::{DeliverPolicy, push::OrderedConfig};
 use bandsync_client::{Api, Connection};
 use bandsync_nats::{Command, ServerMsg, Song, Subjects};
-use bandsync_testkit::{NatsServer, eventually};
+use bandsync_testkit::{NatsServer, Role, eventually};
 use clap::Parser;
 use futures::StreamExt;
 use std::collections::BTreeSet;
@@ -56,31 +56,34 @@ async fn a_band_session_through_gateways_and_ticker_is_stored_exactly_once() {
     bandsync_nats::service::init_tracing_at("warn");
     let nats = NatsServer::start().await;
     let stop = CancellationToken::new();
-    let ticker_config = bandsync_ticker::Config::parse_from([
-        "bandsync-ticker".to_string(),
-        format!("--nats-url={}", nats.url()),
-        "--listen=127.0.0.1:0".into(),
-        "--shards=8".into(),
-    ]);
+    let ticker_config = bandsync_ticker::Config::parse_from(
+        ["bandsync-ticker".to_string()]
+            .into_iter()
+            .chain(nats.bus_flags(Role::Ticker))
+            .chain(["--listen=127.0.0.1:0".into(), "--shards=8".into()]),
+    );
     let ticker = bandsync_ticker::start(ticker_config, stop.clone())
         .await
         .expect("ticker");
     let mut bases = Vec::new();
     for id in ["gw-a", "gw-b"] {
-        let config = bandsync_gateway::Config::parse_from([
-            "bandsync-gateway".to_string(),
-            format!("--nats-url={}", nats.url()),
-            "--listen=127.0.0.1:0".into(),
-            "--ops-listen=127.0.0.1:0".into(),
-            "--token-secret=store-test-secret-0123456789".into(),
-            format!("--gateway-id={id}"),
-            "--shards=8".into(),
-            // Many devices from one address: no per-address limits.
-            "--requests-per-address=0".into(),
-            "--connects-per-address=0".into(),
-            "--creates-per-address=0".into(),
-            "--sockets-per-address=0".into(),
-        ]);
+        let config = bandsync_gateway::Config::parse_from(
+            ["bandsync-gateway".to_string()]
+                .into_iter()
+                .chain(nats.bus_flags(Role::Gateway))
+                .chain([
+                    "--listen=127.0.0.1:0".into(),
+                    "--ops-listen=127.0.0.1:0".into(),
+                    "--token-secret=store-test-secret-0123456789".into(),
+                    format!("--gateway-id={id}"),
+                    "--shards=8".into(),
+                    // Many devices from one address: no per-address limits.
+                    "--requests-per-address=0".into(),
+                    "--connects-per-address=0".into(),
+                    "--creates-per-address=0".into(),
+                    "--sockets-per-address=0".into(),
+                ]),
+        );
         let gw = bandsync_gateway::start(config, stop.clone())
             .await
             .expect("gateway");
@@ -90,7 +93,7 @@ async fn a_band_session_through_gateways_and_ticker_is_stored_exactly_once() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let db = TestDb::fresh();
-    let (_store, store_stop) = start_store(&nats.url(), &db.url()).await;
+    let (_store, store_stop) = start_store(&nats, &db.url()).await;
 
     // The rehearsal: a leader on gateway A, two followers on B.
     let lead = Api::new(&bases[0]).create("Lead").await.expect("create");
@@ -153,7 +156,7 @@ async fn a_band_session_through_gateways_and_ticker_is_stored_exactly_once() {
     leader.close().await;
     tokio::time::sleep(Duration::from_millis(300)).await; // the last byes reach the streams
 
-    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let client = nats.connect(Role::Admin).await;
     let subjects = Subjects::new("bandsync").expect("prefix");
     let cmd_seqs = stream_seqs(&client, &subjects.cmd_stream()).await;
     let evt_seqs = stream_seqs(&client, &subjects.evt_stream()).await;

@@ -4,9 +4,9 @@
 
 use bandsync_client::{Api, Connection};
 use bandsync_gateway::Gateway;
-use bandsync_nats::bus::{Bus, BusArgs};
+use bandsync_nats::bus::Bus;
 use bandsync_nats::{Command, ServerMsg, SessionId, Shard, Timeline, shard_of};
-use bandsync_testkit::{HttpError, MetricError, NatsServer, http_get, scrape_metric};
+use bandsync_testkit::{HttpError, MetricError, NatsServer, Role, http_get, scrape_metric};
 use clap::Parser;
 use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap};
@@ -165,8 +165,8 @@ impl Fleet {
         let log = self.dir.path().join(format!("{id}.log"));
         let stderr = std::fs::File::create(&log).expect("creating the ticker log");
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bandsync-ticker"))
+            .args(self.nats.bus_flags(Role::Ticker))
             .args([
-                format!("--nats-url={}", self.nats.url()),
                 "--listen=127.0.0.1:0".into(),
                 format!("--ticker-id={id}"),
                 format!("--shards={SHARDS}"),
@@ -230,21 +230,24 @@ impl Fleet {
     }
 
     async fn add_gateway(&mut self, id: &str) {
-        let config = bandsync_gateway::Config::parse_from([
-            "bandsync-gateway".to_string(),
-            format!("--nats-url={}", self.nats.url()),
-            "--listen=127.0.0.1:0".into(),
-            "--ops-listen=127.0.0.1:0".into(),
-            format!("--token-secret={SECRET}"),
-            format!("--gateway-id={id}"),
-            format!("--shards={SHARDS}"),
-            format!("--lease-ttl-ms={TTL_MS}"),
-            // Many devices from one address: no per-address limits.
-            "--requests-per-address=0".into(),
-            "--connects-per-address=0".into(),
-            "--creates-per-address=0".into(),
-            "--sockets-per-address=0".into(),
-        ]);
+        let config = bandsync_gateway::Config::parse_from(
+            ["bandsync-gateway".to_string()]
+                .into_iter()
+                .chain(self.nats.bus_flags(Role::Gateway))
+                .chain([
+                    "--listen=127.0.0.1:0".into(),
+                    "--ops-listen=127.0.0.1:0".into(),
+                    format!("--token-secret={SECRET}"),
+                    format!("--gateway-id={id}"),
+                    format!("--shards={SHARDS}"),
+                    format!("--lease-ttl-ms={TTL_MS}"),
+                    // Many devices from one address: no per-address limits.
+                    "--requests-per-address=0".into(),
+                    "--connects-per-address=0".into(),
+                    "--creates-per-address=0".into(),
+                    "--sockets-per-address=0".into(),
+                ]),
+        );
         let token = CancellationToken::new();
         let gateway = bandsync_gateway::start(config, token.clone())
             .await
@@ -252,9 +255,10 @@ impl Fleet {
         self.gateways.push((gateway, token));
     }
 
-    /// A connection of the test's own to the fleet's buckets and streams.
+    /// A connection of the test's own to the fleet's buckets and streams, as the operator.
     pub async fn bus(&self, name: &str) -> Bus {
-        BusArgs::new(&self.nats.url())
+        self.nats
+            .bus_args(Role::Admin)
             .open(name.into())
             .await
             .expect("the test opens the bus")

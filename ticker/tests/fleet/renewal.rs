@@ -6,7 +6,7 @@
 
 use crate::common::*;
 use bandsync_nats::Subjects;
-use bandsync_nats::bus::BusArgs;
+use bandsync_testkit::Role;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -16,7 +16,10 @@ async fn a_renewal_that_landed_late_keeps_the_shard_in_its_term() {
     let ticker = &fleet.tickers[0];
     let before = ticker.readyz().await.expect("readyz").shards;
     let (&shard, &epoch) = before.iter().next().expect("the ticker owns shards");
-    let bus = BusArgs::new(&fleet.nats.url())
+    // As a ticker: what the late renewal wrote, a ticker may write.
+    let bus = fleet
+        .nats
+        .bus_args(Role::Ticker)
         .open("late-renewal-test".into())
         .await
         .expect("bus");

@@ -1,22 +1,22 @@
 //! A ticker started while NATS is away binds its port at once and says there
 //! that it is not ready, and why, until the bus is back (then it is ready).
 
-use bandsync_testkit::{NatsServer, eventually, http_get};
+use bandsync_testkit::{NatsServer, Role, eventually, http_get};
 use std::process::Stdio;
 use std::time::Duration;
 
 #[tokio::test]
 async fn a_ticker_waiting_for_the_bus_says_so_on_its_port() {
     let mut nats = NatsServer::start().await;
-    let url = nats.url();
+    let flags = nats.bus_flags(Role::Ticker);
     nats.kill();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
     let _ticker = tokio::process::Command::new(env!("CARGO_BIN_EXE_bandsync-ticker"))
+        .args(flags)
         .args([
-            format!("--nats-url={url}"),
             format!("--listen=127.0.0.1:{port}"),
             "--ticker-id=t-waiting".into(),
         ])

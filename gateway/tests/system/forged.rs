@@ -1,0 +1,50 @@
+//! Issue 12, "The bus trusts everyone": one forged event with a higher `seq`
+//! (or epoch), published to a session's subject by any NATS client, made both
+//! gateways stop forwarding that session. A gateway's credentials, the most a
+//! compromised gateway holds, cannot publish one: the band goes on hearing its
+//! owner.
+
+use crate::common::*;
+use bandsync_nats::{Command, ServerMsg, Subjects};
+use bandsync_testkit::Role;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_forged_with_a_gateways_credentials_reaches_nobody() {
+    let stack = Stack::start(Knobs::default()).await;
+    // The leader on one gateway, a follower on the other: both gateways carry the band.
+    let (mut leader, mut followers) = band(&stack, 0, &[1]).await;
+    let session = leader.state.id.clone();
+    let subjects = Subjects::new(bandsync_nats::subjects::DEFAULT_PREFIX).expect("prefix");
+    let forger = stack.nats.connect(Role::Gateway).await;
+    // What stopped the gateways: an owner "newer" than the real one.
+    let forged =
+        format!(r#"{{"type":"event","session":"{session}","seq":999999999,"epoch":999999999}}"#);
+    for subject in [subjects.evt(&session), subjects.tick(&session)] {
+        forger
+            .publish(subject, forged.clone().into())
+            .await
+            .expect("the forger sends it");
+    }
+    // The server handles the forger's messages in order: once this request is
+    // answered, a forgery it had taken would already be on its way to the
+    // gateways, ahead of the real event the command below brings.
+    async_nats::jetstream::new(forger)
+        .get_stream(subjects.evt_stream())
+        .await
+        .expect("stream info is allowed");
+
+    leader
+        .send(&Command::Play { count_in_bars: 0 }, None)
+        .await
+        .expect("send");
+    let (event, _) = event_of_kind(&mut leader, "play").await;
+    let (heard, _) = event_of_kind(&mut followers[0], "play").await;
+    assert_eq!(heard.seq, event.seq, "the follower hears the real change");
+    assert!(event.seq < 999_999_999);
+    for member in std::iter::once(&mut leader).chain(followers.iter_mut()) {
+        member
+            .wait_for(WAIT, |m| matches!(m, ServerMsg::Tick(_)))
+            .await
+            .expect("the owner's ticks still reach every member");
+    }
+}
