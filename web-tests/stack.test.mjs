@@ -53,8 +53,8 @@ describe('a band on the real stack (nats-server, ticker, two gateways)', () => {
     await until('session screen', () => visible(leader, '#session'), { timeout: 10_000 });
     await until('welcome', () => bs(leader, () => bandsync.state !== null));
     const code = await bs(leader, () => bandsync.state.code);
-    assert.match(code, /^[A-Z2-9]{6}$/);
-    assert.equal(await text(leader, '#join-code-big'), `${code.slice(0, 3)}-${code.slice(3)}`);
+    assert.match(code, /^[A-Z2-9]{8}$/);
+    assert.equal(await text(leader, '#join-code-big'), `${code.slice(0, 4)}-${code.slice(4)}`);
     await until('leader role', async () => (await text(leader, '#role')) === 'Leader');
     await until('online', () => bs(leader, () => bandsync.connection === 'online'));
   });
@@ -63,7 +63,7 @@ describe('a band on the real stack (nats-server, ticker, two gateways)', () => {
     const code = await bs(leader, () => bandsync.state.code);
     follower = await device(browser, PHONE);
     await follower.goto(stack.gateways[1].url);
-    await follower.fill('#join-code', `${code.slice(0, 3).toLowerCase()}-${code.slice(3).toLowerCase()}`);
+    await follower.fill('#join-code', `${code.slice(0, 4).toLowerCase()}-${code.slice(4).toLowerCase()}`);
     await follower.fill('#join-name', 'Ben');
     await follower.click('#join-btn');
     await until('follower welcomed', () => bs(follower, () => bandsync.state !== null), { timeout: 10_000 });
