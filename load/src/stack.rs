@@ -55,6 +55,26 @@ pub enum StoreDb {
     Url(String),
 }
 
+/// The flags of a tool that starts a stack of its own (`bandsync-chaos`,
+/// `bandsync-abuse`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct StackArgs {
+    /// Where the services' binaries are (default: next to this one).
+    #[arg(long, env = "BANDSYNC_BIN_DIR")]
+    pub bin_dir: Option<PathBuf>,
+    #[arg(long, env = "BANDSYNC_NATS_SERVER", default_value = "nats-server")]
+    pub nats_server: PathBuf,
+    /// Keep data and logs here (default: a temporary directory).
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+}
+
+impl StackArgs {
+    pub fn bin_dir(&self) -> PathBuf {
+        self.bin_dir.clone().unwrap_or_else(default_bin_dir)
+    }
+}
+
 pub struct StackSpec<'a> {
     pub nats_server: &'a Path,
     pub bin_dir: &'a Path,

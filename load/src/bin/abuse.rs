@@ -5,7 +5,7 @@
 //! measurement starts at the lowest CPU priority.
 
 use bandsync_load::abuse::{self, Spec};
-use bandsync_load::stack::{Stack, StackSpec};
+use bandsync_load::stack::{Stack, StackArgs, StackSpec};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,13 +22,8 @@ struct Args {
     /// Sockets the first abuser tries to open with one member's token (at most 300).
     #[arg(long, default_value_t = 300)]
     sockets: usize,
-    #[arg(long, env = "BANDSYNC_BIN_DIR")]
-    bin_dir: Option<PathBuf>,
-    #[arg(long, env = "BANDSYNC_NATS_SERVER", default_value = "nats-server")]
-    nats_server: PathBuf,
-    /// Keep data and logs here (default: a temporary directory).
-    #[arg(long)]
-    run_dir: Option<PathBuf>,
+    #[command(flatten)]
+    stack: StackArgs,
     /// Also write the report as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -58,12 +53,9 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&got)?);
         return Ok(());
     }
-    let bin_dir = args
-        .bin_dir
-        .clone()
-        .unwrap_or_else(bandsync_load::stack::default_bin_dir);
+    let bin_dir = args.stack.bin_dir();
     let stack = Stack::start(StackSpec {
-        nats_server: &args.nats_server,
+        nats_server: &args.stack.nats_server,
         bin_dir: &bin_dir,
         nats_nodes: 1,
         gateways: 1,
@@ -71,7 +63,7 @@ async fn main() -> anyhow::Result<()> {
         tick_ms: 100,
         max_members: 12,
         token_secret: bandsync_nats::service::random_id(32),
-        run_dir: args.run_dir.as_deref(),
+        run_dir: args.stack.run_dir.as_deref(),
         nginx_port: None,
         store: None,
         address_limits: true,

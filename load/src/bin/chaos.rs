@@ -5,7 +5,7 @@
 
 use anyhow::Context;
 use bandsync_load::chaos::{self, Fault, FaultReport, Timing, band::BandSpec};
-use bandsync_load::stack::{Stack, StackSpec, StoreDb};
+use bandsync_load::stack::{Stack, StackArgs, StackSpec, StoreDb};
 use clap::Parser;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -34,13 +34,8 @@ struct Args {
     settle_secs: u64,
     #[arg(long, default_value_t = 3)]
     nats_nodes: usize,
-    #[arg(long, env = "BANDSYNC_BIN_DIR")]
-    bin_dir: Option<PathBuf>,
-    #[arg(long, env = "BANDSYNC_NATS_SERVER", default_value = "nats-server")]
-    nats_server: PathBuf,
-    /// Keep data and logs here (default: a temporary directory).
-    #[arg(long)]
-    run_dir: Option<PathBuf>,
+    #[command(flatten)]
+    stack: StackArgs,
     /// Also write the reports as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -55,12 +50,9 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .map(|f| Fault::parse(f))
         .collect::<anyhow::Result<_>>()?;
-    let bin_dir = args
-        .bin_dir
-        .clone()
-        .unwrap_or_else(bandsync_load::stack::default_bin_dir);
+    let bin_dir = args.stack.bin_dir();
     let mut stack = Stack::start(StackSpec {
-        nats_server: &args.nats_server,
+        nats_server: &args.stack.nats_server,
         bin_dir: &bin_dir,
         nats_nodes: args.nats_nodes,
         gateways: 2,
@@ -68,7 +60,7 @@ async fn main() -> anyhow::Result<()> {
         tick_ms: 100,
         max_members: args.members,
         token_secret: bandsync_nats::service::random_id(32),
-        run_dir: args.run_dir.as_deref(),
+        run_dir: args.stack.run_dir.as_deref(),
         nginx_port: None,
         store: Some(StoreDb::Own),
         address_limits: false,
