@@ -39,6 +39,9 @@ pub struct Spec {
     pub sockets: usize,
     /// The `bandsync-abuse` executable, run as `abusers` for the abused window.
     pub abusers_exe: std::path::PathBuf,
+    /// A CPU for the abusers alone (`taskset`); run the measurement itself on
+    /// the others (`taskset -c 0 bandsync-abuse --abusers-cpu 1`).
+    pub abusers_cpu: Option<usize>,
 }
 
 /// One band's members over one window.
@@ -205,8 +208,20 @@ pub async fn run(base: &str, spec: Spec) -> anyhow::Result<AbuseReport> {
     // The abused window, the abusers in a process of their own at the lowest
     // CPU priority: on one machine, what they cost the band should be what the
     // gateway spends on them, not the CPU their own loops burn.
-    let abusers = tokio::process::Command::new("nice")
-        .args(["-n", "19"])
+    let mut command = match spec.abusers_cpu {
+        // On a CPU of their own, as if on another machine.
+        Some(cpu) => {
+            let mut c = tokio::process::Command::new("taskset");
+            c.args(["-c", &cpu.to_string(), "nice", "-n", "19"]);
+            c
+        }
+        None => {
+            let mut c = tokio::process::Command::new("nice");
+            c.args(["-n", "19"]);
+            c
+        }
+    };
+    let abusers = command
         .arg(&spec.abusers_exe)
         .arg(format!("--window-secs={}", spec.window.as_secs()))
         .arg(format!("--sockets={}", spec.sockets))

@@ -24,6 +24,11 @@ struct Args {
     sockets: usize,
     #[command(flatten)]
     stack: StackArgs,
+    /// Pin the abusers to this CPU (`taskset`), as if they ran on another
+    /// machine; pin the measurement to the others, e.g.
+    /// `taskset -c 0 bandsync-abuse --abusers-cpu 1`.
+    #[arg(long)]
+    abusers_cpu: Option<usize>,
     /// Also write the report as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -74,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
         window,
         sockets: args.sockets,
         abusers_exe: std::env::current_exe()?,
+        abusers_cpu: args.abusers_cpu,
     };
     let report = abuse::run(&stack.gateways[0], spec).await;
     stack.stop().await;
