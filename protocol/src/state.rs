@@ -226,6 +226,12 @@ pub struct SessionState {
 
 pub const DEFAULT_BPM: f64 = 120.0;
 
+/// Largest session state, serialised, that the sessions bucket must hold (its
+/// `max_value_size` in `bandsync-nats`, which is 512 KiB): the largest
+/// setlist (see `command::MAX_CHART_BYTES`) with a full band of members at
+/// their longest names fits, and so does the event that carries them.
+pub const MAX_STATE_BYTES: usize = 512 * 1024;
+
 impl SessionState {
     /// A new session led by its creator, who is not connected yet.
     pub fn create(

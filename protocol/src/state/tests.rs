@@ -435,3 +435,65 @@ fn editing_the_setlist_keeps_the_live_song() {
     .expect("edit");
     assert_eq!(s.song, None, "the live song was removed");
 }
+
+#[test]
+fn the_largest_state_fits_the_sessions_bucket() {
+    use crate::command::{MAX_CHART_BYTES, MAX_SONGS, MAX_TITLE_CHARS};
+    let rules = Rules::default();
+    let long_id = |i: usize| id(&format!("{i:0>64}"));
+    let long_name = || name(&"𝄞".repeat(DisplayName::MAX_CHARS));
+    let mut s = SessionState::create(
+        SessionId::parse("s".repeat(64)).expect("valid"),
+        JoinCode::parse("ABCDEF").expect("valid"),
+        long_id(0),
+        long_name(),
+        T0,
+    );
+    for i in 0..rules.max_members {
+        let conn = ConnId::parse(format!("{}/{}", "g".repeat(64), u64::MAX)).expect("valid");
+        let hello = Command::Hello {
+            name: long_name(),
+            conn,
+        };
+        s.apply(&hello, &long_id(i), None, T0 + 1, &rules)
+            .expect("joins");
+    }
+    let song = Song {
+        title: "𝄞".repeat(MAX_TITLE_CHARS),
+        tempo_bpm: Some(399.99999999999994),
+        beats_per_bar: Some(32),
+        // JSON escapes every byte of it: twice its size.
+        chart: "\"".repeat(MAX_CHART_BYTES),
+    };
+    let cmd_id = CommandId::parse("c".repeat(64)).expect("valid");
+    let setlist = Command::Setlist {
+        songs: vec![song; MAX_SONGS],
+    };
+    s.apply(&setlist, &long_id(0), Some(&cmd_id), T0 + 2, &rules)
+        .expect("the leader sets the largest setlist");
+    for (i, bpm) in [90.0, 91.5, 93.25, 95.125].into_iter().enumerate() {
+        s.apply(
+            &Command::Tempo { bpm },
+            &long_id(0),
+            Some(&cmd_id),
+            T0 + 3 + i as i64,
+            &rules,
+        )
+        .expect("tempo");
+    }
+    let state = serde_json::to_vec(&s).expect("ser").len();
+    assert!(
+        state <= MAX_STATE_BYTES,
+        "the largest state is {state} bytes, over {MAX_STATE_BYTES}"
+    );
+    let mut carrying = s.clone();
+    carrying.seq = s.setlist_rev; // the event that carried the setlist and the members
+    carrying.members_rev = s.setlist_rev;
+    let event = serde_json::to_vec(&EventMsg::latest(&carrying, u64::MAX))
+        .expect("ser")
+        .len();
+    assert!(
+        event <= MAX_STATE_BYTES,
+        "the event carrying the largest setlist is {event} bytes, over {MAX_STATE_BYTES}"
+    );
+}
