@@ -614,6 +614,71 @@ impl SessionState {
             && now - self.last_activity >= rules.idle_expiry_us
     }
 
+    /// What every change set keeps, whatever commands arrived from whomever:
+    /// at most one leader and a member, members distinct and within the cap,
+    /// connected exactly when a connection is recorded, a leadership request
+    /// and a displaced leader that are members other than the leader, the live
+    /// song in the setlist, revisions not ahead of `seq`, a valid timeline with
+    /// finite positions. The property tests and the fuzz target check it after
+    /// every step; an `Err` names the first one broken.
+    pub fn check_invariants(&self, rules: &Rules) -> Result<(), String> {
+        let is_member = |id: &MemberId| self.member(id).is_some();
+        if let Some(leader) = &self.leader
+            && !is_member(leader)
+        {
+            return Err(format!("leader {leader} is not a member"));
+        }
+        for (i, m) in self.members.iter().enumerate() {
+            if self.members[..i].iter().any(|o| o.id == m.id) {
+                return Err(format!("member {} is listed twice", m.id));
+            }
+            if m.connected != m.conn.is_some() {
+                return Err(format!(
+                    "member {} connected: {} with connection {:?}",
+                    m.id, m.connected, m.conn
+                ));
+            }
+        }
+        if self.members.len() > rules.max_members {
+            return Err(format!(
+                "{} members, over the cap of {}",
+                self.members.len(),
+                rules.max_members
+            ));
+        }
+        for (what, who) in [
+            ("leadership request", &self.leadership_request),
+            ("displaced leader", &self.displaced_leader),
+        ] {
+            if let Some(id) = who
+                && (!is_member(id) || self.is_leader(id))
+            {
+                return Err(format!("{what} {id} is not a member other than the leader"));
+            }
+        }
+        if let Some(i) = self.song
+            && i >= self.setlist.len()
+        {
+            return Err(format!("song {i} of a setlist of {}", self.setlist.len()));
+        }
+        if self.members_rev > self.seq || self.setlist_rev > self.seq {
+            return Err(format!(
+                "revisions (members {}, setlist {}) ahead of seq {}",
+                self.members_rev, self.setlist_rev, self.seq
+            ));
+        }
+        self.timeline.check().map_err(|e| e.to_string())?;
+        for s in self.timeline.segments() {
+            for t in [s.anchor_time, self.last_activity, self.last_change_at] {
+                let beat = self.timeline.position(t);
+                if !beat.is_finite() {
+                    return Err(format!("position {beat} at {t}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Whether a housekeeping pass could change something soon (cheap pre-check).
     /// A leader away past the grace matters only if someone could take over:
     /// otherwise an owner would re-check every such session several times a second

@@ -354,6 +354,8 @@ impl ClientMsg {
 mod tests {
     use super::*;
     use crate::ids::{DisplayName, JoinCode};
+    use proptest::prelude::*;
+    use proptest::test_runner::TestCaseError;
 
     #[test]
     fn parses_commands_and_pings() {
@@ -522,6 +524,157 @@ mod tests {
         let text = serde_json::to_string(&Command::Setlist { songs }).expect("ser");
         assert!(text.len() <= MAX_CLIENT_MESSAGE_BYTES, "{}", text.len());
         assert!(ClientMsg::parse(&text).is_ok());
+    }
+
+    /// JSON shaped like a client message: the fields and types the decoder
+    /// knows, with values of every kind, nested a few levels.
+    fn json_like_a_client_message() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value;
+        let key = prop::sample::select(vec![
+            "type",
+            "id",
+            "t0",
+            "bpm",
+            "beats_per_bar",
+            "beat_unit",
+            "count_in_bars",
+            "beat",
+            "songs",
+            "title",
+            "tempo_bpm",
+            "chart",
+            "index",
+            "to",
+            "name",
+            "conn",
+            "code",
+            "x",
+        ]);
+        let kind = prop::sample::select(
+            [
+                Command::CLIENT_TYPES,
+                &["ping", "hello", "create", "bye", "", "PING"],
+            ]
+            .concat(),
+        );
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            (0.0..500.0f64).prop_map(Value::from),
+            (0u8..40).prop_map(Value::from),
+            ".{0,70}".prop_map(Value::from),
+            kind.clone().prop_map(Value::from),
+        ];
+        let value = leaf.prop_recursive(4, 64, 8, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                proptest::collection::btree_map(key.clone(), inner, 0..6).prop_map(|m| {
+                    Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+                }),
+            ]
+        });
+        (kind, value).prop_map(|(kind, value)| match value {
+            Value::Object(mut m) => {
+                m.entry("type").or_insert_with(|| kind.into());
+                Value::Object(m)
+            }
+            other => other,
+        })
+    }
+
+    /// What an accepted message promises its receiver.
+    fn check_accepted(text: &str, msg: &ClientMsg) -> Result<(), TestCaseError> {
+        if let ClientMsg::Command { id, command } = msg {
+            prop_assert!(Command::CLIENT_TYPES.contains(&command.kind()), "{text}");
+            prop_assert_eq!(command.validate(), Ok(()), "{}", text);
+            prop_assert!(
+                id.as_ref()
+                    .is_none_or(|id| (1..=MAX_CLIENT_REF).contains(&id.len()))
+            );
+        }
+        Ok(())
+    }
+
+    proptest! {
+        /// Any text at all, random or a real message with bytes changed and
+        /// cut: an answer (a message or an error a person can read), never a
+        /// panic.
+        #[test]
+        fn the_client_decoder_takes_any_bytes(
+            random in proptest::collection::vec(any::<u8>(), 0..300),
+            template in prop::sample::select(vec![
+                r#"{"type":"ping","t0":1795765893541020.5}"#,
+                r#"{"type":"tempo","bpm":96,"id":"c3"}"#,
+                r#"{"type":"stop"}"#,
+                r#"{"type":"setlist","songs":[{"title":"Blackbird","tempo_bpm":94,"beats_per_bar":3,"chart":"| G ♯ |\n| C |"}],"id":"c9"}"#,
+                r#"{"type":"hand_leadership","to":"igjikumefo0d"}"#,
+            ]),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+            cut in any::<prop::sample::Index>(),
+            use_random in any::<bool>(),
+        ) {
+            let bytes = if use_random {
+                random
+            } else {
+                let mut bytes = template.as_bytes().to_vec();
+                for (at, b) in edits {
+                    let i = at.index(bytes.len());
+                    bytes[i] = b;
+                }
+                bytes.truncate(cut.index(bytes.len() + 1));
+                bytes
+            };
+            let text = String::from_utf8_lossy(&bytes);
+            match ClientMsg::parse(&text) {
+                Ok(msg) => check_accepted(&text, &msg)?,
+                Err(e) => prop_assert!(!e.message.is_empty()),
+            }
+        }
+
+        /// JSON that looks like a client message, nearly right or wrong in
+        /// every way: never a panic, and what is accepted is valid.
+        #[test]
+        fn the_client_decoder_takes_any_json(value in json_like_a_client_message()) {
+            let text = value.to_string();
+            match ClientMsg::parse(&text) {
+                Ok(msg) => check_accepted(&text, &msg)?,
+                Err(e) => prop_assert!(!e.message.is_empty()),
+            }
+        }
+
+        /// Every valid command comes back as it was sent, with its id.
+        #[test]
+        fn valid_commands_round_trip(
+            bpm in 20.0..=400.0f64,
+            beat in 0.0..=1_000_000.0f64,
+            index in any::<usize>(),
+            which in 0usize..10,
+            id in "[a-z0-9é]{1,21}",
+        ) {
+            let song = Song { title: "A".into(), tempo_bpm: Some(bpm), beats_per_bar: Some(3), chart: "| A♭ |".into() };
+            let commands = [
+                Command::Tempo { bpm },
+                Command::Meter { beats_per_bar: 7, beat_unit: 8 },
+                Command::Play { count_in_bars: 2 },
+                Command::Pause,
+                Command::Stop,
+                Command::Seek { beat },
+                Command::Setlist { songs: vec![song] },
+                Command::Song { index },
+                Command::HandLeadership { to: MemberId::parse("m1").expect("valid") },
+                Command::RequestLeadership,
+            ];
+            let command = commands[which].clone();
+            let mut json = serde_json::to_value(&command).expect("ser");
+            json["id"] = id.clone().into();
+            prop_assert_eq!(
+                ClientMsg::parse(&json.to_string()),
+                Ok(ClientMsg::Command { id: Some(id), command })
+            );
+        }
     }
 
     #[test]
