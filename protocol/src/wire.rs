@@ -322,7 +322,9 @@ impl ClientMsg {
                 id.clone(),
             ));
         }
-        if let Some(serde_json::Value::Array(songs)) = obj.get("songs") {
+        if kind == "setlist"
+            && let Some(serde_json::Value::Array(songs)) = obj.get("songs")
+        {
             let extra = songs
                 .iter()
                 .filter_map(serde_json::Value::as_object)
