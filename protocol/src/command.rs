@@ -199,6 +199,14 @@ fn check_setlist(songs: &[Song]) -> Result<(), InvalidValue> {
         ));
     }
     for song in songs {
+        // A title is kept as sent, so its length counts the whitespace around
+        // it too: trimmed first, `x` and 200,000 spaces passed as one character.
+        if song.title.chars().count() > MAX_TITLE_CHARS {
+            return Err(InvalidValue::new(
+                "title",
+                format!("must be 1..={MAX_TITLE_CHARS} characters"),
+            ));
+        }
         crate::text::check_name("title", &song.title, MAX_TITLE_CHARS)?;
         if song
             .chart
@@ -394,6 +402,17 @@ pub(crate) mod tests {
             assert_eq!(err.what, "title", "{bad:?}");
         }
         assert!(setlist_of("Déjà Vu 🎸", String::new()).validate().is_ok());
+        // Surrounding whitespace counts: the title is kept as sent.
+        let padded = format!("x{}", " ".repeat(200_000));
+        let err = setlist_of(&padded, String::new())
+            .validate()
+            .expect_err("a 200,001-character title");
+        assert_eq!(err.what, "title");
+        assert!(
+            setlist_of(&format!(" {} ", "x".repeat(98)), String::new())
+                .validate()
+                .is_ok()
+        );
         assert!(
             setlist_of(&"é".repeat(MAX_TITLE_CHARS), String::new())
                 .validate()

@@ -459,6 +459,7 @@ proptest! {
             last_seq = s.seq;
             // A state survives its trip through the KV bucket.
             let json = serde_json::to_string(&s).expect("ser");
+            prop_assert!(json.len() <= MAX_STATE_BYTES);
             prop_assert_eq!(serde_json::from_str::<SessionState>(&json).ok(), Some(s.clone()));
         }
     }
