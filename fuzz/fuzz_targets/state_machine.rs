@@ -8,7 +8,7 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use bandsync_protocol::state::{Rules, SessionState};
+use bandsync_protocol::state::{MAX_STATE_BYTES, Rules, SessionState};
 use bandsync_protocol::{
     Command, CommandId, ConnId, DisplayName, EventMsg, JoinCode, MemberId, SessionId, Song,
 };
@@ -47,6 +47,7 @@ struct Step {
 
 #[derive(Debug, Arbitrary)]
 struct Input {
+    band: bool,
     max_members: u8,
     lead_ms: u8,
     steps: Vec<Step>,
@@ -114,6 +115,19 @@ fuzz_target!(|input: Input| {
         DisplayName::parse("M0").expect("valid"),
         T0,
     );
+    // Start from a band (the leader m0, m1 and m2 connected, if the cap lets
+    // them in), so that a few steps reach the interplay of leadership,
+    // requests and disconnections; members m3..m7 can still join and anyone
+    // leave.
+    if input.band {
+        for i in 0..3u8 {
+            let hello = Command::Hello {
+                name: DisplayName::parse("M").expect("valid"),
+                conn: conn(i),
+            };
+            let _ = s.apply(&hello, &member(i), None, T0, &rules);
+        }
+    }
     assert_eq!(s.check_invariants(&rules), Ok(()));
     let mut now = T0;
     for (n, step) in input.steps.into_iter().take(200).enumerate() {
@@ -150,6 +164,10 @@ fuzz_target!(|input: Input| {
             panic!("step {n}: {broken}");
         }
         let json = serde_json::to_string(&s).expect("a state serialises");
+        assert!(
+            json.len() <= MAX_STATE_BYTES,
+            "the state outgrew its bucket"
+        );
         let back: SessionState = serde_json::from_str(&json).expect("a state reads back");
         assert_eq!(back, s, "the state changed through JSON");
     }
