@@ -61,9 +61,10 @@ pub struct Config {
     #[arg(long, env = "BANDSYNC_MAX_MEMBERS", default_value_t = 12)]
     pub max_members: usize,
     /// Largest WebSocket message accepted from a client, in bytes. The default
-    /// takes the largest setlist the owner accepts (50 songs of 4,000-character
-    /// charts); it was 64 KiB, which refused a third of that.
-    #[arg(long, env = "BANDSYNC_MAX_FRAME_BYTES", default_value_t = 256 * 1024)]
+    /// (`wire::MAX_CLIENT_MESSAGE_BYTES`, 512 KiB) takes the largest setlist the
+    /// owner accepts (50 songs with 4 KiB charts, every byte JSON-escaped); at
+    /// 256 KiB, 50 charts with ♯ and ♭ were refused.
+    #[arg(long, env = "BANDSYNC_MAX_FRAME_BYTES", default_value_t = bandsync_nats::wire::MAX_CLIENT_MESSAGE_BYTES)]
     pub max_frame_bytes: usize,
     /// Events queued per client before it is dropped as too slow.
     #[arg(long, env = "BANDSYNC_CLIENT_QUEUE", default_value_t = 64)]
@@ -225,7 +226,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bandsync_nats::command::{MAX_CHART_CHARS, MAX_SONGS};
+    use bandsync_nats::command::{MAX_CHART_BYTES, MAX_SONGS, MAX_TITLE_CHARS};
     use bandsync_nats::{Command, Song};
     use clap::Parser;
 
@@ -250,23 +251,28 @@ mod tests {
     #[test]
     fn the_default_message_limit_takes_the_largest_setlist() {
         let config = Config::parse_from(["bandsync-gateway", "--token-secret=0123456789abcdef"]);
-        let line = "| Am7 . . . | D7 . . . |\n";
-        let songs: Vec<Song> = (0..MAX_SONGS)
-            .map(|i| Song {
-                title: format!("Song {i}"),
-                tempo_bpm: Some(120.0),
-                beats_per_bar: Some(4),
-                chart: line.chars().cycle().take(MAX_CHART_CHARS).collect(),
-            })
-            .collect();
-        let command = Command::Setlist { songs };
-        assert!(command.validate().is_ok());
-        let message = serde_json::to_string(&command).expect("serialises");
-        assert!(
-            message.len() <= config.max_frame_bytes,
-            "{} bytes over the {} limit",
-            message.len(),
-            config.max_frame_bytes
-        );
+        // Every song at every limit; `"` is what JSON escapes, ♯ takes 3 bytes.
+        for chart_char in ['"', '♯'] {
+            let chart = chart_char
+                .to_string()
+                .repeat(MAX_CHART_BYTES / chart_char.len_utf8());
+            let songs: Vec<Song> = (0..MAX_SONGS)
+                .map(|_| Song {
+                    title: "𝄞".repeat(MAX_TITLE_CHARS),
+                    tempo_bpm: Some(399.99999999999994),
+                    beats_per_bar: Some(32),
+                    chart: chart.clone(),
+                })
+                .collect();
+            let command = Command::Setlist { songs };
+            assert!(command.validate().is_ok());
+            let message = serde_json::to_string(&command).expect("serialises");
+            assert!(
+                message.len() <= config.max_frame_bytes,
+                "{} bytes over the {} limit",
+                message.len(),
+                config.max_frame_bytes
+            );
+        }
     }
 }

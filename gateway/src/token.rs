@@ -134,7 +134,8 @@ impl TokenKeys {
         (self.sign_claims(&claims), claims)
     }
 
-    fn sign_claims(&self, claims: &Claims) -> String {
+    /// The token the signing key makes of exactly these claims.
+    pub fn sign_claims(&self, claims: &Claims) -> String {
         let key = &self.signing;
         let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("claims serialise"));
         let sig = URL_SAFE_NO_PAD.encode(key.mac(&key.id, &body).finalize().into_bytes());
@@ -247,6 +248,18 @@ mod tests {
         let done = keys(key("k2", b"the second secret"), vec![]);
         assert_eq!(done.verify(&token, now), Err(TokenError::UnknownKey));
         assert!(done.verify(&fresh, now).is_ok());
+    }
+
+    /// The documented recipe (docs/protocol.md), made outside Rust: `kid`,
+    /// base64url of the claims JSON, base64url of HMAC-SHA256 over `kid.body`.
+    #[test]
+    fn a_token_made_by_the_documented_recipe_verifies() {
+        let token = "k1.eyJzZXNzaW9uIjoiczEiLCJtZW1iZXIiOiJtMSIsIm5hbWUiOiJBbmEiLCJleHAiOjE4MDAwMDAwMDB9.aajVoAknmMlA8p8JDVhBl0_BW75GZ8viPoMb_rNjyWk";
+        let keys = keys(key("k1", b"0123456789abcdef-fuzz"), vec![]);
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let claims = keys.verify(token, now).expect("verifies");
+        assert_eq!((claims.member.as_str(), claims.exp), ("m1", 1_800_000_000));
+        assert_eq!(keys.sign_claims(&claims), token, "one spelling");
     }
 
     #[test]

@@ -1,13 +1,13 @@
 //! Load generator configuration: every flag also reads a `BANDSYNC_LOAD_`
 //! environment variable (or the stack's own `BANDSYNC_` one where shared).
 
-use bandsync_nats::command::{MAX_CHART_CHARS, MAX_SONGS};
+use bandsync_nats::command::{MAX_CHART_BYTES, MAX_SONGS};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// The largest setlist a session takes: every song's chart at its limit.
-pub const MAX_SETLIST_KB: usize = MAX_SONGS * MAX_CHART_CHARS / 1000;
+pub const MAX_SETLIST_KB: usize = MAX_SONGS * MAX_CHART_BYTES / 1000;
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(

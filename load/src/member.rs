@@ -16,7 +16,7 @@
 
 use crate::stats::{Recorder, Samples};
 use bandsync_client::{Backoff, ClientError, ConnectOptions, Connection, Joined};
-use bandsync_nats::command::MAX_CHART_CHARS;
+use bandsync_nats::command::MAX_CHART_BYTES;
 use bandsync_nats::state::Change;
 use bandsync_nats::{Command, Micros, ServerMsg, Song, Timeline, now_us};
 use std::collections::{BTreeMap, HashMap};
@@ -179,7 +179,7 @@ pub fn setlist(kb: usize) -> Vec<Song> {
     let mut left = kb * 1000;
     let mut songs = Vec::new();
     while left > 0 {
-        let chars = left.min(MAX_CHART_CHARS);
+        let chars = left.min(MAX_CHART_BYTES);
         left -= chars;
         let line = "| Am7 . . . | D7 . . . | Gmaj7 . . . | Cmaj7 . . . |\n";
         songs.push(Song {

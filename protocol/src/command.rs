@@ -11,10 +11,20 @@ use crate::timeline::{
 use serde::{Deserialize, Serialize};
 
 pub const MAX_SONGS: usize = 50;
+/// A title is a name (`text::check_name`): counted in characters, what people
+/// see; at 4 bytes a character at most, 50 of them cost at most 20 KB.
 pub const MAX_TITLE_CHARS: usize = 100;
-pub const MAX_CHART_CHARS: usize = 4_000;
+/// A chart is counted in bytes of UTF-8, which is what it costs: on the
+/// client's socket, in the session's state (every `welcome`) and on the bus.
+/// 4 KiB is 4,096 ASCII characters, or 1,365 ♯ or ♭ (3 bytes each). The
+/// largest setlist this allows (50 charts of 4 KiB, every byte escaped in
+/// JSON) fits `wire::MAX_CLIENT_MESSAGE_BYTES` and `state::MAX_STATE_BYTES`;
+/// tests in `wire` and `state` build it.
+pub const MAX_CHART_BYTES: usize = 4_096;
 
 /// A song in the setlist; its chart is plain text, one line per bar by convention.
+/// Unknown fields are refused from clients (`ClientMsg::parse`), and ignored
+/// when read back from a state or an event, which newer servers may extend.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Song {
     pub title: String,
@@ -24,6 +34,11 @@ pub struct Song {
     pub beats_per_bar: Option<u8>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub chart: String,
+}
+
+impl Song {
+    /// The fields a client may send in a song.
+    pub const FIELDS: &'static [&'static str] = &["title", "tempo_bpm", "beats_per_bar", "chart"];
 }
 
 /// One command. `type` names it on the wire.
@@ -97,6 +112,28 @@ impl Command {
         "joining",
         "remove_member",
     ];
+
+    /// The fields of this command besides `type`. serde's `deny_unknown_fields`
+    /// does not reach the unit variants of an internally tagged enum (`stop`,
+    /// `pause`, `request_leadership` accepted anything), so `ClientMsg::parse`
+    /// checks a client's fields against this list for every command.
+    pub fn fields(&self) -> &'static [&'static str] {
+        match self {
+            Command::Tempo { .. } => &["bpm"],
+            Command::Meter { .. } => &["beats_per_bar", "beat_unit"],
+            Command::Play { .. } => &["count_in_bars"],
+            Command::Pause | Command::Stop | Command::RequestLeadership => &[],
+            Command::Seek { .. } => &["beat"],
+            Command::Setlist { .. } => &["songs"],
+            Command::Song { .. } => &["index"],
+            Command::HandLeadership { .. } => &["to"],
+            Command::Joining { .. } => &["open"],
+            Command::RemoveMember { .. } => &["member"],
+            Command::Create { .. } => &["code", "name"],
+            Command::Hello { .. } => &["name", "conn"],
+            Command::Bye { .. } => &["conn"],
+        }
+    }
 
     /// Checks every value against the ranges the timeline accepts.
     pub fn validate(&self) -> Result<(), InvalidValue> {
@@ -177,13 +214,15 @@ fn check_setlist(songs: &[Song]) -> Result<(), InvalidValue> {
         ));
     }
     for song in songs {
-        let n = song.title.trim().chars().count();
-        if n == 0 || n > MAX_TITLE_CHARS || song.title.chars().any(char::is_control) {
+        // A title is kept as sent, so its length counts the whitespace around
+        // it too: trimmed first, `x` and 200,000 spaces passed as one character.
+        if song.title.chars().count() > MAX_TITLE_CHARS {
             return Err(InvalidValue::new(
                 "title",
-                format!("must be 1..={MAX_TITLE_CHARS} printable characters"),
+                format!("must be 1..={MAX_TITLE_CHARS} characters"),
             ));
         }
+        crate::text::check_name("title", &song.title, MAX_TITLE_CHARS)?;
         if song
             .chart
             .chars()
@@ -194,10 +233,13 @@ fn check_setlist(songs: &[Song]) -> Result<(), InvalidValue> {
                 "must be text: no control characters besides line breaks and tabs",
             ));
         }
-        if song.chart.chars().count() > MAX_CHART_CHARS {
+        if song.chart.len() > MAX_CHART_BYTES {
             return Err(InvalidValue::new(
                 "chart",
-                format!("at most {MAX_CHART_CHARS} characters"),
+                format!(
+                    "at most {MAX_CHART_BYTES} bytes of UTF-8 (this one has {}; ♯ and ♭ take 3 bytes each)",
+                    song.chart.len()
+                ),
             ));
         }
         if let Some(bpm) = song.tempo_bpm {
@@ -227,7 +269,7 @@ pub struct CommandEnvelope {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -322,6 +364,146 @@ mod tests {
             .validate()
             .is_err()
         );
+    }
+
+    fn setlist_of(title: &str, chart: String) -> Command {
+        Command::Setlist {
+            songs: vec![Song {
+                title: title.into(),
+                tempo_bpm: None,
+                beats_per_bar: None,
+                chart,
+            }],
+        }
+    }
+
+    #[test]
+    fn charts_are_limited_in_bytes() {
+        assert!(
+            setlist_of("Intro", "x".repeat(MAX_CHART_BYTES))
+                .validate()
+                .is_ok()
+        );
+        let err = setlist_of("Intro", "x".repeat(MAX_CHART_BYTES + 1))
+            .validate()
+            .expect_err("one byte over");
+        assert_eq!(err.what, "chart");
+        // 1,366 sharps are far fewer than 4,096 characters, but 4,098 bytes.
+        let sharps = "♯".repeat(1_366);
+        assert_eq!(sharps.len(), 4_098);
+        let err = setlist_of("Intro", sharps)
+            .validate()
+            .expect_err("over in bytes");
+        assert!(err.why.contains("bytes"), "{err}");
+        assert!(
+            setlist_of("Intro", "| F♯m | B♭ |\n".repeat(200))
+                .validate()
+                .is_ok(),
+            "3,200 bytes"
+        );
+    }
+
+    #[test]
+    fn titles_follow_the_name_rule() {
+        for bad in [
+            "Intro\u{202E}",
+            "\u{2066}Intro",
+            "\u{FEFF}Intro",
+            "\u{200B}\u{200D}",
+            " \u{2060} ",
+            "a\u{1b}[31mb",
+        ] {
+            let err = setlist_of(bad, String::new()).validate().expect_err(bad);
+            assert_eq!(err.what, "title", "{bad:?}");
+        }
+        assert!(setlist_of("Déjà Vu 🎸", String::new()).validate().is_ok());
+        // Surrounding whitespace counts: the title is kept as sent.
+        let padded = format!("x{}", " ".repeat(200_000));
+        let err = setlist_of(&padded, String::new())
+            .validate()
+            .expect_err("a 200,001-character title");
+        assert_eq!(err.what, "title");
+        assert!(
+            setlist_of(&format!(" {} ", "x".repeat(98)), String::new())
+                .validate()
+                .is_ok()
+        );
+        assert!(
+            setlist_of(&"é".repeat(MAX_TITLE_CHARS), String::new())
+                .validate()
+                .is_ok()
+        );
+        assert!(
+            setlist_of(&"é".repeat(MAX_TITLE_CHARS + 1), String::new())
+                .validate()
+                .is_err()
+        );
+    }
+
+    /// Every command, one of each variant.
+    pub(crate) fn one_of_each() -> Vec<Command> {
+        let member = MemberId::parse("m").expect("valid");
+        let conn = ConnId::parse("gw/1").expect("valid");
+        let name = DisplayName::parse("Ana").expect("valid");
+        vec![
+            Command::Tempo { bpm: 120.0 },
+            Command::Meter {
+                beats_per_bar: 4,
+                beat_unit: 4,
+            },
+            Command::Play { count_in_bars: 0 },
+            Command::Pause,
+            Command::Stop,
+            Command::Seek { beat: 0.0 },
+            Command::Setlist { songs: vec![] },
+            Command::Song { index: 0 },
+            Command::HandLeadership { to: member.clone() },
+            Command::RequestLeadership,
+            Command::Joining { open: false },
+            Command::RemoveMember { member },
+            Command::Create {
+                code: JoinCode::parse("ABCDEF").expect("valid"),
+                name: name.clone(),
+            },
+            Command::Hello {
+                name,
+                conn: conn.clone(),
+            },
+            Command::Bye { conn },
+        ]
+    }
+
+    #[test]
+    fn fields_are_the_serialised_fields() {
+        for c in one_of_each() {
+            let json = serde_json::to_value(&c).expect("ser");
+            let mut keys: Vec<&str> = json
+                .as_object()
+                .expect("an object")
+                .keys()
+                .map(String::as_str)
+                .filter(|k| *k != "type")
+                .collect();
+            keys.sort_unstable();
+            let mut fields = c.fields().to_vec();
+            fields.sort_unstable();
+            assert_eq!(keys, fields, "{}", c.kind());
+        }
+        let song = Song {
+            title: "t".into(),
+            tempo_bpm: Some(90.0),
+            beats_per_bar: Some(4),
+            chart: "c".into(),
+        };
+        let json = serde_json::to_value(&song).expect("ser");
+        let keys: Vec<&str> = json
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys.len(), Song::FIELDS.len());
+        assert!(keys.iter().all(|k| Song::FIELDS.contains(k)), "{keys:?}");
     }
 
     #[test]

@@ -200,7 +200,9 @@ impl fmt::Display for JoinCode {
     }
 }
 
-/// A display name: trimmed, 1..=40 characters, no control characters.
+/// A display name: trimmed, 1..=40 characters, the rule of `text::check_name`
+/// (no control or direction-changing characters, no byte-order mark, something
+/// visible). Deserialising applies the same rule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct DisplayName(String);
@@ -208,21 +210,7 @@ pub struct DisplayName(String);
 impl DisplayName {
     pub const MAX_CHARS: usize = 40;
     pub fn parse(s: &str) -> Result<Self, InvalidValue> {
-        let s = s.trim();
-        let n = s.chars().count();
-        if n == 0 || n > Self::MAX_CHARS {
-            return Err(InvalidValue::new(
-                "name",
-                format!("must be 1..={} characters", Self::MAX_CHARS),
-            ));
-        }
-        if s.chars().any(char::is_control) {
-            return Err(InvalidValue::new(
-                "name",
-                "must not contain control characters",
-            ));
-        }
-        Ok(Self(s.to_owned()))
+        crate::text::check_name("name", s, Self::MAX_CHARS).map(|s| Self(s.to_owned()))
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -290,6 +278,26 @@ mod tests {
         assert!(DisplayName::parse("   ").is_err());
         assert!(DisplayName::parse("a\u{7}b").is_err());
         assert!(DisplayName::parse(&"é".repeat(41)).is_err());
+    }
+
+    #[test]
+    fn names_refuse_direction_tricks_byte_order_marks_and_invisible_names() {
+        for bad in [
+            "Ana\u{202E}neB",
+            "\u{2067}Ana",
+            "\u{FEFF}Ana",
+            "\u{200B}",
+            "\u{200D}\u{2060} \u{200C}",
+            "\u{3164}",
+        ] {
+            assert!(DisplayName::parse(bad).is_err(), "{bad:?} accepted");
+            let json = serde_json::to_string(bad).expect("ser");
+            assert!(
+                serde_json::from_str::<DisplayName>(&json).is_err(),
+                "{bad:?} deserialised"
+            );
+        }
+        assert!(DisplayName::parse("Zoë 🎸").is_ok());
     }
 
     #[test]

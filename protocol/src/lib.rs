@@ -9,6 +9,7 @@ pub mod error_code;
 pub mod ids;
 pub mod shard;
 pub mod state;
+pub mod text;
 pub mod timeline;
 pub mod wire;
 

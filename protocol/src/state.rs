@@ -258,6 +258,11 @@ fn is_false(b: &bool) -> bool {
 /// Removed members remembered per session. Past it the oldest is forgotten, and
 /// its token (if not yet expired) would be admitted as a new member again.
 pub const MAX_REMOVED: usize = 64;
+/// Largest session state, serialised, that the sessions bucket must hold (its
+/// `max_value_size` in `bandsync-nats`, which is 512 KiB): the largest
+/// setlist (see `command::MAX_CHART_BYTES`) with a full band of members at
+/// their longest names fits, and so does the event that carries them.
+pub const MAX_STATE_BYTES: usize = 512 * 1024;
 
 impl SessionState {
     /// Clears what only the owner needs before the state leaves the bus for
@@ -704,6 +709,77 @@ impl SessionState {
     pub fn is_idle(&self, now: Micros, rules: &Rules) -> bool {
         !self.members.iter().any(|m| m.connected)
             && now - self.last_activity >= rules.idle_expiry_us
+    }
+
+    /// What every change set keeps, whatever commands arrived from whomever:
+    /// at most one leader and a member, members distinct and within the cap,
+    /// connected exactly when a connection is recorded, a leadership request
+    /// and a displaced leader that are members other than the leader, the live
+    /// song in the setlist, revisions not ahead of `seq`, a valid timeline with
+    /// finite positions. The property tests and the fuzz target check it after
+    /// every step; an `Err` names the first one broken.
+    pub fn check_invariants(&self, rules: &Rules) -> Result<(), String> {
+        let is_member = |id: &MemberId| self.member(id).is_some();
+        if let Some(leader) = &self.leader
+            && !is_member(leader)
+        {
+            return Err(format!("leader {leader} is not a member"));
+        }
+        for (i, m) in self.members.iter().enumerate() {
+            if self.members[..i].iter().any(|o| o.id == m.id) {
+                return Err(format!("member {} is listed twice", m.id));
+            }
+            if m.connected != m.conn.is_some() {
+                return Err(format!(
+                    "member {} connected: {} with connection {:?}",
+                    m.id, m.connected, m.conn
+                ));
+            }
+        }
+        if self.members.len() > rules.max_members {
+            return Err(format!(
+                "{} members, over the cap of {}",
+                self.members.len(),
+                rules.max_members
+            ));
+        }
+        for (what, who) in [
+            ("leadership request", &self.leadership_request),
+            ("displaced leader", &self.displaced_leader),
+        ] {
+            if let Some(id) = who
+                && (!is_member(id) || self.is_leader(id))
+            {
+                return Err(format!("{what} {id} is not a member other than the leader"));
+            }
+        }
+        if let Some(back) = self.members.iter().find(|m| self.removed.contains(&m.id)) {
+            return Err(format!("removed member {} is a member", back.id));
+        }
+        if self.removed.len() > MAX_REMOVED {
+            return Err(format!("{} removed members remembered", self.removed.len()));
+        }
+        if let Some(i) = self.song
+            && i >= self.setlist.len()
+        {
+            return Err(format!("song {i} of a setlist of {}", self.setlist.len()));
+        }
+        if self.members_rev > self.seq || self.setlist_rev > self.seq {
+            return Err(format!(
+                "revisions (members {}, setlist {}) ahead of seq {}",
+                self.members_rev, self.setlist_rev, self.seq
+            ));
+        }
+        self.timeline.check().map_err(|e| e.to_string())?;
+        for s in self.timeline.segments() {
+            for t in [s.anchor_time, self.last_activity, self.last_change_at] {
+                let beat = self.timeline.position(t);
+                if !beat.is_finite() {
+                    return Err(format!("position {beat} at {t}"));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether a housekeeping pass could change something soon (cheap pre-check).

@@ -193,8 +193,9 @@ impl Timeline {
         &self.segments
     }
 
-    /// Whether this timeline keeps the invariants deserialisation demands.
-    fn check(&self) -> Result<(), InvalidTimeline> {
+    /// Whether this timeline keeps the invariants deserialisation demands
+    /// (the state machine's property tests and fuzz target check it too).
+    pub fn check(&self) -> Result<(), InvalidTimeline> {
         let n = self.segments.len();
         if n == 0 {
             return Err(InvalidTimeline::Empty);

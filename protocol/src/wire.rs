@@ -247,7 +247,21 @@ impl BusHeader {
     }
 }
 
-/// Client → gateway.
+/// Longest client `id`, in bytes of UTF-8: it is echoed back and carried on the
+/// bus with the command.
+pub const MAX_CLIENT_REF: usize = 64;
+
+/// Largest message a client may send, in bytes: the largest setlist command the
+/// owner accepts (`command::MAX_SONGS` songs, each with a title of
+/// `MAX_TITLE_CHARS` 4-byte characters and a chart of `MAX_CHART_BYTES` bytes
+/// that JSON escapes to twice that, every field present), sent as compact JSON
+/// (`JSON.stringify`, serde_json), is about 433 KB; this leaves room above it.
+/// The gateway's `--max-frame-bytes` defaults to it.
+pub const MAX_CLIENT_MESSAGE_BYTES: usize = 512 * 1024;
+
+/// Client → gateway. One rule per field: `type` a known name; `id` absent or a
+/// string of 1..=`MAX_CLIENT_REF` bytes; no field the message does not define
+/// (nor in a song of a setlist); each value as `Command::validate` says.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientMsg {
     Ping {
@@ -259,22 +273,6 @@ pub enum ClientMsg {
     },
 }
 
-/// Longest client `id` echoed back.
-pub const MAX_CLIENT_REF: usize = 64;
-
-#[derive(Deserialize)]
-struct ClientHead {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    id: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-struct Ping {
-    t0: f64,
-}
-
 impl ClientMsg {
     /// Parses one text frame, with an error a person can act on. The error
     /// carries the client's `id` when it could be read.
@@ -282,48 +280,98 @@ impl ClientMsg {
     // only add an allocation to the error path.
     #[allow(clippy::result_large_err)]
     pub fn parse(text: &str) -> Result<Self, ErrorMsg> {
-        let head: ClientHead = serde_json::from_str(text).map_err(|e| {
-            let code = if e.is_data() {
-                ErrorCode::Invalid
-            } else {
-                ErrorCode::BadJson
-            };
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
             ErrorMsg::new(
-                code,
+                ErrorCode::BadJson,
                 format!("expected a JSON object with a \"type\": {e}"),
                 None,
             )
         })?;
-        let id = head.id.map(|v| match v {
-            serde_json::Value::String(s) => s.chars().take(MAX_CLIENT_REF).collect(),
-            other => other.to_string().chars().take(MAX_CLIENT_REF).collect(),
-        });
-        let invalid = |e: serde_json::Error, id: &Option<String>| {
-            ErrorMsg::new(
+        let serde_json::Value::Object(mut obj) = value else {
+            return Err(ErrorMsg::new(
                 ErrorCode::Invalid,
-                format!("bad \"{}\" message: {e}", head.kind),
-                id.clone(),
-            )
+                "expected a JSON object with a \"type\"",
+                None,
+            ));
         };
-        if head.kind == "ping" {
-            let ping: Ping = serde_json::from_str(text).map_err(|e| invalid(e, &id))?;
-            return Ok(ClientMsg::Ping { t0: ping.t0 });
+        let id = match obj.remove("id") {
+            None => None,
+            Some(serde_json::Value::String(s)) if (1..=MAX_CLIENT_REF).contains(&s.len()) => {
+                Some(s)
+            }
+            Some(_) => {
+                return Err(ErrorMsg::new(
+                    ErrorCode::Invalid,
+                    format!("id: must be a string of 1..={MAX_CLIENT_REF} bytes"),
+                    None,
+                ));
+            }
+        };
+        let kind = match obj.get("type") {
+            Some(serde_json::Value::String(kind)) => kind.clone(),
+            _ => {
+                return Err(ErrorMsg::new(
+                    ErrorCode::Invalid,
+                    "expected a JSON object with a \"type\" string",
+                    id,
+                ));
+            }
+        };
+        let invalid = |message: String| ErrorMsg::new(ErrorCode::Invalid, message, id.clone());
+        let unknown_field = |field: &str, fields: &[&str]| {
+            let field: String = field.chars().take(40).collect();
+            let takes = if fields.is_empty() {
+                "no fields".to_owned()
+            } else {
+                format!("only {}", fields.join(", "))
+            };
+            invalid(format!(
+                "bad \"{kind}\" message: unknown field `{field}`, it takes {takes}"
+            ))
+        };
+        if kind == "ping" {
+            if let Some(field) = obj.keys().find(|k| !matches!(k.as_str(), "type" | "t0")) {
+                return Err(unknown_field(field, &["t0"]));
+            }
+            let t0 = obj
+                .get("t0")
+                .and_then(serde_json::Value::as_f64)
+                .ok_or_else(|| {
+                    invalid("bad \"ping\" message: \"t0\" must be a number".to_owned())
+                })?;
+            return Ok(ClientMsg::Ping { t0 });
         }
-        if !Command::CLIENT_TYPES.contains(&head.kind.as_str()) {
-            let kind: String = head.kind.chars().take(40).collect();
+        if !Command::CLIENT_TYPES.contains(&kind.as_str()) {
+            let kind: String = kind.chars().take(40).collect();
             return Err(ErrorMsg::new(
                 ErrorCode::UnknownType,
                 format!("unknown message type \"{kind}\""),
-                id,
+                id.clone(),
             ));
         }
-        // `id` is the client's own field, not part of the command.
-        let mut value: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| invalid(e, &id))?;
-        if let Some(obj) = value.as_object_mut() {
-            obj.remove("id");
+        if kind == "setlist"
+            && let Some(serde_json::Value::Array(songs)) = obj.get("songs")
+        {
+            let extra = songs
+                .iter()
+                .filter_map(serde_json::Value::as_object)
+                .flat_map(|song| song.keys())
+                .find(|k| !Song::FIELDS.contains(&k.as_str()));
+            if let Some(field) = extra {
+                let field: String = field.chars().take(40).collect();
+                return Err(invalid(format!(
+                    "bad \"setlist\" message: unknown field `{field}` in a song, it takes only {}",
+                    Song::FIELDS.join(", ")
+                )));
+            }
         }
-        let command: Command = serde_json::from_value(value).map_err(|e| invalid(e, &id))?;
+        let keys: Vec<String> = obj.keys().filter(|k| *k != "type").cloned().collect();
+        let command: Command = serde_json::from_value(serde_json::Value::Object(obj))
+            .map_err(|e| invalid(format!("bad \"{kind}\" message: {e}")))?;
+        let fields = command.fields();
+        if let Some(field) = keys.iter().find(|k| !fields.contains(&k.as_str())) {
+            return Err(unknown_field(field, fields));
+        }
         command
             .validate()
             .map_err(|e| ErrorMsg::new(ErrorCode::Invalid, e.to_string(), id.clone()))?;
@@ -335,6 +383,8 @@ impl ClientMsg {
 mod tests {
     use super::*;
     use crate::ids::{DisplayName, JoinCode};
+    use proptest::prelude::*;
+    use proptest::test_runner::TestCaseError;
 
     #[test]
     fn parses_commands_and_pings() {
@@ -372,9 +422,288 @@ mod tests {
         );
         assert_eq!(code(r#"{"type":"tempo"}"#), Some(ErrorCode::Invalid));
         let e =
-            ClientMsg::parse(r#"{"type":"tempo","bpm":1000,"id":9}"#).expect_err("out of range");
-        assert_eq!(e.id.as_deref(), Some("9"));
+            ClientMsg::parse(r#"{"type":"tempo","bpm":1000,"id":"c9"}"#).expect_err("out of range");
+        assert_eq!(e.id.as_deref(), Some("c9"));
         assert!(e.message.contains("bpm"), "{}", e.message);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_in_every_client_message() {
+        let client_commands: Vec<Command> = crate::command::tests::one_of_each()
+            .into_iter()
+            .filter(|c| Command::CLIENT_TYPES.contains(&c.kind()))
+            .collect();
+        assert_eq!(client_commands.len(), Command::CLIENT_TYPES.len());
+        for c in client_commands {
+            let mut json = serde_json::to_value(&c).expect("ser");
+            let text = json.to_string();
+            assert_eq!(
+                ClientMsg::parse(&text),
+                Ok(ClientMsg::Command {
+                    id: None,
+                    command: c.clone()
+                }),
+                "{text}"
+            );
+            json["extra"] = 1.into();
+            let text = json.to_string();
+            let e = ClientMsg::parse(&text).expect_err(&text);
+            assert_eq!(e.code, ErrorCode::Invalid, "{text}");
+            assert!(
+                e.message.contains("unknown field `extra`"),
+                "{text}: {}",
+                e.message
+            );
+        }
+        let e = ClientMsg::parse(r#"{"type":"ping","t0":1,"extra":1}"#).expect_err("ping");
+        assert_eq!(e.code, ErrorCode::Invalid);
+        let e = ClientMsg::parse(r#"{"type":"stop","id":"c1","force":true}"#).expect_err("stop");
+        assert_eq!((e.code, e.id.as_deref()), (ErrorCode::Invalid, Some("c1")));
+        assert!(e.message.contains("takes no fields"), "{}", e.message);
+        let e = ClientMsg::parse(r#"{"type":"setlist","songs":[{"title":"A","key":"E"}]}"#)
+            .expect_err("song field");
+        assert_eq!(e.code, ErrorCode::Invalid);
+        assert!(e.message.contains("in a song"), "{}", e.message);
+    }
+
+    #[test]
+    fn command_ids_are_strings_of_at_most_64_bytes() {
+        let with_id = |id: &str| format!(r#"{{"type":"stop","id":{id}}}"#);
+        for bad in [
+            "9".to_owned(),
+            "1.5".to_owned(),
+            r#"{"a":1}"#.to_owned(),
+            "[1,2]".to_owned(),
+            "true".to_owned(),
+            "null".to_owned(),
+            r#""""#.to_owned(),
+            format!("\"{}\"", "x".repeat(65)),
+            // 33 characters, 66 bytes.
+            format!("\"{}\"", "é".repeat(33)),
+        ] {
+            let e = ClientMsg::parse(&with_id(&bad)).expect_err(&bad);
+            assert_eq!(e.code, ErrorCode::Invalid, "{bad}");
+            assert_eq!(e.message, "id: must be a string of 1..=64 bytes", "{bad}");
+            assert_eq!(e.id, None, "a refused id is not echoed");
+        }
+        for good in ["x".repeat(64), "é".repeat(32), "c1".to_owned()] {
+            assert_eq!(
+                ClientMsg::parse(&with_id(&format!("\"{good}\""))),
+                Ok(ClientMsg::Command {
+                    id: Some(good.clone()),
+                    command: Command::Stop
+                })
+            );
+        }
+    }
+
+    /// The largest setlist the owner accepts, as JSON: every song at every
+    /// limit, each title of 4-byte characters, each chart of characters JSON
+    /// escapes (`"` becomes `\"`), with a 64-byte id.
+    fn largest_setlist_message(chart_char: char) -> String {
+        use crate::command::{MAX_CHART_BYTES, MAX_SONGS, MAX_TITLE_CHARS};
+        let chart: String = std::iter::repeat(chart_char)
+            .scan(0, |bytes, c| {
+                *bytes += c.len_utf8();
+                (*bytes <= MAX_CHART_BYTES).then_some(c)
+            })
+            .collect();
+        let song = Song {
+            title: "𝄞".repeat(MAX_TITLE_CHARS),
+            tempo_bpm: Some(399.99999999999994),
+            beats_per_bar: Some(32),
+            chart,
+        };
+        let command = Command::Setlist {
+            songs: vec![song; MAX_SONGS],
+        };
+        assert_eq!(command.validate(), Ok(()), "the owner accepts it");
+        let mut json = serde_json::to_value(&command).expect("ser");
+        json["id"] = "x".repeat(MAX_CLIENT_REF).into();
+        json.to_string()
+    }
+
+    #[test]
+    fn the_largest_setlist_fits_a_client_message() {
+        // '"' is what JSON escapes; '♯' is what the issue's charts held.
+        for chart_char in ['"', '♯', '♭', 'x'] {
+            let text = largest_setlist_message(chart_char);
+            assert!(
+                text.len() <= MAX_CLIENT_MESSAGE_BYTES,
+                "charts of {chart_char:?}: {} bytes over the {MAX_CLIENT_MESSAGE_BYTES}-byte limit",
+                text.len()
+            );
+            assert!(
+                matches!(ClientMsg::parse(&text), Ok(ClientMsg::Command { .. })),
+                "charts of {chart_char:?} refused"
+            );
+        }
+        // The issue's setlist: 50 charts of a realistic mix of chords, ♯ and ♭.
+        let line = "| F♯m7 . B♭ . | E♭maj7 . . . | C♯7 . . . |\n";
+        let chart: String = line.repeat(crate::command::MAX_CHART_BYTES / line.len());
+        let songs = vec![
+            Song {
+                title: "Song".into(),
+                tempo_bpm: Some(120.0),
+                beats_per_bar: Some(4),
+                chart,
+            };
+            crate::command::MAX_SONGS
+        ];
+        let text = serde_json::to_string(&Command::Setlist { songs }).expect("ser");
+        assert!(text.len() <= MAX_CLIENT_MESSAGE_BYTES, "{}", text.len());
+        assert!(ClientMsg::parse(&text).is_ok());
+    }
+
+    /// JSON shaped like a client message: the fields and types the decoder
+    /// knows, with values of every kind, nested a few levels.
+    fn json_like_a_client_message() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value;
+        let key = prop::sample::select(vec![
+            "type",
+            "id",
+            "t0",
+            "bpm",
+            "beats_per_bar",
+            "beat_unit",
+            "count_in_bars",
+            "beat",
+            "songs",
+            "title",
+            "tempo_bpm",
+            "chart",
+            "index",
+            "to",
+            "name",
+            "conn",
+            "code",
+            "x",
+        ]);
+        let kind = prop::sample::select(
+            [
+                Command::CLIENT_TYPES,
+                &["ping", "hello", "create", "bye", "", "PING"],
+            ]
+            .concat(),
+        );
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            (0.0..500.0f64).prop_map(Value::from),
+            (0u8..40).prop_map(Value::from),
+            ".{0,70}".prop_map(Value::from),
+            kind.clone().prop_map(Value::from),
+        ];
+        let value = leaf.prop_recursive(4, 64, 8, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                proptest::collection::btree_map(key.clone(), inner, 0..6).prop_map(|m| {
+                    Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+                }),
+            ]
+        });
+        (kind, value).prop_map(|(kind, value)| match value {
+            Value::Object(mut m) => {
+                m.entry("type").or_insert_with(|| kind.into());
+                Value::Object(m)
+            }
+            other => other,
+        })
+    }
+
+    /// What an accepted message promises its receiver.
+    fn check_accepted(text: &str, msg: &ClientMsg) -> Result<(), TestCaseError> {
+        if let ClientMsg::Command { id, command } = msg {
+            prop_assert!(Command::CLIENT_TYPES.contains(&command.kind()), "{text}");
+            prop_assert_eq!(command.validate(), Ok(()), "{}", text);
+            prop_assert!(
+                id.as_ref()
+                    .is_none_or(|id| (1..=MAX_CLIENT_REF).contains(&id.len()))
+            );
+        }
+        Ok(())
+    }
+
+    proptest! {
+        /// Any text at all, random or a real message with bytes changed and
+        /// cut: an answer (a message or an error a person can read), never a
+        /// panic.
+        #[test]
+        fn the_client_decoder_takes_any_bytes(
+            random in proptest::collection::vec(any::<u8>(), 0..300),
+            template in prop::sample::select(vec![
+                r#"{"type":"ping","t0":1795765893541020.5}"#,
+                r#"{"type":"tempo","bpm":96,"id":"c3"}"#,
+                r#"{"type":"stop"}"#,
+                r#"{"type":"setlist","songs":[{"title":"Blackbird","tempo_bpm":94,"beats_per_bar":3,"chart":"| G ♯ |\n| C |"}],"id":"c9"}"#,
+                r#"{"type":"hand_leadership","to":"igjikumefo0d"}"#,
+            ]),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+            cut in any::<prop::sample::Index>(),
+            use_random in any::<bool>(),
+        ) {
+            let bytes = if use_random {
+                random
+            } else {
+                let mut bytes = template.as_bytes().to_vec();
+                for (at, b) in edits {
+                    let i = at.index(bytes.len());
+                    bytes[i] = b;
+                }
+                bytes.truncate(cut.index(bytes.len() + 1));
+                bytes
+            };
+            let text = String::from_utf8_lossy(&bytes);
+            match ClientMsg::parse(&text) {
+                Ok(msg) => check_accepted(&text, &msg)?,
+                Err(e) => prop_assert!(!e.message.is_empty()),
+            }
+        }
+
+        /// JSON that looks like a client message, nearly right or wrong in
+        /// every way: never a panic, and what is accepted is valid.
+        #[test]
+        fn the_client_decoder_takes_any_json(value in json_like_a_client_message()) {
+            let text = value.to_string();
+            match ClientMsg::parse(&text) {
+                Ok(msg) => check_accepted(&text, &msg)?,
+                Err(e) => prop_assert!(!e.message.is_empty()),
+            }
+        }
+
+        /// Every valid command comes back as it was sent, with its id.
+        #[test]
+        fn valid_commands_round_trip(
+            bpm in 20.0..=400.0f64,
+            beat in 0.0..=1_000_000.0f64,
+            index in any::<usize>(),
+            which in 0usize..10,
+            id in "[a-z0-9é]{1,21}",
+        ) {
+            let song = Song { title: "A".into(), tempo_bpm: Some(bpm), beats_per_bar: Some(3), chart: "| A♭ |".into() };
+            let commands = [
+                Command::Tempo { bpm },
+                Command::Meter { beats_per_bar: 7, beat_unit: 8 },
+                Command::Play { count_in_bars: 2 },
+                Command::Pause,
+                Command::Stop,
+                Command::Seek { beat },
+                Command::Setlist { songs: vec![song] },
+                Command::Song { index },
+                Command::HandLeadership { to: MemberId::parse("m1").expect("valid") },
+                Command::RequestLeadership,
+            ];
+            let command = commands[which].clone();
+            let mut json = serde_json::to_value(&command).expect("ser");
+            json["id"] = id.clone().into();
+            prop_assert_eq!(
+                ClientMsg::parse(&json.to_string()),
+                Ok(ClientMsg::Command { id: Some(id), command })
+            );
+        }
     }
 
     #[test]
