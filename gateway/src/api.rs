@@ -121,12 +121,24 @@ pub async fn limit_requests(
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok());
     let addr = crate::guesses::client_addr(peer.ip(), forwarded, &app.config.trusted_proxies);
-    if let Err(refused) = app.addresses.request(addr, Instant::now()) {
-        return ApiError::limited(refused).into_response();
+    let response = match app.addresses.request(addr, Instant::now()) {
+        Err(refused) => ApiError::limited(refused).into_response(),
+        Ok(()) => {
+            request.extensions_mut().insert(ClientAddr(addr));
+            next.run(request).await
+        }
+    };
+    if response.status() == StatusCode::TOO_MANY_REQUESTS {
+        // Any limit's refusal: the answer waits a moment, so that a script
+        // retrying in a loop costs the gateway a sleeping task a second, not
+        // a request parsed and answered as fast as it can send them.
+        tokio::time::sleep(REFUSAL_DELAY).await;
     }
-    request.extensions_mut().insert(ClientAddr(addr));
-    next.run(request).await
+    response
 }
+
+/// How long a refused (429) answer waits.
+const REFUSAL_DELAY: Duration = Duration::from_secs(1);
 
 #[derive(Deserialize)]
 pub struct CreateRequest {

@@ -147,8 +147,15 @@ async fn an_address_that_asks_too_much_is_refused_and_nobody_else() {
     for _ in 0..20 {
         assert_eq!(page("198.51.100.6").await.status, 200);
     }
+    let asked = std::time::Instant::now();
     let refused = page("198.51.100.6").await;
     assert_eq!(refused.status, 429, "{}", refused.body);
+    // The refusal is answered after a moment: a loop gets one a second.
+    assert!(
+        asked.elapsed() >= std::time::Duration::from_millis(900),
+        "refused at once ({:?})",
+        asked.elapsed()
+    );
     assert!(refused.header("retry-after").is_some());
     assert_eq!(page("198.51.100.7").await.status, 200, "another address");
     assert_eq!(limited("requests").await.expect("counted"), 1.0);
