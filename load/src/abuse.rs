@@ -42,6 +42,8 @@ pub struct Spec {
     /// A CPU for the abusers alone (`taskset`); run the measurement itself on
     /// the others (`taskset -c 0 bandsync-abuse --abusers-cpu 1`).
     pub abusers_cpu: Option<usize>,
+    /// Only these abusers (`open`, `flood`, `stuck`, `guess`); empty: all.
+    pub only: Vec<String>,
 }
 
 /// One band's members over one window.
@@ -225,6 +227,7 @@ pub async fn run(base: &str, spec: Spec) -> anyhow::Result<AbuseReport> {
         .arg(&spec.abusers_exe)
         .arg(format!("--window-secs={}", spec.window.as_secs()))
         .arg(format!("--sockets={}", spec.sockets))
+        .args(spec.only.iter().map(|o| format!("--only={o}")))
         .args(["abusers", "--base", base, "--tokens", &tokens.join(",")])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -294,6 +297,7 @@ pub async fn abuse_for(
     tokens: &[String],
     window: Duration,
     sockets: usize,
+    only: &[String],
 ) -> anyhow::Result<Abusers> {
     anyhow::ensure!(tokens.len() == 3, "three abusers' tokens");
     let stop = CancellationToken::new();
@@ -304,7 +308,7 @@ pub async fn abuse_for(
             stop.cancel();
         })
     };
-    let report = abuse(base, tokens, stop, sockets).await;
+    let report = abuse(base, tokens, stop, sockets, only).await;
     timer.abort();
     report
 }
@@ -315,24 +319,47 @@ async fn abuse(
     tokens: &[String],
     stop: CancellationToken,
     sockets: usize,
+    only: &[String],
 ) -> anyhow::Result<Abusers> {
+    let on = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     let gateway: SocketAddr = base
         .trim_start_matches("http://")
         .parse()
         .map_err(|e| anyhow::anyhow!("gateway address {base}: {e}"))?;
     let (opener, flooder, stuck) = (&tokens[0], &tokens[1], &tokens[2]);
     // The member who never reads: a tiny receive buffer, and no read after the upgrade.
-    let _stuck = {
+    let _stuck = if on("stuck") {
         let socket = tokio::net::TcpSocket::new_v4()?;
         socket.bind(SocketAddr::new(addr(2, 3), 0))?;
         socket.set_recv_buffer_size(2048)?;
         let stream = socket.connect(gateway).await?;
-        tokio_tungstenite::client_async(ws_request(base, stuck)?, stream).await?
+        Some(tokio_tungstenite::client_async(ws_request(base, stuck)?, stream).await?)
+    } else {
+        None
     };
+    let idle = |stop: CancellationToken| async move { stop.cancelled().await };
     let (opened, flooded, guessed) = tokio::join!(
-        open_sockets(base, opener, sockets.min(MAX_SOCKETS), stop.clone()),
-        flood(base, gateway, flooder, stop.clone()),
-        guess_codes(base, stop.clone()),
+        async {
+            if !on("open") {
+                idle(stop.clone()).await;
+                return Default::default();
+            }
+            open_sockets(base, opener, sockets.min(MAX_SOCKETS), stop.clone()).await
+        },
+        async {
+            if !on("flood") {
+                idle(stop.clone()).await;
+                return Ok(Default::default());
+            }
+            flood(base, gateway, flooder, stop.clone()).await
+        },
+        async {
+            if !on("guess") {
+                idle(stop.clone()).await;
+                return Default::default();
+            }
+            guess_codes(base, stop.clone()).await
+        },
     );
     let mut report = Abusers::default();
     (report.sockets_opened, report.sockets_refused) = opened;

@@ -29,6 +29,10 @@ struct Args {
     /// `taskset -c 0 bandsync-abuse --abusers-cpu 1`.
     #[arg(long)]
     abusers_cpu: Option<usize>,
+    /// Only these abusers, to tell what each costs: open (300 sockets with one
+    /// token), flood, stuck (never reads), guess (join codes); all by default.
+    #[arg(long, value_delimiter = ',', value_parser = ["open", "flood", "stuck", "guess"])]
+    only: Vec<String>,
     /// Also write the report as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -54,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
     bandsync_nats::service::init_tracing_at("warn");
     let window = Duration::from_secs(args.window_secs);
     if let Some(Abusers::Abusers { base, tokens }) = &args.abusers {
-        let got = abuse::abuse_for(base, tokens, window, args.sockets).await?;
+        let got = abuse::abuse_for(base, tokens, window, args.sockets, &args.only).await?;
         println!("{}", serde_json::to_string(&got)?);
         return Ok(());
     }
@@ -80,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
         sockets: args.sockets,
         abusers_exe: std::env::current_exe()?,
         abusers_cpu: args.abusers_cpu,
+        only: args.only.clone(),
     };
     let report = abuse::run(&stack.gateways[0], spec).await;
     stack.stop().await;
