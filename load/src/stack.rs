@@ -273,9 +273,7 @@ impl Stack {
             // A load run stands in for thousands of devices from a handful of
             // addresses: the per-address limits would refuse it.
             if !spec.address_limits {
-                for limit in ["requests", "connects", "creates", "sockets"] {
-                    args.push(format!("--{limit}-per-address=0"));
-                }
+                args.extend(bandsync_testkit::NO_ADDRESS_LIMITS.map(String::from));
             }
             if spec.nginx_port.is_some() {
                 // nginx on loopback is the proxy in front: its X-Forwarded-For

@@ -53,12 +53,9 @@ async fn stack() -> Stack {
                     format!("--token-secret={SECRET}"),
                     format!("--gateway-id=smoke-{i}"),
                     SHARDS.into(),
-                    // Many devices from one address: no per-address limits.
-                    "--requests-per-address=0".into(),
-                    "--connects-per-address=0".into(),
-                    "--creates-per-address=0".into(),
-                    "--sockets-per-address=0".into(),
-                ]),
+                ])
+                // Many devices from one address: no per-address limits.
+                .chain(bandsync_testkit::NO_ADDRESS_LIMITS.map(String::from)),
         );
         let gw = bandsync_gateway::start(config, stop.clone())
             .await

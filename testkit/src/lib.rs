@@ -16,6 +16,15 @@ pub use metrics::{MetricError, metric, scrape_metric};
 pub use nats::{Logins, NatsCluster, NatsServer, nats_server_bin};
 pub use wait::eventually;
 
+/// The gateway flags that turn its per-address limits off (gateway/src/config.rs):
+/// for a test or a load run standing in for many devices from one address.
+pub const NO_ADDRESS_LIMITS: [&str; 4] = [
+    "--requests-per-address=0",
+    "--connects-per-address=0",
+    "--creates-per-address=0",
+    "--sockets-per-address=0",
+];
+
 /// The value at fraction `p` (0..=1) of an ascending slice, by nearest rank;
 /// `None` for an empty slice, so a run that measured nothing cannot read as 0.
 pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {

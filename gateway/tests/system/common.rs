@@ -9,6 +9,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 
 pub const SECRET: &str = "system-test-secret-0123456789";
@@ -116,13 +117,9 @@ impl Stack {
             "--shards=16".into(),
             // Tests stand in for a proxy: their X-Forwarded-For is believed.
             "--trusted-proxies=127.0.0.1".into(),
-            // And for many devices from one address: limits.rs sets
-            // its own.
-            "--requests-per-address=0".into(),
-            "--connects-per-address=0".into(),
-            "--creates-per-address=0".into(),
-            "--sockets-per-address=0".into(),
         ]);
+        // And for many devices from one address: limits.rs sets its own.
+        args.extend(bandsync_testkit::NO_ADDRESS_LIMITS.map(String::from));
         args.retain(|a| overrides.iter().all(|o| flag(o) != flag(a)));
         args.extend(overrides.iter().cloned());
         args
@@ -364,4 +361,33 @@ pub async fn post_from(
         .expect("a status");
     let json = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
     (status, head.to_ascii_lowercase(), json)
+}
+
+/// A member's socket opened by a test.
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket upgrade offering `token`, with extra request headers: the
+/// socket, or the refusal's status and (JSON) body.
+pub async fn upgrade_with(
+    base: &str,
+    token: &str,
+    headers: &[(&str, &str)],
+) -> Result<Socket, (u16, serde_json::Value)> {
+    let mut request = bandsync_client::ws_request(base, token).expect("a request");
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            tungstenite::http::HeaderName::from_bytes(name.as_bytes()).expect("a header name"),
+            value.parse().expect("a header value"),
+        );
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((socket, _)) => Ok(socket),
+        Err(tungstenite::Error::Http(r)) => {
+            let body = serde_json::from_slice(r.body().as_deref().unwrap_or_default())
+                .unwrap_or(serde_json::Value::Null);
+            Err((r.status().as_u16(), body))
+        }
+        Err(e) => panic!("the upgrade failed otherwise: {e}"),
+    }
 }

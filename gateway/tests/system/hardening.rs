@@ -8,16 +8,10 @@ use tokio_tungstenite::tungstenite;
 
 /// The upgrade's answer: 101 when the socket opened, else the refusal's status.
 async fn upgrade_status(base: &str, token: &str, origin: Option<&str>) -> u16 {
-    let mut request = bandsync_client::ws_request(base, token).expect("a request");
-    if let Some(origin) = origin {
-        request
-            .headers_mut()
-            .insert("origin", origin.parse().expect("a header value"));
-    }
-    match tokio_tungstenite::connect_async(request).await {
-        Ok((_, response)) => response.status().as_u16(),
-        Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
-        Err(e) => panic!("the upgrade failed otherwise: {e}"),
+    let headers: Vec<(&str, &str)> = origin.map(|o| ("origin", o)).into_iter().collect();
+    match upgrade_with(base, token, &headers).await {
+        Ok(_) => 101,
+        Err((status, _)) => status,
     }
 }
 

@@ -5,7 +5,6 @@
 use crate::common::*;
 use bandsync_testkit::{eventually, http_get_with, scrape_metric};
 use futures::StreamExt;
-use tokio_tungstenite::tungstenite;
 
 /// Limits low enough to reach in a test.
 fn low_limits() -> Vec<String> {
@@ -34,23 +33,8 @@ async fn upgrade_from(
     token: &str,
     from: &str,
 ) -> Result<Socket, (u16, serde_json::Value)> {
-    let mut request = bandsync_client::ws_request(base, token).expect("a request");
-    request
-        .headers_mut()
-        .insert("x-forwarded-for", from.parse().expect("a header value"));
-    match tokio_tungstenite::connect_async(request).await {
-        Ok((socket, _)) => Ok(socket),
-        Err(tungstenite::Error::Http(r)) => {
-            let body = serde_json::from_slice(r.body().as_deref().unwrap_or_default())
-                .unwrap_or(serde_json::Value::Null);
-            Err((r.status().as_u16(), body))
-        }
-        Err(e) => panic!("the upgrade failed otherwise: {e}"),
-    }
+    upgrade_with(base, token, &[("x-forwarded-for", from)]).await
 }
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 fn assert_limited(status: u16, body: &serde_json::Value, words: &str) {
     assert_eq!(status, 429, "{body}");

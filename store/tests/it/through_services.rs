@@ -77,12 +77,9 @@ async fn a_band_session_through_gateways_and_ticker_is_stored_exactly_once() {
                     "--token-secret=store-test-secret-0123456789".into(),
                     format!("--gateway-id={id}"),
                     "--shards=8".into(),
-                    // Many devices from one address: no per-address limits.
-                    "--requests-per-address=0".into(),
-                    "--connects-per-address=0".into(),
-                    "--creates-per-address=0".into(),
-                    "--sockets-per-address=0".into(),
-                ]),
+                ])
+                // Many devices from one address: no per-address limits.
+                .chain(bandsync_testkit::NO_ADDRESS_LIMITS.map(String::from)),
         );
         let gw = bandsync_gateway::start(config, stop.clone())
             .await

@@ -241,12 +241,9 @@ impl Fleet {
                     format!("--gateway-id={id}"),
                     format!("--shards={SHARDS}"),
                     format!("--lease-ttl-ms={TTL_MS}"),
-                    // Many devices from one address: no per-address limits.
-                    "--requests-per-address=0".into(),
-                    "--connects-per-address=0".into(),
-                    "--creates-per-address=0".into(),
-                    "--sockets-per-address=0".into(),
-                ]),
+                ])
+                // Many devices from one address: no per-address limits.
+                .chain(bandsync_testkit::NO_ADDRESS_LIMITS.map(String::from)),
         );
         let token = CancellationToken::new();
         let gateway = bandsync_gateway::start(config, token.clone())
