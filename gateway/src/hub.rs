@@ -131,10 +131,8 @@ impl Hub {
         };
         let mut clients = lock(&local.clients);
         for old in clients.iter().filter(|c| c.member == *member) {
-            old.mailbox.kick(
-                ErrorCode::Replaced,
-                "you connected again from another tab or device",
-            );
+            old.mailbox
+                .kick(ErrorCode::Replaced, refusal(ErrorCode::Replaced));
         }
         clients.push(slot);
         Ok(ClientHandle { conn, mailbox })
@@ -258,10 +256,8 @@ async fn fan_out(
                     // The member connected again elsewhere: this one socket goes.
                     if head.code == Some(ErrorCode::Replaced) {
                         if head.conn.as_ref() == Some(&ConnId::new(&gateway, c.conn)) {
-                            c.mailbox.kick(
-                                ErrorCode::Replaced,
-                                "you connected again elsewhere; this connection is closed",
-                            );
+                            c.mailbox
+                                .kick(ErrorCode::Replaced, refusal(ErrorCode::Replaced));
                         }
                         continue;
                     }
@@ -296,9 +292,11 @@ fn push_or_kick(c: &ClientSlot, out: Outbound) -> bool {
     queued
 }
 
-/// What a member refused by the owner is told as their socket closes.
+/// What a member is told as the gateway closes their socket for the owner's reasons
+/// (a refused hello, a removal) or for a newer connection of theirs.
 pub(crate) fn refusal(code: ErrorCode) -> &'static str {
     match code {
+        ErrorCode::Replaced => "you connected again from another tab or device",
         ErrorCode::Removed => "the leader removed you from this session",
         ErrorCode::JoiningClosed => "the leader has closed this session to new members",
         _ => "this session is full",
