@@ -59,18 +59,24 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, ErrorCode::Invalid, e.body_text())
     }
 
-    /// A per-address limit refused: 429 with the time to wait.
-    fn limited(refused: Refused) -> Self {
-        metrics::counter!("bandsync_gateway_address_limited_total", "limit" => refused.limit.as_str())
-            .increment(1);
-        let secs = refused.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    /// 429 `rate_limited`: `why`, and the whole seconds to wait (rounded up,
+    /// at least one) in the sentence, the body and `Retry-After`.
+    fn rate_limited(why: &str, wait: Duration) -> Self {
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
         let mut e = Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::RateLimited,
-            format!("{}; try again in {secs} s", refused.limit.message()),
+            format!("{why}; try again in {secs} s"),
         );
         e.retry_after = Some(secs);
         e
+    }
+
+    /// A per-address limit refused.
+    fn limited(refused: Refused) -> Self {
+        metrics::counter!("bandsync_gateway_address_limited_total", "limit" => refused.limit.as_str())
+            .increment(1);
+        Self::rate_limited(refused.limit.message(), refused.retry_after)
     }
 
     fn unavailable(what: impl std::fmt::Display) -> Self {
@@ -302,14 +308,10 @@ pub async fn join(
     let now = Instant::now();
     if let Some(wait) = app.failed_joins.wait_needed(addr, now) {
         metrics::counter!("bandsync_gateway_join_guesses_refused_total").increment(1);
-        let secs = wait.as_secs().max(1);
-        let mut refused = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::RateLimited,
-            format!("too many wrong join codes from your address; try again in {secs} s"),
-        );
-        refused.retry_after = Some(secs);
-        return Err(refused);
+        return Err(ApiError::rate_limited(
+            "too many wrong join codes from your address",
+            wait,
+        ));
     }
     let Json(req) = body.map_err(ApiError::from_json)?;
     let name = parse_name(&req.name)?;
