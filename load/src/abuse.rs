@@ -337,39 +337,30 @@ async fn abuse(
     } else {
         None
     };
-    let idle = |stop: CancellationToken| async move { stop.cancelled().await };
     let (opened, flooded, guessed) = tokio::join!(
-        async {
-            if !on("open") {
-                idle(stop.clone()).await;
-                return Default::default();
-            }
-            open_sockets(base, opener, sockets.min(MAX_SOCKETS), stop.clone()).await
-        },
-        async {
-            if !on("flood") {
-                idle(stop.clone()).await;
-                return Ok(Default::default());
-            }
-            flood(base, gateway, flooder, stop.clone()).await
-        },
-        async {
-            if !on("guess") {
-                idle(stop.clone()).await;
-                return Default::default();
-            }
-            guess_codes(base, stop.clone()).await
-        },
+        only_if(
+            on("open"),
+            open_sockets(base, opener, sockets.min(MAX_SOCKETS), stop.clone())
+        ),
+        only_if(on("flood"), flood(base, gateway, flooder, stop.clone())),
+        only_if(on("guess"), guess_codes(base, stop.clone())),
     );
+    // The member who never reads keeps their socket to the end.
+    stop.cancelled().await;
     let mut report = Abusers::default();
-    (report.sockets_opened, report.sockets_refused) = opened;
+    (report.sockets_opened, report.sockets_refused) = opened.unwrap_or_default();
     (
         report.flood_sent,
         report.flood_answers,
         report.flood_sockets,
-    ) = flooded?;
-    (report.guesses, report.guess_answers) = guessed;
+    ) = flooded.transpose()?.unwrap_or_default();
+    (report.guesses, report.guess_answers) = guessed.unwrap_or_default();
     Ok(report)
+}
+
+/// `work`'s outcome if this abuser is on (`--only`), else `None` at once.
+async fn only_if<T>(on: bool, work: impl Future<Output = T>) -> Option<T> {
+    if on { Some(work.await) } else { None }
 }
 
 /// Opens sockets with one member's token, one after another, keeping each.
