@@ -2,6 +2,7 @@
 
 use crate::AppState;
 use crate::addresses::Refused;
+use crate::hub::Admission;
 use crate::token::Claims;
 use crate::upgrade::Upgrade;
 use axum::Json;
@@ -385,6 +386,9 @@ fn offered_token(headers: &HeaderMap) -> Option<&str> {
         })
 }
 
+/// Why a member's connection is refused past their allowance.
+const TOO_OFTEN: &str = "this member connects too often; wait a few seconds";
+
 /// `GET /ws`, offering the subprotocols `bandsync` and `bandsync.token.<token>`:
 /// the member's WebSocket.
 pub async fn websocket(
@@ -426,6 +430,17 @@ pub async fn websocket(
         .into_response();
     };
     let verified = app.tokens.verify(token, SystemTime::now());
+    let admission = match &verified {
+        Ok(claims) => app.hub.admit(&claims.member, Instant::now()),
+        Err(_) => Admission::Admitted,
+    };
+    if let Admission::Refused { retry_at } = admission {
+        return ApiError::rate_limited(
+            TOO_OFTEN,
+            retry_at.saturating_duration_since(Instant::now()),
+        )
+        .into_response();
+    }
     // Messages up to 4x the limit are read whole and refused with a clean
     // close (`too_large`); only larger ones hit the transport's hard cap.
     let max = app.config.max_frame_bytes.saturating_mul(4);
@@ -440,6 +455,9 @@ pub async fn websocket(
     let mut response = ws.on_upgrade(&tasks, config, move |socket| async move {
         let _slot = slot;
         match verified {
+            Ok(_) if admission == Admission::TellOnSocket => {
+                crate::conn::refuse(socket, ErrorCode::RateLimited, TOO_OFTEN).await
+            }
             Ok(claims) => crate::conn::serve(socket, app, claims).await,
             // A browser cannot read an HTTP status on a failed upgrade, so the
             // refusal is said on the socket, where the client can act on it.

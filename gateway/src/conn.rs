@@ -148,14 +148,6 @@ impl Conn {
         let joined = Box::pin(self.app.hub.join(&session, &self.claims.member)).await;
         let handle = match joined {
             Ok(h) => h,
-            Err(crate::hub::JoinError::TooOften) => {
-                self.close(
-                    ErrorCode::RateLimited,
-                    "this member connects too often; wait a few seconds",
-                )
-                .await;
-                return;
-            }
             Err(e) => {
                 tracing::warn!(error = &e as &dyn std::error::Error, "cannot join the hub");
                 self.close(

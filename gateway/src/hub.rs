@@ -42,7 +42,7 @@ struct LocalSession {
 /// Connections one member may open per `CONNECT_WINDOW` on this gateway; more
 /// are refused (`rate_limited`). A reload is one; a client reconnecting in a
 /// loop would otherwise cost its band an event per attempt.
-const CONNECTS_PER_WINDOW: u32 = 10;
+pub const CONNECTS_PER_WINDOW: u32 = 10;
 const CONNECT_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 /// Members whose connections are counted at once; past it, ended windows are pruned.
 const MAX_MEMBERS_COUNTED: usize = 100_000;
@@ -68,8 +68,21 @@ pub enum JoinError {
         #[source]
         source: async_nats::SubscribeError,
     },
-    #[error("this member connected {CONNECTS_PER_WINDOW} times in {CONNECT_WINDOW:?}")]
-    TooOften,
+}
+
+/// Whether a member's new connection may go ahead, decided before the upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Admitted,
+    /// The first attempt past the allowance: upgraded, and told why on the
+    /// socket, the one place a browser can read it.
+    TellOnSocket,
+    /// Every later attempt in the window: refused before the upgrade (an HTTP
+    /// 429, answered slowly), so a reconnect loop costs the gateway no
+    /// handshake, no socket and no close.
+    Refused {
+        retry_at: std::time::Instant,
+    },
 }
 
 impl Hub {
@@ -94,7 +107,6 @@ impl Hub {
         session: &SessionId,
         member: &MemberId,
     ) -> Result<ClientHandle, JoinError> {
-        self.count_connect(member)?;
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let mailbox = Arc::new(Mailbox::new(self.queue));
         let slot = ClientSlot {
@@ -138,17 +150,20 @@ impl Hub {
         Ok(ClientHandle { conn, mailbox })
     }
 
-    /// Counts a connection of `member`; refuses it past the window's allowance.
-    fn count_connect(&self, member: &MemberId) -> Result<(), JoinError> {
-        let now = std::time::Instant::now();
-        if !self
+    /// Counts a connection of `member` (call before upgrading it); past the
+    /// window's allowance it is refused.
+    pub fn admit(&self, member: &MemberId, now: std::time::Instant) -> Admission {
+        // One attempt past the allowance is counted too: the one told why.
+        let admission = match self
             .connects
-            .add_below(member.clone(), CONNECTS_PER_WINDOW, now)
+            .add(member.clone(), CONNECTS_PER_WINDOW + 1, now)
         {
-            metrics::counter!("bandsync_gateway_rate_limited_total").increment(1);
-            return Err(JoinError::TooOften);
-        }
-        Ok(())
+            Ok(n) if n <= CONNECTS_PER_WINDOW => return Admission::Admitted,
+            Ok(_) => Admission::TellOnSocket,
+            Err(retry_at) => Admission::Refused { retry_at },
+        };
+        metrics::counter!("bandsync_gateway_rate_limited_total").increment(1);
+        admission
     }
 
     /// Removes a client; unsubscribes from the session when it was the last one here.

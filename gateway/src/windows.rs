@@ -34,6 +34,12 @@ impl<K: Hash + Eq> Windows<K> {
     /// Counts one event of `key` unless its window already holds `limit`;
     /// whether it was counted.
     pub fn add_below(&self, key: K, limit: u32, now: Instant) -> bool {
+        self.add(key, limit, now).is_ok()
+    }
+
+    /// Counts one event of `key` unless its window already holds `limit`: the
+    /// window's count with it, or when the full window ends.
+    pub fn add(&self, key: K, limit: u32, now: Instant) -> Result<u32, Instant> {
         let mut by_key = self.lock();
         if by_key.len() >= self.max_keys {
             let window = self.window;
@@ -44,10 +50,10 @@ impl<K: Hash + Eq> Windows<K> {
             *entry = (now, 0);
         }
         if entry.1 >= limit {
-            return false;
+            return Err(entry.0 + self.window);
         }
         entry.1 += 1;
-        true
+        Ok(entry.1)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, (Instant, u32)>> {
@@ -64,9 +70,13 @@ mod tests {
     fn a_window_holds_its_limit_then_starts_afresh() {
         let w = Windows::new(Duration::from_secs(10), 2);
         let t0 = Instant::now();
+        assert_eq!(w.add("a", 2, t0), Ok(1));
         assert!(w.add_below("a", 2, t0));
-        assert!(w.add_below("a", 2, t0));
-        assert!(!w.add_below("a", 2, t0), "the limit");
+        assert_eq!(
+            w.add("a", 2, t0),
+            Err(t0 + Duration::from_secs(10)),
+            "the limit, and when it lifts"
+        );
         assert_eq!(w.count(&"a", t0), Some((2, t0 + Duration::from_secs(10))));
         assert!(w.add_below("b", 2, t0), "another key");
         let later = t0 + Duration::from_secs(10);

@@ -11,6 +11,7 @@
 //! (`nice -n 19`), so that their busy loops delay the gateway, if anything,
 //! through what it must do for them, not by taking the machine's cores.
 
+use crate::procstat::{Usage, Watched};
 use crate::stats::{Samples, Summary};
 use bandsync_client::{Api, ClientError, ConnectOptions, Connection, tcp_connect, ws_request};
 use bandsync_nats::service::random_join_code;
@@ -44,6 +45,8 @@ pub struct Spec {
     pub abusers_cpu: Option<usize>,
     /// Only these abusers (`open`, `flood`, `stuck`, `guess`); empty: all.
     pub only: Vec<String>,
+    /// The stack's processes (name, pid), whose CPU each window reports.
+    pub processes: Vec<(String, u32)>,
 }
 
 /// One band's members over one window.
@@ -72,6 +75,9 @@ pub struct AbuseReport {
     pub quiet: [Seen; 2],
     pub abused: [Seen; 2],
     pub abusers: Abusers,
+    /// Each stack process's CPU over the quiet and the abused window: where
+    /// what the abusers cost lands.
+    pub cpu: Vec<(Option<Usage>, Option<Usage>)>,
 }
 
 impl AbuseReport {
@@ -115,6 +121,20 @@ impl AbuseReport {
             a.guesses,
             a.guess_answers
         ));
+        let cpu = |u: &Option<Usage>| {
+            u.as_ref()
+                .map_or("–".into(), |u| format!("{:.1}%", u.cpu_percent))
+        };
+        for (quiet, abused) in &self.cpu {
+            let Some(name) = quiet.as_ref().or(abused.as_ref()).map(|u| &u.name) else {
+                continue;
+            };
+            rows.push(format!(
+                "cpu {name}: quiet {}, abused {}",
+                cpu(quiet),
+                cpu(abused)
+            ));
+        }
         rows.join("\n")
     }
 }
@@ -204,8 +224,19 @@ pub async fn run(base: &str, spec: Spec) -> anyhow::Result<AbuseReport> {
 
     // Settle into playing, then the quiet window.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let watch = || -> Vec<Watched> {
+        let mut w: Vec<_> = spec
+            .processes
+            .iter()
+            .map(|(n, pid)| Watched::new(n, *pid))
+            .collect();
+        w.iter_mut().for_each(Watched::begin);
+        w
+    };
+    let mut quiet_cpu = watch();
     recording.phase.store(1, Ordering::Release);
     tokio::time::sleep(spec.window).await;
+    let quiet_cpu: Vec<_> = quiet_cpu.iter_mut().map(Watched::end).collect();
 
     // The abused window, the abusers in a process of their own at the lowest
     // CPU priority: on one machine, what they cost the band should be what the
@@ -233,9 +264,11 @@ pub async fn run(base: &str, spec: Spec) -> anyhow::Result<AbuseReport> {
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
+    let mut abused_cpu = watch();
     recording.phase.store(2, Ordering::Release);
     tokio::time::sleep(spec.window).await;
     recording.phase.store(0, Ordering::Release);
+    let abused_cpu: Vec<_> = abused_cpu.iter_mut().map(Watched::end).collect();
     let out = tokio::time::timeout(
         spec.window + Duration::from_secs(30),
         abusers.wait_with_output(),
@@ -257,6 +290,7 @@ pub async fn run(base: &str, spec: Spec) -> anyhow::Result<AbuseReport> {
         quiet: [window(0, 0), window(1, 0)],
         abused: [window(0, 1), window(1, 1)],
         abusers,
+        cpu: quiet_cpu.into_iter().zip(abused_cpu).collect(),
     })
 }
 

@@ -48,19 +48,34 @@ async fn a_member_has_one_live_connection_and_cannot_flood_the_band() {
     assert_eq!(reason.as_deref(), Some("replaced"));
 
     // A member reconnecting in a loop: past the allowance (10 per 10 s, two
-    // used above) connections are refused, and the band is not flooded.
-    let mut refused = 0;
-    let mut admitted = Vec::new();
+    // used above) the first refusal is said on the socket, where a browser can
+    // read it, and the rest are answered 429 before any upgrade, slowly.
+    let (mut told, mut refused, mut admitted) = (0, 0, Vec::new());
     for _ in 0..12 {
+        let started = std::time::Instant::now();
         match Connection::connect(&stack.base(0), &joined.token).await {
             Ok(c) => admitted.push(c),
-            Err(ClientError::NoWelcome(why)) if why.contains("rate_limited") => refused += 1,
+            Err(ClientError::NoWelcome(why)) if why.contains("rate_limited") => told += 1,
+            Err(ClientError::WebSocket(tungstenite::Error::Http(r))) if r.status() == 429 => {
+                assert!(
+                    started.elapsed() >= Duration::from_millis(900),
+                    "a 429 is answered slowly: {:?}",
+                    started.elapsed()
+                );
+                refused += 1;
+            }
             Err(e) => panic!("neither admitted nor refused as too often: {e}"),
         }
     }
+    assert_eq!(told, 1, "the first refusal is said on the socket");
     assert!(
-        refused >= 4,
-        "connections past the allowance refused: {refused}"
+        refused >= 2,
+        "later ones are refused before the upgrade: {refused}"
+    );
+    assert!(
+        admitted.len() <= 8,
+        "at most the allowance: {}",
+        admitted.len()
     );
 
     // The leader stayed connected throughout, never kicked, and heard no more

@@ -85,6 +85,8 @@ async fn main() -> anyhow::Result<()> {
         abusers_exe: std::env::current_exe()?,
         abusers_cpu: args.abusers_cpu,
         only: args.only.clone(),
+        // The stack, and this process, whose members measure.
+        processes: [stack.pids(), vec![("members".into(), std::process::id())]].concat(),
     };
     let report = abuse::run(&stack.gateways[0], spec).await;
     stack.stop().await;
