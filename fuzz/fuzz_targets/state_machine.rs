@@ -25,7 +25,7 @@ enum Op {
     Pause,
     Stop,
     Seek(f64),
-    Setlist(Vec<(String, Option<f64>, Option<u8>, String)>),
+    Setlist(Vec<(String, Option<f64>, Option<u8>, Option<u8>, String)>),
     Song(u16),
     HandLeadership(u8),
     RequestLeadership,
@@ -75,10 +75,11 @@ fn command(op: Op) -> Option<Command> {
         Op::Setlist(songs) => Command::Setlist {
             songs: songs
                 .into_iter()
-                .map(|(title, tempo_bpm, beats_per_bar, chart)| Song {
+                .map(|(title, tempo_bpm, beats_per_bar, beat_unit, chart)| Song {
                     title,
                     tempo_bpm,
                     beats_per_bar,
+                    beat_unit,
                     chart,
                 })
                 .collect(),

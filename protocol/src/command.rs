@@ -22,7 +22,9 @@ pub const MAX_TITLE_CHARS: usize = 100;
 /// tests in `wire` and `state` build it.
 pub const MAX_CHART_BYTES: usize = 4_096;
 
-/// A song in the setlist; its chart is plain text, one line per bar by convention.
+/// A song in the setlist. Its chart is text: ChordPro, or plain lines of bars.
+/// Loading it (`Command::Song`) applies its tempo and meter; a value it lacks
+/// comes from the chart's `{tempo}` / `{time}` directives (`chordpro`).
 /// Unknown fields are refused from clients (`ClientMsg::parse`), and ignored
 /// when read back from a state or an event, which newer servers may extend.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,13 +34,17 @@ pub struct Song {
     pub tempo_bpm: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub beats_per_bar: Option<u8>,
+    /// The note value of a beat: 8 for 6/8 (one of `timeline::BEAT_UNITS`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beat_unit: Option<u8>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub chart: String,
 }
 
 impl Song {
     /// The fields a client may send in a song.
-    pub const FIELDS: &'static [&'static str] = &["title", "tempo_bpm", "beats_per_bar", "chart"];
+    pub const FIELDS: &'static [&'static str] =
+        &["title", "tempo_bpm", "beats_per_bar", "beat_unit", "chart"];
 }
 
 /// One command. `type` names it on the wire.
@@ -245,8 +251,8 @@ fn check_setlist(songs: &[Song]) -> Result<(), InvalidValue> {
         if let Some(bpm) = song.tempo_bpm {
             check_bpm(bpm)?;
         }
-        if let Some(bpb) = song.beats_per_bar {
-            check_meter(bpb, 4)?;
+        if song.beats_per_bar.is_some() || song.beat_unit.is_some() {
+            check_meter(song.beats_per_bar.unwrap_or(4), song.beat_unit.unwrap_or(4))?;
         }
     }
     Ok(())
@@ -323,6 +329,7 @@ pub(crate) mod tests {
             title: t.into(),
             tempo_bpm: None,
             beats_per_bar: None,
+            beat_unit: None,
             chart: String::new(),
         };
         assert!(
@@ -372,6 +379,7 @@ pub(crate) mod tests {
                 title: title.into(),
                 tempo_bpm: None,
                 beats_per_bar: None,
+                beat_unit: None,
                 chart,
             }],
         }
@@ -493,6 +501,7 @@ pub(crate) mod tests {
             title: "t".into(),
             tempo_bpm: Some(90.0),
             beats_per_bar: Some(4),
+            beat_unit: Some(4),
             chart: "c".into(),
         };
         let json = serde_json::to_value(&song).expect("ser");

@@ -5,6 +5,7 @@
 //! Invariants: authority comes from this state (only `leader` may steer); at most
 //! `Rules::max_members` members; `seq` grows by one per applied change set.
 
+use crate::chordpro;
 use crate::command::{Command, Song, check_bpm, check_meter};
 use crate::error_code::ErrorCode;
 use crate::ids::{CommandId, ConnId, DisplayName, JoinCode, MemberId, SessionId};
@@ -503,13 +504,23 @@ impl SessionState {
                     ));
                 };
                 let base = *tl.latest();
-                let bpm = song.tempo_bpm.unwrap_or(base.tempo_bpm);
-                let bpb = song.beats_per_bar.unwrap_or(base.beats_per_bar);
+                // The entry's own values first, then the chart's directives,
+                // then what the band had.
+                let chart = chordpro::directives(&song.chart);
+                let bpm = song.tempo_bpm.or(chart.tempo_bpm).unwrap_or(base.tempo_bpm);
+                let bpb = song
+                    .beats_per_bar
+                    .or(chart.time.map(|t| t.0))
+                    .unwrap_or(base.beats_per_bar);
+                let unit = song
+                    .beat_unit
+                    .or(chart.time.map(|t| t.1))
+                    .unwrap_or(base.beat_unit);
                 // Values were checked when the setlist was accepted; re-check what was stored.
                 check_bpm(bpm)
-                    .and_then(|()| check_meter(bpb, base.beat_unit))
+                    .and_then(|()| check_meter(bpb, unit))
                     .map_err(|e| Rejection::new(ErrorCode::Invalid, e.to_string()))?;
-                let at = tl.reset(bpm, bpb, base.beat_unit, now, lead);
+                let at = tl.reset(bpm, bpb, unit, now, lead);
                 let title = song.title.clone();
                 self.song = Some(index);
                 Change::Song { index, title, at }

@@ -113,6 +113,7 @@ async fn a_band_session_through_gateways_and_ticker_is_stored_exactly_once() {
         title: title.into(),
         tempo_bpm: Some(bpm),
         beats_per_bar: Some(4),
+        beat_unit: None,
         chart: "C | F | G | C".into(),
     };
     let script = [
