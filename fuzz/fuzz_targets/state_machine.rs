@@ -32,6 +32,9 @@ enum Op {
     Hello(u8, String),
     Bye(u8),
     Create,
+    Cue(String),
+    Message(String),
+    Report(f64, f64),
     Housekeep,
 }
 
@@ -98,6 +101,12 @@ fn command(op: Op) -> Option<Command> {
         Op::Create => Command::Create {
             code: JoinCode::parse("ABCDEF").expect("valid"),
             name: DisplayName::parse("M").expect("valid"),
+        },
+        Op::Cue(text) => Command::Cue { text },
+        Op::Message(text) => Command::Message { text },
+        Op::Report(rtt_ms, clock_error_ms) => Command::Report {
+            rtt_ms,
+            clock_error_ms,
         },
         Op::Housekeep => return None,
     })

@@ -21,6 +21,10 @@ pub const MAX_TITLE_CHARS: usize = 100;
 /// JSON) fits `wire::MAX_CLIENT_MESSAGE_BYTES` and `state::MAX_STATE_BYTES`;
 /// tests in `wire` and `state` build it.
 pub const MAX_CHART_BYTES: usize = 4_096;
+/// A cue or a message, in bytes of UTF-8: a line on a stage screen.
+pub const MAX_TEXT_BYTES: usize = 120;
+/// Largest round trip or clock error a member may report (a minute).
+pub const MAX_REPORTED_MS: f64 = 60_000.0;
 
 /// A song in the setlist. Its chart is text: ChordPro, or plain lines of bars.
 /// Loading it (`Command::Song`) applies its tempo and meter; a value it lacks
@@ -88,6 +92,20 @@ pub enum Command {
     RemoveMember {
         member: MemberId,
     },
+    /// A short cue every screen shows large ("last chorus"); `""` clears it.
+    Cue {
+        text: String,
+    },
+    /// Any member: a short message to the band; not kept in the state.
+    Message {
+        text: String,
+    },
+    /// Any member: the quality of its connection as its clock sync measures it
+    /// (round trip and the clock estimate's uncertainty, in ms).
+    Report {
+        rtt_ms: f64,
+        clock_error_ms: f64,
+    },
     // --- sent by gateways on members' behalf; refused from clients ---
     Create {
         code: JoinCode,
@@ -117,6 +135,9 @@ impl Command {
         "request_leadership",
         "joining",
         "remove_member",
+        "cue",
+        "message",
+        "report",
     ];
 
     /// The fields of this command besides `type`. serde's `deny_unknown_fields`
@@ -135,6 +156,8 @@ impl Command {
             Command::HandLeadership { .. } => &["to"],
             Command::Joining { .. } => &["open"],
             Command::RemoveMember { .. } => &["member"],
+            Command::Cue { .. } | Command::Message { .. } => &["text"],
+            Command::Report { .. } => &["rtt_ms", "clock_error_ms"],
             Command::Create { .. } => &["code", "name"],
             Command::Hello { .. } => &["name", "conn"],
             Command::Bye { .. } => &["conn"],
@@ -159,6 +182,17 @@ impl Command {
                 ))
             }
             Command::Setlist { songs } => check_setlist(songs),
+            Command::Cue { text } => crate::text::check_text("text", text, MAX_TEXT_BYTES),
+            Command::Message { text } if text.is_empty() => Err(InvalidValue::new(
+                "text",
+                format!("must be 1..={MAX_TEXT_BYTES} bytes of UTF-8"),
+            )),
+            Command::Message { text } => crate::text::check_text("text", text, MAX_TEXT_BYTES),
+            Command::Report {
+                rtt_ms,
+                clock_error_ms,
+            } => check_ms("rtt_ms", *rtt_ms)
+                .and_then(|()| check_ms("clock_error_ms", *clock_error_ms)),
             _ => Ok(()),
         }
     }
@@ -178,10 +212,24 @@ impl Command {
             Command::RequestLeadership => "request_leadership",
             Command::Joining { .. } => "joining",
             Command::RemoveMember { .. } => "remove_member",
+            Command::Cue { .. } => "cue",
+            Command::Message { .. } => "message",
+            Command::Report { .. } => "report",
             Command::Create { .. } => "create",
             Command::Hello { .. } => "hello",
             Command::Bye { .. } => "bye",
         }
+    }
+}
+
+fn check_ms(what: &'static str, ms: f64) -> Result<(), InvalidValue> {
+    if ms.is_finite() && (0.0..=MAX_REPORTED_MS).contains(&ms) {
+        Ok(())
+    } else {
+        Err(InvalidValue::new(
+            what,
+            format!("must be a number of milliseconds in 0..={MAX_REPORTED_MS}"),
+        ))
     }
 }
 
@@ -325,6 +373,29 @@ pub(crate) mod tests {
             .is_err()
         );
         assert!(Command::Play { count_in_bars: 9 }.validate().is_err());
+        let cue = |t: &str| Command::Cue { text: t.into() };
+        let message = |t: &str| Command::Message { text: t.into() };
+        assert!(cue("").validate().is_ok(), "an empty cue clears it");
+        assert!(
+            message("").validate().is_err(),
+            "an empty message says nothing"
+        );
+        assert!(cue(&"x".repeat(120)).validate().is_ok());
+        assert!(message(&"x".repeat(121)).validate().is_err());
+        assert!(cue("\u{202E}txet").validate().is_err());
+        let report = |rtt_ms, clock_error_ms| Command::Report {
+            rtt_ms,
+            clock_error_ms,
+        };
+        assert!(report(0.0, 60_000.0).validate().is_ok());
+        for (rtt, err) in [
+            (-1.0, 1.0),
+            (60_000.1, 1.0),
+            (f64::NAN, 1.0),
+            (1.0, f64::INFINITY),
+        ] {
+            assert!(report(rtt, err).validate().is_err(), "{rtt} {err}");
+        }
         let song = |t: &str| Song {
             title: t.into(),
             tempo_bpm: None,
@@ -469,6 +540,16 @@ pub(crate) mod tests {
             Command::RequestLeadership,
             Command::Joining { open: false },
             Command::RemoveMember { member },
+            Command::Cue {
+                text: "last chorus".into(),
+            },
+            Command::Message {
+                text: "tag ×2".into(),
+            },
+            Command::Report {
+                rtt_ms: 42.5,
+                clock_error_ms: 1.2,
+            },
             Command::Create {
                 code: JoinCode::parse("ABCDEF").expect("valid"),
                 name: name.clone(),

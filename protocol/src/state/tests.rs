@@ -458,6 +458,16 @@ fn any_command() -> impl Strategy<Value = (Command, usize)> {
         (0usize..7).prop_map(|i| Command::RemoveMember {
             member: id(&format!("m{i}"))
         }),
+        prop::sample::select(vec!["", "last chorus", "\u{200B}", "x\u{202E}"])
+            .prop_map(|t| Command::Cue { text: t.into() }),
+        prop::sample::select(vec!["", "tag ×2", "\n"])
+            .prop_map(|t| Command::Message { text: t.into() }),
+        (any_number(0.0..1_000.0), any_number(0.0..5.0)).prop_map(|(rtt_ms, clock_error_ms)| {
+            Command::Report {
+                rtt_ms,
+                clock_error_ms,
+            }
+        }),
     ];
     (cmd, 0usize..7)
 }
