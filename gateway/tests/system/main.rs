@@ -16,6 +16,7 @@ mod replaced;
 mod shutdown;
 mod slow;
 mod sync;
+mod texts;
 mod ticks;
 mod tls;
 mod tokens;
