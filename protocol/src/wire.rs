@@ -579,6 +579,9 @@ mod tests {
             "name",
             "conn",
             "code",
+            "text",
+            "rtt_ms",
+            "clock_error_ms",
             "x",
         ]);
         let kind = prop::sample::select(
@@ -682,7 +685,7 @@ mod tests {
             bpm in 20.0..=400.0f64,
             beat in 0.0..=1_000_000.0f64,
             index in any::<usize>(),
-            which in 0usize..10,
+            which in 0usize..13,
             id in "[a-z0-9é]{1,21}",
         ) {
             let song = Song { title: "A".into(), tempo_bpm: Some(bpm), beats_per_bar: Some(3), beat_unit: Some(8), chart: "| A♭ |".into() };
@@ -697,6 +700,9 @@ mod tests {
                 Command::Song { index },
                 Command::HandLeadership { to: MemberId::parse("m1").expect("valid") },
                 Command::RequestLeadership,
+                Command::Cue { text: id.clone() },
+                Command::Message { text: format!("{id} 🎸") },
+                Command::Report { rtt_ms: bpm, clock_error_ms: beat / 100.0 },
             ];
             let command = commands[which].clone();
             let mut json = serde_json::to_value(&command).expect("ser");
