@@ -11,6 +11,7 @@ mod leadership;
 mod limits;
 mod ops;
 mod outage;
+mod quality;
 mod removal;
 mod replaced;
 mod shutdown;
