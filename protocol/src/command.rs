@@ -417,6 +417,15 @@ pub(crate) mod tests {
             .validate()
             .is_err()
         );
+        let with_unit = |beat_unit| Command::Setlist {
+            songs: vec![Song {
+                beat_unit: Some(beat_unit),
+                ..song("Waltz")
+            }],
+        };
+        assert!(with_unit(8).validate().is_ok());
+        let err = with_unit(3).validate().expect_err("no such note value");
+        assert_eq!(err.what, "beat_unit");
         let with_chart = |chart: &str| Song {
             chart: chart.into(),
             ..song("Intro")
