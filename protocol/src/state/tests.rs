@@ -627,6 +627,25 @@ fn the_largest_state_fits_the_sessions_bucket() {
         )
         .expect("tempo");
     }
+    // Every member's quality shown and its rate window full; the longest cue.
+    for i in 0..rules.max_members {
+        let report = Command::Report {
+            rtt_ms: 59_999.123456789,
+            clock_error_ms: 59_999.123456789,
+        };
+        s.apply(&report, &long_id(i), Some(&cmd_id), T0 + 10, &rules)
+            .expect("report");
+        for n in 0..texts::MAX_TEXTS as i64 {
+            let text = "\"".repeat(crate::command::MAX_TEXT_BYTES);
+            let cmd = if i == 0 {
+                Command::Cue { text }
+            } else {
+                Command::Message { text }
+            };
+            s.apply(&cmd, &long_id(i), Some(&cmd_id), T0 + 1_000_011 + n, &rules)
+                .expect("text");
+        }
+    }
     let state = serde_json::to_vec(&s).expect("ser").len();
     assert!(
         state <= MAX_STATE_BYTES,
