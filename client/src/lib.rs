@@ -10,6 +10,7 @@ pub use clock::{ClockSync, SETTLE_EVERY, SETTLE_PINGS};
 pub use connect::{Backoff, ConnectOptions, tcp_connect};
 pub use http::{Api, ApiError, Joined};
 
+use bandsync_protocol::command::MAX_REPORTED_MS;
 use bandsync_protocol::wire::ErrorMsg;
 use bandsync_protocol::{Command, Micros, ServerMsg, SessionState, Timeline, now_us};
 use futures::{SinkExt, StreamExt};
@@ -277,6 +278,17 @@ impl Connection {
                 None => return Err(ClientError::Closed(None)),
             }
         }
+    }
+
+    /// The `report` of this connection's quality (docs/protocol.md, "Connection
+    /// quality"): the lowest recent round trip and the clock estimate's
+    /// uncertainty now, in ms; `None` before the first pong.
+    pub fn quality_report(&self) -> Option<Command> {
+        let ms = |us: Micros| (us as f64 / 1_000.0).clamp(0.0, MAX_REPORTED_MS);
+        Some(Command::Report {
+            rtt_ms: ms(self.clock.min_rtt()?),
+            clock_error_ms: ms(self.clock.uncertainty(now_us())?),
+        })
     }
 
     /// Server time now, as this client estimates it.

@@ -25,13 +25,16 @@ enum Op {
     Pause,
     Stop,
     Seek(f64),
-    Setlist(Vec<(String, Option<f64>, Option<u8>, String)>),
+    Setlist(Vec<(String, Option<f64>, Option<u8>, Option<u8>, String)>),
     Song(u16),
     HandLeadership(u8),
     RequestLeadership,
     Hello(u8, String),
     Bye(u8),
     Create,
+    Cue(String),
+    Message(String),
+    Report(f64, f64),
     Housekeep,
 }
 
@@ -75,10 +78,11 @@ fn command(op: Op) -> Option<Command> {
         Op::Setlist(songs) => Command::Setlist {
             songs: songs
                 .into_iter()
-                .map(|(title, tempo_bpm, beats_per_bar, chart)| Song {
+                .map(|(title, tempo_bpm, beats_per_bar, beat_unit, chart)| Song {
                     title,
                     tempo_bpm,
                     beats_per_bar,
+                    beat_unit,
                     chart,
                 })
                 .collect(),
@@ -97,6 +101,12 @@ fn command(op: Op) -> Option<Command> {
         Op::Create => Command::Create {
             code: JoinCode::parse("ABCDEF").expect("valid"),
             name: DisplayName::parse("M").expect("valid"),
+        },
+        Op::Cue(text) => Command::Cue { text },
+        Op::Message(text) => Command::Message { text },
+        Op::Report(rtt_ms, clock_error_ms) => Command::Report {
+            rtt_ms,
+            clock_error_ms,
         },
         Op::Housekeep => return None,
     })

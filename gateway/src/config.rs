@@ -261,6 +261,7 @@ mod tests {
                     title: "𝄞".repeat(MAX_TITLE_CHARS),
                     tempo_bpm: Some(399.99999999999994),
                     beats_per_bar: Some(32),
+                    beat_unit: Some(32),
                     chart: chart.clone(),
                 })
                 .collect();

@@ -186,6 +186,7 @@ pub fn setlist(kb: usize) -> Vec<Song> {
             title: format!("Song {}", songs.len() + 1),
             tempo_bpm: Some(120.0),
             beats_per_bar: Some(4),
+            beat_unit: None,
             chart: line.chars().cycle().take(chars).collect(),
         });
     }

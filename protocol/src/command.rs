@@ -21,8 +21,14 @@ pub const MAX_TITLE_CHARS: usize = 100;
 /// JSON) fits `wire::MAX_CLIENT_MESSAGE_BYTES` and `state::MAX_STATE_BYTES`;
 /// tests in `wire` and `state` build it.
 pub const MAX_CHART_BYTES: usize = 4_096;
+/// A cue or a message, in bytes of UTF-8: a line on a stage screen.
+pub const MAX_TEXT_BYTES: usize = 120;
+/// Largest round trip or clock error a member may report (a minute).
+pub const MAX_REPORTED_MS: f64 = 60_000.0;
 
-/// A song in the setlist; its chart is plain text, one line per bar by convention.
+/// A song in the setlist. Its chart is text: ChordPro, or plain lines of bars.
+/// Loading it (`Command::Song`) applies its tempo and meter; a value it lacks
+/// comes from the chart's `{tempo}` / `{time}` directives (`chordpro`).
 /// Unknown fields are refused from clients (`ClientMsg::parse`), and ignored
 /// when read back from a state or an event, which newer servers may extend.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,13 +38,17 @@ pub struct Song {
     pub tempo_bpm: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub beats_per_bar: Option<u8>,
+    /// The note value of a beat: 8 for 6/8 (one of `timeline::BEAT_UNITS`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beat_unit: Option<u8>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub chart: String,
 }
 
 impl Song {
     /// The fields a client may send in a song.
-    pub const FIELDS: &'static [&'static str] = &["title", "tempo_bpm", "beats_per_bar", "chart"];
+    pub const FIELDS: &'static [&'static str] =
+        &["title", "tempo_bpm", "beats_per_bar", "beat_unit", "chart"];
 }
 
 /// One command. `type` names it on the wire.
@@ -82,6 +92,20 @@ pub enum Command {
     RemoveMember {
         member: MemberId,
     },
+    /// A short cue every screen shows large ("last chorus"); `""` clears it.
+    Cue {
+        text: String,
+    },
+    /// Any member: a short message to the band; not kept in the state.
+    Message {
+        text: String,
+    },
+    /// Any member: the quality of its connection as its clock sync measures it
+    /// (round trip and the clock estimate's uncertainty, in ms).
+    Report {
+        rtt_ms: f64,
+        clock_error_ms: f64,
+    },
     // --- sent by gateways on members' behalf; refused from clients ---
     Create {
         code: JoinCode,
@@ -111,6 +135,9 @@ impl Command {
         "request_leadership",
         "joining",
         "remove_member",
+        "cue",
+        "message",
+        "report",
     ];
 
     /// The fields of this command besides `type`. serde's `deny_unknown_fields`
@@ -129,6 +156,8 @@ impl Command {
             Command::HandLeadership { .. } => &["to"],
             Command::Joining { .. } => &["open"],
             Command::RemoveMember { .. } => &["member"],
+            Command::Cue { .. } | Command::Message { .. } => &["text"],
+            Command::Report { .. } => &["rtt_ms", "clock_error_ms"],
             Command::Create { .. } => &["code", "name"],
             Command::Hello { .. } => &["name", "conn"],
             Command::Bye { .. } => &["conn"],
@@ -153,6 +182,17 @@ impl Command {
                 ))
             }
             Command::Setlist { songs } => check_setlist(songs),
+            Command::Cue { text } => crate::text::check_text("text", text, MAX_TEXT_BYTES),
+            Command::Message { text } if text.is_empty() => Err(InvalidValue::new(
+                "text",
+                format!("must be 1..={MAX_TEXT_BYTES} bytes of UTF-8"),
+            )),
+            Command::Message { text } => crate::text::check_text("text", text, MAX_TEXT_BYTES),
+            Command::Report {
+                rtt_ms,
+                clock_error_ms,
+            } => check_ms("rtt_ms", *rtt_ms)
+                .and_then(|()| check_ms("clock_error_ms", *clock_error_ms)),
             _ => Ok(()),
         }
     }
@@ -172,10 +212,24 @@ impl Command {
             Command::RequestLeadership => "request_leadership",
             Command::Joining { .. } => "joining",
             Command::RemoveMember { .. } => "remove_member",
+            Command::Cue { .. } => "cue",
+            Command::Message { .. } => "message",
+            Command::Report { .. } => "report",
             Command::Create { .. } => "create",
             Command::Hello { .. } => "hello",
             Command::Bye { .. } => "bye",
         }
+    }
+}
+
+fn check_ms(what: &'static str, ms: f64) -> Result<(), InvalidValue> {
+    if ms.is_finite() && (0.0..=MAX_REPORTED_MS).contains(&ms) {
+        Ok(())
+    } else {
+        Err(InvalidValue::new(
+            what,
+            format!("must be a number of milliseconds in 0..={MAX_REPORTED_MS}"),
+        ))
     }
 }
 
@@ -245,8 +299,8 @@ fn check_setlist(songs: &[Song]) -> Result<(), InvalidValue> {
         if let Some(bpm) = song.tempo_bpm {
             check_bpm(bpm)?;
         }
-        if let Some(bpb) = song.beats_per_bar {
-            check_meter(bpb, 4)?;
+        if song.beats_per_bar.is_some() || song.beat_unit.is_some() {
+            check_meter(song.beats_per_bar.unwrap_or(4), song.beat_unit.unwrap_or(4))?;
         }
     }
     Ok(())
@@ -319,10 +373,34 @@ pub(crate) mod tests {
             .is_err()
         );
         assert!(Command::Play { count_in_bars: 9 }.validate().is_err());
+        let cue = |t: &str| Command::Cue { text: t.into() };
+        let message = |t: &str| Command::Message { text: t.into() };
+        assert!(cue("").validate().is_ok(), "an empty cue clears it");
+        assert!(
+            message("").validate().is_err(),
+            "an empty message says nothing"
+        );
+        assert!(cue(&"x".repeat(120)).validate().is_ok());
+        assert!(message(&"x".repeat(121)).validate().is_err());
+        assert!(cue("\u{202E}txet").validate().is_err());
+        let report = |rtt_ms, clock_error_ms| Command::Report {
+            rtt_ms,
+            clock_error_ms,
+        };
+        assert!(report(0.0, 60_000.0).validate().is_ok());
+        for (rtt, err) in [
+            (-1.0, 1.0),
+            (60_000.1, 1.0),
+            (f64::NAN, 1.0),
+            (1.0, f64::INFINITY),
+        ] {
+            assert!(report(rtt, err).validate().is_err(), "{rtt} {err}");
+        }
         let song = |t: &str| Song {
             title: t.into(),
             tempo_bpm: None,
             beats_per_bar: None,
+            beat_unit: None,
             chart: String::new(),
         };
         assert!(
@@ -339,6 +417,15 @@ pub(crate) mod tests {
             .validate()
             .is_err()
         );
+        let with_unit = |beat_unit| Command::Setlist {
+            songs: vec![Song {
+                beat_unit: Some(beat_unit),
+                ..song("Waltz")
+            }],
+        };
+        assert!(with_unit(8).validate().is_ok());
+        let err = with_unit(3).validate().expect_err("no such note value");
+        assert_eq!(err.what, "beat_unit");
         let with_chart = |chart: &str| Song {
             chart: chart.into(),
             ..song("Intro")
@@ -372,6 +459,7 @@ pub(crate) mod tests {
                 title: title.into(),
                 tempo_bpm: None,
                 beats_per_bar: None,
+                beat_unit: None,
                 chart,
             }],
         }
@@ -461,6 +549,16 @@ pub(crate) mod tests {
             Command::RequestLeadership,
             Command::Joining { open: false },
             Command::RemoveMember { member },
+            Command::Cue {
+                text: "last chorus".into(),
+            },
+            Command::Message {
+                text: "tag ×2".into(),
+            },
+            Command::Report {
+                rtt_ms: 42.5,
+                clock_error_ms: 1.2,
+            },
             Command::Create {
                 code: JoinCode::parse("ABCDEF").expect("valid"),
                 name: name.clone(),
@@ -493,6 +591,7 @@ pub(crate) mod tests {
             title: "t".into(),
             tempo_bpm: Some(90.0),
             beats_per_bar: Some(4),
+            beat_unit: Some(4),
             chart: "c".into(),
         };
         let json = serde_json::to_value(&song).expect("ser");

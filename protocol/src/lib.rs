@@ -4,6 +4,7 @@
 //! (serde, serde_json, thiserror, bytes). The bus names (subjects, streams,
 //! buckets, keys) live in `bandsync-nats`, which re-exports this crate.
 
+pub mod chordpro;
 pub mod command;
 pub mod error_code;
 pub mod ids;

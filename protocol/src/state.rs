@@ -5,6 +5,7 @@
 //! Invariants: authority comes from this state (only `leader` may steer); at most
 //! `Rules::max_members` members; `seq` grows by one per applied change set.
 
+use crate::chordpro;
 use crate::command::{Command, Song, check_bpm, check_meter};
 use crate::error_code::ErrorCode;
 use crate::ids::{CommandId, ConnId, DisplayName, JoinCode, MemberId, SessionId};
@@ -43,6 +44,46 @@ pub struct Member {
     /// The live connection; a stale `bye` from an older one is ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conn: Option<ConnId>,
+    /// The round trip the member last reported that moved enough to publish
+    /// (`quality`), in ms; absent until it reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+    /// Its clock estimate's uncertainty, in ms, published with `rtt_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_error_ms: Option<f64>,
+    /// The owner's: when `rtt_ms` was last published (reports come at most
+    /// once per `quality::REPORT_EVERY_US` after it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality_at: Option<Micros>,
+    /// The owner's: when the member's cues and messages of the current rate
+    /// window were accepted (`texts`), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub texts_at: Vec<Micros>,
+}
+
+impl Member {
+    fn new(id: MemberId, name: DisplayName, joined_at: Micros, conn: Option<ConnId>) -> Self {
+        Self {
+            id,
+            name,
+            joined_at,
+            connected: conn.is_some(),
+            conn,
+            rtt_ms: None,
+            clock_error_ms: None,
+            quality_at: None,
+            texts_at: Vec::new(),
+        }
+    }
+}
+
+/// The leader's cue on every screen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cue {
+    pub text: String,
+    pub by: MemberId,
+    /// When the owner applied it.
+    pub at: Micros,
 }
 
 /// Why leadership moved.
@@ -94,6 +135,21 @@ pub enum Change {
     MemberRemoved {
         member: MemberId,
     },
+    /// A member's connection quality moved enough to show (the event carries
+    /// the members, with `rtt_ms` and `clock_error_ms`).
+    MemberQuality {
+        member: MemberId,
+    },
+    /// The leader's cue; `""` cleared it.
+    Cue {
+        text: String,
+        by: MemberId,
+    },
+    /// A member's message to the band (not kept in the state).
+    Message {
+        from: MemberId,
+        text: String,
+    },
     Tempo {
         bpm: f64,
         at: Micros,
@@ -142,6 +198,7 @@ impl Change {
                 | Change::MemberConnected { .. }
                 | Change::MemberDisconnected { .. }
                 | Change::MemberRemoved { .. }
+                | Change::MemberQuality { .. }
                 | Change::LeaderChanged { .. }
         )
     }
@@ -156,6 +213,9 @@ impl Change {
             Change::LeadershipRequested { .. } => "leadership_requested",
             Change::Joining { .. } => "joining",
             Change::MemberRemoved { .. } => "member_removed",
+            Change::MemberQuality { .. } => "member_quality",
+            Change::Cue { .. } => "cue",
+            Change::Message { .. } => "message",
             Change::Tempo { .. } => "tempo",
             Change::Meter { .. } => "meter",
             Change::Play { .. } => "play",
@@ -233,6 +293,9 @@ pub struct SessionState {
     /// tokens are refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed: Vec<MemberId>,
+    /// The leader's cue, until cleared (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cue: Option<Cue>,
     pub last_activity: Micros,
     /// Stream sequence of the last command applied: replays at or below it are
     /// skipped. The owner's alone: a counter of the whole stream, it would tell
@@ -272,6 +335,8 @@ impl SessionState {
         self.last_cmd_seq = 0;
         for m in &mut self.members {
             m.conn = None;
+            m.quality_at = None;
+            m.texts_at.clear();
         }
     }
 
@@ -283,13 +348,7 @@ impl SessionState {
         name: DisplayName,
         now: Micros,
     ) -> Self {
-        let member = Member {
-            id: leader.clone(),
-            name,
-            joined_at: now,
-            connected: false,
-            conn: None,
-        };
+        let member = Member::new(leader.clone(), name, now, None);
         Self {
             id,
             code: code.clone(),
@@ -307,6 +366,7 @@ impl SessionState {
             displaced_leader: None,
             joining_closed: false,
             removed: Vec::new(),
+            cue: None,
             last_activity: now,
             last_cmd_seq: 0,
             last_changes: vec![
@@ -401,7 +461,7 @@ impl SessionState {
         now: Micros,
         rules: &Rules,
     ) -> Result<Vec<Change>, Rejection> {
-        let lead = rules.lead_us;
+        let lead = self.lead(rules);
         match cmd {
             Command::Create { .. } => {
                 Err(Rejection::new(ErrorCode::Invalid, "session already exists"))
@@ -434,6 +494,15 @@ impl SessionState {
                 self.require_leader(actor)?;
                 self.remove(actor, member)
             }
+            Command::Cue { text } => {
+                self.require_leader(actor)?;
+                self.cue(actor, text, now)
+            }
+            Command::Message { text } => self.message(actor, text, now),
+            Command::Report {
+                rtt_ms,
+                clock_error_ms,
+            } => self.report(actor, *rtt_ms, *clock_error_ms, now),
             _ => {
                 self.require_leader(actor)?;
                 self.timeline_command(cmd, now, lead)
@@ -503,13 +572,23 @@ impl SessionState {
                     ));
                 };
                 let base = *tl.latest();
-                let bpm = song.tempo_bpm.unwrap_or(base.tempo_bpm);
-                let bpb = song.beats_per_bar.unwrap_or(base.beats_per_bar);
+                // The entry's own values first, then the chart's directives,
+                // then what the band had.
+                let chart = chordpro::directives(&song.chart);
+                let bpm = song.tempo_bpm.or(chart.tempo_bpm).unwrap_or(base.tempo_bpm);
+                let bpb = song
+                    .beats_per_bar
+                    .or(chart.time.map(|t| t.0))
+                    .unwrap_or(base.beats_per_bar);
+                let unit = song
+                    .beat_unit
+                    .or(chart.time.map(|t| t.1))
+                    .unwrap_or(base.beat_unit);
                 // Values were checked when the setlist was accepted; re-check what was stored.
                 check_bpm(bpm)
-                    .and_then(|()| check_meter(bpb, base.beat_unit))
+                    .and_then(|()| check_meter(bpb, unit))
                     .map_err(|e| Rejection::new(ErrorCode::Invalid, e.to_string()))?;
-                let at = tl.reset(bpm, bpb, base.beat_unit, now, lead);
+                let at = tl.reset(bpm, bpb, unit, now, lead);
                 let title = song.title.clone();
                 self.song = Some(index);
                 Change::Song { index, title, at }
@@ -584,13 +663,12 @@ impl SessionState {
                         format!("this session already has {} members", rules.max_members),
                     ));
                 }
-                self.members.push(Member {
-                    id: actor.clone(),
-                    name: name.clone(),
-                    joined_at: now,
-                    connected: true,
-                    conn: Some(conn.clone()),
-                });
+                self.members.push(Member::new(
+                    actor.clone(),
+                    name.clone(),
+                    now,
+                    Some(conn.clone()),
+                ));
                 changes.push(Change::MemberJoined {
                     member: actor.clone(),
                     name: name.clone(),
@@ -756,6 +834,17 @@ impl SessionState {
         if let Some(back) = self.members.iter().find(|m| self.removed.contains(&m.id)) {
             return Err(format!("removed member {} is a member", back.id));
         }
+        if let Some(m) = self
+            .members
+            .iter()
+            .find(|m| m.texts_at.len() > texts::MAX_TEXTS)
+        {
+            return Err(format!(
+                "member {} has {} texts in the rate window",
+                m.id,
+                m.texts_at.len()
+            ));
+        }
         if self.removed.len() > MAX_REMOVED {
             return Err(format!("{} removed members remembered", self.removed.len()));
         }
@@ -797,6 +886,9 @@ impl SessionState {
         successor_waiting || self.is_idle(now, rules)
     }
 }
+
+pub mod quality;
+pub mod texts;
 
 #[cfg(test)]
 mod tests;

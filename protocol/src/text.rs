@@ -77,6 +77,32 @@ pub fn check_name<'a>(
     Ok(s)
 }
 
+/// Checks a short text people send each other (a cue, a message): at most
+/// `max_bytes` bytes of UTF-8 as sent (it travels in every event and is kept
+/// in the state), none of the characters refused in names, and something
+/// visible. An empty text is the caller's to allow or refuse.
+pub fn check_text(what: &'static str, s: &str, max_bytes: usize) -> Result<(), InvalidValue> {
+    if s.len() > max_bytes {
+        return Err(InvalidValue::new(
+            what,
+            format!(
+                "at most {max_bytes} bytes of UTF-8 (this one has {})",
+                s.len()
+            ),
+        ));
+    }
+    if let Some(why) = s.chars().find_map(refused) {
+        return Err(InvalidValue::new(what, why));
+    }
+    if !s.is_empty() && s.chars().all(is_invisible) {
+        return Err(InvalidValue::new(
+            what,
+            "must contain a visible character (not only spaces or zero-width characters)",
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +153,30 @@ mod tests {
         }
         assert!(check_name("name", &"é".repeat(41), 40).is_err());
         assert!(check_name("name", &"é".repeat(40), 40).is_ok());
+    }
+
+    #[test]
+    fn texts_are_limited_in_bytes_and_follow_the_name_rule() {
+        for ok in [
+            "last chorus",
+            "tag ×2 🎸",
+            "",
+            &"x".repeat(120),
+            &"é".repeat(60),
+        ] {
+            assert_eq!(check_text("text", ok, 120), Ok(()), "{ok:?}");
+        }
+        let cases = [
+            ("x".repeat(121), "at most 120 bytes"),
+            ("é".repeat(61), "at most 120 bytes"),
+            ("a\u{202E}b".into(), "direction"),
+            ("a\nb".into(), "control"),
+            ("\u{200B} \u{2060}".into(), "visible"),
+            ("   ".into(), "visible"),
+        ];
+        for (bad, why) in cases {
+            let err = check_text("text", &bad, 120).expect_err(&bad);
+            assert!(err.why.contains(why), "{bad:?}: {err}");
+        }
     }
 }

@@ -355,11 +355,16 @@ impl Timeline {
         anchor_time
     }
 
-    /// Starts playing from the paused position after `count_in_bars` bars of clicks.
+    /// Starts playing after exactly `count_in_bars` bars of clicks, from the
+    /// start of the bar that holds the stopped position (a band comes back in
+    /// on a downbeat, never mid-bar; a position on a bar line starts there),
+    /// and never before beat 0, where the song starts (a bar grid moved by a
+    /// meter change can put a bar line before it).
     pub fn play(&mut self, count_in_bars: u8, now: Micros, lead: Micros) -> Micros {
         let base = *self.latest();
         let at = self.effective(now, lead);
-        let from = base.anchor_beat;
+        let stopped = base.anchor_beat;
+        let from = base.bar_start(stopped).max(stopped.min(0.0));
         let count_in = f64::from(count_in_bars) * f64::from(base.beats_per_bar);
         let seg = Segment {
             anchor_time: at,
@@ -546,19 +551,62 @@ mod tests {
     }
 
     #[test]
-    fn pause_freezes_at_scheduled_instant_and_play_resumes_there() {
+    fn pause_freezes_at_scheduled_instant_and_play_resumes_at_the_bar_start() {
         let mut tl = playing_at_120();
-        let now = T0 + LEAD + 1_000_000;
+        let now = T0 + LEAD + 3_000_000; // beat 6: bar 1, its third beat
         let (at, beat) = tl.pause(now, LEAD);
-        assert!((beat - 2.3).abs() < 1e-9);
-        assert!((tl.position(at + 10_000_000) - 2.3).abs() < 1e-9);
+        assert!((beat - 6.3).abs() < 1e-9);
+        assert!((tl.position(at + 10_000_000) - 6.3).abs() < 1e-9);
         assert!(
-            (tl.position(now + 100_000) - 2.2).abs() < 1e-9,
+            (tl.position(now + 100_000) - 6.2).abs() < 1e-9,
             "still playing until the pause lands"
         );
         let later = at + 5_000_000;
         let start = tl.play(0, later, LEAD);
-        assert!((tl.position(start + 500_000) - 3.3).abs() < 1e-9);
+        let seg = *tl.at(start);
+        assert_eq!(
+            (seg.anchor_beat, seg.count_in_until),
+            (4.0, None),
+            "bar 1 again, from its first beat"
+        );
+        assert!((tl.position(start + 500_000) - 5.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn resuming_counts_in_exactly_the_bars_asked_before_the_bar_line() {
+        let mut tl = Timeline::new(T0, 120.0, 6, 8);
+        tl.play(0, T0, LEAD);
+        // 30.88 beats: bar 5 (beats 30..36) of 6/8, as the rehearsal saw.
+        let (at, beat) = tl.pause(T0 + LEAD + 15_440_000 - LEAD, LEAD);
+        assert!((beat - 30.88).abs() < 1e-9, "{beat}");
+        let start = tl.play(1, at + 1_000_000, LEAD);
+        let seg = *tl.at(start);
+        assert_eq!(seg.count_in_until, Some(30.0), "music from bar 5's line");
+        assert_eq!(seg.anchor_beat, 24.0, "one 6-beat bar of count-in");
+        assert_eq!(
+            seg.bar_of(seg.anchor_beat),
+            4,
+            "the count-in is one whole bar"
+        );
+        assert_eq!(seg.bar_start(seg.anchor_beat), seg.anchor_beat);
+        // A pause on a bar line resumes there; two bars of count-in are 12 beats.
+        let (paused, beat) = tl.pause(start + 9_000_000 - LEAD, LEAD); // 24 + 18 beats
+        assert!((beat - 42.0).abs() < 1e-6, "{beat}");
+        let again = tl.play(2, paused + 1_000_000, LEAD);
+        let seg = *tl.at(again);
+        assert!((seg.count_in_until.expect("counting in") - 42.0).abs() < 1e-6);
+        assert!((seg.anchor_beat - 30.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn resuming_never_starts_before_the_song() {
+        let mut tl = Timeline::new(T0, 120.0, 4, 4);
+        tl.seek(16.0, T0, LEAD);
+        // A 3/4 grid from beat 16 puts a bar line at beat -2.
+        tl.set_meter(3, 4, T0 + 1, LEAD);
+        tl.seek(0.5, T0 + 2, LEAD);
+        let at = tl.play(0, T0 + 3, LEAD);
+        assert_eq!(tl.at(at).anchor_beat, 0.0);
     }
 
     #[test]

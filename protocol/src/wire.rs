@@ -255,7 +255,7 @@ pub const MAX_CLIENT_REF: usize = 64;
 /// owner accepts (`command::MAX_SONGS` songs, each with a title of
 /// `MAX_TITLE_CHARS` 4-byte characters and a chart of `MAX_CHART_BYTES` bytes
 /// that JSON escapes to twice that, every field present), sent as compact JSON
-/// (`JSON.stringify`, serde_json), is about 433 KB; this leaves room above it.
+/// (`JSON.stringify`, serde_json), is about 434 KB; this leaves room above it.
 /// The gateway's `--max-frame-bytes` defaults to it.
 pub const MAX_CLIENT_MESSAGE_BYTES: usize = 512 * 1024;
 
@@ -512,6 +512,7 @@ mod tests {
             title: "𝄞".repeat(MAX_TITLE_CHARS),
             tempo_bpm: Some(399.99999999999994),
             beats_per_bar: Some(32),
+            beat_unit: Some(32),
             chart,
         };
         let command = Command::Setlist {
@@ -546,6 +547,7 @@ mod tests {
                 title: "Song".into(),
                 tempo_bpm: Some(120.0),
                 beats_per_bar: Some(4),
+                beat_unit: None,
                 chart,
             };
             crate::command::MAX_SONGS
@@ -577,6 +579,9 @@ mod tests {
             "name",
             "conn",
             "code",
+            "text",
+            "rtt_ms",
+            "clock_error_ms",
             "x",
         ]);
         let kind = prop::sample::select(
@@ -680,10 +685,10 @@ mod tests {
             bpm in 20.0..=400.0f64,
             beat in 0.0..=1_000_000.0f64,
             index in any::<usize>(),
-            which in 0usize..10,
+            which in 0usize..13,
             id in "[a-z0-9é]{1,21}",
         ) {
-            let song = Song { title: "A".into(), tempo_bpm: Some(bpm), beats_per_bar: Some(3), chart: "| A♭ |".into() };
+            let song = Song { title: "A".into(), tempo_bpm: Some(bpm), beats_per_bar: Some(3), beat_unit: Some(8), chart: "| A♭ |".into() };
             let commands = [
                 Command::Tempo { bpm },
                 Command::Meter { beats_per_bar: 7, beat_unit: 8 },
@@ -695,6 +700,9 @@ mod tests {
                 Command::Song { index },
                 Command::HandLeadership { to: MemberId::parse("m1").expect("valid") },
                 Command::RequestLeadership,
+                Command::Cue { text: id.clone() },
+                Command::Message { text: format!("{id} 🎸") },
+                Command::Report { rtt_ms: bpm, clock_error_ms: beat / 100.0 },
             ];
             let command = commands[which].clone();
             let mut json = serde_json::to_value(&command).expect("ser");
@@ -815,6 +823,7 @@ mod tests {
             title: title.into(),
             tempo_bpm: Some(100.0),
             beats_per_bar: Some(4),
+            beat_unit: None,
             chart: "| C | G |\n".repeat(50),
         };
         let setlist = Command::Setlist {

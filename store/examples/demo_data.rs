@@ -177,6 +177,7 @@ fn song(title: &str, bpm: f64, bpb: u8) -> Song {
         title: title.into(),
         tempo_bpm: Some(bpm),
         beats_per_bar: Some(bpb),
+        beat_unit: None,
         chart: String::new(),
     }
 }

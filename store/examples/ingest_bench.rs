@@ -274,6 +274,7 @@ impl Generator {
                         title: format!("Song number {i}"),
                         tempo_bpm: Some(90.0 + i as f64),
                         beats_per_bar: Some(4),
+                        beat_unit: None,
                         chart: "| C    | Am   | F    | G7   |\n".repeat(30),
                     })
                     .collect();

@@ -278,6 +278,7 @@ mod tests {
             title: title.into(),
             tempo_bpm: None,
             beats_per_bar: None,
+            beat_unit: None,
             chart: "| C |".into(),
         };
         let apply = |s: &mut SessionState, cmd: Command, at| {

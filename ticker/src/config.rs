@@ -25,7 +25,9 @@ pub struct Config {
     /// Tick period in milliseconds while a session plays.
     #[arg(long, env = "BANDSYNC_TICK_MS", default_value_t = 100)]
     pub tick_ms: u64,
-    /// How far ahead changes are scheduled, in milliseconds.
+    /// How far ahead changes are scheduled, in milliseconds, at least: a band
+    /// whose slowest connected member reports a longer round trip gets that
+    /// plus 50 ms, up to 1 s (`state::quality::adaptive_lead`).
     #[arg(long, env = "BANDSYNC_LEAD_MS", default_value_t = 150)]
     pub lead_ms: u64,
     /// Members per session.

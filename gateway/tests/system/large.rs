@@ -15,6 +15,7 @@ async fn a_setlist_longer_than_a_frame_arrives_whole() {
             title: format!("Song {i}"),
             tempo_bpm: Some(100.0),
             beats_per_bar: Some(4),
+            beat_unit: None,
             chart: "| C ♯ . . | Am ♭ . . |\n".repeat(40),
         })
         .collect();

@@ -271,6 +271,7 @@ fn selecting_a_song_applies_its_tempo_and_rewinds() {
         title: "Blue".into(),
         tempo_bpm: Some(96.0),
         beats_per_bar: Some(3),
+        beat_unit: None,
         chart: "A\nB".into(),
     }];
     s.apply(&Command::Setlist { songs }, &id("lead"), None, T0, &rules)
@@ -306,6 +307,49 @@ fn selecting_a_song_applies_its_tempo_and_rewinds() {
         (96.0, 3, false, 0.0)
     );
     assert_eq!(s.song, Some(0));
+}
+
+#[test]
+fn a_song_takes_what_its_entry_lacks_from_its_chart() {
+    let (mut s, rules) = band();
+    let song = |tempo_bpm, beats_per_bar, beat_unit, chart: &str| Song {
+        title: "S".into(),
+        tempo_bpm,
+        beats_per_bar,
+        beat_unit,
+        chart: chart.into(),
+    };
+    let chart = "{title: S}\n{tempo: 72}\n{time: 6/8}\n[D]Down in the [G]valley";
+    let songs = vec![
+        song(None, None, None, chart),
+        song(Some(100.0), Some(12), None, chart),
+        song(None, None, Some(2), "| G | C |"),
+        song(Some(90.0), Some(7), Some(8), chart),
+    ];
+    s.apply(&Command::Setlist { songs }, &id("lead"), None, T0, &rules)
+        .expect("setlist");
+    let mut load = |index, now| {
+        let changes = s
+            .apply(&Command::Song { index }, &id("lead"), None, now, &rules)
+            .expect("song");
+        let Change::Song { at, .. } = changes[0] else {
+            panic!("song change expected: {changes:?}")
+        };
+        let seg = *s.timeline.at(at);
+        (seg.tempo_bpm, seg.beats_per_bar, seg.beat_unit)
+    };
+    assert_eq!(
+        load(0, T0 + 1),
+        (72.0, 6, 8),
+        "6/8 from the chart shows as 6/8"
+    );
+    assert_eq!(load(1, T0 + 2), (100.0, 12, 8), "the entry's values first");
+    assert_eq!(
+        load(2, T0 + 3),
+        (100.0, 12, 2),
+        "a chart without directives leaves the current values"
+    );
+    assert_eq!(load(3, T0 + 4), (90.0, 7, 8));
 }
 
 #[test]
@@ -357,12 +401,17 @@ fn any_song() -> impl Strategy<Value = Song> {
         ]),
         proptest::option::of(any_number(10.0..450.0)),
         proptest::option::of(0u8..40),
-        "[| A-G♯♭m7\n]{0,40}",
+        proptest::option::of(0u8..40),
+        prop_oneof![
+            "[| A-G♯♭m7\n]{0,40}",
+            "(\\{(tempo|time): ?(96|6/8|7/8|3/4|500|0/4|x)\\}\n){0,3}[| A-G]{0,10}",
+        ],
     )
-        .prop_map(|(title, tempo_bpm, beats_per_bar, chart)| Song {
+        .prop_map(|(title, tempo_bpm, beats_per_bar, beat_unit, chart)| Song {
             title: title.into(),
             tempo_bpm,
             beats_per_bar,
+            beat_unit,
             chart,
         })
 }
@@ -408,6 +457,16 @@ fn any_command() -> impl Strategy<Value = (Command, usize)> {
         any::<bool>().prop_map(|open| Command::Joining { open }),
         (0usize..7).prop_map(|i| Command::RemoveMember {
             member: id(&format!("m{i}"))
+        }),
+        prop::sample::select(vec!["", "last chorus", "\u{200B}", "x\u{202E}"])
+            .prop_map(|t| Command::Cue { text: t.into() }),
+        prop::sample::select(vec!["", "tag ×2", "\n"])
+            .prop_map(|t| Command::Message { text: t.into() }),
+        (any_number(0.0..1_000.0), any_number(0.0..5.0)).prop_map(|(rtt_ms, clock_error_ms)| {
+            Command::Report {
+                rtt_ms,
+                clock_error_ms,
+            }
         }),
     ];
     (cmd, 0usize..7)
@@ -483,6 +542,7 @@ fn editing_the_setlist_keeps_the_live_song() {
         title: t.into(),
         tempo_bpm: None,
         beats_per_bar: None,
+        beat_unit: None,
         chart: String::new(),
     };
     s.apply(
@@ -547,6 +607,7 @@ fn the_largest_state_fits_the_sessions_bucket() {
         title: "𝄞".repeat(MAX_TITLE_CHARS),
         tempo_bpm: Some(399.99999999999994),
         beats_per_bar: Some(32),
+        beat_unit: Some(32),
         // JSON escapes every byte of it: twice its size.
         chart: "\"".repeat(MAX_CHART_BYTES),
     };
@@ -565,6 +626,25 @@ fn the_largest_state_fits_the_sessions_bucket() {
             &rules,
         )
         .expect("tempo");
+    }
+    // Every member's quality shown and its rate window full; the longest cue.
+    for i in 0..rules.max_members {
+        let report = Command::Report {
+            rtt_ms: 59_999.123456789,
+            clock_error_ms: 59_999.123456789,
+        };
+        s.apply(&report, &long_id(i), Some(&cmd_id), T0 + 10, &rules)
+            .expect("report");
+        for n in 0..texts::MAX_TEXTS as i64 {
+            let text = "\"".repeat(crate::command::MAX_TEXT_BYTES);
+            let cmd = if i == 0 {
+                Command::Cue { text }
+            } else {
+                Command::Message { text }
+            };
+            s.apply(&cmd, &long_id(i), Some(&cmd_id), T0 + 1_000_011 + n, &rules)
+                .expect("text");
+        }
     }
     let state = serde_json::to_vec(&s).expect("ser").len();
     assert!(

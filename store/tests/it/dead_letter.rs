@@ -112,6 +112,7 @@ async fn a_row_postgres_refuses_is_isolated() {
         title: "Nul".into(),
         tempo_bpm: None,
         beats_per_bar: None,
+        beat_unit: None,
         chart,
     };
     band.hello("ana", now_us());

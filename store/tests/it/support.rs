@@ -344,6 +344,7 @@ pub fn rehearsal(id: &str, t0: Micros) -> Band {
         title: title.into(),
         tempo_bpm: Some(bpm),
         beats_per_bar: Some(4),
+        beat_unit: None,
         chart: String::new(),
     };
     let mut band = Band::create(id, "ana", t0);

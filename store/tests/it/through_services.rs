@@ -113,6 +113,7 @@ async fn a_band_session_through_gateways_and_ticker_is_stored_exactly_once() {
         title: title.into(),
         tempo_bpm: Some(bpm),
         beats_per_bar: Some(4),
+        beat_unit: None,
         chart: "C | F | G | C".into(),
     };
     let script = [
@@ -125,6 +126,12 @@ async fn a_band_session_through_gateways_and_ticker_is_stored_exactly_once() {
         Command::Pause,
         Command::Song { index: 1 },
         Command::Play { count_in_bars: 0 },
+        Command::Cue {
+            text: "last chorus".into(),
+        },
+        Command::Message {
+            text: "one more?".into(),
+        },
         Command::Stop,
     ];
     for command in &script {
@@ -138,6 +145,24 @@ async fn a_band_session_through_gateways_and_ticker_is_stored_exactly_once() {
             .await
             .unwrap_or_else(|e| panic!("{kind}: {e}"));
     }
+    // A follower's connection report is an event like any other.
+    followers[1]
+        .send(
+            &Command::Report {
+                rtt_ms: 42.5,
+                clock_error_ms: 1.2,
+            },
+            None,
+        )
+        .await
+        .expect("send");
+    followers[1]
+        .wait_for(
+            WAIT,
+            |m| matches!(m, ServerMsg::Event(e) if e.changes.iter().any(|c| c.kind() == "member_quality")),
+        )
+        .await
+        .expect("member_quality");
     // A follower's command is rejected, and that is stored too.
     followers[0]
         .send(&Command::Tempo { bpm: 90.0 }, None)
@@ -190,6 +215,33 @@ async fn a_band_session_through_gateways_and_ticker_is_stored_exactly_once() {
         1
     );
     assert_eq!(db.count("SELECT count(*) FROM dead_letters").await, 0);
+    // The cue and the message, as docs/analytics.md reads them.
+    let texts: Vec<(String, String, String)> = db
+        .client()
+        .await
+        .query(
+            "SELECT kind, coalesce(change->>'by', change->>'from'), change->>'text' \
+             FROM session_changes WHERE kind IN ('cue', 'message') ORDER BY occurred_at",
+            &[],
+        )
+        .await
+        .expect("query")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let by = lead.member.to_string();
+    assert_eq!(
+        texts,
+        [
+            ("cue".to_owned(), by.clone(), "last chorus".to_owned()),
+            ("message".to_owned(), by, "one more?".to_owned()),
+        ]
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM session_changes WHERE kind = 'member_quality'")
+            .await,
+        1
+    );
     store_stop.cancel();
     stop.cancel();
 }

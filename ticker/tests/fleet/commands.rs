@@ -16,6 +16,7 @@ fn setlist(songs: usize) -> Command {
                 title: format!("Song {i}"),
                 tempo_bpm: None,
                 beats_per_bar: None,
+                beat_unit: None,
                 chart: String::new(),
             })
             .collect(),

@@ -1,0 +1,51 @@
+//! Connection quality through the real stack: a member's report on one
+//! gateway shows in the member list on the other; a report that did not move
+//! enough makes no event.
+
+use crate::common::*;
+use bandsync_nats::Command;
+use bandsync_nats::state::Change;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_shows_in_every_member_list_and_a_steady_one_makes_no_event() {
+    let stack = Stack::start(Knobs::default()).await;
+    let (mut leader, mut followers) = band(&stack, 0, &[1]).await;
+    let f = &mut followers[0];
+    let me = f.member.clone();
+    let report = |rtt_ms, clock_error_ms| Command::Report {
+        rtt_ms,
+        clock_error_ms,
+    };
+    f.send(&report(42.5, 1.2), None).await.expect("send");
+    let (event, change) = event_of_kind(&mut leader, "member_quality").await;
+    assert_eq!(change, Change::MemberQuality { member: me.clone() });
+    let shown = event
+        .members
+        .as_ref()
+        .and_then(|ms| ms.iter().find(|m| m.id == me))
+        .expect("the event carries the members");
+    assert_eq!(
+        (shown.rtt_ms, shown.clock_error_ms),
+        (Some(42.5), Some(1.2))
+    );
+    let seq = event.seq;
+
+    // Steady (and too soon): nothing. The message after it, which takes the
+    // same way to the owner, is the very next event.
+    f.send(&report(44.0, 1.5), None).await.expect("send");
+    f.send(
+        &Command::Message {
+            text: "barrier".into(),
+        },
+        None,
+    )
+    .await
+    .expect("send");
+    let (next, _) = event_of_kind(&mut leader, "message").await;
+    assert_eq!(next.seq, seq + 1, "the steady report made no event");
+    assert_eq!(
+        leader.state.member(&me).and_then(|m| m.rtt_ms),
+        Some(42.5),
+        "the shown value stays"
+    );
+}
