@@ -1,6 +1,7 @@
 //! The browser client, embedded at build time so a gateway binary is all an operator deploys.
 
-use axum::http::{HeaderValue, header};
+use axum::extract::Path;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 /// What every response says about how a browser may use it: scripts, styles
@@ -36,11 +37,32 @@ pub async fn index() -> impl IntoResponse {
     )
 }
 
-pub async fn app_js() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-        include_str!("../web/app.js"),
-    )
+/// The client's ES modules, served as `/js/<name>`: `index.html` loads
+/// `app.js`, which imports the rest (no build step; the CSP's
+/// `script-src 'self'` admits them, and `nosniff` needs the JavaScript type).
+const MODULES: &[(&str, &str)] = &[
+    ("app.js", include_str!("../web/js/app.js")),
+    ("clock.js", include_str!("../web/js/clock.js")),
+    ("conn.js", include_str!("../web/js/conn.js")),
+    ("controls.js", include_str!("../web/js/controls.js")),
+    ("frame.js", include_str!("../web/js/frame.js")),
+    ("session.js", include_str!("../web/js/session.js")),
+    ("sound.js", include_str!("../web/js/sound.js")),
+    ("state.js", include_str!("../web/js/state.js")),
+    ("timeline.js", include_str!("../web/js/timeline.js")),
+    ("util.js", include_str!("../web/js/util.js")),
+    ("views.js", include_str!("../web/js/views.js")),
+];
+
+pub async fn module(Path(name): Path<String>) -> Response {
+    match MODULES.iter().find(|(file, _)| *file == name) {
+        Some((_, body)) => (
+            [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+            *body,
+        )
+            .into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 pub async fn style_css() -> impl IntoResponse {
@@ -48,4 +70,24 @@ pub async fn style_css() -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
         include_str!("../web/style.css"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MODULES;
+
+    /// A module added to web/js but not to `MODULES` would be a 404 in the
+    /// browser, and the page dead, in a release built from a clean tree.
+    #[test]
+    fn every_module_in_web_js_is_served() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web/js");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .expect("gateway/web/js")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".js"))
+            .collect();
+        on_disk.sort();
+        let served: Vec<String> = MODULES.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(served, on_disk);
+    }
 }

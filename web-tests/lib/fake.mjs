@@ -3,13 +3,18 @@
 // the WebSocket through Playwright's routeWebSocket. It does not implement
 // the session rules (the Rust state machine does); tests push states directly.
 import { createServer } from 'node:http';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const WEB = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'gateway', 'web');
-const TYPES = { '/': 'text/html; charset=utf-8', '/app.js': 'text/javascript; charset=utf-8', '/style.css': 'text/css; charset=utf-8' };
-const FILES = { '/': 'index.html', '/app.js': 'app.js', '/style.css': 'style.css' };
+const TYPES = { html: 'text/html; charset=utf-8', js: 'text/javascript; charset=utf-8', css: 'text/css; charset=utf-8', svg: 'image/svg+xml' };
+/** The file under gateway/web a GET names, or null: `/`, `/style.css`, `/js/<module>.js`. */
+function fileOf(path) {
+  if (path === '/') return 'index.html';
+  const m = /^\/((?:js\/)?[a-z0-9_-]+\.(?:js|css))$/.exec(path);
+  return m ? m[1] : null;
+}
 
 export const nowUs = () => (performance.timeOrigin + performance.now()) * 1000;
 
@@ -17,9 +22,10 @@ export const nowUs = () => (performance.timeOrigin + performance.now()) * 1000;
 export function serveWeb(api) {
   const server = createServer((req, res) => {
     const path = req.url.split('?')[0];
-    if (req.method === 'GET' && FILES[path]) {
-      res.writeHead(200, { 'content-type': TYPES[path], 'cache-control': 'no-store' });
-      res.end(readFileSync(join(WEB, FILES[path])));
+    const file = req.method === 'GET' ? fileOf(path) : null;
+    if (file && existsSync(join(WEB, file))) {
+      res.writeHead(200, { 'content-type': TYPES[file.split('.').pop()], 'cache-control': 'no-store' });
+      res.end(readFileSync(join(WEB, file)));
       return;
     }
     if (req.method === 'POST') {

@@ -1,0 +1,248 @@
+// The controls: buttons, forms, keys, and the screen wake lock.
+import { send, Conn, connect, disconnect, ping } from './conn.js';
+import { createSession, enterSession, joinSession, showLanding } from './session.js';
+import { Sound } from './sound.js';
+import { AUTH_KEY, LAST_KEY, S, UI, isLeader, latestSeg } from './state.js';
+import { Timeline } from './timeline.js';
+import { $, fmtBpm, store } from './util.js';
+import { flash, renderStatic, showError, showLandingError } from './views.js';
+
+const JOIN_ALPHABET = /^[ABCDEFGHJKMNPQRSTUVWXYZ23456789]{6}([ABCDEFGHJKMNPQRSTUVWXYZ23456789]{2})?$/;
+
+let tempoTimer = null;
+function setTempoSoon(bpm, delay) {
+  bpm = Math.round(Math.min(400, Math.max(20, bpm)) * 10) / 10;
+  $('#tempo-input').value = fmtBpm(bpm);
+  $('#q-bpm').textContent = fmtBpm(bpm);
+  UI.tempoDirty = performance.now() + delay + 1500;
+  clearTimeout(tempoTimer);
+  tempoTimer = setTimeout(() => send({ type: 'tempo', bpm }), delay);
+}
+
+const taps = [];
+let tapTimer = null;
+function tap() {
+  const now = performance.now();
+  if (taps.length && now - taps[taps.length - 1] > 2000) taps.length = 0;
+  taps.push(now);
+  if (taps.length > 8) taps.shift();
+  const btn = $('#tap-btn');
+  btn.classList.remove('tapped');
+  void btn.offsetWidth;
+  btn.classList.add('tapped');
+  if (taps.length >= 2) {
+    const gaps = taps.slice(1).map((t, i) => t - taps[i]);
+    const bpm = 60000 / (gaps.reduce((a, b) => a + b, 0) / gaps.length);
+    $('#tempo-input').value = String(Math.round(bpm));
+    UI.tempoDirty = now + 3000;
+  }
+  clearTimeout(tapTimer);
+  if (taps.length >= 4) {
+    tapTimer = setTimeout(() => {
+      const v = Number($('#tempo-input').value);
+      if (v >= 20 && v <= 400) send({ type: 'tempo', bpm: v });
+      taps.length = 0;
+    }, 1200);
+  }
+}
+
+function readSong() {
+  const title = $('#song-title-in').value.trim();
+  const bpm = $('#song-bpm').value.trim();
+  const bpb = $('#song-bpb').value.trim();
+  const song = { title, chart: $('#song-chart').value.replace(/\r\n/g, '\n') };
+  if (bpm) song.tempo_bpm = Number(bpm);
+  if (bpb) song.beats_per_bar = Number(bpb);
+  if (!song.chart) delete song.chart;
+  return song;
+}
+
+export function startEdit(i) {
+  const song = S.state.setlist[i];
+  S.editing = i;
+  $('#song-title-in').value = song.title;
+  $('#song-bpm').value = song.tempo_bpm ?? '';
+  $('#song-bpb').value = song.beats_per_bar ?? '';
+  $('#song-chart').value = song.chart || '';
+  $('#song-save').textContent = 'Save song';
+  $('#song-editor-summary').textContent = `Edit “${song.title}”`;
+  $('#song-cancel').hidden = false;
+  $('#song-editor').open = true;
+  $('#song-title-in').focus();
+}
+function resetEditor() {
+  S.editing = null;
+  $('#song-form').reset();
+  $('#song-save').textContent = 'Add song';
+  $('#song-editor-summary').textContent = 'Add a song';
+  $('#song-cancel').hidden = true;
+}
+
+export function wire() {
+  $('#create-form').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const name = $('#create-name').value.trim();
+    if (!name) return showLandingError('invalid', 'Type your name first.');
+    $('#create-btn').disabled = true;
+    try {
+      await createSession(name);
+    } catch (err) {
+      showLandingError(err.code, err.message);
+    } finally {
+      $('#create-btn').disabled = false;
+    }
+  });
+  $('#join-form').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const code = $('#join-code').value.replace(/[\s-]/g, '').toUpperCase();
+    const name = $('#join-name').value.trim();
+    if (!JOIN_ALPHABET.test(code)) {
+      return showLandingError('invalid', 'A join code is eight letters and digits, like K7MQ-2XBD.');
+    }
+    if (!name) return showLandingError('invalid', 'Type your name first.');
+    $('#join-btn').disabled = true;
+    try {
+      await joinSession(code, name);
+    } catch (err) {
+      showLandingError(err.code, err.message);
+    } finally {
+      $('#join-btn').disabled = false;
+    }
+  });
+  $('#join-code').addEventListener('input', (e) => {
+    const v = e.target.value.toUpperCase();
+    if (v !== e.target.value) e.target.value = v;
+  });
+  $('#rejoin-btn').addEventListener('click', () => {
+    const last = store.get('localStorage', LAST_KEY);
+    if (last) enterSession(last);
+  });
+  $('#rejoin-forget').addEventListener('click', () => {
+    store.set('localStorage', LAST_KEY, null);
+    $('#rejoin').hidden = true;
+  });
+
+  $('#leave-btn').addEventListener('click', () => {
+    releaseScreen();
+    disconnect();
+    Sound.disable();
+    updateSoundBtn();
+    S.auth = null;
+    S.state = null;
+    S.timeline = null;
+    store.set('sessionStorage', AUTH_KEY, null);
+    store.set('localStorage', LAST_KEY, null);
+    showLanding();
+  });
+  $('#error .close').addEventListener('click', () => ($('#error').hidden = true));
+  $('#join-code-big').parentElement.addEventListener('click', () => {
+    const link = `${location.origin}/?join=${S.auth ? S.auth.code : ''}`;
+    navigator.clipboard?.writeText(link).then(() => flash('Join link copied.'), () => {});
+  });
+
+  $('#sound-btn').addEventListener('click', async () => {
+    if (Sound.on) Sound.disable();
+    else await Sound.enable();
+    updateSoundBtn();
+  });
+
+  $('#play-btn').addEventListener('click', () => send({ type: 'play', count_in_bars: Number($('#count-in').value) }));
+  $('#pause-btn').addEventListener('click', () => send({ type: 'pause' }));
+  $('#q-play').addEventListener('click', () => {
+    if (latestSeg().playing) send({ type: 'pause' });
+    else send({ type: 'play', count_in_bars: Number($('#count-in').value) });
+  });
+  $('#q-stop').addEventListener('click', () => send({ type: 'stop' }));
+  $('#q-down').addEventListener('click', () => setTempoSoon(Number($('#tempo-input').value) - 1, 400));
+  $('#q-up').addEventListener('click', () => setTempoSoon(Number($('#tempo-input').value) + 1, 400));
+  $('#stop-btn').addEventListener('click', () => send({ type: 'stop' }));
+  $('#seek-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const bar = Math.floor(Number($('#seek-bar').value));
+    if (!(bar >= 1)) return showError('invalid', 'Bars are numbered from 1.');
+    const beat = Timeline.beatOfBar(latestSeg(), bar - 1);
+    if (beat < 0) return showError('invalid', `Bar ${bar} lies before the start.`);
+    send({ type: 'seek', beat });
+  });
+
+  $('#tempo-down').addEventListener('click', () => setTempoSoon(Number($('#tempo-input').value) - 1, 400));
+  $('#tempo-up').addEventListener('click', () => setTempoSoon(Number($('#tempo-input').value) + 1, 400));
+  $('#tempo-set').addEventListener('click', () => setTempoSoon(Number($('#tempo-input').value), 0));
+  $('#tempo-input').addEventListener('keydown', (e) => {
+    if (e.key === 'Enter') setTempoSoon(Number(e.target.value), 0);
+  });
+  $('#tap-btn').addEventListener('pointerdown', (e) => {
+    e.preventDefault();
+    tap();
+  });
+  $('#meter-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    send({ type: 'meter', beats_per_bar: Number($('#meter-beats').value), beat_unit: Number($('#meter-unit').value) });
+  });
+
+  $('#request-btn').addEventListener('click', () => send({ type: 'request_leadership' }));
+  $('#go-live').addEventListener('click', () => {
+    S.browse = null;
+    renderStatic();
+  });
+
+  $('#song-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const song = readSong();
+    if (!song.title) return showError('invalid', 'A song needs a title.');
+    const songs = [...S.state.setlist];
+    if (S.editing != null && S.editing < songs.length) songs[S.editing] = song;
+    else songs.push(song);
+    if (send({ type: 'setlist', songs })) resetEditor();
+  });
+  $('#song-cancel').addEventListener('click', resetEditor);
+
+  $('#chart').addEventListener('wheel', () => (UI.userScrolledAt = performance.now()), { passive: true });
+  $('#chart').addEventListener('touchmove', () => (UI.userScrolledAt = performance.now()), { passive: true });
+
+  document.addEventListener('visibilitychange', () => {
+    if (document.hidden) return;
+    ping(); // timers were throttled: refresh the clock at once
+    holdScreen();
+  });
+  document.addEventListener('pointerdown', holdScreen);
+  document.addEventListener('keydown', onKey);
+  window.addEventListener('online', () => {
+    if (Conn.wanted && !Conn.ws) {
+      Conn.attempt = 0;
+      connect();
+    }
+  });
+}
+
+// Keep the screen on while in a session: a phone that dims mid-song is no use on stage.
+let wakeLock = null;
+export async function holdScreen() {
+  if (wakeLock || !navigator.wakeLock || document.hidden || !S.auth) return;
+  try {
+    wakeLock = await navigator.wakeLock.request('screen');
+    wakeLock.addEventListener('release', () => (wakeLock = null));
+  } catch {
+    /* not allowed yet: tried again on the next tap */
+  }
+}
+export function releaseScreen() {
+  wakeLock?.release().catch(() => {});
+  wakeLock = null;
+}
+
+/** Space plays or pauses for the leader, unless typing or on a button. */
+function onKey(e) {
+  if (e.code !== 'Space' || e.repeat || !isLeader() || $('#session').hidden) return;
+  if (e.target.closest('input, textarea, select, button, summary, [contenteditable]')) return;
+  e.preventDefault();
+  if (latestSeg().playing) send({ type: 'pause' });
+  else send({ type: 'play', count_in_bars: Number($('#count-in').value) });
+}
+
+export function updateSoundBtn() {
+  const b = $('#sound-btn');
+  b.textContent = Sound.on ? '\u266a Click: on' : '\u266a Click: off';
+  b.setAttribute('aria-pressed', String(Sound.on));
+  b.classList.toggle('on', Sound.on);
+}

@@ -1,0 +1,222 @@
+// Everything that changes only with the state (not with time) is rendered here.
+import { send } from './conn.js';
+import { S, UI, isLeader, latestSeg, nameOf, shownSong } from './state.js';
+import { $, el, fmtBpm } from './util.js';
+import { startEdit } from './controls.js';
+
+const ERROR_SHOW_MS = 9000;
+
+let errorTimer = null;
+export function showError(code, message) {
+  const box = $('#session').hidden ? null : $('#error');
+  if (!box) return showLandingError(code, message);
+  box.querySelector('.error-code').textContent = code;
+  box.querySelector('.error-message').textContent = message;
+  box.hidden = false;
+  box.classList.remove('pop');
+  void box.offsetWidth; // restart the animation
+  box.classList.add('pop');
+  clearTimeout(errorTimer);
+  errorTimer = setTimeout(() => (box.hidden = true), ERROR_SHOW_MS);
+}
+export function showLandingError(code, message) {
+  const box = $('#landing-error');
+  box.textContent = '';
+  box.append(el('span', 'error-code', code), ' ', el('span', 'error-message', message));
+  box.hidden = false;
+}
+
+let flashTimer = null;
+export function flash(text) {
+  const box = $('#request-banner');
+  if (!box.hidden && box.dataset.kind === 'request') return;
+  box.dataset.kind = 'note';
+  $('#request-text').textContent = text;
+  $('#request-accept').hidden = true;
+  box.hidden = false;
+  clearTimeout(flashTimer);
+  flashTimer = setTimeout(() => {
+    if (box.dataset.kind === 'note') box.hidden = true;
+  }, 4000);
+}
+
+export function renderStatic() {
+  const st = S.state;
+  const leader = isLeader();
+  $('#role').textContent = st ? (leader ? 'Leader' : 'Follower') : '—';
+  $('#role').dataset.role = leader ? 'leader' : 'follower';
+  $('#leader-controls').hidden = !st || !leader;
+  $('#quickbar').hidden = !st || !leader;
+  document.body.classList.toggle('has-quickbar', !!st && leader);
+  $('#follower-controls').hidden = !st || leader;
+  $('#song-editor').hidden = !st || !leader;
+  document.body.dataset.role = leader ? 'leader' : 'follower';
+  if (!st) return;
+
+  renderMembers(st, leader);
+  renderSetlist(st, leader);
+  renderChart();
+  renderRequest(st, leader);
+  syncInputs();
+  UI.lastDynamic = null; // force the next frame to repaint
+}
+
+function renderMembers(st, leader) {
+  const ul = $('#members');
+  ul.textContent = '';
+  const members = [...st.members].sort((a, b) => a.joined_at - b.joined_at);
+  $('#member-count').textContent = `${members.filter((m) => m.connected).length}/${members.length} online`;
+  for (const m of members) {
+    const li = el('li', m.connected ? 'member on' : 'member off');
+    li.dataset.member = m.id;
+    li.append(el('i', 'dot'), el('span', 'name', m.name));
+    if (st.leader === m.id) li.append(el('span', 'badge lead', 'leader'));
+    if (m.id === S.me) li.append(el('span', 'badge you', 'you'));
+    if (!m.connected) li.append(el('span', 'away', 'away'));
+    if (leader && m.id !== S.me) {
+      const b = el('button', 'btn small hand', 'Make leader');
+      b.type = 'button';
+      b.disabled = !m.connected;
+      b.addEventListener('click', () => send({ type: 'hand_leadership', to: m.id }));
+      const r = el('button', 'btn small ghost remove', 'Remove');
+      r.type = 'button';
+      r.title = `Remove ${m.name} from the band: their device is disconnected and cannot come back`;
+      r.addEventListener('click', () => {
+        if (confirm(`Remove ${m.name} from the band?`)) send({ type: 'remove_member', member: m.id });
+      });
+      li.append(b, r);
+    }
+    ul.append(li);
+  }
+  // Who else may join: the leader opens and closes the door.
+  $('#joining-row').hidden = !leader && !st.joining_closed;
+  $('#joining-state').textContent = st.joining_closed ? 'Joining is closed.' : 'Anyone with the code can join.';
+  const jb = $('#joining-btn');
+  jb.hidden = !leader;
+  jb.textContent = st.joining_closed ? 'Open joining' : 'Close joining';
+  jb.onclick = () => send({ type: 'joining', open: !!st.joining_closed });
+}
+
+function renderSetlist(st, leader) {
+  const ol = $('#setlist');
+  ol.textContent = '';
+  $('#setlist-empty').hidden = st.setlist.length > 0;
+  st.setlist.forEach((song, i) => {
+    const li = el('li', 'song');
+    if (st.song === i) li.classList.add('live');
+    if (S.browse === i) li.classList.add('browsing');
+    const title = el('button', 'song-name', song.title);
+    title.type = 'button';
+    title.title = 'Show this chart';
+    title.addEventListener('click', () => browse(i));
+    const info = [];
+    if (song.tempo_bpm) info.push(`${fmtBpm(song.tempo_bpm)} BPM`);
+    if (song.beats_per_bar) info.push(`${song.beats_per_bar}/4`);
+    const meta = el('span', 'song-meta', info.join(' · '));
+    if (st.song === i) meta.append(el('span', 'badge live', 'live'));
+    li.append(el('span', 'song-num', String(i + 1)), title, meta);
+    if (leader) {
+      const actions = el('span', 'song-actions');
+      const load = el('button', 'btn small load', st.song === i ? 'Restart' : 'Load');
+      load.type = 'button';
+      load.title = 'Make this the band\u2019s song (stops and rewinds)';
+      load.addEventListener('click', () => {
+        S.browse = null;
+        send({ type: 'song', index: i });
+      });
+      const edit = el('button', 'btn small ghost', 'Edit');
+      edit.type = 'button';
+      edit.addEventListener('click', () => startEdit(i));
+      const del = el('button', 'btn small ghost danger', 'Remove');
+      del.type = 'button';
+      del.addEventListener('click', () => {
+        const songs = st.setlist.filter((_, j) => j !== i);
+        send({ type: 'setlist', songs });
+      });
+      actions.append(load, edit, del);
+      li.append(actions);
+    }
+    ol.append(li);
+  });
+}
+
+export function browse(i) {
+  const st = S.state;
+  S.browse = i === st.song ? null : i;
+  renderStatic();
+  // The chart is above the setlist on a phone: bring it into view.
+  const wrap = $('.chart-wrap');
+  const r = wrap.getBoundingClientRect();
+  if (r.top < 0 || r.top > window.innerHeight * 0.6) wrap.scrollIntoView({ behavior: 'smooth', block: 'start' });
+}
+
+function renderChart() {
+  const shown = shownSong();
+  const st = S.state;
+  $('#song-title').textContent = st.song != null && st.setlist[st.song] ? st.setlist[st.song].title : 'No song selected';
+  $('#browse-bar').hidden = !(shown && !shown.live);
+  if (shown && !shown.live) $('#browse-title').textContent = shown.song.title;
+  const chart = shown ? shown.song.chart || '' : '';
+  const key = `${shown ? shown.index : '-'}|${chart}`;
+  if (key === UI.chartKey) return;
+  UI.chartKey = key;
+  const ol = $('#chart');
+  ol.textContent = '';
+  const lines = chart.replace(/\s+$/, '').split('\n');
+  const has = chart.trim().length > 0;
+  $('#chart-empty').hidden = has;
+  $('#chart-empty').textContent = shown
+    ? 'This song has no chart.'
+    : isLeader()
+      ? 'No song loaded. Add songs to the setlist and press Load.'
+      : 'No song loaded yet. The leader picks one from the setlist.';
+  if (!has) return;
+  lines.forEach((line, i) => {
+    const li = el('li', 'line');
+    li.dataset.bar = String(i);
+    li.append(el('span', 'bar-num', String(i + 1)), el('span', 'bar-text', line.trim() ? line : '\u00a0'));
+    ol.append(li);
+  });
+  UI.currentLine = -2;
+  ol.scrollTop = 0;
+}
+
+function renderRequest(st, leader) {
+  const box = $('#request-banner');
+  const req = st.leadership_request;
+  if (leader && req && req !== S.me) {
+    box.dataset.kind = 'request';
+    $('#request-text').textContent = `${nameOf(req)} asks to lead.`;
+    $('#request-accept').hidden = false;
+    $('#request-accept').onclick = () => send({ type: 'hand_leadership', to: req });
+    box.hidden = false;
+  } else if (box.dataset.kind === 'request') {
+    box.hidden = true;
+    box.dataset.kind = '';
+  }
+  const btn = $('#request-btn');
+  const waiting = req === S.me;
+  btn.disabled = waiting;
+  btn.textContent = waiting ? `Waiting for ${nameOf(st.leader)}…` : 'Ask to lead';
+}
+
+export function syncInputs() {
+  const seg = latestSeg();
+  // Transport reflects where the timeline is heading (its last scheduled segment).
+  $('#play-btn').disabled = seg.playing;
+  $('#pause-btn').disabled = !seg.playing;
+  $('#stop-btn').disabled = !seg.playing && seg.anchor_beat === 0;
+  $('#q-play').textContent = seg.playing ? '❚❚ Pause' : '▶ Play';
+  $('#q-play').classList.toggle('play', !seg.playing);
+  $('#q-stop').disabled = $('#stop-btn').disabled;
+  const now = performance.now();
+  const ti = $('#tempo-input');
+  if (document.activeElement !== ti && now > UI.tempoDirty) ti.value = fmtBpm(seg.tempo_bpm);
+  $('#q-bpm').textContent = ti.value;
+  const mb = $('#meter-beats');
+  const mu = $('#meter-unit');
+  if (document.activeElement !== mb && document.activeElement !== mu) {
+    mb.value = seg.beats_per_bar;
+    mu.value = String(seg.beat_unit);
+  }
+}
