@@ -1,6 +1,6 @@
 // The WebSocket to the gateway: connecting with the token, reconnecting with
 // backoff, pings for the clock, and sending commands.
-import { localNowUs } from './clock.js';
+import { Clock, localNowUs } from './clock.js';
 import { endMembership, onMessage } from './session.js';
 import { S } from './state.js';
 import { $ } from './util.js';
@@ -8,7 +8,7 @@ import { showError } from './views.js';
 
 const PING_BURST = 8; // pings sent quickly after connecting
 const PING_BURST_GAP_MS = 60;
-const PING_EVERY_MS = 2000;
+const PING_EVERY_MS = 2000; // once settled (clock.js: quicker for the first 40)
 const RECONNECT_MIN_MS = 500;
 const RECONNECT_MAX_MS = 10000;
 // Errors that mean this membership cannot come back: forget it.
@@ -137,7 +137,7 @@ export function startPings() {
   };
   const steady = () => {
     ping();
-    Conn.pingTimer = setTimeout(steady, PING_EVERY_MS);
+    Conn.pingTimer = setTimeout(steady, Clock.sync.pingInterval(PING_EVERY_MS));
   };
   burst();
 }

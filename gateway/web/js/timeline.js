@@ -24,8 +24,15 @@ export const Timeline = {
     const bpb = seg.beats_per_bar;
     return seg.bar_origin_beat + Math.floor((beat - seg.bar_origin_beat + EPS_BEATS) / bpb) * bpb;
   },
+  /** First bar line at or after `beat`. */
+  nextBarLine(seg, beat) {
+    const bpb = seg.beats_per_bar;
+    return seg.bar_origin_beat + Math.ceil((beat - seg.bar_origin_beat - EPS_BEATS) / bpb) * bpb;
+  },
+  /** Server time (integer µs, rounded like Rust's `f64::round`) at which `seg` reaches `beat`. */
   timeOfBeat(seg, beat) {
-    return seg.anchor_time + ((beat - seg.anchor_beat) * 60e6) / seg.tempo_bpm;
+    const dt = ((beat - seg.anchor_beat) * 60e6) / seg.tempo_bpm;
+    return seg.anchor_time + Math.sign(dt) * Math.round(Math.abs(dt));
   },
   /** First beat of 0-based bar number `bar` under segment `seg`. */
   beatOfBar(seg, bar) {
@@ -38,13 +45,16 @@ export const Timeline = {
   describe(tl, t) {
     const seg = Timeline.at(tl, t);
     const pos = Timeline.segPosition(seg, t);
-    const start = Timeline.barStart(seg, pos);
+    const countIn = seg.playing && seg.count_in_until != null && pos < seg.count_in_until - EPS_BEATS;
+    // A count-in is counted back from where the music starts (count_in_until),
+    // so its display shows exactly the bars asked for: −2, −1, then bar 1.
+    const bpb = seg.beats_per_bar;
+    const start = countIn
+      ? seg.count_in_until - Math.ceil((seg.count_in_until - pos - EPS_BEATS) / bpb) * bpb
+      : Timeline.barStart(seg, pos);
     const beatInBar = Math.floor(pos - start + EPS_BEATS);
     const frac = pos - Math.floor(pos + EPS_BEATS);
-    const countIn = seg.playing && seg.count_in_until != null && pos < seg.count_in_until - EPS_BEATS;
-    let bar;
-    if (countIn) bar = -Math.max(1, Math.ceil((seg.count_in_until - start - EPS_BEATS) / seg.beats_per_bar));
-    else bar = Timeline.barOf(seg, pos) + 1;
+    const bar = countIn ? -Math.round((seg.count_in_until - start) / bpb) : Timeline.barOf(seg, pos) + 1;
     const latest = tl.segments[tl.segments.length - 1];
     let mode;
     if (countIn) mode = 'count-in';
