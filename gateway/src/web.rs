@@ -42,10 +42,13 @@ pub async fn index() -> impl IntoResponse {
 /// `script-src 'self'` admits them, and `nosniff` needs the JavaScript type).
 const MODULES: &[(&str, &str)] = &[
     ("app.js", include_str!("../web/js/app.js")),
+    ("chart.js", include_str!("../web/js/chart.js")),
+    ("chordpro.js", include_str!("../web/js/chordpro.js")),
     ("clock.js", include_str!("../web/js/clock.js")),
     ("conn.js", include_str!("../web/js/conn.js")),
     ("controls.js", include_str!("../web/js/controls.js")),
     ("frame.js", include_str!("../web/js/frame.js")),
+    ("prefs.js", include_str!("../web/js/prefs.js")),
     ("session.js", include_str!("../web/js/session.js")),
     ("sound.js", include_str!("../web/js/sound.js")),
     ("state.js", include_str!("../web/js/state.js")),

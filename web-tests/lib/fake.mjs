@@ -101,7 +101,7 @@ export const member = (id, name, connected = true, joinedAgoS = 60) => ({
  * `skewUs` is added to server times (a server clock ahead of the device's).
  */
 export async function fakeSocket(page, { welcome, skewUs = 0, latencyMs = 0 } = {}) {
-  const fake = { sockets: [], received: [], skewUs, onCommand: null };
+  const fake = { sockets: [], received: [], skewUs, onCommand: null, stalled: false };
   fake.serverNow = () => Math.round(nowUs() + fake.skewUs);
   fake.send = (msg) => {
     const ws = fake.sockets[fake.sockets.length - 1];
@@ -116,6 +116,7 @@ export async function fakeSocket(page, { welcome, skewUs = 0, latencyMs = 0 } = 
     ws.offered = offered;
     ws.tokenInUrl = new URL(ws.url()).searchParams.has('token');
     ws.onMessage((text) => {
+      if (fake.stalled) return; // a stalled link: nothing reaches the server, no pong comes back
       const msg = JSON.parse(text);
       fake.received.push(msg);
       if (msg.type === 'ping') {

@@ -2,7 +2,9 @@
 import { send, Conn, connect, disconnect, ping } from './conn.js';
 import { createSession, enterSession, joinSession, showLanding } from './session.js';
 import { Sound } from './sound.js';
-import { AUTH_KEY, LAST_KEY, S, UI, isLeader, latestSeg } from './state.js';
+import { parseChart } from './chordpro.js';
+import { Prefs } from './prefs.js';
+import { AUTH_KEY, LAST_KEY, S, UI, isLeader, latestSeg, shownSong } from './state.js';
 import { Timeline } from './timeline.js';
 import { $, fmtBpm, store } from './util.js';
 import { flash, renderStatic, showError, showLandingError } from './views.js';
@@ -46,14 +48,25 @@ function tap() {
   }
 }
 
-function readSong() {
-  const title = $('#song-title-in').value.trim();
+/**
+ * The song in the editor. Where the BPM, beats per bar or unit are left
+ * empty, the chart's {tempo} and {time} fill them in (and {title} the title).
+ */
+export function readSong() {
+  const chart = $('#song-chart').value.replace(/\r\n?/g, '\n');
+  const { meta } = parseChart(chart);
+  const title = $('#song-title-in').value.trim() || (meta.title || '').trim();
   const bpm = $('#song-bpm').value.trim();
   const bpb = $('#song-bpb').value.trim();
-  const song = { title, chart: $('#song-chart').value.replace(/\r\n/g, '\n') };
-  if (bpm) song.tempo_bpm = Number(bpm);
-  if (bpb) song.beats_per_bar = Number(bpb);
-  if (!song.chart) delete song.chart;
+  const unit = $('#song-unit').value;
+  const song = { title };
+  if (chart.trim()) song.chart = chart;
+  const tempo = bpm ? Number(bpm) : meta.tempo_bpm;
+  if (tempo) song.tempo_bpm = tempo;
+  const beats = bpb ? Number(bpb) : meta.beats_per_bar;
+  if (beats) song.beats_per_bar = beats;
+  const beatUnit = unit ? Number(unit) : meta.beat_unit;
+  if (beatUnit) song.beat_unit = beatUnit;
   return song;
 }
 
@@ -63,6 +76,7 @@ export function startEdit(i) {
   $('#song-title-in').value = song.title;
   $('#song-bpm').value = song.tempo_bpm ?? '';
   $('#song-bpb').value = song.beats_per_bar ?? '';
+  $('#song-unit').value = song.beat_unit ? String(song.beat_unit) : '';
   $('#song-chart').value = song.chart || '';
   $('#song-save').textContent = 'Save song';
   $('#song-editor-summary').textContent = `Edit “${song.title}”`;
@@ -197,6 +211,7 @@ export function wire() {
   });
   $('#song-cancel').addEventListener('click', resetEditor);
 
+  wireChartTools();
   $('#chart').addEventListener('wheel', () => (UI.userScrolledAt = performance.now()), { passive: true });
   $('#chart').addEventListener('touchmove', () => (UI.userScrolledAt = performance.now()), { passive: true });
 
@@ -245,4 +260,40 @@ export function updateSoundBtn() {
   b.textContent = Sound.on ? '\u266a Click: on' : '\u266a Click: off';
   b.setAttribute('aria-pressed', String(Sound.on));
   b.classList.toggle('on', Sound.on);
+}
+
+// The chart's view on this device: transpose and capo per song, text size,
+// lyrics or chords only, two columns; kept in localStorage (prefs.js).
+function wireChartTools() {
+  const title = () => shownSong()?.song.title || '';
+  const redraw = () => renderStatic();
+  $('#tr-down').addEventListener('click', () => {
+    Prefs.setSong(title(), { transpose: Math.max(-11, Prefs.song(title()).transpose - 1) });
+    redraw();
+  });
+  $('#tr-up').addEventListener('click', () => {
+    Prefs.setSong(title(), { transpose: Math.min(11, Prefs.song(title()).transpose + 1) });
+    redraw();
+  });
+  $('#capo-sel').addEventListener('change', (e) => {
+    Prefs.setSong(title(), { capo: e.target.value === '' ? null : Number(e.target.value) });
+    redraw();
+  });
+  const font = (f) => {
+    Prefs.font = Math.round(Math.min(2, Math.max(0.6, f)) * 10) / 10;
+    Prefs.save();
+    redraw();
+  };
+  $('#font-down').addEventListener('click', () => font(Prefs.font - 0.1));
+  $('#font-up').addEventListener('click', () => font(Prefs.font + 0.1));
+  $('#show-sel').addEventListener('change', (e) => {
+    Prefs.show = e.target.value;
+    Prefs.save();
+    redraw();
+  });
+  $('#columns-btn').addEventListener('click', () => {
+    Prefs.columns = !Prefs.columns;
+    Prefs.save();
+    redraw();
+  });
 }

@@ -2,6 +2,7 @@
 // current chart line, computed from the timeline and the synced clock.
 import { Clock } from './clock.js';
 import { S, UI, shownSong } from './state.js';
+import { lineOfBar } from './chart.js';
 import { Timeline } from './timeline.js';
 import { $, el, fmtBpm } from './util.js';
 
@@ -65,13 +66,17 @@ function highlightLine(d, line) {
   const id = `${d.countIn ? 'n' : 'c'}${target}`;
   if (id === UI.currentLine) return;
   UI.currentLine = id;
-  for (const li of ol.children) {
-    const bar = Number(li.dataset.bar);
-    li.classList.toggle('current', !d.countIn && bar === line);
-    li.classList.toggle('next', d.countIn && bar === next);
-    li.classList.toggle('past', !d.countIn && line >= 0 && bar < line);
+  const focus = lineOfBar(ol, target);
+  for (const li of ol.querySelectorAll('li[data-bar]')) {
+    const first = Number(li.dataset.bar);
+    const isCurrent = !d.countIn && li === focus;
+    li.classList.toggle('current', isCurrent);
+    li.classList.toggle('next', d.countIn && li === focus);
+    li.classList.toggle('past', !d.countIn && line >= 0 && first + Number(li.dataset.bars) <= line);
+    if (isCurrent) li.setAttribute('aria-current', 'true');
+    else li.removeAttribute('aria-current');
   }
-  const focus = ol.children[target];
+  for (const cell of ol.querySelectorAll('.cell')) cell.classList.toggle('current', Number(cell.dataset.bar) === target);
   if (focus && performance.now() - UI.userScrolledAt > 4000) {
     const top = focus.offsetTop - ol.clientHeight * 0.3;
     ol.scrollTo({ top: Math.max(0, top), behavior: 'smooth' });

@@ -22,6 +22,7 @@ export const UI = {
   lastDynamic: null, // what the last frame showed, to skip identical repaints
   currentLine: -2,
   userScrolledAt: 0,
+  chart: null, // the shown chart, parsed (chordpro.js)
   tempoDirty: 0, // time until which the tempo input shows the user's pending value
 };
 

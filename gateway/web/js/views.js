@@ -2,7 +2,10 @@
 import { send } from './conn.js';
 import { S, UI, isLeader, latestSeg, nameOf, shownSong } from './state.js';
 import { $, el, fmtBpm } from './util.js';
+import { renderChart as renderChartInto } from './chart.js';
+import { flatsFor, parseChart, transposeChord } from './chordpro.js';
 import { startEdit } from './controls.js';
+import { Prefs } from './prefs.js';
 
 const ERROR_SHOW_MS = 9000;
 
@@ -111,7 +114,7 @@ function renderSetlist(st, leader) {
     title.addEventListener('click', () => browse(i));
     const info = [];
     if (song.tempo_bpm) info.push(`${fmtBpm(song.tempo_bpm)} BPM`);
-    if (song.beats_per_bar) info.push(`${song.beats_per_bar}/4`);
+    if (song.beats_per_bar) info.push(`${song.beats_per_bar}/${song.beat_unit || 4}`);
     const meta = el('span', 'song-meta', info.join(' · '));
     if (st.song === i) meta.append(el('span', 'badge live', 'live'));
     li.append(el('span', 'song-num', String(i + 1)), title, meta);
@@ -157,26 +160,35 @@ function renderChart() {
   $('#browse-bar').hidden = !(shown && !shown.live);
   if (shown && !shown.live) $('#browse-title').textContent = shown.song.title;
   const chart = shown ? shown.song.chart || '' : '';
-  const key = `${shown ? shown.index : '-'}|${chart}`;
+  const title = shown ? shown.song.title : '';
+  const pref = Prefs.song(title);
+  const key = JSON.stringify([shown ? shown.index : '-', chart, pref, Prefs.show, Prefs.font, Prefs.columns]);
   if (key === UI.chartKey) return;
   UI.chartKey = key;
   const ol = $('#chart');
-  ol.textContent = '';
-  const lines = chart.replace(/\s+$/, '').split('\n');
-  const has = chart.trim().length > 0;
+  const parsed = parseChart(chart);
+  UI.chart = parsed;
+  const has = parsed.lines.length > 0;
   $('#chart-empty').hidden = has;
   $('#chart-empty').textContent = shown
     ? 'This song has no chart.'
     : isLeader()
       ? 'No song loaded. Add songs to the setlist and press Load.'
       : 'No song loaded yet. The leader picks one from the setlist.';
-  if (!has) return;
-  lines.forEach((line, i) => {
-    const li = el('li', 'line');
-    li.dataset.bar = String(i);
-    li.append(el('span', 'bar-num', String(i + 1)), el('span', 'bar-text', line.trim() ? line : '\u00a0'));
-    ol.append(li);
-  });
+  const capo = pref.capo ?? parsed.meta.capo;
+  ol.dataset.show = Prefs.show;
+  ol.classList.toggle('columns', !!Prefs.columns);
+  ol.style.setProperty('--chart-scale', String(Prefs.font));
+  renderChartInto(ol, parsed, { transpose: pref.transpose, capo });
+  const m = parsed.meta;
+  const info = [m.artist, m.key && `Key ${transposeChord(m.key, pref.transpose, flatsFor(m.key, pref.transpose))}`,
+    capo > 0 && `Capo ${capo}`, pref.transpose && `transposed ${pref.transpose > 0 ? '+' : '\u2212'}${Math.abs(pref.transpose)}`]
+    .filter(Boolean).join(' \u00b7 ');
+  $('#chart-meta').textContent = info;
+  $('#tr-value').textContent = pref.transpose > 0 ? `+${pref.transpose}` : String(pref.transpose).replace('-', '\u2212');
+  $('#capo-sel').value = pref.capo == null ? '' : String(pref.capo);
+  $('#show-sel').value = Prefs.show;
+  $('#columns-btn').setAttribute('aria-pressed', String(!!Prefs.columns));
   UI.currentLine = -2;
   ol.scrollTop = 0;
 }
