@@ -42,12 +42,14 @@ pub async fn index() -> impl IntoResponse {
 /// `script-src 'self'` admits them, and `nosniff` needs the JavaScript type).
 const MODULES: &[(&str, &str)] = &[
     ("app.js", include_str!("../web/js/app.js")),
+    ("band.js", include_str!("../web/js/band.js")),
     ("chart.js", include_str!("../web/js/chart.js")),
     ("chordpro.js", include_str!("../web/js/chordpro.js")),
     ("clock.js", include_str!("../web/js/clock.js")),
     ("conn.js", include_str!("../web/js/conn.js")),
     ("controls.js", include_str!("../web/js/controls.js")),
     ("frame.js", include_str!("../web/js/frame.js")),
+    ("keys.js", include_str!("../web/js/keys.js")),
     ("prefs.js", include_str!("../web/js/prefs.js")),
     ("session.js", include_str!("../web/js/session.js")),
     ("sound.js", include_str!("../web/js/sound.js")),
@@ -55,6 +57,7 @@ const MODULES: &[(&str, &str)] = &[
     ("timeline.js", include_str!("../web/js/timeline.js")),
     ("util.js", include_str!("../web/js/util.js")),
     ("views.js", include_str!("../web/js/views.js")),
+    ("watchdog.js", include_str!("../web/js/watchdog.js")),
 ];
 
 pub async fn module(Path(name): Path<String>) -> Response {

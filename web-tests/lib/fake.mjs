@@ -116,7 +116,7 @@ export async function fakeSocket(page, { welcome, skewUs = 0, latencyMs = 0 } = 
     ws.offered = offered;
     ws.tokenInUrl = new URL(ws.url()).searchParams.has('token');
     ws.onMessage((text) => {
-      if (fake.stalled) return; // a stalled link: nothing reaches the server, no pong comes back
+      if (fake.stalled || ws.stalled) return; // a stalled link: nothing reaches the server, no pong comes back
       const msg = JSON.parse(text);
       fake.received.push(msg);
       if (msg.type === 'ping') {
@@ -128,7 +128,7 @@ export async function fakeSocket(page, { welcome, skewUs = 0, latencyMs = 0 } = 
         fake.onCommand(msg, ws);
       }
     });
-    if (welcome) {
+    if (welcome && !fake.stalled) {
       const w = typeof welcome === 'function' ? welcome(token) : welcome;
       if (w) ws.send(JSON.stringify({ type: 'welcome', server_time: fake.serverNow(), ...w }));
     }

@@ -13,6 +13,8 @@ import { enterSession, showLanding } from './session.js';
 import { Sound } from './sound.js';
 import { AUTH_KEY, S } from './state.js';
 import { Timeline } from './timeline.js';
+import { startWatchdog } from './watchdog.js';
+import { startReports } from './band.js';
 import { $, store } from './util.js';
 
 // ----------------------------------------------------------- debug hook
@@ -38,6 +40,13 @@ window.bandsync = {
   },
   get connection() {
     return Conn.state;
+  },
+  get tickPeriodMs() {
+    return Conn.tickPeriodMs;
+  },
+  /** Why the connection was last given up as out of sync (until the next welcome). */
+  get outOfSync() {
+    return Conn.outOfSync;
   },
   get reconnects() {
     return S.reconnects.slice();
@@ -67,3 +76,5 @@ if (auth && auth.token) enterSession(auth);
 else showLanding();
 updateSoundBtn();
 requestAnimationFrame(frame);
+startWatchdog();
+startReports();

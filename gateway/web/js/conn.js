@@ -23,6 +23,12 @@ export const Conn = {
   state: 'offline',
   nextId: 1,
   pending: new Map(), // command id → type, to name the command an error answers
+  reports: new Set(), // ids of the quality reports sent lately: their errors are not shown
+  pingSince: null, // performance.now() of the oldest unanswered ping on this socket
+  openedAt: 0, // performance.now() when this socket was opened
+  lastTick: null, // {seq, serverTime, at} of this socket's last tick
+  tickPeriodMs: null, // measured from the ticks
+  outOfSync: null, // why the last socket was given up as stale, until the next welcome
 };
 
 export function setConn(state, text) {
@@ -30,6 +36,11 @@ export function setConn(state, text) {
   const box = $('#conn');
   box.dataset.state = state;
   $('#conn-text').textContent = text || state;
+  // The stage view says it plainly when the position shown cannot be trusted.
+  document.body.dataset.conn = state;
+  const banner = $('#sync-banner');
+  banner.hidden = !(state === 'stale' || state === 'offline');
+  banner.textContent = state === 'stale' ? 'Out of sync \u2014 reconnecting' : `Not connected \u2014 ${text || 'reconnecting'}`;
 }
 
 export function connect() {
@@ -50,10 +61,15 @@ export function connect() {
   }
   Conn.ws = ws;
   S.welcomed = false;
-  setConn('connecting', Conn.attempt ? `reconnecting (${Conn.attempt})` : 'connecting');
+  Conn.pingSince = null;
+  Conn.openedAt = performance.now();
+  Conn.lastTick = null;
+  Conn.tickPeriodMs = null;
+  if (Conn.outOfSync) setConn('stale', 'out of sync \u2014 reconnecting');
+  else setConn('connecting', Conn.attempt ? `reconnecting (${Conn.attempt})` : 'connecting');
   ws.onopen = () => {
     if (Conn.ws !== ws) return;
-    setConn('syncing', 'syncing');
+    if (!Conn.outOfSync) setConn('syncing', 'syncing');
     startPings();
   };
   ws.onmessage = (e) => {
@@ -125,7 +141,36 @@ export function send(cmd) {
 }
 
 export function ping() {
-  rawSend({ type: 'ping', t0: localNowUs() });
+  if (rawSend({ type: 'ping', t0: localNowUs() }) && Conn.pingSince == null) Conn.pingSince = performance.now();
+}
+
+/** A pong arrived on this socket: every ping so far is answered (they are answered in order). */
+export function heardPong() {
+  Conn.pingSince = null;
+}
+
+/**
+ * This socket no longer hears the band: say so plainly, drop it and connect
+ * again at once (the welcome brings the whole state; "live" only after it).
+ */
+export function reconnectNow(why) {
+  Conn.outOfSync = why;
+  const ws = Conn.ws;
+  Conn.ws = null;
+  stopPings();
+  if (ws) {
+    try {
+      ws.close(1000, 'out of sync');
+    } catch {
+      /* already closing */
+    }
+  }
+  S.welcomed = false;
+  Conn.attempt = 0;
+  if (S.state) setConn('stale', 'out of sync \u2014 reconnecting');
+  else Conn.outOfSync = null; // never in sync yet: just a slow first connection
+  clearTimeout(Conn.timer);
+  Conn.timer = setTimeout(connect, 0);
 }
 export function startPings() {
   stopPings();

@@ -3,6 +3,8 @@ import { send, Conn, connect, disconnect, ping } from './conn.js';
 import { createSession, enterSession, joinSession, showLanding } from './session.js';
 import { Sound } from './sound.js';
 import { parseChart } from './chordpro.js';
+import { goLive, wireKeys } from './keys.js';
+import { MAX_TEXT_BYTES, utf8Bytes } from './band.js';
 import { Prefs } from './prefs.js';
 import { AUTH_KEY, LAST_KEY, S, UI, isLeader, latestSeg, shownSong } from './state.js';
 import { Timeline } from './timeline.js';
@@ -195,10 +197,7 @@ export function wire() {
   });
 
   $('#request-btn').addEventListener('click', () => send({ type: 'request_leadership' }));
-  $('#go-live').addEventListener('click', () => {
-    S.browse = null;
-    renderStatic();
-  });
+  $('#go-live').addEventListener('click', goLive);
 
   $('#song-form').addEventListener('submit', (e) => {
     e.preventDefault();
@@ -212,6 +211,7 @@ export function wire() {
   $('#song-cancel').addEventListener('click', resetEditor);
 
   wireChartTools();
+  wireBand();
   $('#chart').addEventListener('wheel', () => (UI.userScrolledAt = performance.now()), { passive: true });
   $('#chart').addEventListener('touchmove', () => (UI.userScrolledAt = performance.now()), { passive: true });
 
@@ -221,7 +221,7 @@ export function wire() {
     holdScreen();
   });
   document.addEventListener('pointerdown', holdScreen);
-  document.addEventListener('keydown', onKey);
+  wireKeys();
   window.addEventListener('online', () => {
     if (Conn.wanted && !Conn.ws) {
       Conn.attempt = 0;
@@ -244,15 +244,6 @@ export async function holdScreen() {
 export function releaseScreen() {
   wakeLock?.release().catch(() => {});
   wakeLock = null;
-}
-
-/** Space plays or pauses for the leader, unless typing or on a button. */
-function onKey(e) {
-  if (e.code !== 'Space' || e.repeat || !isLeader() || $('#session').hidden) return;
-  if (e.target.closest('input, textarea, select, button, summary, [contenteditable]')) return;
-  e.preventDefault();
-  if (latestSeg().playing) send({ type: 'pause' });
-  else send({ type: 'play', count_in_bars: Number($('#count-in').value) });
 }
 
 export function updateSoundBtn() {
@@ -296,4 +287,27 @@ function wireChartTools() {
     Prefs.save();
     redraw();
   });
+}
+
+// Cues (leader) and messages (anyone): short texts, counted in UTF-8 bytes.
+function wireBand() {
+  const sendText = (type, input) => {
+    const text = input.value.trim();
+    if (type === 'message' && !text) return;
+    if (utf8Bytes(text) > MAX_TEXT_BYTES) return showError('invalid', `At most ${MAX_TEXT_BYTES} bytes.`);
+    if (send({ type, text })) input.value = '';
+  };
+  $('#cue-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    sendText('cue', $('#cue-input'));
+  });
+  for (const b of document.querySelectorAll('#cue-controls [data-cue]')) {
+    b.addEventListener('click', () => send({ type: 'cue', text: b.dataset.cue }));
+  }
+  $('#cue-clear').addEventListener('click', () => send({ type: 'cue', text: '' }));
+  $('#message-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    sendText('message', $('#message-input'));
+  });
+  $('#displaced-take').addEventListener('click', () => send({ type: 'request_leadership' }));
 }

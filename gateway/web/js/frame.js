@@ -77,7 +77,7 @@ function highlightLine(d, line) {
     else li.removeAttribute('aria-current');
   }
   for (const cell of ol.querySelectorAll('.cell')) cell.classList.toggle('current', Number(cell.dataset.bar) === target);
-  if (focus && performance.now() - UI.userScrolledAt > 4000) {
+  if (focus && !UI.pinned && performance.now() - UI.userScrolledAt > 4000) {
     const top = focus.offsetTop - ol.clientHeight * 0.3;
     ol.scrollTo({ top: Math.max(0, top), behavior: 'smooth' });
   }

@@ -1,6 +1,8 @@
 // Joining, the messages from the server and what they do to the client's state.
 import { Clock, localNowUs } from './clock.js';
-import { Conn, FATAL_CODES, connect, disconnect, scheduleReconnect, setConn, stopPings } from './conn.js';
+import { Conn, FATAL_CODES, connect, disconnect, heardPong, scheduleReconnect, setConn, stopPings } from './conn.js';
+import { heardTick } from './watchdog.js';
+import { announce, heardMessage } from './band.js';
 import { Sound } from './sound.js';
 import { AUTH_KEY, LAST_KEY, NAME_KEY, S, UI, isLeader, nameOf } from './state.js';
 import { $, fmtCode, store } from './util.js';
@@ -36,10 +38,12 @@ export function onMessage(msg) {
   switch (msg.type) {
     case 'pong':
       Clock.add(msg.t0, msg.server_time, localNowUs());
+      heardPong();
       if (S.welcomed && Conn.state !== 'online') setConn('online', 'live');
       break;
     case 'welcome':
       S.welcomed = true;
+      Conn.outOfSync = null;
       Conn.attempt = 0;
       S.me = msg.member;
       Clock.prime(msg.server_time);
@@ -116,6 +120,9 @@ function onEvent(m) {
     if (c.kind === 'leader_changed' && c.from === S.me && c.to !== S.me) {
       flash(`${nameOf(c.to)} leads now.`);
     }
+    if (c.kind === 'leader_changed') announce(c.to === S.me ? 'You are the leader now.' : `${nameOf(c.to)} leads now.`);
+    if (c.kind === 'message') heardMessage(c);
+    if (c.kind === 'cue') announce(c.text ? `Cue: ${c.text}` : 'Cue cleared');
   }
 }
 
@@ -124,6 +131,7 @@ function onTick(m) {
   S.epoch = Math.max(S.epoch, m.epoch);
   if (m.seq <= S.tickSeq) return;
   S.tickSeq = m.seq;
+  heardTick(m);
   if (!S.state || m.server_time < S.lastEventAt) return; // older than the state we hold
   if (JSON.stringify(m.timeline) !== JSON.stringify(S.timeline)) {
     S.timeline = m.timeline;
@@ -133,6 +141,7 @@ function onTick(m) {
 }
 
 function onError(m) {
+  if (m.id && Conn.reports.delete(m.id)) return; // a quality report: best effort
   const what = m.id && Conn.pending.get(m.id);
   if (m.id) Conn.pending.delete(m.id);
   // Sent by the gateway just before it closes the socket: this membership is over.

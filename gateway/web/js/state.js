@@ -23,6 +23,9 @@ export const UI = {
   currentLine: -2,
   userScrolledAt: 0,
   chart: null, // the shown chart, parsed (chordpro.js)
+  pinned: false, // this device looks at another part of the chart (pedals): no auto-scroll
+  section: null, // index of the section header looked at while pinned
+  spaceTaken: false, // the last Space keydown was a shortcut: swallow its keyup
   tempoDirty: 0, // time until which the tempo input shows the user's pending value
 };
 

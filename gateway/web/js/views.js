@@ -6,6 +6,7 @@ import { renderChart as renderChartInto } from './chart.js';
 import { flatsFor, parseChart, transposeChord } from './chordpro.js';
 import { startEdit } from './controls.js';
 import { Prefs } from './prefs.js';
+import { quality, renderCue } from './band.js';
 
 const ERROR_SHOW_MS = 9000;
 
@@ -60,6 +61,8 @@ export function renderStatic() {
   renderSetlist(st, leader);
   renderChart();
   renderRequest(st, leader);
+  renderCue(st);
+  $('#cue-controls').hidden = !leader;
   syncInputs();
   UI.lastDynamic = null; // force the next frame to repaint
 }
@@ -76,6 +79,12 @@ function renderMembers(st, leader) {
     if (st.leader === m.id) li.append(el('span', 'badge lead', 'leader'));
     if (m.id === S.me) li.append(el('span', 'badge you', 'you'));
     if (!m.connected) li.append(el('span', 'away', 'away'));
+    const q = m.connected ? quality(m) : null;
+    if (q) {
+      const span = el('span', `quality ${q.grade}`, q.text);
+      span.title = 'Round trip to the server · clock error bound';
+      li.append(span);
+    }
     if (leader && m.id !== S.me) {
       const b = el('button', 'btn small hand', 'Make leader');
       b.type = 'button';
@@ -157,13 +166,19 @@ function renderChart() {
   const shown = shownSong();
   const st = S.state;
   $('#song-title').textContent = st.song != null && st.setlist[st.song] ? st.setlist[st.song].title : 'No song selected';
-  $('#browse-bar').hidden = !(shown && !shown.live);
-  if (shown && !shown.live) $('#browse-title').textContent = shown.song.title;
+  // "Go live" stays in view whenever this device is not following the band.
+  $('#browse-bar').hidden = !((shown && !shown.live) || UI.pinned);
+  if (shown && !shown.live) $('#browse-title').textContent = `Browsing ${shown.song.title}`;
+  else if (UI.pinned) $('#browse-title').textContent = 'Looking ahead in this song';
   const chart = shown ? shown.song.chart || '' : '';
   const title = shown ? shown.song.title : '';
   const pref = Prefs.song(title);
   const key = JSON.stringify([shown ? shown.index : '-', chart, pref, Prefs.show, Prefs.font, Prefs.columns]);
   if (key === UI.chartKey) return;
+  if (UI.chartKey && JSON.parse(UI.chartKey)[0] !== (shown ? shown.index : '-')) {
+    UI.pinned = false;
+    UI.section = null;
+  }
   UI.chartKey = key;
   const ol = $('#chart');
   const parsed = parseChart(chart);
@@ -206,6 +221,10 @@ function renderRequest(st, leader) {
     box.hidden = true;
     box.dataset.kind = '';
   }
+  // A returning ex-leader: leadership moved while they were away (the grace rule).
+  const displaced = !leader && st.displaced_leader === S.me;
+  $('#displaced').hidden = !displaced;
+  if (displaced) $('#displaced-text').textContent = `While you were away, ${nameOf(st.leader)} took over as leader.`;
   const btn = $('#request-btn');
   const waiting = req === S.me;
   btn.disabled = waiting;
