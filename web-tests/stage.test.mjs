@@ -66,6 +66,11 @@ test('a resume with two bars of count-in shows −2, −1, then the bar that was
     segments: [segment({ anchor_time: t - 5e6, anchor_beat: 30.88 }), segment({ anchor_time: t, anchor_beat: 20, playing: true, count_in_until: 28, tempo_bpm: 240 })],
   });
   const { page } = await open(PHONE, 'm-ben', state);
+  await page.evaluate(() => {
+    window.said = [];
+    new MutationObserver(() => window.said.push(document.querySelector('#announce').textContent))
+      .observe(document.querySelector('#announce'), { childList: true, characterData: true, subtree: true });
+  });
   const seen = new Set();
   await until('bar 8 after the count-in', async () => {
     const bar = await text(page, '#pos-bar');
@@ -74,6 +79,9 @@ test('a resume with two bars of count-in shows −2, −1, then the bar that was
   }, { every: 20 });
   assert.ok(seen.has('\u22122') && seen.has('\u22121'), `bars seen: ${[...seen]}`);
   assert.ok(![...seen].some((b) => b === '\u22123'), `no third count-in bar: ${[...seen]}`);
+  // Announced for screen readers: the count-in with its length, then the music.
+  await until('announced', async () => (await text(page, '#announce')) === 'Playing');
+  assert.ok((await page.evaluate(() => window.said)).includes('Count-in, 2 bars'), 'the count-in announced');
   await page.context().close();
 
   const sixEight = () => sessionState({ members: MEMBERS(), leader: 'm-ana', segments: [segment({ beats_per_bar: 6, beat_unit: 8 })] });

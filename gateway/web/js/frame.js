@@ -2,6 +2,7 @@
 // current chart line, computed from the timeline and the synced clock.
 import { Clock } from './clock.js';
 import { S, UI, shownSong } from './state.js';
+import { announce } from './band.js';
 import { lineOfBar } from './chart.js';
 import { Timeline } from './timeline.js';
 import { $, el, fmtBpm } from './util.js';
@@ -24,6 +25,12 @@ export function frame() {
   position.classList.toggle('accent', flashOn && d.beatIndex === 0);
   const status = $('#status');
   status.dataset.mode = d.mode;
+  if (d.mode !== UI.lastMode) {
+    // Screen readers hear the count-in start (with its length) and the music start.
+    if (d.mode === 'count-in') announce(`Count-in, ${-d.bar} ${d.bar === -1 ? 'bar' : 'bars'}`);
+    else if (d.mode === 'playing' && UI.lastMode === 'count-in') announce('Playing');
+    UI.lastMode = d.mode;
+  }
   status.textContent = {
     'count-in': 'Count-in',
     playing: 'Playing',
