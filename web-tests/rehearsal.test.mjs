@@ -77,6 +77,14 @@ describe('the rehearsal: laptop, phone and tablet over two gateways', () => {
       await until(`${name} welcomed`, () => bs(page, () => bandsync.state !== null));
     }
     for (const page of all()) await until('three online', async () => (await text(page, '#member-count')) === '3/3 online', { timeout: 10_000 });
+    // The leader's screen shows the join link as a QR code, drawn by the gateway.
+    assert.ok(await visible(leader, '#join-qr-box'));
+    assert.ok(!(await visible(phone, '#join-qr-box')));
+    const qr = await leader.$eval('#join-qr', (img) => ({ src: img.src, w: img.naturalWidth }));
+    assert.ok(qr.w > 0, 'the QR image loaded');
+    const svg = await (await fetch(qr.src)).text();
+    assert.match(svg, /^<svg [^>]*viewBox="0 0 (\d+) \1"/);
+    assert.equal((await fetch(qr.src.replace(/code=[^&]+/, 'code=nope'))).status, 400);
   });
 
   test('a ChordPro song: tempo from its {tempo}, the same lines on every device', async () => {

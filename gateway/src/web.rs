@@ -1,6 +1,6 @@
 //! The browser client, embedded at build time so a gateway binary is all an operator deploys.
 
-use axum::extract::Path;
+use axum::extract::{Path, Query};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -78,12 +78,85 @@ pub async fn style_css() -> impl IntoResponse {
     )
 }
 
+/// `GET /qr.svg?origin=https://host:port&code=K7MQ2XBD`: the join link
+/// `<origin>/?join=<code>` as a QR code, for the leader's screen. The
+/// `qrcode` crate encodes it; this only draws its modules as SVG squares.
+/// Both parts are validated (a join code, an http(s) origin of host and
+/// port characters only), so the image can only ever say a join link.
+pub async fn join_qr(Query(q): Query<JoinQr>) -> Response {
+    match join_link(&q.origin, &q.code).and_then(|link| qr_svg(&link)) {
+        Some(svg) => (
+            [
+                (header::CONTENT_TYPE, "image/svg+xml"),
+                (header::CACHE_CONTROL, "private, max-age=3600"),
+            ],
+            svg,
+        )
+            .into_response(),
+        None => StatusCode::BAD_REQUEST.into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub struct JoinQr {
+    origin: String,
+    code: String,
+}
+
+fn join_link(origin: &str, code: &str) -> Option<String> {
+    let code = bandsync_nats::JoinCode::parse(code).ok()?;
+    let host = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))?;
+    let host_ok = !host.is_empty()
+        && host.len() <= 260
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    host_ok.then(|| format!("{origin}/?join={}", code.as_str()))
+}
+
+fn qr_svg(data: &str) -> Option<String> {
+    let code = qrcode::QrCode::new(data.as_bytes()).ok()?;
+    let width = code.width();
+    let quiet = 4;
+    let size = width + 2 * quiet;
+    let mut path = String::new();
+    for (i, color) in code.to_colors().iter().enumerate() {
+        if *color == qrcode::Color::Dark {
+            let (x, y) = (i % width + quiet, i / width + quiet);
+            path.push_str(&format!("M{x} {y}h1v1h-1z"));
+        }
+    }
+    Some(format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {size} {size}\" \
+         shape-rendering=\"crispEdges\"><rect width=\"{size}\" height=\"{size}\" \
+         fill=\"#fff\"/><path fill=\"#000\" d=\"{path}\"/></svg>"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::MODULES;
 
     /// A module added to web/js but not to `MODULES` would be a 404 in the
     /// browser, and the page dead, in a release built from a clean tree.
+    #[test]
+    fn a_join_qr_is_only_ever_a_join_link() {
+        assert_eq!(
+            super::join_link("https://band.example:8443", "k7mq-2xbd").as_deref(),
+            Some("https://band.example:8443/?join=K7MQ2XBD")
+        );
+        assert_eq!(super::join_link("javascript:alert(1)", "K7MQ2XBD"), None);
+        assert_eq!(
+            super::join_link("https://evil.example/x?", "K7MQ2XBD"),
+            None
+        );
+        assert_eq!(super::join_link("https://band.example", "nope"), None);
+        let svg = super::qr_svg("https://band.example/?join=K7MQ2XBD").expect("a code");
+        assert!(svg.starts_with("<svg ") && svg.contains("<path fill=\"#000\" d=\"M"));
+    }
+
     #[test]
     fn every_module_in_web_js_is_served() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web/js");

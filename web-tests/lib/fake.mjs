@@ -22,6 +22,12 @@ export const nowUs = () => (performance.timeOrigin + performance.now()) * 1000;
 export function serveWeb(api) {
   const server = createServer((req, res) => {
     const path = req.url.split('?')[0];
+    if (req.method === 'GET' && path === '/qr.svg') {
+      // The gateway draws the real one (gateway/src/web.rs); a stand-in square here.
+      res.writeHead(200, { 'content-type': 'image/svg+xml' });
+      res.end('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 8 8"><rect width="8" height="8" fill="#fff"/></svg>');
+      return;
+    }
     const file = req.method === 'GET' ? fileOf(path) : null;
     if (file && existsSync(join(WEB, file))) {
       res.writeHead(200, { 'content-type': TYPES[file.split('.').pop()], 'cache-control': 'no-store' });

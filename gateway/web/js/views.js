@@ -100,6 +100,13 @@ function renderMembers(st, leader) {
     }
     ul.append(li);
   }
+  // The leader's screen shows the join link as a QR code (drawn by the gateway).
+  const qrBox = $('#join-qr-box');
+  qrBox.hidden = !leader || !!st.joining_closed;
+  if (!qrBox.hidden && S.auth) {
+    const src = `/qr.svg?origin=${encodeURIComponent(location.origin)}&code=${encodeURIComponent(S.auth.code)}`;
+    if ($('#join-qr').getAttribute('src') !== src) $('#join-qr').setAttribute('src', src);
+  }
   // Who else may join: the leader opens and closes the door.
   $('#joining-row').hidden = !leader && !st.joining_closed;
   $('#joining-state').textContent = st.joining_closed ? 'Joining is closed.' : 'Anyone with the code can join.';
