@@ -191,3 +191,31 @@ test('no pong in time: out of sync, even while stopped', async () => {
   assert.equal(await page.evaluate(() => window.firstReason), 'no answer to pings');
   await page.context().close();
 });
+
+test('click settings: subdivisions between the beats, no accent, visual only; kept across a reload', async () => {
+  const state = () => sessionState({ members: MEMBERS(), leader: 'm-ana', segments: [segment({ anchor_time: Math.round(nowUs() - 1e6), playing: true, tempo_bpm: 120 })] });
+  const { page } = await open(LAPTOP, 'm-ben', state);
+  await page.click('#click-settings summary');
+  await page.selectOption('#click-sub', '2');
+  await page.uncheck('#click-accent');
+  await page.click('#sound-btn');
+  await until('clicks with subdivisions', () => page.evaluate(() => bandsync.clicks.filter((c) => c.sub).length >= 3));
+  const clicks = await page.evaluate(() => bandsync.clicks.slice(-8));
+  const subs = clicks.filter((c) => c.sub);
+  assert.ok(subs.every((c) => !c.accent), 'subdivisions are never accented');
+  // Each subdivision is half a beat (250 ms at 120 BPM) after its beat.
+  const beats = new Map(clicks.filter((c) => !c.sub).map((c) => [c.beat, c.t]));
+  assert.ok(subs.some((c) => beats.has(c.beat) && c.t - beats.get(c.beat) === 250_000), JSON.stringify(clicks));
+  await page.reload();
+  await until('online', () => page.evaluate(() => bandsync.connection === 'online'));
+  assert.equal(await page.inputValue('#click-sub'), '2');
+  assert.equal(await page.isChecked('#click-accent'), false);
+  // Visual only: nothing sounds, the panel flashes on the beat.
+  await page.click('#click-settings summary');
+  await page.check('#click-visual');
+  await page.click('#sound-btn');
+  await until('the panel flashes', () => page.$eval('.now', (e) => e.classList.contains('beat-flash')));
+  assert.deepEqual(await page.evaluate(() => bandsync.clicks), [], 'no click scheduled');
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+});

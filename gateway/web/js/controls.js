@@ -212,6 +212,7 @@ export function wire() {
 
   wireChartTools();
   wireBand();
+  wireClickSettings();
   $('#chart').addEventListener('wheel', () => (UI.userScrolledAt = performance.now()), { passive: true });
   $('#chart').addEventListener('touchmove', () => (UI.userScrolledAt = performance.now()), { passive: true });
 
@@ -310,4 +311,29 @@ function wireBand() {
     sendText('message', $('#message-input'));
   });
   $('#displaced-take').addEventListener('click', () => send({ type: 'request_leadership' }));
+}
+
+// The click on this device: kept in localStorage (Prefs.click), applied to
+// the next clicks scheduled (sound.js) and to the frame's flash and vibration.
+function wireClickSettings() {
+  const c = Prefs.click;
+  const fields = [
+    ['#click-volume', 'volume', (e) => Number(e.value), (e, v) => (e.value = String(v))],
+    ['#click-sound', 'sound', (e) => e.value, (e, v) => (e.value = v)],
+    ['#click-sub', 'subdivision', (e) => Number(e.value), (e, v) => (e.value = String(v))],
+    ['#click-accent', 'accent', (e) => e.checked, (e, v) => (e.checked = v)],
+    ['#click-visual', 'visualOnly', (e) => e.checked, (e, v) => (e.checked = v)],
+    ['#click-vibrate', 'vibrate', (e) => e.checked, (e, v) => (e.checked = v)],
+    ['#click-latency', 'latencyMs', (e) => Math.max(-300, Math.min(300, Number(e.value) || 0)), (e, v) => (e.value = String(v))],
+  ];
+  for (const [sel, key, read, write] of fields) {
+    const input = $(sel);
+    write(input, c[key]);
+    input.addEventListener('change', () => {
+      c[key] = read(input);
+      Prefs.save();
+      Sound.retune();
+    });
+  }
+  $('#click-vibrate-row').hidden = !('vibrate' in navigator);
 }

@@ -3,6 +3,8 @@
 import { Clock } from './clock.js';
 import { S, UI, shownSong } from './state.js';
 import { announce } from './band.js';
+import { Prefs } from './prefs.js';
+import { Sound } from './sound.js';
 import { lineOfBar } from './chart.js';
 import { Timeline } from './timeline.js';
 import { $, el, fmtBpm } from './util.js';
@@ -38,6 +40,12 @@ export function frame() {
     stopped: 'Stopped',
     paused: 'Paused',
   }[d.mode];
+  // Visual-only click: the whole panel flashes; vibration where the device has it.
+  $('.now').classList.toggle('beat-flash', flashOn && Prefs.click.visualOnly);
+  if (flashOn && d.beatIndex !== UI.lastBeat && Prefs.click.vibrate && Sound.on && navigator.vibrate) {
+    navigator.vibrate(d.beatIndex === 0 ? 45 : 20);
+  }
+  UI.lastBeat = flashOn ? d.beatIndex : null;
   $('#tempo').textContent = fmtBpm(seg.tempo_bpm);
   $('#meter').textContent = `${seg.beats_per_bar}/${seg.beat_unit}`;
 

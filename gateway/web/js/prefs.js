@@ -1,17 +1,18 @@
 // Per-device preferences, kept in localStorage across reloads: how this
 // device shows charts (transpose and capo per song, font size, lyrics or
-// chords only, two columns).
+// chords only, two columns) and how its click sounds.
 import { store } from './util.js';
 
 const KEY = 'bandsync.view';
-const DEFAULTS = { font: 1, show: 'both', columns: false, songs: {} };
+const CLICK = { volume: 0.8, sound: 'beep', subdivision: 1, accent: true, visualOnly: false, vibrate: false, latencyMs: 0 };
+const DEFAULTS = { font: 1, show: 'both', columns: false, songs: {}, click: CLICK };
 
 export const Prefs = {
   ...DEFAULTS,
   ...(store.get('localStorage', KEY) || {}),
   save() {
-    const { font, show, columns, songs } = this;
-    store.set('localStorage', KEY, { font, show, columns, songs });
+    const { font, show, columns, songs, click } = this;
+    store.set('localStorage', KEY, { font, show, columns, songs, click });
   },
   /** Transpose (semitones, concert pitch) and capo for a song, by title. */
   song(title) {
@@ -24,3 +25,5 @@ export const Prefs = {
     this.save();
   },
 };
+
+Prefs.click = { ...CLICK, ...(Prefs.click || {}) };

@@ -25,6 +25,7 @@ export const UI = {
   chart: null, // the shown chart, parsed (chordpro.js)
   pinned: false, // this device looks at another part of the chart (pedals): no auto-scroll
   section: null, // index of the section header looked at while pinned
+  lastBeat: null, // the beat last flashed (vibration once per beat)
   lastMode: null, // the mode the last frame showed, to announce changes
   spaceTaken: false, // the last Space keydown was a shortcut: swallow its keyup
   tempoDirty: 0, // time until which the tempo input shows the user's pending value

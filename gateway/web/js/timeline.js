@@ -91,6 +91,8 @@ export const Timeline = {
         out.push({
           t,
           beat: k,
+          tempo: seg.tempo_bpm,
+          next: i + 1 < segs.length ? segs[i + 1].anchor_time : null, // where this segment ends
           accent: Math.abs(k - start) < EPS_BEATS,
           countIn: seg.count_in_until != null && k < seg.count_in_until - EPS_BEATS,
         });
