@@ -151,6 +151,7 @@ test('a stalled socket: "out of sync — reconnecting" on the stage view, a new 
     await until('out of sync shown', () => visible(page, '#sync-banner'), { timeout: 5000 });
     assert.equal(await text(page, '#sync-banner'), 'Out of sync \u2014 reconnecting');
     assert.equal(await text(page, '#conn-text'), 'out of sync \u2014 reconnecting');
+    assert.equal(await text(page, '#status'), 'Out of sync', 'not "Playing" on a stale timeline');
     await screenshot(page, 'stage-out-of-sync-phone');
     await until('a new socket tried', () => fake.sockets.length >= 2);
     assert.equal(await page.evaluate(() => bandsync.connection), 'stale');
@@ -217,5 +218,18 @@ test('click settings: subdivisions between the beats, no accent, visual only; ke
   await until('the panel flashes', () => page.$eval('.now', (e) => e.classList.contains('beat-flash')));
   assert.deepEqual(await page.evaluate(() => bandsync.clicks), [], 'no click scheduled');
   assert.deepEqual(page.errors, []);
+  await page.context().close();
+});
+
+test('the leader\'s quick bar on a phone: what is next, and next/previous song when not playing', async () => {
+  const setlist = [{ title: 'Opener' }, { title: 'Second' }, { title: 'Closer' }];
+  const state = () => sessionState({ members: MEMBERS(), leader: 'm-ana', segments: [segment({})], setlist, song: 0 });
+  const { page, fake } = await open(PHONE, 'm-ana', state);
+  await until('the quick bar', () => visible(page, '#quickbar'));
+  assert.equal(await text(page, '#q-next-title'), 'Next: Second');
+  assert.equal(await page.isDisabled('#q-prev'), true, 'no song before the first');
+  await page.click('#q-next');
+  await until('song 2 asked for', () => commands(fake, 'song').length === 1);
+  assert.equal(commands(fake, 'song')[0].index, 1);
   await page.context().close();
 });

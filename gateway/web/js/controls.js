@@ -3,7 +3,7 @@ import { send, Conn, connect, disconnect, ping } from './conn.js';
 import { createSession, enterSession, joinSession, showLanding } from './session.js';
 import { Sound } from './sound.js';
 import { parseChart } from './chordpro.js';
-import { goLive, wireKeys } from './keys.js';
+import { goLive, song, wireKeys } from './keys.js';
 import { MAX_TEXT_BYTES, utf8Bytes } from './band.js';
 import { Prefs } from './prefs.js';
 import { AUTH_KEY, LAST_KEY, S, UI, isLeader, latestSeg, shownSong } from './state.js';
@@ -169,6 +169,8 @@ export function wire() {
     else send({ type: 'play', count_in_bars: Number($('#count-in').value) });
   });
   $('#q-stop').addEventListener('click', () => send({ type: 'stop' }));
+  $('#q-prev').addEventListener('click', () => song(-1));
+  $('#q-next').addEventListener('click', () => song(+1));
   $('#q-down').addEventListener('click', () => setTempoSoon(Number($('#tempo-input').value) - 1, 400));
   $('#q-up').addEventListener('click', () => setTempoSoon(Number($('#tempo-input').value) + 1, 400));
   $('#stop-btn').addEventListener('click', () => send({ type: 'stop' }));

@@ -3,6 +3,7 @@
 import { Clock } from './clock.js';
 import { S, UI, shownSong } from './state.js';
 import { announce } from './band.js';
+import { Conn } from './conn.js';
 import { Prefs } from './prefs.js';
 import { Sound } from './sound.js';
 import { lineOfBar } from './chart.js';
@@ -16,7 +17,7 @@ export function frame() {
   const d = Timeline.describe(S.timeline, t);
   const seg = d.seg;
   const flashOn = (d.mode === 'playing' || d.mode === 'count-in') && d.frac < 0.22;
-  const key = `${d.text}|${d.mode}|${flashOn}|${seg.beats_per_bar}|${seg.beat_unit}|${seg.tempo_bpm}`;
+  const key = `${Conn.state}|${d.text}|${d.mode}|${flashOn}|${seg.beats_per_bar}|${seg.beat_unit}|${seg.tempo_bpm}`;
   if (key === UI.lastDynamic) return;
   UI.lastDynamic = key;
 
@@ -33,7 +34,10 @@ export function frame() {
     else if (d.mode === 'playing' && UI.lastMode === 'count-in') announce('Playing');
     UI.lastMode = d.mode;
   }
-  status.textContent = {
+  // A position this device cannot vouch for is not called "Playing".
+  const stale = Conn.state === 'stale';
+  status.dataset.stale = String(stale);
+  status.textContent = stale ? 'Out of sync' : {
     'count-in': 'Count-in',
     playing: 'Playing',
     starting: 'Starting…',

@@ -92,7 +92,8 @@ export function section(dir) {
   renderStatic();
 }
 
-function song(dir) {
+/** Next or previous song: the leader loads it (not while playing), a follower looks at it. */
+export function song(dir) {
   const st = S.state;
   if (!st || !st.setlist.length) return;
   const from = shownSong()?.index ?? st.song ?? -1;

@@ -247,6 +247,12 @@ export function syncInputs() {
   $('#q-play').textContent = seg.playing ? '❚❚ Pause' : '▶ Play';
   $('#q-play').classList.toggle('play', !seg.playing);
   $('#q-stop').disabled = $('#stop-btn').disabled;
+  // The quick bar says what comes next, and changes song only when not playing.
+  const st = S.state;
+  const next = st.song != null ? st.setlist[st.song + 1] : st.setlist[0];
+  $('#q-next-title').textContent = next ? `Next: ${next.title}` : 'Last song';
+  $('#q-prev').disabled = seg.playing || !(st.song > 0);
+  $('#q-next').disabled = seg.playing || !next;
   const now = performance.now();
   const ti = $('#tempo-input');
   if (document.activeElement !== ti && now > UI.tempoDirty) ti.value = fmtBpm(seg.tempo_bpm);
