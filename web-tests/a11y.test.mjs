@@ -67,6 +67,8 @@ test('the leader on a laptop: playing a ChordPro chart with a cue, the help open
   await page.click('#help summary');
   await page.click('#song-editor summary');
   await page.click('#chart-tools summary');
+  await page.click('#library summary');
+  await page.click('#click-settings summary');
   page.fake.send({ type: 'error', code: 'invalid', message: 'bpm must be within 20..=400' });
   await until('the error', () => page.$eval('#error', (e) => !e.hidden));
   await noViolations(page, 'leader laptop');

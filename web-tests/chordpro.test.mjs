@@ -88,3 +88,50 @@ test('transpose and capo on this device only, shown concert and capo shapes side
   assert.deepEqual(page.errors, []);
   await page.context().close();
 });
+
+test('the leader\'s library: import ChordPro files, save the setlist in this browser, use it again after a reload, export it', async () => {
+  const page = await device(browser, LAPTOP);
+  let setlist = [];
+  let seq = 5;
+  const state = () => sessionState({ members: [member('m-ana', 'Ana')], leader: 'm-ana', segments: [segment({})], setlist, seq });
+  const fake = await fakeSocket(page, { welcome: () => ({ member: 'm-ana', state: state() }) });
+  // The stand-in applies a setlist as the owner would.
+  fake.onCommand = (msg) => {
+    if (msg.type !== 'setlist') return;
+    setlist = msg.songs;
+    seq += 1;
+    fake.send({ type: 'event', session: 'sess1', seq, epoch: 1, at: fake.serverNow(), cause: { by: 'm-ana' }, changes: [], setlist, state: { ...state(), setlist_rev: seq } });
+  };
+  await page.addInitScript(() => {
+    if (!sessionStorage.getItem('bandsync.auth')) sessionStorage.setItem('bandsync.auth', JSON.stringify({ session: 'sess1', code: 'K7MQ2X', member: 'm-ana', token: 'tok-ana', name: 'Ana' }));
+  });
+  await page.goto(web.url);
+  await until('welcomed', () => page.evaluate(() => bandsync.state !== null));
+  await page.click('#library summary');
+  await page.setInputFiles('#library-import', [
+    { name: 'two-songs.cho', mimeType: 'text/plain', buffer: Buffer.from('{title: One}\n{tempo: 100}\n[C]la\n{new_song}\n{title: Two}\n[G]lo\n') },
+    { name: 'grace.cho', mimeType: 'text/plain', buffer: Buffer.from(SONG) },
+  ]);
+  await until('three songs', async () => (await page.$$('#setlist li')).length === 3);
+  assert.deepEqual(setlist.map((s) => [s.title, s.tempo_bpm ?? null]), [['One', 100], ['Two', null], ['Amazing Grace', 96]]);
+  await page.fill('#library-name', 'Friday');
+  await page.click('#library-save');
+  await until('saved', async () => (await page.$$eval('#library-list .name', (l) => l.map((e) => e.textContent))).includes('Friday'));
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click('#library-export')]);
+  const exported = await new Promise((resolve, reject) => {
+    download.createReadStream().then((s) => { let t = ''; s.on('data', (c) => (t += c)); s.on('end', () => resolve(t)); s.on('error', reject); }, reject);
+  });
+  assert.equal(download.suggestedFilename(), 'setlist.cho');
+  assert.equal(exported.split('{new_song}').length, 3);
+  assert.match(exported, /^\{title: One\}/);
+
+  // The session's setlist is replaced; the library keeps Friday across a reload.
+  fake.onCommand({ type: 'setlist', songs: [] });
+  await page.reload();
+  await until('welcomed', () => page.evaluate(() => bandsync.state !== null));
+  await page.click('#library summary');
+  await page.click('#library-list li:has-text("Friday") button:has-text("Use")');
+  await until('Friday back', async () => (await page.$$('#setlist li')).length === 3);
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+});

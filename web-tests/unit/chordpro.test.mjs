@@ -87,3 +87,18 @@ test('transposing: roots and basses move, sharps or flats by key, non-chords sta
   assert.equal(flatsFor('C', 3), true); // Eb
   assert.equal(flatsFor('G', 2), false); // A
 });
+
+test('files: several songs split at {new_song}; a song from its directives; export and import give the setlist back', async () => {
+  const { setlistToChordPro, songFromChordPro, splitSongs } = await import('../../gateway/web/js/chordpro.js');
+  const file = '{title: One}\n{tempo: 100}\n[C]la\n{new_song}\n{t: Two}\n{time: 6/8}\n[G]lo\n{ns}\n';
+  const parts = splitSongs(file);
+  assert.equal(parts.length, 2);
+  assert.deepEqual(songFromChordPro(parts[0]), { title: 'One', chart: '{title: One}\n{tempo: 100}\n[C]la', tempo_bpm: 100 });
+  assert.deepEqual(songFromChordPro(parts[1]), { title: 'Two', chart: '{t: Two}\n{time: 6/8}\n[G]lo', beats_per_bar: 6, beat_unit: 8 });
+  assert.equal(songFromChordPro('[C]no title', 'from-file').title, 'from-file');
+  const setlist = [{ title: 'Plain', tempo_bpm: 90, beats_per_bar: 3, chart: '| C | G |' }, { title: 'Bare' }];
+  const exported = setlistToChordPro(setlist);
+  assert.equal(exported, '{title: Plain}\n{tempo: 90}\n{time: 3/4}\n| C | G |\n{new_song}\n{title: Bare}\n');
+  const back = splitSongs(exported).map((t) => songFromChordPro(t));
+  assert.deepEqual(back.map((s) => [s.title, s.tempo_bpm, s.beats_per_bar, s.beat_unit]), [['Plain', 90, 3, 4], ['Bare', undefined, undefined, undefined]]);
+});

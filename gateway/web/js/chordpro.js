@@ -172,3 +172,40 @@ export function flatsFor(key, semis) {
   // Db Eb F Ab Bb major; Cm Dm Ebm Fm Gm Bbm minor.
   return (m[2] ? [0, 2, 3, 5, 7, 10] : [1, 3, 5, 8, 10]).includes(idx);
 }
+
+// ------------------------------------------------------- files and songs
+/** Splits a ChordPro file holding several songs at {new_song} / {ns}. */
+export function splitSongs(text) {
+  const songs = [[]];
+  for (const line of String(text || '').replace(/\r\n?/g, '\n').split('\n')) {
+    if (/^\s*\{\s*(new_song|ns)\s*\}\s*$/i.test(line)) songs.push([]);
+    else songs[songs.length - 1].push(line);
+  }
+  return songs.map((l) => l.join('\n').trim()).filter(Boolean);
+}
+
+/** A setlist entry from one song's ChordPro: title, tempo and meter from its directives. */
+export function songFromChordPro(text, fallbackTitle = 'Untitled') {
+  const { meta } = parseChart(text);
+  const song = { title: (meta.title || fallbackTitle).trim().slice(0, 100), chart: text };
+  if (meta.tempo_bpm) song.tempo_bpm = meta.tempo_bpm;
+  if (meta.beats_per_bar) song.beats_per_bar = meta.beats_per_bar;
+  if (meta.beat_unit) song.beat_unit = meta.beat_unit;
+  return song;
+}
+
+/** One song as ChordPro: its chart, with {title}, {tempo} and {time} added where the chart lacks them. */
+export function songToChordPro(song) {
+  const chart = song.chart || '';
+  const { meta } = parseChart(chart);
+  const head = [];
+  if (!meta.title) head.push(`{title: ${song.title}}`);
+  if (!meta.tempo && song.tempo_bpm) head.push(`{tempo: ${song.tempo_bpm}}`);
+  if (!meta.time && song.beats_per_bar) head.push(`{time: ${song.beats_per_bar}/${song.beat_unit || 4}}`);
+  return [...head, chart.trim()].filter(Boolean).join('\n');
+}
+
+/** A setlist as one ChordPro file, songs separated by {new_song}. */
+export function setlistToChordPro(songs) {
+  return `${songs.map(songToChordPro).join('\n{new_song}\n')}\n`;
+}

@@ -4,6 +4,7 @@ import { createSession, enterSession, joinSession, showLanding } from './session
 import { Sound } from './sound.js';
 import { parseChart } from './chordpro.js';
 import { goLive, song, wireKeys } from './keys.js';
+import { wireLibrary } from './library.js';
 import { MAX_TEXT_BYTES, utf8Bytes } from './band.js';
 import { Prefs } from './prefs.js';
 import { AUTH_KEY, LAST_KEY, S, UI, isLeader, latestSeg, shownSong } from './state.js';
@@ -215,6 +216,7 @@ export function wire() {
   wireChartTools();
   wireBand();
   wireClickSettings();
+  wireLibrary();
   $('#chart').addEventListener('wheel', () => (UI.userScrolledAt = performance.now()), { passive: true });
   $('#chart').addEventListener('touchmove', () => (UI.userScrolledAt = performance.now()), { passive: true });
 

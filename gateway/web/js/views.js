@@ -54,6 +54,7 @@ export function renderStatic() {
   document.body.classList.toggle('has-quickbar', !!st && leader);
   $('#follower-controls').hidden = !st || leader;
   $('#song-editor').hidden = !st || !leader;
+  $('#library').hidden = !st || !leader;
   document.body.dataset.role = leader ? 'leader' : 'follower';
   if (!st) return;
 
