@@ -233,3 +233,40 @@ test('the leader\'s quick bar on a phone: what is next, and next/previous song w
   assert.equal(commands(fake, 'song')[0].index, 1);
   await page.context().close();
 });
+
+test('a resume after a pause longer than the tick silence limit is not taken for a stall', async () => {
+  const playing = { segments: [segment({ anchor_time: Math.round(nowUs() - 2e6), playing: true })] };
+  let timeline = playing;
+  let seq = 5;
+  const state = () => sessionState({ members: MEMBERS(), leader: 'm-ana', segments: timeline.segments, seq });
+  const { page, fake } = await open(PHONE, 'm-ben', state);
+  let tickSeq = 1000;
+  // Ticks only while playing, as the server sends them.
+  const ticker = setInterval(() => {
+    tickSeq += 1;
+    if (timeline.segments.at(-1).playing) fake.send({ type: 'tick', seq: tickSeq, epoch: 1, server_time: fake.serverNow(), timeline });
+  }, 100);
+  const event = () => {
+    seq += 1;
+    fake.send({ type: 'event', session: 'sess1', seq, epoch: 1, at: fake.serverNow(), cause: { by: 'm-ana' }, changes: [], state: state() });
+  };
+  try {
+    await until('hearing ticks', () => page.evaluate(() => bandsync.tickPeriodMs !== null));
+    timeline = { segments: [segment({ anchor_time: fake.serverNow(), anchor_beat: 4 })] };
+    event();
+    await until('paused', async () => (await text(page, '#status')) === 'Paused');
+    const pausedAt = await page.evaluate(() => performance.now());
+    // Paused for longer than the silence that means a stall while playing (1.2 s).
+    await until('1.5 s of pause on the page\'s clock', () => page.evaluate((t) => performance.now() - t > 1500, pausedAt), { timeout: 5000 });
+    const resume = fake.serverNow() + 150_000;
+    timeline = { segments: [segment({ anchor_time: resume, anchor_beat: 4, playing: true })] };
+    event();
+    await until('playing half a second', () => page.evaluate((r) => bandsync.serverNow() > r + 500_000 && bandsync.describe().mode === 'playing', resume));
+    assert.equal(fake.sockets.length, 1, 'no reconnect');
+    assert.equal(await page.evaluate(() => bandsync.outOfSync), null);
+    assert.equal(await page.evaluate(() => bandsync.connection), 'online');
+  } finally {
+    clearInterval(ticker);
+  }
+  await page.context().close();
+});

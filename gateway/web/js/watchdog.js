@@ -35,7 +35,10 @@ export function staleReason(now = performance.now()) {
   if (!S.welcomed) return now - Conn.openedAt > WELCOME_LATE_MS ? 'no welcome' : null;
   if (Conn.tickPeriodMs && Conn.lastTick && S.timeline) {
     const seg = Timeline.at(S.timeline, Clock.serverNow());
-    const silence = now - Conn.lastTick.at;
+    // Silence counts from the last tick, or from when playing began if later
+    // (ticks may have paused with the band: a resume after a long pause is not a stall).
+    const since = Math.max(Conn.lastTick.at, Clock.toLocalPerfMs(seg.anchor_time));
+    const silence = now - since;
     if (seg.playing && silence > Math.max(TICK_SILENCE_MIN_MS, TICK_PERIODS_MISSED * Conn.tickPeriodMs)) return 'no ticks';
   }
   return null;
