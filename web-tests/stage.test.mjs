@@ -270,3 +270,18 @@ test('a resume after a pause longer than the tick silence limit is not taken for
   }
   await page.context().close();
 });
+
+test('tap-along calibration sets the latency offset from eight taps', async () => {
+  const state = () => sessionState({ members: MEMBERS(), leader: 'm-ana', segments: [segment({ anchor_time: Math.round(nowUs() - 1e6), playing: true, tempo_bpm: 120 })] });
+  const { page } = await open(LAPTOP, 'm-ben', state);
+  await page.click('#sound-btn');
+  await page.click('#click-settings summary');
+  await page.click('#click-calibrate'); // starts
+  for (let i = 0; i < 8; i++) await page.click('#click-calibrate');
+  await until('set', async () => /^Latency offset set to -?\d+ ms\.$/.test(await text(page, '#click-calibrate-hint')));
+  const ms = Number(await page.inputValue('#click-latency'));
+  assert.ok(ms >= -300 && ms <= 300 && Number.isInteger(ms), String(ms));
+  assert.equal(await page.evaluate(() => JSON.parse(localStorage.getItem('bandsync.view')).click.latencyMs), ms);
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+});

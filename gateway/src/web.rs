@@ -50,6 +50,7 @@ const MODULES: &[(&str, &str)] = &[
     ("controls.js", include_str!("../web/js/controls.js")),
     ("frame.js", include_str!("../web/js/frame.js")),
     ("keys.js", include_str!("../web/js/keys.js")),
+    ("latency.js", include_str!("../web/js/latency.js")),
     ("library.js", include_str!("../web/js/library.js")),
     ("prefs.js", include_str!("../web/js/prefs.js")),
     ("session.js", include_str!("../web/js/session.js")),

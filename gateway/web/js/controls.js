@@ -5,6 +5,8 @@ import { Sound } from './sound.js';
 import { parseChart } from './chordpro.js';
 import { goLive, song, wireKeys } from './keys.js';
 import { wireLibrary } from './library.js';
+import { TAPS_NEEDED, offsetFromTaps } from './latency.js';
+import { Clock } from './clock.js';
 import { MAX_TEXT_BYTES, utf8Bytes } from './band.js';
 import { Prefs } from './prefs.js';
 import { AUTH_KEY, LAST_KEY, S, UI, isLeader, latestSeg, shownSong } from './state.js';
@@ -340,4 +342,38 @@ function wireClickSettings() {
     });
   }
   $('#click-vibrate-row').hidden = !('vibrate' in navigator);
+
+  // Tap along with the click while the band plays: the taps' median lateness
+  // becomes the offset (latency.js).
+  let taps = null;
+  const hint = $('#click-calibrate-hint');
+  const btn = $('#click-calibrate');
+  btn.addEventListener('pointerdown', (e) => {
+    e.preventDefault();
+    if (!taps) {
+      if (!Sound.on || !S.timeline || !latestSeg().playing) {
+        hint.hidden = false;
+        hint.textContent = 'Turn the click on while the band plays, then tap this button on every click you hear.';
+        return;
+      }
+      taps = [];
+      btn.textContent = 'Tap on each click…';
+      hint.hidden = false;
+      hint.textContent = `Tap ${TAPS_NEEDED} times, on the clicks.`;
+      return;
+    }
+    taps.push(Clock.serverNow());
+    const offset = offsetFromTaps(S.timeline, taps, c.latencyMs);
+    if (offset == null) {
+      hint.textContent = `${TAPS_NEEDED - taps.length} more…`;
+      return;
+    }
+    c.latencyMs = offset;
+    $('#click-latency').value = String(offset);
+    Prefs.save();
+    Sound.retune();
+    taps = null;
+    btn.textContent = 'Calibrate: tap along';
+    hint.textContent = `Latency offset set to ${offset} ms.`;
+  });
 }
