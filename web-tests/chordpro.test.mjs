@@ -53,6 +53,11 @@ test('a ChordPro chart: headers and comments hold no bar, the grid one per cell,
   assert.ok(rows.some(([k, bar]) => k === 'comment' && bar === null), 'a comment holds no bar');
   await until('the grid cell of bar 5 lit', () => page.$eval('#chart .cell[data-bar="4"]', (c) => c.classList.contains('current')));
   assert.equal(await page.$eval('#chart li.current', (li) => li.dataset.bar), '3');
+  // Scrolled into view at once (not only after the 4 s left to a hand scroll).
+  await until('the current line in view', () => page.$eval('#chart', (ol) => {
+    const li = ol.querySelector('li.current');
+    return ol.scrollTop > 0 && li.offsetTop - ol.scrollTop >= 0 && li.offsetTop - ol.scrollTop + li.offsetHeight <= ol.clientHeight;
+  }), { timeout: 2000 });
   assert.equal(await page.$eval('#chart li.current', (li) => li.getAttribute('aria-current')), 'true');
   // A chord sits over the start of its syllable.
   const [chord, lyric] = await page.$$eval('#chart li[data-bar="0"] .seg:nth-child(2) > *', (els) => els.map((e) => e.getBoundingClientRect().toJSON()));

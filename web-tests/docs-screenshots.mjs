@@ -40,6 +40,12 @@ async function shoot(name, profile, me, prepare) {
   await until('online', () => page.evaluate(() => bandsync.connection === 'online'));
   await until('a current line', () => page.$eval('#chart li.current', () => true).catch(() => false));
   if (prepare) await prepare(page);
+  // The chart scrolls (smoothly) to keep the current line in view: wait until it is in place.
+  await until('the current line scrolled into view', () => page.$eval('#chart', (ol) => {
+    const li = ol.querySelector('li.current');
+    const top = li.offsetTop - ol.scrollTop;
+    return top >= 0 && top + li.offsetHeight <= ol.clientHeight;
+  }));
   await page.evaluate(() => document.fonts.ready);
   await page.screenshot({ path: join(OUT, `${name}.png`) });
   await page.context().close();

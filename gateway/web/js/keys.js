@@ -113,7 +113,7 @@ export function goLive() {
   S.browse = null;
   UI.pinned = false;
   UI.section = null;
-  UI.userScrolledAt = 0;
+  UI.userScrolledAt = -Infinity;
   UI.currentLine = -2; // re-scroll to the current line on the next frame
   renderStatic();
 }

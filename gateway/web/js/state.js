@@ -21,7 +21,7 @@ export const UI = {
   chartKey: null, // song index and chart text last rendered
   lastDynamic: null, // what the last frame showed, to skip identical repaints
   currentLine: -2,
-  userScrolledAt: 0,
+  userScrolledAt: -Infinity, // when the musician last scrolled the chart by hand (auto-scroll waits 4 s)
   chart: null, // the shown chart, parsed (chordpro.js)
   pinned: false, // this device looks at another part of the chart (pedals): no auto-scroll
   section: null, // index of the section header looked at while pinned
