@@ -46,6 +46,10 @@ test('Space acts on the transport whatever has focus: after "+" it pauses, it do
   await page.keyboard.press('Space');
   await until('a second pause sent', () => commands(fake, 'pause').length === 2);
   assert.equal(await page.inputValue('#count-in'), '1');
+  // Its arrows still choose in the list.
+  await page.keyboard.press('ArrowDown');
+  assert.equal(await page.inputValue('#count-in'), '2');
+  await page.keyboard.press('ArrowUp');
   // Typing keeps its space.
   await page.click('#song-editor summary');
   await page.fill('#song-title-in', 'Let');

@@ -32,6 +32,8 @@ export function wireKeys() {
 function onKey(e) {
   if ($('#session').hidden || e.ctrlKey || e.metaKey || e.altKey) return;
   if (e.target instanceof Element && e.target.closest(TYPING)) return;
+  // A focused list or slider keeps its arrows (keyboard users choose with them); Space stays the transport's.
+  if (e.key.startsWith('Arrow') && e.target instanceof Element && e.target.closest('select, input[type=range]')) return;
   const act = action(e);
   if (!act) return;
   e.preventDefault();
