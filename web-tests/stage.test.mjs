@@ -113,6 +113,13 @@ test('pedals: PageDown/PageUp move this device between sections, Escape goes bac
   await until('verse 1 at the top', async () => (await topSection()) === 0);
   await page.keyboard.press('Escape');
   await until('live again', async () => !(await visible(page, '#browse-bar')));
+  // Browsing from the setlist below the stage brings the stage back: the live
+  // position and "Go live" in view with the browsed chart.
+  await page.click('#setlist li:nth-child(2) .song-name');
+  await until('position and Go live in view', () => page.evaluate(() => [document.querySelector('#position'), document.querySelector('#go-live')]
+    .every((e) => { const r = e.getBoundingClientRect(); return r.top >= 0 && r.bottom <= innerHeight; })));
+  await page.keyboard.press('Escape');
+  await until('live again', async () => !(await visible(page, '#browse-bar')));
   // A follower's → looks at the next song; Escape comes back.
   await page.keyboard.press('ArrowRight');
   await until('browsing song 2', async () => (await text(page, '#browse-title')) === 'Browsing Second');

@@ -164,10 +164,11 @@ export function browse(i) {
   const st = S.state;
   S.browse = i === st.song ? null : i;
   renderStatic();
-  // The chart is above the setlist on a phone: bring it into view.
-  const wrap = $('.chart-wrap');
-  const r = wrap.getBoundingClientRect();
-  if (r.top < 0 || r.top > window.innerHeight * 0.6) wrap.scrollIntoView({ behavior: 'smooth', block: 'start' });
+  // The stage is above the setlist on a phone: bring it back, the live
+  // position and "Go live" with the chart (the stage is one screen high).
+  const stage = $('.stage');
+  const r = stage.getBoundingClientRect();
+  if (r.top < 0 || r.top > window.innerHeight * 0.3) stage.scrollIntoView({ behavior: 'smooth', block: 'start' });
 }
 
 function renderChart() {
