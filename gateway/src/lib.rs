@@ -171,7 +171,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     });
     let router = Router::new()
         .route("/", get(web::index))
-        .route("/app.js", get(web::app_js))
+        .route("/js/{name}", get(web::module))
+        .route("/qr.svg", get(web::join_qr))
         .route("/style.css", get(web::style_css))
         .route("/api/sessions", post(api::create))
         .route("/api/join", post(api::join))

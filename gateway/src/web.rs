@@ -1,6 +1,7 @@
 //! The browser client, embedded at build time so a gateway binary is all an operator deploys.
 
-use axum::http::{HeaderValue, header};
+use axum::extract::{Path, Query};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 /// What every response says about how a browser may use it: scripts, styles
@@ -36,11 +37,40 @@ pub async fn index() -> impl IntoResponse {
     )
 }
 
-pub async fn app_js() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-        include_str!("../web/app.js"),
-    )
+/// The client's ES modules, served as `/js/<name>`: `index.html` loads
+/// `app.js`, which imports the rest (no build step; the CSP's
+/// `script-src 'self'` admits them, and `nosniff` needs the JavaScript type).
+const MODULES: &[(&str, &str)] = &[
+    ("app.js", include_str!("../web/js/app.js")),
+    ("band.js", include_str!("../web/js/band.js")),
+    ("chart.js", include_str!("../web/js/chart.js")),
+    ("chordpro.js", include_str!("../web/js/chordpro.js")),
+    ("clock.js", include_str!("../web/js/clock.js")),
+    ("conn.js", include_str!("../web/js/conn.js")),
+    ("controls.js", include_str!("../web/js/controls.js")),
+    ("frame.js", include_str!("../web/js/frame.js")),
+    ("keys.js", include_str!("../web/js/keys.js")),
+    ("latency.js", include_str!("../web/js/latency.js")),
+    ("library.js", include_str!("../web/js/library.js")),
+    ("prefs.js", include_str!("../web/js/prefs.js")),
+    ("session.js", include_str!("../web/js/session.js")),
+    ("sound.js", include_str!("../web/js/sound.js")),
+    ("state.js", include_str!("../web/js/state.js")),
+    ("timeline.js", include_str!("../web/js/timeline.js")),
+    ("util.js", include_str!("../web/js/util.js")),
+    ("views.js", include_str!("../web/js/views.js")),
+    ("watchdog.js", include_str!("../web/js/watchdog.js")),
+];
+
+pub async fn module(Path(name): Path<String>) -> Response {
+    match MODULES.iter().find(|(file, _)| *file == name) {
+        Some((_, body)) => (
+            [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+            *body,
+        )
+            .into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 pub async fn style_css() -> impl IntoResponse {
@@ -48,4 +78,97 @@ pub async fn style_css() -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
         include_str!("../web/style.css"),
     )
+}
+
+/// `GET /qr.svg?origin=https://host:port&code=K7MQ2XBD`: the join link
+/// `<origin>/?join=<code>` as a QR code, for the leader's screen. The
+/// `qrcode` crate encodes it; this only draws its modules as SVG squares.
+/// Both parts are validated (a join code, an http(s) origin of host and
+/// port characters only), so the image can only ever say a join link.
+pub async fn join_qr(Query(q): Query<JoinQr>) -> Response {
+    match join_link(&q.origin, &q.code).and_then(|link| qr_svg(&link)) {
+        Some(svg) => (
+            [
+                (header::CONTENT_TYPE, "image/svg+xml"),
+                (header::CACHE_CONTROL, "private, max-age=3600"),
+            ],
+            svg,
+        )
+            .into_response(),
+        None => StatusCode::BAD_REQUEST.into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub struct JoinQr {
+    origin: String,
+    code: String,
+}
+
+fn join_link(origin: &str, code: &str) -> Option<String> {
+    let code = bandsync_nats::JoinCode::parse(code).ok()?;
+    let host = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))?;
+    let host_ok = !host.is_empty()
+        && host.len() <= 260
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    host_ok.then(|| format!("{origin}/?join={}", code.as_str()))
+}
+
+fn qr_svg(data: &str) -> Option<String> {
+    let code = qrcode::QrCode::new(data.as_bytes()).ok()?;
+    let width = code.width();
+    let quiet = 4;
+    let size = width + 2 * quiet;
+    let mut path = String::new();
+    for (i, color) in code.to_colors().iter().enumerate() {
+        if *color == qrcode::Color::Dark {
+            let (x, y) = (i % width + quiet, i / width + quiet);
+            path.push_str(&format!("M{x} {y}h1v1h-1z"));
+        }
+    }
+    Some(format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {size} {size}\" \
+         shape-rendering=\"crispEdges\"><rect width=\"{size}\" height=\"{size}\" \
+         fill=\"#fff\"/><path fill=\"#000\" d=\"{path}\"/></svg>"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MODULES;
+
+    /// A module added to web/js but not to `MODULES` would be a 404 in the
+    /// browser, and the page dead, in a release built from a clean tree.
+    #[test]
+    fn a_join_qr_is_only_ever_a_join_link() {
+        assert_eq!(
+            super::join_link("https://band.example:8443", "k7mq-2xbd").as_deref(),
+            Some("https://band.example:8443/?join=K7MQ2XBD")
+        );
+        assert_eq!(super::join_link("javascript:alert(1)", "K7MQ2XBD"), None);
+        assert_eq!(
+            super::join_link("https://evil.example/x?", "K7MQ2XBD"),
+            None
+        );
+        assert_eq!(super::join_link("https://band.example", "nope"), None);
+        let svg = super::qr_svg("https://band.example/?join=K7MQ2XBD").expect("a code");
+        assert!(svg.starts_with("<svg ") && svg.contains("<path fill=\"#000\" d=\"M"));
+    }
+
+    #[test]
+    fn every_module_in_web_js_is_served() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web/js");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .expect("gateway/web/js")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".js"))
+            .collect();
+        on_disk.sort();
+        let served: Vec<String> = MODULES.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(served, on_disk);
+    }
 }

@@ -17,6 +17,15 @@ export const PHONE = {
     'Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0 Mobile Safari/537.36',
 };
 
+export const TABLET = {
+  viewport: { width: 820, height: 1180 },
+  isMobile: true,
+  hasTouch: true,
+  deviceScaleFactor: 1,
+  userAgent: 'Mozilla/5.0 (Linux; Android 14; Pixel Tablet) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0 Safari/537.36',
+};
+export const PHONE_LANDSCAPE = { ...PHONE, viewport: { width: 844, height: 390 } };
+
 export async function launch(extraArgs = []) {
   if (!existsSync(CHROMIUM)) {
     throw new Error(`${CHROMIUM} is missing: run 'apt-get update && apt-get install -y chromium' (or scripts/web-test)`);

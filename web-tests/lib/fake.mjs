@@ -3,13 +3,18 @@
 // the WebSocket through Playwright's routeWebSocket. It does not implement
 // the session rules (the Rust state machine does); tests push states directly.
 import { createServer } from 'node:http';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const WEB = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'gateway', 'web');
-const TYPES = { '/': 'text/html; charset=utf-8', '/app.js': 'text/javascript; charset=utf-8', '/style.css': 'text/css; charset=utf-8' };
-const FILES = { '/': 'index.html', '/app.js': 'app.js', '/style.css': 'style.css' };
+const TYPES = { html: 'text/html; charset=utf-8', js: 'text/javascript; charset=utf-8', css: 'text/css; charset=utf-8', svg: 'image/svg+xml' };
+/** The file under gateway/web a GET names, or null: `/`, `/style.css`, `/js/<module>.js`. */
+function fileOf(path) {
+  if (path === '/') return 'index.html';
+  const m = /^\/((?:js\/)?[a-z0-9_-]+\.(?:js|css))$/.exec(path);
+  return m ? m[1] : null;
+}
 
 export const nowUs = () => (performance.timeOrigin + performance.now()) * 1000;
 
@@ -17,9 +22,16 @@ export const nowUs = () => (performance.timeOrigin + performance.now()) * 1000;
 export function serveWeb(api) {
   const server = createServer((req, res) => {
     const path = req.url.split('?')[0];
-    if (req.method === 'GET' && FILES[path]) {
-      res.writeHead(200, { 'content-type': TYPES[path], 'cache-control': 'no-store' });
-      res.end(readFileSync(join(WEB, FILES[path])));
+    if (req.method === 'GET' && path === '/qr.svg') {
+      // The gateway draws the real one (gateway/src/web.rs); a stand-in square here.
+      res.writeHead(200, { 'content-type': 'image/svg+xml' });
+      res.end('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 8 8"><rect width="8" height="8" fill="#fff"/></svg>');
+      return;
+    }
+    const file = req.method === 'GET' ? fileOf(path) : null;
+    if (file && existsSync(join(WEB, file))) {
+      res.writeHead(200, { 'content-type': TYPES[file.split('.').pop()], 'cache-control': 'no-store' });
+      res.end(readFileSync(join(WEB, file)));
       return;
     }
     if (req.method === 'POST') {
@@ -95,7 +107,7 @@ export const member = (id, name, connected = true, joinedAgoS = 60) => ({
  * `skewUs` is added to server times (a server clock ahead of the device's).
  */
 export async function fakeSocket(page, { welcome, skewUs = 0, latencyMs = 0 } = {}) {
-  const fake = { sockets: [], received: [], skewUs, onCommand: null };
+  const fake = { sockets: [], received: [], skewUs, onCommand: null, stalled: false };
   fake.serverNow = () => Math.round(nowUs() + fake.skewUs);
   fake.send = (msg) => {
     const ws = fake.sockets[fake.sockets.length - 1];
@@ -110,6 +122,7 @@ export async function fakeSocket(page, { welcome, skewUs = 0, latencyMs = 0 } = 
     ws.offered = offered;
     ws.tokenInUrl = new URL(ws.url()).searchParams.has('token');
     ws.onMessage((text) => {
+      if (fake.stalled || ws.stalled) return; // a stalled link: nothing reaches the server, no pong comes back
       const msg = JSON.parse(text);
       fake.received.push(msg);
       if (msg.type === 'ping') {
@@ -121,7 +134,7 @@ export async function fakeSocket(page, { welcome, skewUs = 0, latencyMs = 0 } = 
         fake.onCommand(msg, ws);
       }
     });
-    if (welcome) {
+    if (welcome && !fake.stalled) {
       const w = typeof welcome === 'function' ? welcome(token) : welcome;
       if (w) ws.send(JSON.stringify({ type: 'welcome', server_time: fake.serverNow(), ...w }));
     }

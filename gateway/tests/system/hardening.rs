@@ -49,7 +49,7 @@ async fn every_page_is_marked_for_the_browser() {
         ..Knobs::default()
     })
     .await;
-    for path in ["/", "/app.js", "/style.css"] {
+    for path in ["/", "/js/app.js", "/js/timeline.js", "/style.css"] {
         let page = http_get(&format!("{}{path}", stack.base(0)))
             .await
             .expect("the page");
