@@ -11,7 +11,6 @@ import { startStack } from './lib/stack.mjs';
 
 // Parts that need the server side of issue 14 (the protocol branch: cues,
 // resume from the bar line). Remove once that branch is merged.
-const NEEDS_SERVER_14 = process.env.BANDSYNC_SERVER_14 ? false : 'needs the server side of issue 14 (set BANDSYNC_SERVER_14=1 once merged)';
 
 const SONG = `{title: Rehearsal Song}
 {artist: The Band}
@@ -182,7 +181,7 @@ describe('the rehearsal: laptop, phone and tablet over two gateways', () => {
     assert.deepEqual([...bars], [-1], 'one count-in bar shown, as asked');
   });
 
-  test('resume restarts at the start of the bar that was playing', { skip: NEEDS_SERVER_14 }, async () => {
+  test('resume restarts at the start of the bar that was playing', async () => {
     await leader.keyboard.press('Space');
     await until('paused', async () => (await text(leader, '#status')) === 'Paused', { timeout: 3000 });
     const pausedAt = await bs(leader, () => bandsync.position());
@@ -194,7 +193,7 @@ describe('the rehearsal: laptop, phone and tablet over two gateways', () => {
     assert.equal(seg.anchor_beat, barStart - seg.beats_per_bar);
   });
 
-  test('a cue from the leader shows large on the phone and the tablet', { skip: NEEDS_SERVER_14 }, async () => {
+  test('a cue from the leader shows large on the phone and the tablet', async () => {
     await leader.click('#cue-controls [data-cue="Last chorus"]');
     for (const page of [phone, tablet]) {
       await until('the cue', async () => (await visible(page, '#cue')) && (await text(page, '#cue-text')) === 'Last chorus', { timeout: 5000 });
