@@ -891,4 +891,6 @@ pub mod quality;
 pub mod texts;
 
 #[cfg(test)]
+mod fixtures;
+#[cfg(test)]
 mod tests;

@@ -96,36 +96,8 @@ impl SessionState {
 mod tests {
     use super::*;
     use crate::command::Command;
-    use crate::ids::{ConnId, DisplayName, JoinCode, SessionId};
+    use crate::state::fixtures::*;
     use crate::wire::EventMsg;
-
-    const T0: Micros = 1_700_000_000_000_000;
-
-    fn id(s: &str) -> MemberId {
-        MemberId::parse(s).expect("valid")
-    }
-
-    fn band() -> (SessionState, Rules) {
-        let rules = Rules::default();
-        let mut s = SessionState::create(
-            SessionId::parse("s1").expect("valid"),
-            JoinCode::parse("ABCDEF").expect("valid"),
-            id("lead"),
-            DisplayName::parse("Lead").expect("valid"),
-            T0,
-        );
-        for m in ["lead", "a", "b"] {
-            s.apply(&hello(m), &id(m), None, T0, &rules).expect("joins");
-        }
-        (s, rules)
-    }
-
-    fn hello(m: &str) -> Command {
-        Command::Hello {
-            name: DisplayName::parse("X").expect("valid"),
-            conn: ConnId::parse(format!("gw-{m}/1")).expect("valid"),
-        }
-    }
 
     fn report(rtt_ms: f64, clock_error_ms: f64) -> Command {
         Command::Report {
@@ -252,9 +224,7 @@ mod tests {
             "{changes:?}"
         );
         s.apply(
-            &Command::Bye {
-                conn: ConnId::parse("gw-b/1").expect("valid"),
-            },
+            &Command::Bye { conn: conn("b") },
             &id("b"),
             None,
             T0 + 4,

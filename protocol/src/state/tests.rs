@@ -1,47 +1,7 @@
+use super::fixtures::*;
 use super::*;
 use crate::wire::EventMsg;
 use proptest::prelude::*;
-
-const T0: Micros = 1_700_000_000_000_000;
-
-fn id(s: &str) -> MemberId {
-    MemberId::parse(s).expect("valid id")
-}
-fn name(s: &str) -> DisplayName {
-    DisplayName::parse(s).expect("valid name")
-}
-/// A connection id named by a tag (distinct tags, distinct connections).
-fn conn(tag: &str) -> ConnId {
-    ConnId::parse(format!("gw-{tag}/1")).expect("valid connection id")
-}
-fn hello(tag: &str) -> Command {
-    Command::Hello {
-        name: name("X"),
-        conn: conn(tag),
-    }
-}
-
-/// A new session `s1` led by "lead", who is not connected yet.
-fn created() -> SessionState {
-    SessionState::create(
-        SessionId::parse("s1").expect("valid"),
-        JoinCode::parse("ABCDEF").expect("valid"),
-        id("lead"),
-        name("Lead"),
-        T0,
-    )
-}
-
-/// A session led by "lead" with "lead", "a" and "b" connected.
-fn band() -> (SessionState, Rules) {
-    let rules = Rules::default();
-    let mut s = created();
-    for (i, m) in ["lead", "a", "b"].iter().enumerate() {
-        s.apply(&hello(m), &id(m), None, T0 + i as i64, &rules)
-            .expect("joins");
-    }
-    (s, rules)
-}
 
 #[test]
 fn only_the_leader_steers_and_rejections_change_nothing() {

@@ -87,33 +87,12 @@ impl SessionState {
 mod tests {
     use super::*;
     use crate::command::Command;
-    use crate::ids::{ConnId, DisplayName, JoinCode, SessionId};
     use crate::state::Rules;
+    use crate::state::fixtures::*;
     use crate::wire::EventMsg;
 
-    const T0: Micros = 1_700_000_000_000_000;
-
-    fn id(s: &str) -> MemberId {
-        MemberId::parse(s).expect("valid")
-    }
-
     fn band() -> (SessionState, Rules) {
-        let rules = Rules::default();
-        let mut s = SessionState::create(
-            SessionId::parse("s1").expect("valid"),
-            JoinCode::parse("ABCDEF").expect("valid"),
-            id("lead"),
-            DisplayName::parse("Lead").expect("valid"),
-            T0,
-        );
-        for m in ["lead", "a"] {
-            let hello = Command::Hello {
-                name: DisplayName::parse("X").expect("valid"),
-                conn: ConnId::parse(format!("gw-{m}/1")).expect("valid"),
-            };
-            s.apply(&hello, &id(m), None, T0, &rules).expect("joins");
-        }
-        (s, rules)
+        band_of(&["lead", "a"])
     }
 
     fn cue(text: &str) -> Command {
