@@ -2,23 +2,14 @@
 // contrast at least 4.5:1 included) on the landing screen, the leader's
 // laptop and the follower's phone, playing a ChordPro chart with a cue,
 // past lines, the help open and an error shown.
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { LAPTOP, PHONE, device, launch, until } from './lib/browser.mjs';
+import { LAPTOP, PHONE, device, until } from './lib/browser.mjs';
 import { axeViolations } from './lib/axe.mjs';
-import { fakeSocket, member, nowUs, segment, serveWeb, sessionState } from './lib/fake.mjs';
+import { fakeSocket, member, nowUs, segment, sessionState, standIn } from './lib/fake.mjs';
 import { SONG } from './lib/songs.mjs';
 
-let browser;
-let web;
-before(async () => {
-  browser = await launch();
-  web = await serveWeb(() => [404, { code: 'unknown_session', message: 'no session has that code' }]);
-});
-after(async () => {
-  await browser?.close();
-  await web?.close();
-});
+const stand = standIn(() => [404, { code: 'unknown_session', message: 'no session has that code' }]);
 
 const noViolations = async (page, where) => {
   const v = await axeViolations(page);
@@ -26,13 +17,13 @@ const noViolations = async (page, where) => {
 };
 
 async function inSession(profile, me, state) {
-  const page = await device(browser, profile);
+  const page = await device(stand.browser, profile);
   const fake = await fakeSocket(page, { welcome: () => ({ member: me, state: state() }) });
   page.fake = fake;
   await page.addInitScript((auth) => {
     if (!sessionStorage.getItem('bandsync.auth')) sessionStorage.setItem('bandsync.auth', JSON.stringify(auth));
   }, { session: 'sess1', code: 'K7MQ2X', member: me, token: `tok-${me}`, name: me });
-  await page.goto(web.url);
+  await page.goto(stand.web.url);
   await until('online', () => page.evaluate(() => bandsync.connection === 'online'));
   return page;
 }
@@ -48,8 +39,8 @@ const playing = () => sessionState({
 });
 
 test('the landing screen, with an error', async () => {
-  const page = await device(browser, PHONE);
-  await page.goto(web.url);
+  const page = await device(stand.browser, PHONE);
+  await page.goto(stand.web.url);
   await noViolations(page, 'landing');
   await page.fill('#join-code', 'ZZZZ-ZZZZ');
   await page.fill('#join-name', 'Ben');

@@ -2,32 +2,20 @@
 // server's part of docs/protocol.md's cue, message and report additions):
 // the leader's cue shown large on every device, messages, each member's
 // round trip and clock quality, the 5-second report, the ex-leader notice.
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { LAPTOP, PHONE, device, launch, screenshot, until } from './lib/browser.mjs';
-import { fakeSocket, member, nowUs, segment, serveWeb, sessionState } from './lib/fake.mjs';
+import { LAPTOP, PHONE, device, screenshot, text, until, visible } from './lib/browser.mjs';
+import { fakeSocket, member, nowUs, segment, sessionState, standIn } from './lib/fake.mjs';
 
-let browser;
-let web;
-before(async () => {
-  browser = await launch();
-  web = await serveWeb(() => [404, { code: 'invalid', message: 'no API here' }]);
-});
-after(async () => {
-  await browser?.close();
-  await web?.close();
-});
-
-const text = (page, sel) => page.$eval(sel, (e) => e.textContent.trim());
-const visible = (page, sel) => page.$eval(sel, (e) => !e.hidden && e.getClientRects().length > 0).catch(() => false);
+const stand = standIn();
 
 async function open(profile, me, state) {
-  const page = await device(browser, profile);
+  const page = await device(stand.browser, profile);
   const fake = await fakeSocket(page, { welcome: () => ({ member: me, state: state() }) });
   await page.addInitScript((auth) => {
     if (!sessionStorage.getItem('bandsync.auth')) sessionStorage.setItem('bandsync.auth', JSON.stringify(auth));
   }, { session: 'sess1', code: 'K7MQ2X', member: me, token: `tok-${me}`, name: me });
-  await page.goto(web.url);
+  await page.goto(stand.web.url);
   await until('online', () => page.evaluate(() => bandsync.connection === 'online'));
   return { page, fake };
 }

@@ -2,33 +2,24 @@
 // grids render with the documented bar rule, the current bar lights up,
 // chords sit over their syllables, and each device's view (transpose, capo,
 // lyrics only, text size) is its own and survives a reload.
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { LAPTOP, PHONE, device, launch, screenshot, until } from './lib/browser.mjs';
-import { fakeSocket, member, nowUs, segment, serveWeb, sessionState } from './lib/fake.mjs';
+import { LAPTOP, PHONE, device, screenshot, until } from './lib/browser.mjs';
+import { fakeSocket, member, nowUs, segment, sessionState, standIn } from './lib/fake.mjs';
 import { SONG } from './lib/songs.mjs';
 
 
-let browser;
-let web;
-before(async () => {
-  browser = await launch();
-  web = await serveWeb(() => [404, { code: 'invalid', message: 'no API here' }]);
-});
-after(async () => {
-  await browser?.close();
-  await web?.close();
-});
+const stand = standIn();
 
 async function follower(profile, state) {
-  const page = await device(browser, profile);
+  const page = await device(stand.browser, profile);
   const fake = await fakeSocket(page, { welcome: () => ({ member: 'm-ben', state: typeof state === 'function' ? state() : state }) });
   await page.addInitScript(() => {
     if (!sessionStorage.getItem('bandsync.auth')) {
       sessionStorage.setItem('bandsync.auth', JSON.stringify({ session: 'sess1', code: 'K7MQ2X', member: 'm-ben', token: 'tok-ben', name: 'Ben' }));
     }
   });
-  await page.goto(web.url);
+  await page.goto(stand.web.url);
   return { page, fake };
 }
 
@@ -95,7 +86,7 @@ test('transpose and capo on this device only, shown concert and capo shapes side
 });
 
 test('the leader\'s library: import ChordPro files, save the setlist in this browser, use it again after a reload, export it', async () => {
-  const page = await device(browser, LAPTOP);
+  const page = await device(stand.browser, LAPTOP);
   let setlist = [];
   let seq = 5;
   const state = () => sessionState({ members: [member('m-ana', 'Ana')], leader: 'm-ana', segments: [segment({})], setlist, seq });
@@ -110,7 +101,7 @@ test('the leader\'s library: import ChordPro files, save the setlist in this bro
   await page.addInitScript(() => {
     if (!sessionStorage.getItem('bandsync.auth')) sessionStorage.setItem('bandsync.auth', JSON.stringify({ session: 'sess1', code: 'K7MQ2X', member: 'm-ana', token: 'tok-ana', name: 'Ana' }));
   });
-  await page.goto(web.url);
+  await page.goto(stand.web.url);
   await until('welcomed', () => page.evaluate(() => bandsync.state !== null));
   await page.click('#library summary');
   await page.setInputFiles('#library-import', [

@@ -3,7 +3,7 @@
 // pin down the client's timeline math, clock sync, message handling and controls.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { LAPTOP, PHONE, device, launch, screenshot, sleep, until } from './lib/browser.mjs';
+import { LAPTOP, PHONE, device, launch, screenshot, sleep, text, until, visible } from './lib/browser.mjs';
 import { fakeSocket, member, nowUs, segment, serveWeb, sessionState } from './lib/fake.mjs';
 
 const ANA = member('m-ana', 'Ana', true, 600);
@@ -45,8 +45,6 @@ async function inSession(profile, token, fakeOpts) {
 }
 
 const welcomeWith = (state) => (token) => ({ member: tokens[token], state: typeof state === 'function' ? state() : state });
-const text = (page, sel) => page.$eval(sel, (e) => e.textContent.trim());
-const visible = (page, sel) => page.$eval(sel, (e) => !e.hidden && e.getClientRects().length > 0).catch(() => false);
 
 describe('web client against a stand-in gateway', () => {
   test('landing: creating a session opens it with the join code and the leader role', async () => {

@@ -6,7 +6,7 @@
 // and recovering.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { LAPTOP, PHONE, TABLET, device, launch, screenshot, until } from './lib/browser.mjs';
+import { LAPTOP, PHONE, TABLET, device, launch, screenshot, text, until, visible } from './lib/browser.mjs';
 import { startStack } from './lib/stack.mjs';
 
 // Parts that need the server side of issue 14 (the protocol branch: cues,
@@ -37,8 +37,6 @@ let browser;
 let leader;
 let phone;
 let tablet;
-const text = (page, sel) => page.$eval(sel, (e) => e.textContent.trim());
-const visible = (page, sel) => page.$eval(sel, (e) => !e.hidden && e.getClientRects().length > 0).catch(() => false);
 const bs = (page, fn, arg) => page.evaluate(fn, arg);
 const all = () => [leader, phone, tablet];
 

@@ -3,7 +3,7 @@
 // gateway B, and both must show and click the same beat at the same instant.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { LAPTOP, PHONE, device, launch, screenshot, sleep, until } from './lib/browser.mjs';
+import { LAPTOP, PHONE, device, launch, screenshot, sleep, text, until, visible } from './lib/browser.mjs';
 import { replaceGateway, startStack } from './lib/stack.mjs';
 
 const CHART = [
@@ -20,8 +20,6 @@ let browser;
 let leader; // page on gateway A
 let follower; // page on gateway B
 
-const text = (page, sel) => page.$eval(sel, (e) => e.textContent.trim());
-const visible = (page, sel) => page.$eval(sel, (e) => !e.hidden && e.getClientRects().length > 0).catch(() => false);
 const bs = (page, fn, arg) => page.evaluate(fn, arg);
 
 /** Both pages' positions at one local instant (same machine, same local clock). */

@@ -1,34 +1,23 @@
 // On stage, against the stand-in gateway: transport keys whatever has focus,
 // the count-in display, 6/8, pedals, and the honest sync light (a stalled
 // socket is said to be out of sync, dropped and replaced; never "live").
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { LAPTOP, PHONE, device, launch, screenshot, until } from './lib/browser.mjs';
-import { fakeSocket, member, nowUs, segment, serveWeb, sessionState } from './lib/fake.mjs';
+import { LAPTOP, PHONE, device, screenshot, text, until, visible } from './lib/browser.mjs';
+import { fakeSocket, member, nowUs, segment, sessionState, standIn } from './lib/fake.mjs';
 import { SONG } from './lib/songs.mjs';
 
-let browser;
-let web;
-before(async () => {
-  browser = await launch();
-  web = await serveWeb(() => [404, { code: 'invalid', message: 'no API here' }]);
-});
-after(async () => {
-  await browser?.close();
-  await web?.close();
-});
+const stand = standIn();
 
 const MEMBERS = () => [member('m-ana', 'Ana', true, 600), member('m-ben', 'Ben', true, 300)];
-const text = (page, sel) => page.$eval(sel, (e) => e.textContent.trim());
-const visible = (page, sel) => page.$eval(sel, (e) => !e.hidden && e.getClientRects().length > 0).catch(() => false);
 
 async function open(profile, me, state, opts = {}) {
-  const page = await device(browser, profile);
+  const page = await device(stand.browser, profile);
   const fake = await fakeSocket(page, { welcome: () => ({ member: me, state: typeof state === 'function' ? state() : state }), ...opts });
   await page.addInitScript((auth) => {
     if (!sessionStorage.getItem('bandsync.auth')) sessionStorage.setItem('bandsync.auth', JSON.stringify(auth));
   }, { session: 'sess1', code: 'K7MQ2X', member: me, token: `tok-${me}`, name: me });
-  await page.goto(web.url);
+  await page.goto(stand.web.url);
   await until('welcomed', () => page.evaluate(() => bandsync.state !== null));
   return { page, fake };
 }

@@ -82,3 +82,8 @@ export async function until(what, fn, { timeout = 10_000, every = 50 } = {}) {
 }
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** An element's text, trimmed. */
+export const text = (page, sel) => page.$eval(sel, (e) => e.textContent.trim());
+/** Whether an element is shown (not hidden, laid out); false when it is absent. */
+export const visible = (page, sel) => page.$eval(sel, (e) => !e.hidden && e.getClientRects().length > 0).catch(() => false);

@@ -2,10 +2,12 @@
 // gateway/web/* over HTTP, answers the JSON API, and plays the server side of
 // the WebSocket through Playwright's routeWebSocket. It does not implement
 // the session rules (the Rust state machine does); tests push states directly.
+import { after, before } from 'node:test';
 import { createServer } from 'node:http';
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { launch } from './browser.mjs';
 
 const WEB = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'gateway', 'web');
 const TYPES = { html: 'text/html; charset=utf-8', js: 'text/javascript; charset=utf-8', css: 'text/css; charset=utf-8', svg: 'image/svg+xml' };
@@ -17,6 +19,23 @@ function fileOf(path) {
 }
 
 export const nowUs = () => (performance.timeOrigin + performance.now()) * 1000;
+
+/**
+ * A browser and the stand-in for a test file: launched before its tests,
+ * closed after them. `stand.browser` and `stand.web` are set once they run.
+ */
+export function standIn(api = () => [404, { code: 'invalid', message: 'no API here' }]) {
+  const stand = { browser: null, web: null };
+  before(async () => {
+    stand.browser = await launch();
+    stand.web = await serveWeb(api);
+  });
+  after(async () => {
+    await stand.browser?.close();
+    await stand.web?.close();
+  });
+  return stand;
+}
 
 /** Serves the client files; `api` answers POSTs: (path, body) => [status, json]. */
 export function serveWeb(api) {
