@@ -17,20 +17,6 @@ const WAIT: Duration = Duration::from_secs(15);
 const DELAY_MS: f64 = 300.0;
 const DONE: &str = "done";
 
-/// When a change takes effect, for the changes that are scheduled.
-fn effective_at(change: &Change) -> Option<Micros> {
-    match *change {
-        Change::Tempo { at, .. }
-        | Change::Meter { at, .. }
-        | Change::Play { at, .. }
-        | Change::Pause { at, .. }
-        | Change::Stop { at }
-        | Change::Seek { at, .. }
-        | Change::Song { at, .. } => Some(at),
-        _ => None,
-    }
-}
-
 /// What one member received: (its estimate of server time on receipt, the
 /// change's effective time, the change's kind), until the leader's "done".
 async fn receive_until_done(mut c: Connection) -> Vec<(Micros, Micros, &'static str)> {
@@ -40,7 +26,7 @@ async fn receive_until_done(mut c: Connection) -> Vec<(Micros, Micros, &'static 
         let received = c.server_now();
         let ServerMsg::Event(e) = msg else { continue };
         for change in &e.changes {
-            if let Some(at) = effective_at(change) {
+            if let Some(at) = change.effective_at() {
                 got.push((received, at, change.kind()));
             }
             if matches!(change, Change::Message { text, .. } if text == DONE) {
@@ -159,7 +145,7 @@ async fn every_member_hears_of_every_change_before_it_happens_on_a_300_ms_link()
             unreachable!("an event")
         };
         for change in &e.changes {
-            if let Some(at) = effective_at(change) {
+            if let Some(at) = change.effective_at() {
                 at_leader.push((received, at, change.kind()));
                 assert!(
                     at - e.at >= 650_000,

@@ -203,6 +203,21 @@ impl Change {
         )
     }
 
+    /// When a scheduled change takes effect (`at`); `None` for the changes
+    /// that apply on arrival.
+    pub fn effective_at(&self) -> Option<Micros> {
+        match *self {
+            Change::Tempo { at, .. }
+            | Change::Meter { at, .. }
+            | Change::Play { at, .. }
+            | Change::Pause { at, .. }
+            | Change::Stop { at }
+            | Change::Seek { at, .. }
+            | Change::Song { at, .. } => Some(at),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Change::Created { .. } => "created",

@@ -90,15 +90,10 @@ async fn leader_and_followers_on_two_gateways_share_one_timeline() {
 }
 
 fn effective_time(change: &Change) -> Micros {
-    match *change {
-        Change::Tempo { at, .. }
-        | Change::Meter { at, .. }
-        | Change::Play { at, .. }
-        | Change::Pause { at, .. }
-        | Change::Stop { at }
-        | Change::Seek { at, .. } => at,
-        ref other => panic!("not a timeline change: {other:?}"),
-    }
+    change
+        .effective_at()
+        .filter(|_| !matches!(change, Change::Song { .. }))
+        .unwrap_or_else(|| panic!("not a timeline change: {change:?}"))
 }
 
 /// Forty tempo changes while playing, to five followers across two gateways
