@@ -65,15 +65,7 @@ pub fn check_name<'a>(
             format!("must be 1..={max_chars} characters"),
         ));
     }
-    if let Some(why) = s.chars().find_map(refused) {
-        return Err(InvalidValue::new(what, why));
-    }
-    if s.chars().all(is_invisible) {
-        return Err(InvalidValue::new(
-            what,
-            "must contain a visible character (not only spaces or zero-width characters)",
-        ));
-    }
+    check_characters(what, s)?;
     Ok(s)
 }
 
@@ -91,6 +83,12 @@ pub fn check_text(what: &'static str, s: &str, max_bytes: usize) -> Result<(), I
             ),
         ));
     }
+    check_characters(what, s)
+}
+
+/// No refused character, and (unless empty) a visible one: the rule names
+/// and texts share.
+fn check_characters(what: &'static str, s: &str) -> Result<(), InvalidValue> {
     if let Some(why) = s.chars().find_map(refused) {
         return Err(InvalidValue::new(what, why));
     }
