@@ -454,12 +454,7 @@ impl SessionState {
     }
 
     fn require_leader(&self, actor: &MemberId) -> Result<(), Rejection> {
-        if self.member(actor).is_none() {
-            return Err(Rejection::new(
-                ErrorCode::Unauthorized,
-                "you are not a member of this session",
-            ));
-        }
+        self.member(actor).ok_or_else(not_a_member)?;
         if !self.is_leader(actor) {
             return Err(Rejection::new(
                 ErrorCode::NotLeader,
@@ -720,12 +715,7 @@ impl SessionState {
         actor: &MemberId,
         now: Micros,
     ) -> Result<Vec<Change>, Rejection> {
-        if self.member(actor).is_none() {
-            return Err(Rejection::new(
-                ErrorCode::Unauthorized,
-                "you are not a member of this session",
-            ));
-        }
+        self.member(actor).ok_or_else(not_a_member)?;
         if self.is_leader(actor) {
             return Ok(Vec::new());
         }
@@ -900,6 +890,14 @@ impl SessionState {
                 .any(|m| m.connected && Some(&m.id) != self.leader.as_ref());
         successor_waiting || self.is_idle(now, rules)
     }
+}
+
+/// A command from someone the session does not hold as a member.
+fn not_a_member() -> Rejection {
+    Rejection::new(
+        ErrorCode::Unauthorized,
+        "you are not a member of this session",
+    )
 }
 
 pub mod quality;

@@ -8,7 +8,6 @@
 //! (`moved_enough`), and at most once per `REPORT_EVERY_US` per member.
 
 use super::{Change, Rejection, Rules, SessionState};
-use crate::error_code::ErrorCode;
 use crate::ids::MemberId;
 use crate::timeline::Micros;
 
@@ -70,12 +69,7 @@ impl SessionState {
         clock_error_ms: f64,
         now: Micros,
     ) -> Result<Vec<Change>, Rejection> {
-        let Some(m) = self.member_mut(actor) else {
-            return Err(Rejection::new(
-                ErrorCode::Unauthorized,
-                "you are not a member of this session",
-            ));
-        };
+        let m = self.member_mut(actor).ok_or_else(super::not_a_member)?;
         if m.quality_at.is_some_and(|t| now - t < REPORT_EVERY_US) {
             return Ok(Vec::new());
         }

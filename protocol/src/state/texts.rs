@@ -52,12 +52,7 @@ impl SessionState {
     /// Counts one text against the member's rate, or refuses it with
     /// `rate_limited` (and changes nothing).
     fn take_text_slot(&mut self, actor: &MemberId, now: Micros) -> Result<(), Rejection> {
-        let Some(m) = self.member_mut(actor) else {
-            return Err(Rejection::new(
-                ErrorCode::Unauthorized,
-                "you are not a member of this session",
-            ));
-        };
+        let m = self.member_mut(actor).ok_or_else(super::not_a_member)?;
         // Times ahead of `now` (an owner whose clock is behind the last
         // one's) still count: a new owner cannot reset the window.
         let recent: Vec<Micros> = m
