@@ -42,7 +42,7 @@ struct LocalSession {
 /// Connections one member may open per `CONNECT_WINDOW` on this gateway; more
 /// are refused (`rate_limited`). A reload is one; a client reconnecting in a
 /// loop would otherwise cost its band an event per attempt.
-pub const CONNECTS_PER_WINDOW: u32 = 10;
+const CONNECTS_PER_WINDOW: u32 = 10;
 const CONNECT_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 /// Members whose connections are counted at once; past it, ended windows are pruned.
 const MAX_MEMBERS_COUNTED: usize = 100_000;

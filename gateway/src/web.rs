@@ -141,8 +141,6 @@ fn qr_svg(data: &str) -> Option<String> {
 mod tests {
     use super::MODULES;
 
-    /// A module added to web/js but not to `MODULES` would be a 404 in the
-    /// browser, and the page dead, in a release built from a clean tree.
     #[test]
     fn a_join_qr_is_only_ever_a_join_link() {
         assert_eq!(
@@ -159,6 +157,8 @@ mod tests {
         assert!(svg.starts_with("<svg ") && svg.contains("<path fill=\"#000\" d=\"M"));
     }
 
+    /// A module added to web/js but not to `MODULES` would be a 404 in the
+    /// browser, and the page dead, in a release built from a clean tree.
     #[test]
     fn every_module_in_web_js_is_served() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web/js");
