@@ -452,7 +452,8 @@ pub async fn websocket(
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
     let tasks = app.tasks.clone();
-    let mut response = ws.on_upgrade(&tasks, config, move |socket| async move {
+    let queue = app.config.client_queue;
+    let mut response = ws.on_upgrade(&tasks, config, queue, move |socket| async move {
         let _slot = slot;
         match verified {
             Ok(_) if admission == Admission::TellOnSocket => {

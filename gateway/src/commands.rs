@@ -9,7 +9,7 @@
 //! be published in time is answered `unavailable`.
 
 use crate::AppState;
-use crate::mailbox::{Mailbox, Outbound};
+use crate::mailbox::{Mailbox, Outbound, text_frame};
 use crate::token::Claims;
 use bandsync_nats::wire::ErrorMsg;
 use bandsync_nats::{Command, ErrorCode, ServerMsg};
@@ -90,7 +90,9 @@ async fn publish_in_order(
             let text = serde_json::to_string(&ServerMsg::Error(refusal))
                 .expect("server messages serialise");
             // A member whose queue is full is being dropped as slow anyway.
-            let _ = mailbox.push_event(Outbound::Error { text: text.into() });
+            let _ = mailbox.push_event(Outbound::Error {
+                frame: text_frame(text.as_bytes()),
+            });
         }
     }
 }

@@ -5,7 +5,7 @@
 use crate::AppState;
 use crate::commands::{COMMAND_PATIENCE, CommandQueue, UNREACHABLE};
 use crate::hub::ClientHandle;
-use crate::mailbox::{Delivery, End, Mailbox, Outbound};
+use crate::mailbox::{Delivery, End, Mailbox, text_frame};
 use crate::ratelimit::{ERROR_INTERVAL, RateLimit};
 use crate::token::Claims;
 use crate::upgrade::Socket;
@@ -21,27 +21,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tungstenite::protocol::CloseFrame;
-use tungstenite::protocol::frame::Frame;
-use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Bytes, Message, Utf8Bytes};
 
 /// A socket that cannot take a frame for this long is given up on.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing socket waits for the client's close frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
-/// A longer message goes out in fragments of about this size: tungstenite keeps
-/// its write buffer at the largest frame it wrote, so a welcome carrying a
-/// setlist would otherwise stay in memory as long as the socket. Ticks and most
-/// events are shorter and go out whole; 1 KB rather than more because every idle
-/// socket keeps a buffer this size once a welcome went out.
-const FRAGMENT_BYTES: usize = 1024;
 
-/// How a connection ended when nothing failed.
 /// How long a connection closed by the gateway's shutdown waits before its
 /// `bye`: clients reconnect within a second (the web client after 0.2–0.8 s).
 /// Within `SHUTDOWN_GRACE` with the second a socket's close takes.
 const MOVING_GRACE: std::time::Duration = std::time::Duration::from_millis(1500);
 
+/// How a connection ended when nothing failed.
 #[derive(Debug)]
 enum Ended {
     /// The client closed its socket.
@@ -94,7 +87,7 @@ enum ReadStateError {
 #[derive(Debug, thiserror::Error)]
 enum WriteError {
     #[error("sending a frame")]
-    Socket(#[source] tungstenite::Error),
+    Socket(#[source] std::io::Error),
     #[error("the socket took no frame for {0:?}")]
     TimedOut(Duration),
     #[error("kicked while a write waited on the socket")]
@@ -118,7 +111,6 @@ pub fn serve(socket: Socket, app: Arc<AppState>, claims: Claims) -> impl Future<
         app,
         claims,
         socket,
-        last_seq: 0,
         kick: CancellationToken::new(),
         commands: None,
         refresh_at: Instant::now(),
@@ -130,8 +122,6 @@ struct Conn {
     app: Arc<AppState>,
     claims: Claims,
     socket: Socket,
-    /// Newest event seq this client has; older ones are skipped.
-    last_seq: u64,
     /// Cancelled by the hub when this client must go (e.g. it fell behind):
     /// it also interrupts a write stuck on a socket that does not drain.
     kick: CancellationToken,
@@ -145,7 +135,8 @@ struct Conn {
 impl Conn {
     async fn serve(mut self) {
         let session = self.claims.session.clone();
-        let joined = Box::pin(self.app.hub.join(&session, &self.claims.member)).await;
+        let mailbox = self.socket.out.clone();
+        let joined = Box::pin(self.app.hub.join(&session, &self.claims.member, mailbox)).await;
         let handle = match joined {
             Ok(h) => h,
             Err(e) => {
@@ -226,8 +217,7 @@ impl Conn {
             tokio::select! {
                 biased;
                 delivery = handle.mailbox.next() => match delivery {
-                    Delivery::Event(out) => self.forward(out).await?,
-                    Delivery::Tick(text) => self.send(Message::Text(text)).await?,
+                    Delivery::Write => self.drain().await?,
                     Delivery::End(End::Kicked(kick)) => {
                         self.close(kick.code, &kick.reason).await;
                         return Ok(Ended::Kicked(kick.code));
@@ -237,7 +227,7 @@ impl Conn {
                         return Ok(Ended::ShuttingDown);
                     }
                 },
-                incoming = self.socket.next() => {
+                incoming = self.socket.ws.next() => {
                     let now = Instant::now();
                     match incoming {
                         Some(Ok(Message::Text(text))) if text.len() > self.app.config.max_frame_bytes => {
@@ -250,7 +240,15 @@ impl Conn {
                                 metrics::counter!("bandsync_gateway_rate_limited_total").increment(1);
                                 if limit.flooding() {
                                     metrics::counter!("bandsync_gateway_floods_closed_total").increment(1);
-                                    self.close(ErrorCode::RateLimited, "far too many messages; disconnected").await;
+                                    // Told why; the rest of the flood is then
+                                    // discarded unread (parsing it was most of
+                                    // what a flooder cost the gateway).
+                                    let why = "far too many messages; disconnected";
+                                    Box::pin(async {
+                                        goodbye(&mut self.socket, CloseCode::Policy, ErrorCode::RateLimited, why).await;
+                                        discard_until_closed(&mut self.socket).await;
+                                    })
+                                    .await;
                                     return Ok(Ended::Kicked(ErrorCode::RateLimited));
                                 }
                                 if last_limit_error.is_none_or(|t| now.duration_since(t) >= ERROR_INTERVAL) {
@@ -313,15 +311,16 @@ impl Conn {
             self.close(code, crate::hub::refusal(code)).await;
             return Ok(Some(Ended::Kicked(code)));
         }
-        self.last_seq = state.seq;
+        let seq = state.seq;
         state.hide_internals();
-        let welcome = serde_json::to_string(&ServerMsg::Welcome {
+        self.send_msg(&ServerMsg::Welcome {
             member: self.claims.member.clone(),
             server_time: now_us(),
             state: Box::new(state),
         })
-        .expect("server messages serialise");
-        self.send(Message::Text(welcome.into())).await?;
+        .await?;
+        // From here on the hub writes events newer than the welcome's state.
+        self.socket.out.open(seq);
         self.refresh_token().await?;
         let hello = Command::Hello {
             name: self.claims.name.clone(),
@@ -377,22 +376,8 @@ impl Conn {
         .await
     }
 
-    async fn forward(&mut self, out: Outbound) -> Result<(), WriteError> {
-        match out {
-            Outbound::Event { seq, text } => {
-                if seq <= self.last_seq {
-                    return Ok(());
-                }
-                self.last_seq = seq;
-                self.send(Message::Text(text)).await
-            }
-            Outbound::Error { text } => self.send(Message::Text(text)).await,
-        }
-    }
-
     async fn send_msg(&mut self, msg: &ServerMsg) -> Result<(), WriteError> {
-        let text = serde_json::to_string(msg).expect("server messages serialise");
-        self.send(Message::Text(text.into())).await
+        self.send(frame_of(msg)).await
     }
 
     async fn send_error(
@@ -405,14 +390,26 @@ impl Conn {
             .await
     }
 
-    /// One message to the client, given up after `SEND_TIMEOUT` or when the
-    /// hub kicks this client. A write given up for a kick is no failure: the
-    /// kick waits in the mailbox, whose end comes before anything else, and
-    /// the connection closes with its reason (`slow_client` for a socket that
-    /// stopped draining) instead of dropping the socket unexplained.
-    async fn send(&mut self, msg: Message) -> Result<(), WriteError> {
+    /// One frame of the connection's own to the client, behind whatever the
+    /// socket has not taken yet.
+    async fn send(&mut self, frame: Bytes) -> Result<(), WriteError> {
+        self.socket.out.enqueue(frame);
+        self.write_out(Waiting::Unsent).await
+    }
+
+    /// What the hub left in the mailbox because the socket could not take it.
+    async fn drain(&mut self) -> Result<(), WriteError> {
+        self.write_out(Waiting::All).await
+    }
+
+    /// Waits for the socket to take what waits, given up after `SEND_TIMEOUT`
+    /// or when the hub kicks this client. A write given up for a kick is no
+    /// failure: the kick waits in the mailbox, whose end comes before anything
+    /// else, and the connection closes with its reason (`slow_client` for a
+    /// socket that stopped draining) instead of dropping the socket unexplained.
+    async fn write_out(&mut self, waiting: Waiting) -> Result<(), WriteError> {
         let started = Instant::now();
-        let sent = write(&mut self.socket, msg, SEND_TIMEOUT, Some(&self.kick)).await;
+        let sent = write_out(&self.socket.out, waiting, SEND_TIMEOUT, Some(&self.kick)).await;
         self.app
             .socket_write
             .record(started.elapsed().as_secs_f64());
@@ -444,72 +441,54 @@ impl Conn {
         let msg = ServerMsg::Reconnect {
             reason: "gateway shutting down; connect again".into(),
         };
-        let text = serde_json::to_string(&msg).expect("server messages serialise");
         // Each write given up after `CLOSE_LINGER`, not `SEND_TIMEOUT`: a stuck
         // socket must not hold the gateway's shutdown past its grace.
-        let _ = write(
-            &mut self.socket,
-            Message::Text(text.into()),
-            CLOSE_LINGER,
-            None,
-        )
-        .await;
+        self.socket.out.enqueue(frame_of(&msg));
+        let _ = write_out(&self.socket.out, Waiting::Unsent, CLOSE_LINGER, None).await;
         let close = CloseFrame {
             code: CloseCode::Restart,
             reason: Utf8Bytes::from_static("gateway shutting down"),
         };
-        let _ = write(
-            &mut self.socket,
-            Message::Close(Some(close)),
-            CLOSE_LINGER,
-            None,
-        )
-        .await;
+        send_close(&mut self.socket, close).await;
         linger(&mut self.socket).await;
     }
 }
 
-/// One message to the socket (in fragments if long), given up after `limit`
-/// per write or when `abort` is cancelled.
-async fn write(
-    socket: &mut Socket,
-    msg: Message,
-    limit: Duration,
-    abort: Option<&CancellationToken>,
-) -> Result<(), WriteError> {
-    match msg {
-        // Boxed: rare, and its loop would otherwise take room in every
-        // connection's future.
-        Message::Text(text) if text.len() > FRAGMENT_BYTES => {
-            Box::pin(async move {
-                for frame in fragments(text) {
-                    write_one(socket, Message::Frame(frame), limit, abort).await?;
-                }
-                Ok(())
-            })
-            .await
-        }
-        msg => write_one(socket, msg, limit, abort).await,
-    }
+/// A server message as a WebSocket text frame.
+fn frame_of(msg: &ServerMsg) -> Bytes {
+    let text = serde_json::to_vec(msg).expect("server messages serialise");
+    text_frame(&text)
 }
 
-/// Most writes complete at once; only one that waits on the socket arms the
-/// timer and the race (with the token races and the histogram look-up gone
-/// too: 27 → 24% of a core per gateway at 600 sessions, 10 Hz).
-async fn write_one(
-    socket: &mut Socket,
-    msg: Message,
+/// What a write waits for the socket to take.
+#[derive(Clone, Copy)]
+enum Waiting {
+    /// The bytes already taken for it (the connection's own frames).
+    Unsent,
+    /// Those, then what the hub queued (`Mailbox::poll_drain`).
+    All,
+}
+
+/// Waits until the socket took what waits, given up after `limit` or when
+/// `abort` is cancelled. Most writes complete at once; only one that waits on
+/// the socket arms the timer and the race.
+async fn write_out(
+    out: &Mailbox,
+    waiting: Waiting,
     limit: Duration,
     abort: Option<&CancellationToken>,
 ) -> Result<(), WriteError> {
-    let mut send = socket.send(msg);
-    if let Some(done) = (&mut send).now_or_never() {
+    let mut written = std::future::poll_fn(|cx| match waiting {
+        Waiting::Unsent => out.poll_flush(cx),
+        Waiting::All => out.poll_drain(cx),
+    });
+    if let Some(done) = (&mut written).now_or_never() {
         return done.map_err(WriteError::Socket);
     }
     // Boxed: the timer and the race would otherwise take room in every
     // connection's future, used or not.
     Box::pin(async move {
-        let timed = tokio::time::timeout(limit, send);
+        let timed = tokio::time::timeout(limit, written);
         let result = match abort {
             Some(abort) => tokio::select! {
                 biased;
@@ -526,32 +505,10 @@ async fn write_one(
     .await
 }
 
-/// A text message as a first frame and continuations of at most
-/// `FRAGMENT_BYTES`, cut at character boundaries.
-fn fragments(text: Utf8Bytes) -> Vec<Frame> {
-    let cuts: Vec<usize> = {
-        let s = text.as_str();
-        let mut cuts = vec![0];
-        let mut at = 0;
-        while at < s.len() {
-            let mut end = (at + FRAGMENT_BYTES).min(s.len());
-            while !s.is_char_boundary(end) {
-                end -= 1;
-            }
-            cuts.push(end);
-            at = end;
-        }
-        cuts
-    };
-    let bytes = Bytes::from(text);
-    cuts.windows(2)
-        .enumerate()
-        .map(|(i, w)| {
-            let opcode = if i == 0 { Data::Text } else { Data::Continue };
-            let last = w[1] == bytes.len();
-            Frame::message(bytes.slice(w[0]..w[1]), OpCode::Data(opcode), last)
-        })
-        .collect()
+/// Sends a close frame (through tungstenite, which then expects the client's
+/// close), given up after `CLOSE_LINGER`.
+async fn send_close(socket: &mut Socket, frame: CloseFrame) {
+    let _ = tokio::time::timeout(CLOSE_LINGER, socket.ws.send(Message::Close(Some(frame)))).await;
 }
 
 /// Reads until the client's close frame, for at most `CLOSE_LINGER`: a TCP
@@ -559,7 +516,7 @@ fn fragments(text: Utf8Bytes) -> Vec<Frame> {
 /// could lose the frames that said why before it read them.
 async fn linger(socket: &mut Socket) {
     let _ = tokio::time::timeout(CLOSE_LINGER, async {
-        while let Some(Ok(msg)) = socket.next().await {
+        while let Some(Ok(msg)) = socket.ws.next().await {
             if matches!(msg, Message::Close(_)) {
                 break;
             }
@@ -568,7 +525,22 @@ async fn linger(socket: &mut Socket) {
     .await;
 }
 
-/// Publishes a command for this member to the session's shard.
+/// Reads and drops whatever the client still sends, without parsing it, until
+/// it closes or `CLOSE_LINGER` passes (as `linger`, for a client whose
+/// messages are not worth reading).
+async fn discard_until_closed(socket: &mut Socket) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0; 4096];
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while let Ok(n) = socket.ws.get_mut().read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// Publishes a member's command to its session's shard, waiting out a command
 /// stream without a leader for up to `COMMAND_PATIENCE`.
 pub(crate) async fn publish(
@@ -617,13 +589,13 @@ pub async fn refuse(mut socket: Socket, code: ErrorCode, reason: &str) {
 /// each write is given up after `CLOSE_LINGER`.
 async fn goodbye(socket: &mut Socket, ws_code: CloseCode, code: ErrorCode, reason: &str) {
     let err = ServerMsg::Error(ErrorMsg::new(code, reason, None));
-    let text = serde_json::to_string(&err).expect("server messages serialise");
-    let _ = write(socket, Message::Text(text.into()), CLOSE_LINGER, None).await;
+    socket.out.enqueue(frame_of(&err));
+    let _ = write_out(&socket.out, Waiting::Unsent, CLOSE_LINGER, None).await;
     let frame = CloseFrame {
         code: ws_code,
         reason: Utf8Bytes::from(code.as_str()),
     };
-    let _ = write(socket, Message::Close(Some(frame)), CLOSE_LINGER, None).await;
+    send_close(socket, frame).await;
 }
 
 /// The session's current state from KV (`None` if it does not exist).
@@ -650,27 +622,6 @@ async fn read_state(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn long_text_goes_out_in_fragments_cut_at_characters() {
-        // Three-byte characters, so a cut at FRAGMENT_BYTES would split one.
-        let text: String = "♩ à ".repeat(1_500);
-        let frames = fragments(Utf8Bytes::from(text.clone()));
-        assert!(frames.len() >= 3, "{} frames", frames.len());
-        let mut joined = Vec::new();
-        for (i, f) in frames.iter().enumerate() {
-            let want = if i == 0 { Data::Text } else { Data::Continue };
-            assert_eq!(f.header().opcode, OpCode::Data(want));
-            assert_eq!(f.header().is_final, i == frames.len() - 1);
-            assert!(f.payload().len() <= FRAGMENT_BYTES);
-            assert!(
-                std::str::from_utf8(f.payload()).is_ok(),
-                "fragment {i} is whole characters"
-            );
-            joined.extend_from_slice(f.payload());
-        }
-        assert_eq!(joined, text.as_bytes());
-    }
 
     /// Every open socket holds one connection future: 1,784 bytes with rustc
     /// 1.95 (2,144 before the welcome and hello moved into the boxed `greet`).

@@ -1,12 +1,15 @@
 //! Per-session fan-out. The gateway subscribes to `<p>.sess.<id>.>` only while
-//! it has at least one member of that session connected, and hands every local
-//! member the same bytes the owner published: nothing is serialised twice.
+//! it has at least one member of that session connected, frames each message
+//! the owner published once, and writes that frame to every local member's
+//! socket through its mailbox: nothing is serialised or framed twice, and a
+//! socket that takes the frame at once costs one write, no task wake-up.
 //!
-//! Each client has a bounded event queue and a single-slot tick mailbox. Ticks
-//! coalesce (a slow client skips to the newest one); a client whose event queue
-//! is full is kicked with `slow_client` rather than ever stalling the others.
+//! What a socket cannot take waits in its mailbox: a bounded event queue and a
+//! single-slot tick. Ticks coalesce (a slow client skips to the newest one); a
+//! client whose event queue is full is kicked with `slow_client` rather than
+//! ever stalling the others.
 
-use crate::mailbox::{Mailbox, Outbound};
+use crate::mailbox::{Mailbox, Outbound, text_frame};
 use crate::windows::Windows;
 use bandsync_nats::bus::Bus;
 use bandsync_nats::wire::BusHeader;
@@ -17,7 +20,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tungstenite::Utf8Bytes;
 
 /// The hub's handle on one connected client.
 struct ClientSlot {
@@ -55,7 +57,6 @@ pub struct Hub {
     connects: Windows<MemberId>,
     sessions: tokio::sync::Mutex<HashMap<SessionId, Arc<LocalSession>>>,
     next_conn: AtomicU64,
-    queue: usize,
     /// The gateway's tasks, where the per-session fan-outs run.
     tasks: TaskTracker,
 }
@@ -86,19 +87,18 @@ pub enum Admission {
 }
 
 impl Hub {
-    pub fn new(bus: Bus, gateway: GatewayId, queue: usize, tasks: TaskTracker) -> Self {
+    pub fn new(bus: Bus, gateway: GatewayId, tasks: TaskTracker) -> Self {
         Self {
             bus,
             gateway,
             connects: Windows::new(CONNECT_WINDOW, MAX_MEMBERS_COUNTED),
             sessions: Default::default(),
             next_conn: AtomicU64::new(1),
-            queue,
             tasks,
         }
     }
 
-    /// Registers a client, subscribing to the session if it is the first one
+    /// Registers a client and its mailbox, subscribing to the session if it is the first one
     /// here. A member has one live connection: one it already had here is
     /// closed (`replaced`), as a reload closes the page's old socket, so however
     /// often a member reconnects the band holds one socket of theirs.
@@ -106,9 +106,9 @@ impl Hub {
         &self,
         session: &SessionId,
         member: &MemberId,
+        mailbox: Arc<Mailbox>,
     ) -> Result<ClientHandle, JoinError> {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let mailbox = Arc::new(Mailbox::new(self.queue));
         let slot = ClientSlot {
             conn,
             member: member.clone(),
@@ -234,15 +234,16 @@ async fn fan_out(
             metrics::counter!("bandsync_gateway_stale_epoch_dropped_total").increment(1);
             continue;
         }
-        let Ok(text) = Utf8Bytes::try_from(msg.payload) else {
+        if std::str::from_utf8(&msg.payload).is_err() {
             tracing::warn!(session = %session, "dropping non-UTF-8 bus message");
             continue;
-        };
+        }
+        let frame = text_frame(&msg.payload);
         let clients = lock(&local.clients);
         match head.kind.as_str() {
             "tick" => {
                 for c in clients.iter() {
-                    c.mailbox.put_tick(text.clone());
+                    c.mailbox.put_tick(&frame);
                 }
                 metrics::counter!("bandsync_gateway_ticks_forwarded_total")
                     .increment(clients.len() as u64);
@@ -256,7 +257,7 @@ async fn fan_out(
                     }
                     let out = Outbound::Event {
                         seq: head.seq,
-                        text: text.clone(),
+                        frame: frame.clone(),
                     };
                     if !push_or_kick(c, out) {
                         metrics::counter!("bandsync_gateway_slow_clients_total").increment(1);
@@ -285,7 +286,12 @@ async fn fan_out(
                     {
                         c.mailbox.kick(code, refusal(code));
                     } else {
-                        push_or_kick(c, Outbound::Error { text: text.clone() });
+                        push_or_kick(
+                            c,
+                            Outbound::Error {
+                                frame: frame.clone(),
+                            },
+                        );
                     }
                 }
             }

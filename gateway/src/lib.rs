@@ -56,7 +56,7 @@ pub struct AppState {
     /// Every task of this gateway (sockets, per-session fan-outs, heartbeat):
     /// shutdown waits for them, within `SHUTDOWN_GRACE`.
     pub tasks: TaskTracker,
-    /// `bandsync_gateway_socket_write_seconds`, looked up once: it is recorded per frame.
+    /// `bandsync_gateway_socket_write_seconds`, looked up once: it is recorded per write a connection waits on.
     pub socket_write: metrics::Histogram,
     /// Which pages may open `/ws`.
     pub origins: origin::Origins,
@@ -144,12 +144,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     install_metrics();
     let tasks = TaskTracker::new();
     let app = Arc::new(AppState {
-        hub: hub::Hub::new(
-            bus.clone(),
-            gateway_id.clone(),
-            config.client_queue,
-            tasks.clone(),
-        ),
+        hub: hub::Hub::new(bus.clone(), gateway_id.clone(), tasks.clone()),
         tokens: config.token_keys()?,
         origins: origin::Origins::new(&config.allowed_origins),
         failed_joins: guesses::FailedJoins::default(),
@@ -336,7 +331,7 @@ fn describe_metrics() {
         ),
         (
             "bandsync_gateway_ticks_forwarded_total",
-            "Ticks handed to client mailboxes.",
+            "Ticks handed to client sockets (written at once, or left in their mailboxes).",
         ),
     ];
     let gauges = [
@@ -354,7 +349,7 @@ fn describe_metrics() {
         ),
         (
             "bandsync_gateway_socket_write_seconds",
-            "Time to write one frame to a client's socket.",
+            "Time a connection waited for its socket to take a write (its own messages, and what the socket could not take at once).",
         ),
     ];
     bandsync_nats::service::MetricDescriptions {

@@ -1,11 +1,13 @@
-//! The WebSocket upgrade, done here rather than by axum's `ws` extractor so a
-//! connection owns a tokio-tungstenite stream and can write raw frames: a long
-//! message (a welcome, or an event carrying a setlist with its charts) goes out
-//! in fragments (`conn::write`), because tungstenite keeps its write buffer at
-//! the size of the largest frame it ever wrote. Through axum's socket, which
-//! writes whole messages only, a 30 KB setlist kept 60 KiB more on every
-//! member's socket (13 → 73 KiB per connection, `bandsync-load --setlist-kb 30`).
+//! The WebSocket upgrade, done here rather than by axum's `ws` extractor so the
+//! gateway owns the socket's write side: tungstenite reads the socket (and
+//! writes its own control frames), while ticks and events are framed once per
+//! message and written to each socket by the hub through the member's mailbox
+//! (`mailbox.rs`). Writing whole messages through tungstenite also kept its
+//! write buffer at the size of the largest frame it ever wrote: a 30 KB
+//! setlist kept 60 KiB more on every member's socket (13 → 73 KiB per
+//! connection, `bandsync-load --setlist-kb 30`).
 
+use crate::mailbox::Mailbox;
 use axum::body::Body;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -13,13 +15,58 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header}
 use axum::response::{IntoResponse, Response};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::task::TaskTracker;
 use tungstenite::handshake::derive_accept_key;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
-/// A member's WebSocket once upgraded.
-pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+/// A member's WebSocket once upgraded: tungstenite reads it and writes its
+/// control frames (pongs, the close); everything else goes out through the
+/// mailbox, which the hub writes to directly.
+pub struct Socket {
+    pub ws: WebSocketStream<Duplex>,
+    pub out: Arc<Mailbox>,
+}
+
+/// The connection as tungstenite sees it: it reads the socket, and writes
+/// through the mailbox, so its frames and the hub's never interleave.
+pub struct Duplex {
+    read: ReadHalf<TokioIo<Upgraded>>,
+    out: Arc<Mailbox>,
+}
+
+impl AsyncRead for Duplex {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Duplex {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.out.poll_accept(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.out.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.out.poll_shutdown(cx)
+    }
+}
 
 /// A request asking to become a WebSocket (RFC 6455 §4.2.1), not yet answered.
 pub struct Upgrade {
@@ -73,11 +120,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
 
 impl Upgrade {
     /// Answers 101 and runs `serve` on the socket, as one of `tasks`, once the
-    /// client has switched.
+    /// client has switched. `queue`: the events its mailbox holds at most.
     pub fn on_upgrade<F, Fut>(
         self,
         tasks: &TaskTracker,
         config: WebSocketConfig,
+        queue: usize,
         serve: F,
     ) -> Response
     where
@@ -88,9 +136,15 @@ impl Upgrade {
         tasks.spawn(async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
-                    let io = TokioIo::new(upgraded);
-                    serve(WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await)
-                        .await;
+                    let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+                    let out = Arc::new(Mailbox::new(queue, Box::pin(write)));
+                    let duplex = Duplex {
+                        read,
+                        out: out.clone(),
+                    };
+                    let ws =
+                        WebSocketStream::from_raw_socket(duplex, Role::Server, Some(config)).await;
+                    serve(Socket { ws, out }).await;
                 }
                 Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
             }
