@@ -1,28 +1,37 @@
 //! The abusive-client measurement: two bands play while nobody misbehaves
-//! (the quiet window), then again while, in the first band, one member opens
-//! hundreds of sockets with their token, another floods messages, a third
-//! never reads, and a stranger guesses join codes (the abused window). Each
-//! band's well-behaved members record the delay of every tick (receive time
-//! minus the tick's server time: one clock, one machine) and any connection
-//! they lose. The gateway runs with its per-address limits on, and every
-//! member and abuser connects from an address of its own (127.0.x.y).
+//! (a quiet window) and while, in the first band, one member opens hundreds
+//! of sockets with their token, another floods messages, a third never reads,
+//! and a stranger guesses join codes (an abused window). The windows
+//! alternate, quiet first, for `rounds` rounds, with an unrecorded settle gap
+//! between them; the abusers' process runs for each abused window and has
+//! exited before the next quiet one begins. Each band's well-behaved members
+//! record the delay of every tick (receive time minus the tick's server time:
+//! one clock, one machine) and any connection they lose; `report` pools each
+//! phase and sets the ratio against the quiet windows' own spread. The gateway
+//! runs with its per-address limits on, and every member and abuser connects
+//! from an address of its own (127.0.x.y).
 //!
 //! The abusers run in a process of their own at the lowest CPU priority
 //! (`nice -n 19`), so that their busy loops delay the gateway, if anything,
 //! through what it must do for them, not by taking the machine's cores.
 
-use crate::procstat::{Usage, Watched};
-use crate::stats::{Samples, Summary};
+mod report;
+
+pub use report::{
+    AbuseReport, Abusers, BandReport, Noise, PhaseCpu, PhaseSeen, WindowRecord, WindowUsage,
+    band_report, phase_cpu,
+};
+
+use crate::procstat::Watched;
 use bandsync_client::{Api, ClientError, ConnectOptions, Connection, tcp_connect, ws_request};
 use bandsync_nats::service::random_join_code;
 use bandsync_nats::{Command, ServerMsg, now_us};
 use futures::{SinkExt, StreamExt};
-use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -32,10 +41,17 @@ const BAND: usize = 4;
 const MAX_SOCKETS: usize = 300;
 const MAX_GUESSES: usize = 200_000;
 const MAX_FLOOD: usize = 2_000_000;
+/// Unrecorded, before every window: the stack settles after the last
+/// window's abusers (their sockets closing, the departures' events) and the
+/// next window starts from a steady band.
+const SETTLE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct Spec {
+    /// Length of each window, quiet or abused.
     pub window: Duration,
+    /// Quiet-then-abused pairs of windows (at least 1; 2 for a noise floor).
+    pub rounds: usize,
     /// Sockets the first abuser tries to open with their token.
     pub sockets: usize,
     /// The `bandsync-abuse` executable, run as `abusers` for the abused window.
@@ -45,115 +61,27 @@ pub struct Spec {
     pub abusers_cpu: Option<usize>,
     /// Only these abusers (`open`, `flood`, `stuck`, `guess`); empty: all.
     pub only: Vec<String>,
-    /// The stack's processes (name, pid), whose CPU each window reports.
+    /// The stack's processes (name, pid), whose CPU each phase reports.
     pub processes: Vec<(String, u32)>,
 }
 
-/// One band's members over one window.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Seen {
-    pub tick_delay: Option<Summary>,
-    /// Connections the members lost (errors or closes) in the window.
-    pub dropped: u64,
-}
-
-/// What the abusers did and were answered.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-pub struct Abusers {
-    pub sockets_opened: u64,
-    pub sockets_refused: BTreeMap<String, u64>,
-    pub flood_sent: u64,
-    pub flood_answers: BTreeMap<String, u64>,
-    /// How each of the flooder's sockets ended (it connects again each time).
-    pub flood_sockets: BTreeMap<String, u64>,
-    pub guesses: u64,
-    pub guess_answers: BTreeMap<String, u64>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct AbuseReport {
-    pub quiet: [Seen; 2],
-    pub abused: [Seen; 2],
-    pub abusers: Abusers,
-    /// Each stack process's CPU over the quiet and the abused window: where
-    /// what the abusers cost lands.
-    pub cpu: Vec<(Option<Usage>, Option<Usage>)>,
-}
-
-impl AbuseReport {
-    pub const TABLE_HEAD: &'static str = "| members | quiet: tick delay p50 / p99 / max | abused: p50 / p99 / max | p99 abused/quiet | dropped (quiet, abused) |\n|---|---|---|---|---|";
-
-    pub fn table(&self) -> String {
-        let fmt = |s: &Option<Summary>| {
-            s.as_ref().map_or("–".to_owned(), |s| {
-                format!("{:.2} / {:.2} / {:.2} ms", s.p50_ms, s.p99_ms, s.max_ms)
-            })
-        };
-        let ratio = |q: &Option<Summary>, a: &Option<Summary>| match (q, a) {
-            (Some(q), Some(a)) if q.p99_ms > 0.0 => format!("{:.2}", a.p99_ms / q.p99_ms),
-            _ => "–".into(),
-        };
-        let names = [
-            "the abused band's other 4 members",
-            "another band's 4 members",
-        ];
-        let mut rows = vec![Self::TABLE_HEAD.to_owned()];
-        for (i, name) in names.iter().enumerate() {
-            let (q, a) = (&self.quiet[i], &self.abused[i]);
-            rows.push(format!(
-                "| {name} | {} | {} | {} | {}, {} |",
-                fmt(&q.tick_delay),
-                fmt(&a.tick_delay),
-                ratio(&q.tick_delay, &a.tick_delay),
-                q.dropped,
-                a.dropped
-            ));
-        }
-        let a = &self.abusers;
-        rows.push(format!(
-            "\nabusers: sockets opened {} refused {:?}; flood sent {} answered {:?}, its sockets {:?}; \
-             code guesses {} answered {:?}",
-            a.sockets_opened,
-            a.sockets_refused,
-            a.flood_sent,
-            a.flood_answers,
-            a.flood_sockets,
-            a.guesses,
-            a.guess_answers
-        ));
-        let cpu = |u: &Option<Usage>| {
-            u.as_ref()
-                .map_or("–".into(), |u| format!("{:.1}%", u.cpu_percent))
-        };
-        for (quiet, abused) in &self.cpu {
-            let Some(name) = quiet.as_ref().or(abused.as_ref()).map(|u| &u.name) else {
-                continue;
-            };
-            rows.push(format!(
-                "cpu {name}: quiet {}, abused {}",
-                cpu(quiet),
-                cpu(abused)
-            ));
-        }
-        rows.join("\n")
-    }
-}
-
-/// The window being recorded: 0 none, 1 quiet, 2 abused.
+/// The window being recorded: 0 none, else its index + 1.
 struct Recording {
-    phase: AtomicU8,
-    /// [band][window]
-    seen: Mutex<[[(Samples, u64); 2]; 2]>,
+    window: AtomicUsize,
+    /// [window][band]
+    seen: Mutex<Vec<[WindowRecord; 2]>>,
 }
 
 impl Recording {
-    fn record(&self, band: usize, f: impl FnOnce(&mut (Samples, u64))) {
-        let phase = self.phase.load(Ordering::Acquire);
-        if phase == 0 {
+    fn record(&self, band: usize, f: impl FnOnce(&mut WindowRecord)) {
+        let window = self.window.load(Ordering::Acquire);
+        if window == 0 {
             return;
         }
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut seen[band][usize::from(phase - 1)]);
+        if let Some(w) = seen.get_mut(window - 1) {
+            f(&mut w[band]);
+        }
     }
 }
 
@@ -173,7 +101,7 @@ fn options(ip: IpAddr) -> ConnectOptions {
 /// Runs the measurement against the gateway at `base`.
 pub async fn run(base: &str, spec: Spec) -> anyhow::Result<AbuseReport> {
     let recording = Arc::new(Recording {
-        phase: AtomicU8::new(0),
+        window: AtomicUsize::new(0),
         seen: Mutex::default(),
     });
     let stop = CancellationToken::new();
@@ -222,25 +150,74 @@ pub async fn run(base: &str, spec: Spec) -> anyhow::Result<AbuseReport> {
         tokens.push(joined.token);
     }
 
-    // Settle into playing, then the quiet window.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let watch = || -> Vec<Watched> {
-        let mut w: Vec<_> = spec
+    // Quiet and abused windows in turn, each after a settle gap (the first
+    // one into playing).
+    let windows = 2 * spec.rounds.max(1);
+    recording
+        .seen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .resize_with(windows, Default::default);
+    // [process][quiet, abused]: each window's usage and length.
+    let mut cpu: Vec<[Vec<WindowUsage>; 2]> = vec![Default::default(); spec.processes.len()];
+    let mut abusers = Abusers::default();
+    for w in 0..windows {
+        tokio::time::sleep(SETTLE).await;
+        let abused = w % 2 == 1;
+        let process = if abused {
+            Some(start_abusers(base, &spec, &tokens)?)
+        } else {
+            None
+        };
+        let mut watched: Vec<_> = spec
             .processes
             .iter()
             .map(|(n, pid)| Watched::new(n, *pid))
             .collect();
-        w.iter_mut().for_each(Watched::begin);
-        w
-    };
-    let mut quiet_cpu = watch();
-    recording.phase.store(1, Ordering::Release);
-    tokio::time::sleep(spec.window).await;
-    let quiet_cpu: Vec<_> = quiet_cpu.iter_mut().map(Watched::end).collect();
+        watched.iter_mut().for_each(Watched::begin);
+        let began = Instant::now();
+        recording.window.store(w + 1, Ordering::Release);
+        tokio::time::sleep(spec.window).await;
+        recording.window.store(0, Ordering::Release);
+        let length = began.elapsed();
+        for (phases, watched) in cpu.iter_mut().zip(&mut watched) {
+            phases[usize::from(abused)].push((watched.end(), length));
+        }
+        // Done before the next (quiet) window's settle gap begins.
+        if let Some(process) = process {
+            abusers.add(&finish_abusers(process, spec.window).await?);
+        }
+    }
+    stop.cancel();
+    for r in readers {
+        let _ = r.await;
+    }
+    let seen = std::mem::take(&mut *recording.seen.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut bands: [Vec<WindowRecord>; 2] = Default::default();
+    for [first, other] in seen {
+        bands[0].push(first);
+        bands[1].push(other);
+    }
+    Ok(AbuseReport {
+        rounds: windows / 2,
+        window_secs: spec.window.as_secs(),
+        bands: bands.map(|windows| band_report(&windows)),
+        abusers,
+        cpu: cpu
+            .into_iter()
+            .map(|[quiet, abused]| (phase_cpu(&quiet), phase_cpu(&abused)))
+            .collect(),
+    })
+}
 
-    // The abused window, the abusers in a process of their own at the lowest
-    // CPU priority: on one machine, what they cost the band should be what the
-    // gateway spends on them, not the CPU their own loops burn.
+/// Starts the abusers' process for one window, at the lowest CPU priority: on
+/// one machine, what they cost the band should be what the gateway spends on
+/// them, not the CPU their own loops burn.
+fn start_abusers(
+    base: &str,
+    spec: &Spec,
+    tokens: &[String],
+) -> anyhow::Result<tokio::process::Child> {
     let mut command = match spec.abusers_cpu {
         // On a CPU of their own, as if on another machine.
         Some(cpu) => {
@@ -254,7 +231,7 @@ pub async fn run(base: &str, spec: Spec) -> anyhow::Result<AbuseReport> {
             c
         }
     };
-    let abusers = command
+    Ok(command
         .arg(&spec.abusers_exe)
         .arg(format!("--window-secs={}", spec.window.as_secs()))
         .arg(format!("--sockets={}", spec.sockets))
@@ -263,35 +240,19 @@ pub async fn run(base: &str, spec: Spec) -> anyhow::Result<AbuseReport> {
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
-        .spawn()?;
-    let mut abused_cpu = watch();
-    recording.phase.store(2, Ordering::Release);
-    tokio::time::sleep(spec.window).await;
-    recording.phase.store(0, Ordering::Release);
-    let abused_cpu: Vec<_> = abused_cpu.iter_mut().map(Watched::end).collect();
-    let out = tokio::time::timeout(
-        spec.window + Duration::from_secs(30),
-        abusers.wait_with_output(),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("the abusers did not finish"))??;
+        .spawn()?)
+}
+
+/// Waits for the abusers' process to end and reads what it reports.
+async fn finish_abusers(
+    process: tokio::process::Child,
+    window: Duration,
+) -> anyhow::Result<Abusers> {
+    let out = tokio::time::timeout(window + Duration::from_secs(30), process.wait_with_output())
+        .await
+        .map_err(|_| anyhow::anyhow!("the abusers did not finish"))??;
     anyhow::ensure!(out.status.success(), "the abusers failed: {}", out.status);
-    let abusers: Abusers = serde_json::from_slice(&out.stdout)?;
-    stop.cancel();
-    for r in readers {
-        let _ = r.await;
-    }
-    let seen = recording.seen.lock().unwrap_or_else(|e| e.into_inner());
-    let window = |band: usize, w: usize| Seen {
-        tick_delay: seen[band][w].0.summary(),
-        dropped: seen[band][w].1,
-    };
-    Ok(AbuseReport {
-        quiet: [window(0, 0), window(1, 0)],
-        abused: [window(0, 1), window(1, 1)],
-        abusers,
-        cpu: quiet_cpu.into_iter().zip(abused_cpu).collect(),
-    })
+    Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 /// A well-behaved member: reads everything, records each tick's delay and a
@@ -310,7 +271,7 @@ async fn read_ticks(
         match msg {
             Ok(ServerMsg::Tick(t)) => {
                 let delay = now_us() - t.server_time;
-                recording.record(band, |(samples, _)| samples.push(delay));
+                recording.record(band, |w| w.delays_us.push(delay));
             }
             Ok(ServerMsg::Error(e)) => {
                 tracing::warn!(code = e.code.as_str(), "a quiet member got an error");
@@ -318,7 +279,7 @@ async fn read_ticks(
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "a quiet member lost its connection");
-                recording.record(band, |(_, dropped)| *dropped += 1);
+                recording.record(band, |w| w.dropped += 1);
                 return;
             }
         }

@@ -1,8 +1,9 @@
 //! `bandsync-abuse`: the abusive-client measurement (docs/security.md). Starts
 //! a stack of its own (one nats-server, one ticker, one gateway with its
-//! per-address limits on), then runs `bandsync_load::abuse` and prints the
-//! table. `bandsync-abuse abusers …` is the abusers' own process, which the
-//! measurement starts at the lowest CPU priority.
+//! per-address limits on), then runs `bandsync_load::abuse` (quiet and abused
+//! windows in turn, `--rounds` times) and prints the tables. `bandsync-abuse
+//! abusers …` is the abusers' own process, which the measurement starts at
+//! the lowest CPU priority for each abused window.
 
 use bandsync_load::abuse::{self, Spec};
 use bandsync_load::stack::{Stack, StackArgs, StackSpec};
@@ -13,12 +14,17 @@ use std::time::Duration;
 #[derive(Debug, Parser)]
 #[command(
     name = "bandsync-abuse",
-    about = "Two bands play, quietly and then while abusers hit one of them; prints what the bands saw"
+    about = "Two bands play, quietly and while abusers hit one of them, in turn; prints what the bands saw"
 )]
 struct Args {
-    /// Length of each window (quiet, then abused).
+    /// Length of each window, quiet or abused (the abusers' process: its whole run).
     #[arg(long, default_value_t = 20)]
     window_secs: u64,
+    /// Rounds of a quiet then an abused window; each phase is pooled over
+    /// its windows, and two rounds or more give the quiet windows' own spread
+    /// (the run's noise floor).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
+    rounds: u64,
     /// Sockets the first abuser tries to open with one member's token (at most 300).
     #[arg(long, default_value_t = 300)]
     sockets: usize,
@@ -81,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("stack in {}", stack.dir.display());
     let spec = Spec {
         window,
+        rounds: usize::try_from(args.rounds)?,
         sockets: args.sockets,
         abusers_exe: std::env::current_exe()?,
         abusers_cpu: args.abusers_cpu,
