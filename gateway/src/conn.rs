@@ -11,6 +11,7 @@ use crate::token::Claims;
 use crate::upgrade::Socket;
 use bandsync_nats::bus::BusError;
 use bandsync_nats::service::random_id;
+use bandsync_nats::state::not_leader;
 use bandsync_nats::wire::ErrorMsg;
 use bandsync_nats::{
     ClientMsg, Command, CommandEnvelope, CommandId, ConnId, ErrorCode, ServerMsg, SessionState,
@@ -205,7 +206,7 @@ impl Conn {
     }
 
     async fn run(&mut self, handle: ClientHandle) -> Result<Ended, ConnError> {
-        if let Some(ended) = Box::pin(self.greet(handle.conn)).await? {
+        if let Some(ended) = Box::pin(self.greet(&handle)).await? {
             return Ok(ended);
         }
         let mut limit = RateLimit::new(self.app.config.rate_limit, Instant::now());
@@ -259,7 +260,7 @@ impl Conn {
                             }
                             // Boxed, like the other rare paths below: a future
                             // inlined here is room in every connection's state.
-                            Box::pin(self.handle_text(&text, &handle.mailbox)).await?;
+                            Box::pin(self.handle_text(&text, &handle)).await?;
                         }
                         Some(Ok(Message::Binary(_))) => {
                             Box::pin(self.send_error(ErrorCode::BadJson, "send JSON text frames, not binary", None)).await?;
@@ -284,7 +285,7 @@ impl Conn {
     /// it runs once, and what it holds across its awaits (the state, an error
     /// while the socket closes) would otherwise be room in every connection's
     /// future. `Some` when the connection ends here without a failure.
-    async fn greet(&mut self, conn: u64) -> Result<Option<Ended>, ConnError> {
+    async fn greet(&mut self, handle: &ClientHandle) -> Result<Option<Ended>, ConnError> {
         let mut state = match read_state(&self.app, &self.claims).await {
             Ok(Some(state)) => state,
             Ok(None) => {
@@ -312,6 +313,7 @@ impl Conn {
             return Ok(Some(Ended::Kicked(code)));
         }
         let seq = state.seq;
+        handle.leadership.saw(seq, state.leader.as_ref());
         state.hide_internals();
         self.send_msg(&ServerMsg::Welcome {
             member: self.claims.member.clone(),
@@ -324,7 +326,7 @@ impl Conn {
         self.refresh_token().await?;
         let hello = Command::Hello {
             name: self.claims.name.clone(),
-            conn: ConnId::new(&self.app.gateway_id, conn),
+            conn: ConnId::new(&self.app.gateway_id, handle.conn),
         };
         if let Err(e) = publish(&self.app, &self.claims, hello, None).await {
             let reason = "cannot reach the session owner; try again";
@@ -334,7 +336,7 @@ impl Conn {
         Ok(None)
     }
 
-    async fn handle_text(&mut self, text: &str, mailbox: &Arc<Mailbox>) -> Result<(), WriteError> {
+    async fn handle_text(&mut self, text: &str, handle: &ClientHandle) -> Result<(), WriteError> {
         match ClientMsg::parse(text) {
             Ok(ClientMsg::Ping { t0 }) => {
                 self.send_msg(&ServerMsg::Pong {
@@ -348,10 +350,14 @@ impl Conn {
                 Ok(())
             }
             Ok(ClientMsg::Command { id, command }) => {
+                if command.leader_only() && !handle.leadership.leads(&self.claims.member) {
+                    let refusal = not_leader();
+                    return self.send_error(refusal.code, &refusal.message, id).await;
+                }
                 let (app, claims) = (&self.app, &self.claims);
                 let queue = self
                     .commands
-                    .get_or_insert_with(|| CommandQueue::start(app, claims, mailbox));
+                    .get_or_insert_with(|| CommandQueue::start(app, claims, &handle.mailbox));
                 if queue.push(command, id.clone()) {
                     return Ok(());
                 }

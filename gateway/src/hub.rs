@@ -28,14 +28,41 @@ struct ClientSlot {
     mailbox: Arc<Mailbox>,
 }
 
-/// What a connection task holds: its inbox.
+/// What a connection task holds.
 pub struct ClientHandle {
     pub conn: u64,
     pub mailbox: Arc<Mailbox>,
+    /// Who leads the member's session, as this gateway last saw it.
+    pub leadership: Arc<Leadership>,
+}
+
+/// Who leads a session, by the newest state this gateway has seen of it (an
+/// event's, or a welcome's read from the sessions bucket): a leader-only
+/// command from anyone else is refused at the gateway, where it would
+/// otherwise cost the bus and the owner a trip to be refused there. An event
+/// updates it before its frames are written, so a member never learns that
+/// it leads before its gateway does; a view behind the owner's only lets a
+/// command through for the owner to refuse.
+#[derive(Default)]
+pub struct Leadership(Mutex<(u64, Option<MemberId>)>);
+
+impl Leadership {
+    /// The state at `seq` says `leader` leads (older news is ignored).
+    pub fn saw(&self, seq: u64, leader: Option<&MemberId>) {
+        let mut held = lock(&self.0);
+        if seq >= held.0 {
+            *held = (seq, leader.cloned());
+        }
+    }
+
+    pub fn leads(&self, member: &MemberId) -> bool {
+        lock(&self.0).1.as_ref() == Some(member)
+    }
 }
 
 struct LocalSession {
     clients: Mutex<Vec<ClientSlot>>,
+    leadership: Arc<Leadership>,
     /// Newest owner epoch seen; anything older comes from a deposed owner.
     epoch: AtomicU64,
     stop: CancellationToken,
@@ -127,6 +154,7 @@ impl Hub {
                 })?;
                 let local = Arc::new(LocalSession {
                     clients: Mutex::new(Vec::new()),
+                    leadership: Arc::default(),
                     epoch: AtomicU64::new(0),
                     stop: CancellationToken::new(),
                 });
@@ -147,7 +175,11 @@ impl Hub {
                 .kick(ErrorCode::Replaced, refusal(ErrorCode::Replaced));
         }
         clients.push(slot);
-        Ok(ClientHandle { conn, mailbox })
+        Ok(ClientHandle {
+            conn,
+            mailbox,
+            leadership: local.leadership.clone(),
+        })
     }
 
     /// Counts a connection of `member` (call before upgrading it); past the
@@ -249,6 +281,9 @@ async fn fan_out(
                     .increment(clients.len() as u64);
             }
             "event" => {
+                if let Some(state) = &head.state {
+                    local.leadership.saw(head.seq, state.leader.as_ref());
+                }
                 for c in clients.iter() {
                     if head.removed.as_ref() == Some(&c.member) {
                         c.mailbox

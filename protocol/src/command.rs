@@ -198,6 +198,32 @@ impl Command {
     }
 
     /// Short name for logs and the store's `kind` column.
+    /// Whether only the session's leader may send it (the state machine
+    /// refuses it from anyone else with `not_leader`; a gateway that knows
+    /// who leads refuses it at once, without a trip over the bus).
+    pub fn leader_only(&self) -> bool {
+        match self {
+            Command::Tempo { .. }
+            | Command::Meter { .. }
+            | Command::Play { .. }
+            | Command::Pause
+            | Command::Stop
+            | Command::Seek { .. }
+            | Command::Setlist { .. }
+            | Command::Song { .. }
+            | Command::HandLeadership { .. }
+            | Command::Joining { .. }
+            | Command::RemoveMember { .. }
+            | Command::Cue { .. } => true,
+            Command::RequestLeadership
+            | Command::Message { .. }
+            | Command::Report { .. }
+            | Command::Create { .. }
+            | Command::Hello { .. }
+            | Command::Bye { .. } => false,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Command::Tempo { .. } => "tempo",

@@ -456,10 +456,7 @@ impl SessionState {
     fn require_leader(&self, actor: &MemberId) -> Result<(), Rejection> {
         self.member(actor).ok_or_else(not_a_member)?;
         if !self.is_leader(actor) {
-            return Err(Rejection::new(
-                ErrorCode::NotLeader,
-                "only the leader can do that; ask for leadership first",
-            ));
+            return Err(not_leader());
         }
         Ok(())
     }
@@ -890,6 +887,15 @@ impl SessionState {
                 .any(|m| m.connected && Some(&m.id) != self.leader.as_ref());
         successor_waiting || self.is_idle(now, rules)
     }
+}
+
+/// A leader-only command (`Command::leader_only`) from another member; a
+/// gateway refuses it with the same words.
+pub fn not_leader() -> Rejection {
+    Rejection::new(
+        ErrorCode::NotLeader,
+        "only the leader can do that; ask for leadership first",
+    )
 }
 
 /// A command from someone the session does not hold as a member.

@@ -238,6 +238,16 @@ pub struct BusHeader {
     /// The connection an error concerns (`replaced`).
     #[serde(default)]
     pub conn: Option<ConnId>,
+    /// An event's state, of which a gateway reads who leads.
+    #[serde(default)]
+    pub state: Option<HeaderState>,
+}
+
+/// What a gateway reads of an event's state.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct HeaderState {
+    #[serde(default)]
+    pub leader: Option<MemberId>,
 }
 
 impl BusHeader {
@@ -754,6 +764,8 @@ mod tests {
         assert_eq!(back, msg);
         let head: BusHeader = serde_json::from_slice(&bytes).expect("header");
         assert_eq!((head.kind.as_str(), head.seq, head.epoch), ("event", 1, 7));
+        let leader = head.state.and_then(|s| s.leader);
+        assert_eq!(leader.as_ref().map(|m| m.as_str()), Some("m1"), "who leads");
     }
 
     #[test]

@@ -94,3 +94,77 @@ async fn leader_leaving_keeps_the_music_and_passes_leadership() {
     back.send(&Command::Pause, None).await.expect("send");
     event_of_kind(&mut b, "pause").await;
 }
+
+/// Commands in the command stream so far.
+async fn commands_in_stream(stack: &Stack) -> u64 {
+    let bus = stack
+        .nats
+        .bus_args(bandsync_testkit::Role::Admin)
+        .open("leadership-test".into())
+        .await
+        .expect("bus");
+    let mut stream = bus
+        .js
+        .get_stream(bus.subjects.cmd_stream())
+        .await
+        .expect("command stream");
+    stream.info().await.expect("stream info").state.messages
+}
+
+/// A follower's leader-only commands are refused by its own gateway, with
+/// the owner's words, and never reach the bus; once leadership is handed to
+/// it, the same gateway lets its commands through at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followers_leader_only_commands_are_refused_at_its_gateway() {
+    let stack = Stack::start(Knobs::default()).await;
+    let (mut leader, mut followers) = band(&stack, 0, &[1]).await;
+    let follower = &mut followers[0];
+    let before = commands_in_stream(&stack).await;
+    for i in 0..5 {
+        let id = format!("steer-{i}");
+        follower
+            .send(
+                &Command::Tempo {
+                    bpm: 100.0 + f64::from(i),
+                },
+                Some(&id),
+            )
+            .await
+            .expect("send");
+        let refused = follower
+            .wait_for(
+                WAIT,
+                |m| matches!(m, ServerMsg::Error(e) if e.id.as_deref() == Some(id.as_str())),
+            )
+            .await
+            .expect("an answer");
+        let ServerMsg::Error(e) = refused else {
+            unreachable!()
+        };
+        assert_eq!(e.code, bandsync_nats::ErrorCode::NotLeader, "{}", e.message);
+    }
+    // What may pass does: a message reaches the band.
+    follower
+        .send(&Command::Message { text: "hi".into() }, None)
+        .await
+        .expect("send");
+    event_of_kind(&mut leader, "message").await;
+    assert_eq!(
+        commands_in_stream(&stack).await,
+        before + 1,
+        "only the message went over the bus"
+    );
+
+    let me = follower.member.clone();
+    leader
+        .send(&Command::HandLeadership { to: me }, None)
+        .await
+        .expect("hand over");
+    event_of_kind(follower, "leader_changed").await;
+    follower
+        .send(&Command::Tempo { bpm: 123.0 }, None)
+        .await
+        .expect("send");
+    let (event, _) = event_of_kind(follower, "tempo").await;
+    assert_eq!(event.state.timeline.latest().tempo_bpm, 123.0);
+}
