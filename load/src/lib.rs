@@ -88,6 +88,7 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<Repo
         let s = stack::Stack::start(stack::StackSpec {
             nats_server: &config.nats_server,
             bin_dir: &bin_dir,
+            gateway_bin: config.gateway_bin.as_deref(),
             nats_nodes: config.nats_nodes,
             gateways: config.gateways,
             tickers: config.tickers,
@@ -350,6 +351,8 @@ async fn drive(
             warmup_secs: config.warmup_secs,
             source_addrs: config.source_addrs,
             impairment: config.impair.is_active().then_some(config.impair),
+            placement: config.placement,
+            gateway_bin: config.gateway_bin.as_ref().map(|p| p.display().to_string()),
         },
         steps,
         last_step_held: (!config.ramp.is_empty()).then_some(last_held).flatten(),
@@ -440,9 +443,9 @@ async fn setup_session(
     http_gate: Arc<Semaphore>,
     play: watch::Receiver<bool>,
 ) {
-    let g = gateways.len().max(1);
+    let g = gateways.len();
     let api = |m: usize| {
-        let api = Api::new(gateways[(s + m) % g].clone());
+        let api = Api::new(gateways[config.placement.gateway(s, m, g)].clone());
         match config.source_ip(s * config.members + m) {
             Some(ip) => api.with_local_ip(ip),
             None => api,
@@ -468,7 +471,7 @@ async fn setup_session(
     let member = |m: usize, joined| Member {
         joined,
         leader: m == 0,
-        gateway: (s + m) % g,
+        gateway: config.placement.gateway(s, m, g),
         local_ip: config.source_ip(s * config.members + m),
     };
     // The leader connects first: a leader still away after the grace period

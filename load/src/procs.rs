@@ -71,6 +71,7 @@ pub fn child_args(
         format!("--stall-every-ms={}", i_.stall_every_ms),
         format!("--stall-ms={}", i_.stall_ms),
         format!("--bandwidth-kbps={}", i_.bandwidth_kbps),
+        format!("--placement={}", c.placement.as_str()),
         format!("--json={}", json.display()),
         "--procs=1".into(),
     ];
@@ -109,6 +110,9 @@ pub async fn run_children(
         let args = child_args(config, gateways, pids, share, i, &json);
         let child = Command::new(&exe)
             .args(&args)
+            // The gateways are started here, not by the children (which
+            // would refuse --gateway-bin next to --gateway).
+            .env_remove("BANDSYNC_GATEWAY_BIN")
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -251,6 +255,7 @@ pub fn merge(config: &Config, mut reports: Vec<Report>) -> Report {
     report.setup.own_stack = config.gateway_urls.is_empty();
     report.setup.tickers = report.setup.own_stack.then_some(config.tickers);
     report.setup.procs = config.procs;
+    report.setup.gateway_bin = config.gateway_bin.as_ref().map(|p| p.display().to_string());
     report.steps = steps;
     report.last_step_held = last_step_held;
     report

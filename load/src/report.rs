@@ -1,6 +1,6 @@
 //! The results: a JSON document and a plain-text table with one column per step.
 
-use crate::config::Impairment;
+use crate::config::{Impairment, Placement};
 use crate::procstat::Usage;
 use crate::stats::Summary;
 use serde::{Deserialize, Serialize};
@@ -73,6 +73,12 @@ pub struct Setup {
     pub warmup_secs: u64,
     pub source_addrs: u8,
     pub impairment: Option<Impairment>,
+    /// Which gateway each member used (`--placement`).
+    #[serde(default)]
+    pub placement: Placement,
+    /// The gateway executable, when not the bin directory's (`--gateway-bin`).
+    #[serde(default)]
+    pub gateway_bin: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
