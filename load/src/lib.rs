@@ -5,9 +5,10 @@
 //! create/join, WebSocket, clock sync, timeline estimate) from the client SDK.
 //! Leaders start playback and change tempo at a set rate. Each step measures
 //! connections and connect rate, tick latency and delivery, command → all
-//! followers latency, sync error and click skew, errors, and CPU and memory
-//! of every process from /proc. Ramp mode adds sessions step by step until
-//! the service level breaks. Optionally a user-space proxy impairs the path.
+//! followers latency, sync error and click skew, errors, frames delivered,
+//! and CPU and memory of every process from /proc (and its CPU per frame
+//! delivered). Ramp mode adds sessions step by step until the service level
+//! breaks. Optionally a user-space proxy impairs the path.
 //!
 //! Everything runs on one machine, so the true server clock is the local
 //! clock: that is what makes the sync error measurable at all.
@@ -276,6 +277,9 @@ async fn drive(
         };
         let ticks_expected =
             (held_now as f64 * window_secs * 1000.0 / config.tick_ms as f64).round() as u64;
+        let frames_per_sec = window.frames_delivered as f64 / window_secs.max(1e-3);
+        let watched_names: Vec<String> = pids.iter().map(|(n, _)| n.clone()).collect();
+        let cpu_per_frame = report::CpuPerFrame::of(&watched_names, &processes, frames_per_sec);
         let tick_delivery = report::tick_delivery(window.ticks_received, ticks_expected);
         let mut step = Step {
             sessions: target,
@@ -301,6 +305,9 @@ async fn drive(
             errors: window.errors,
             leader_reclaims: window.leader_reclaims,
             processes,
+            frames_delivered: window.frames_delivered,
+            frames_per_sec,
+            cpu_per_frame,
             gateway_kib_per_connection: per_conn(&|n| n.contains("gateway")),
             load_kib_per_connection: per_conn(&|n| n == "bandsync-load"),
             service_level: Verdict {
