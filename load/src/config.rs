@@ -50,6 +50,16 @@ pub struct Config {
     /// release, then debug, build in CARGO_TARGET_DIR or ./target).
     #[arg(long, env = "BANDSYNC_BIN_DIR")]
     pub bin_dir: Option<PathBuf>,
+    /// The gateway executable to start instead of `<bin dir>/bandsync-gateway`
+    /// (own stack only): another build's gateway against this one's, in one session.
+    #[arg(long, env = "BANDSYNC_GATEWAY_BIN")]
+    pub gateway_bin: Option<PathBuf>,
+    /// Which gateway each member uses: `spread` puts member m of session s on
+    /// gateway (s + m) mod G, so every band spans the gateways; `band` puts a
+    /// whole session on gateway s mod G, as production's nginx keeps a band
+    /// on one gateway.
+    #[arg(long, env = "BANDSYNC_LOAD_PLACEMENT", value_enum, default_value_t = Placement::Spread)]
+    pub placement: Placement,
     /// nats-server 2.11+ binary (own stack only).
     #[arg(long, env = "BANDSYNC_NATS_SERVER", default_value = "nats-server")]
     pub nats_server: PathBuf,
@@ -118,6 +128,46 @@ pub struct Config {
     /// Where the started stack writes its logs and JetStream store (default: a temporary directory).
     #[arg(long, env = "BANDSYNC_LOAD_RUN_DIR")]
     pub run_dir: Option<PathBuf>,
+}
+
+/// Where a session's members connect (`--placement`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    /// Member m of session s on gateway (s + m) mod G.
+    #[default]
+    Spread,
+    /// Every member of session s on gateway s mod G.
+    Band,
+}
+
+impl Placement {
+    /// The gateway (an index below `gateways`) member `member` of session
+    /// `session` creates or joins through, connects to and reconnects to first.
+    pub fn gateway(self, session: usize, member: usize, gateways: usize) -> usize {
+        let g = gateways.max(1);
+        match self {
+            Placement::Spread => (session + member) % g,
+            Placement::Band => session % g,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Placement::Spread => "spread",
+            Placement::Band => "band",
+        }
+    }
 }
 
 /// Network impairment added by a user-space TCP proxy in front of each gateway
@@ -191,6 +241,10 @@ impl Config {
         anyhow::ensure!(
             !self.gateway_urls.is_empty() || self.tickers >= 1,
             "--tickers must be at least 1"
+        );
+        anyhow::ensure!(
+            self.gateway_bin.is_none() || self.gateway_urls.is_empty(),
+            "--gateway-bin starts the gateways of the tool's own stack; with --gateway there are none to start"
         );
         for url in &self.gateway_urls {
             anyhow::ensure!(
@@ -285,6 +339,30 @@ mod tests {
     }
 
     #[test]
+    fn placement_picks_each_members_gateway() {
+        let gateways_of = |p: Placement, session: usize| -> Vec<usize> {
+            (0..6).map(|m| p.gateway(session, m, 2)).collect()
+        };
+        // Spread: today's behaviour, every band over both gateways.
+        assert_eq!(gateways_of(Placement::Spread, 0), [0, 1, 0, 1, 0, 1]);
+        assert_eq!(gateways_of(Placement::Spread, 1), [1, 0, 1, 0, 1, 0]);
+        // Band: a whole session on one gateway, sessions alternating.
+        assert_eq!(gateways_of(Placement::Band, 0), [0; 6]);
+        assert_eq!(gateways_of(Placement::Band, 1), [1; 6]);
+        assert_eq!(gateways_of(Placement::Band, 4), [0; 6]);
+        assert_eq!(Placement::Band.gateway(7, 3, 3), 1);
+        assert_eq!(Placement::Spread.gateway(7, 3, 3), 1);
+        assert_eq!(Placement::Spread.gateway(7, 4, 3), 2);
+        // One gateway (or none given yet): always the first.
+        assert_eq!(Placement::Band.gateway(5, 2, 1), 0);
+        assert_eq!(Placement::Spread.gateway(5, 2, 0), 0);
+        let c = Config::parse_from(["bandsync-load"]);
+        assert_eq!(c.placement, Placement::Spread, "the default keeps today's");
+        let c = Config::parse_from(["bandsync-load", "--placement=band"]);
+        assert_eq!(c.placement, Placement::Band);
+    }
+
+    #[test]
     fn bad_values_are_refused() {
         for args in [
             &["bandsync-load", "--ramp=200,100"][..],
@@ -292,6 +370,11 @@ mod tests {
             &["bandsync-load", "--command-ms=10"],
             &["bandsync-load", "--gateway=ws://x:1"],
             &["bandsync-load", "--up-delay-ms=-1"],
+            &[
+                "bandsync-load",
+                "--gateway=http://x:1",
+                "--gateway-bin=/bin/true",
+            ],
         ] {
             let c = Config::parse_from(args);
             assert!(c.validate().is_err(), "{args:?}");

@@ -5,9 +5,10 @@
 //! create/join, WebSocket, clock sync, timeline estimate) from the client SDK.
 //! Leaders start playback and change tempo at a set rate. Each step measures
 //! connections and connect rate, tick latency and delivery, command → all
-//! followers latency, sync error and click skew, errors, and CPU and memory
-//! of every process from /proc. Ramp mode adds sessions step by step until
-//! the service level breaks. Optionally a user-space proxy impairs the path.
+//! followers latency, sync error and click skew, errors, frames delivered,
+//! and CPU and memory of every process from /proc (and its CPU per frame
+//! delivered). Ramp mode adds sessions step by step until the service level
+//! breaks. Optionally a user-space proxy impairs the path.
 //!
 //! Everything runs on one machine, so the true server clock is the local
 //! clock: that is what makes the sync error measurable at all.
@@ -88,6 +89,7 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<Repo
         let s = stack::Stack::start(stack::StackSpec {
             nats_server: &config.nats_server,
             bin_dir: &bin_dir,
+            gateway_bin: config.gateway_bin.as_deref(),
             nats_nodes: config.nats_nodes,
             gateways: config.gateways,
             tickers: config.tickers,
@@ -275,6 +277,9 @@ async fn drive(
         };
         let ticks_expected =
             (held_now as f64 * window_secs * 1000.0 / config.tick_ms as f64).round() as u64;
+        let frames_per_sec = window.frames_delivered as f64 / window_secs.max(1e-3);
+        let watched_names: Vec<String> = pids.iter().map(|(n, _)| n.clone()).collect();
+        let cpu_per_frame = report::CpuPerFrame::of(&watched_names, &processes, frames_per_sec);
         let tick_delivery = report::tick_delivery(window.ticks_received, ticks_expected);
         let mut step = Step {
             sessions: target,
@@ -300,6 +305,9 @@ async fn drive(
             errors: window.errors,
             leader_reclaims: window.leader_reclaims,
             processes,
+            frames_delivered: window.frames_delivered,
+            frames_per_sec,
+            cpu_per_frame,
             gateway_kib_per_connection: per_conn(&|n| n.contains("gateway")),
             load_kib_per_connection: per_conn(&|n| n == "bandsync-load"),
             service_level: Verdict {
@@ -350,6 +358,8 @@ async fn drive(
             warmup_secs: config.warmup_secs,
             source_addrs: config.source_addrs,
             impairment: config.impair.is_active().then_some(config.impair),
+            placement: config.placement,
+            gateway_bin: config.gateway_bin.as_ref().map(|p| p.display().to_string()),
         },
         steps,
         last_step_held: (!config.ramp.is_empty()).then_some(last_held).flatten(),
@@ -440,9 +450,9 @@ async fn setup_session(
     http_gate: Arc<Semaphore>,
     play: watch::Receiver<bool>,
 ) {
-    let g = gateways.len().max(1);
+    let g = gateways.len();
     let api = |m: usize| {
-        let api = Api::new(gateways[(s + m) % g].clone());
+        let api = Api::new(gateways[config.placement.gateway(s, m, g)].clone());
         match config.source_ip(s * config.members + m) {
             Some(ip) => api.with_local_ip(ip),
             None => api,
@@ -468,7 +478,7 @@ async fn setup_session(
     let member = |m: usize, joined| Member {
         joined,
         leader: m == 0,
-        gateway: (s + m) % g,
+        gateway: config.placement.gateway(s, m, g),
         local_ip: config.source_ip(s * config.members + m),
     };
     // The leader connects first: a leader still away after the grace period

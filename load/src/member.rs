@@ -252,8 +252,10 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = run.stop.cancelled() => break,
-            msg = conn.next() => match msg {
-                Ok(msg) => handle(&run, &session, &me, &mut tick_seq, msg),
+            // Unfiltered: a message the client skips (an older owner's epoch,
+            // an event already seen) was still delivered, and counts as a frame.
+            msg = conn.next_unfiltered() => match msg {
+                Ok((msg, taken)) => handle(&run, &session, &me, &mut tick_seq, msg, taken),
                 Err(e) => {
                     run.recorder.with(|w| w.error(&format!("disconnected: {}", kind(&e))));
                     session.connected.fetch_sub(1, Ordering::Relaxed);
@@ -402,10 +404,27 @@ fn kind(e: &ClientError) -> &'static str {
     }
 }
 
-fn handle(run: &Run, session: &Session, me: &Member, tick_seq: &mut Option<u64>, msg: ServerMsg) {
+/// Records a message read from the socket; `taken`: the client's view used
+/// it (false for what `Connection::next` would have skipped).
+fn handle(
+    run: &Run,
+    session: &Session,
+    me: &Member,
+    tick_seq: &mut Option<u64>,
+    msg: ServerMsg,
+    taken: bool,
+) {
     let now = now_us();
+    // A tick, the common case, is counted under the lock it takes anyway.
+    if !taken || !matches!(msg, ServerMsg::Tick(_)) {
+        run.recorder.with(|w| w.frames_delivered += 1);
+        if !taken {
+            return;
+        }
+    }
     match msg {
         ServerMsg::Tick(t) => run.recorder.with(|w| {
+            w.frames_delivered += 1;
             w.ticks_received += 1;
             w.tick_latency.push(now - t.server_time);
             match *tick_seq {

@@ -8,8 +8,10 @@
 //! of their p99s (an upper bound: the children measure alike populations of
 //! one run, so their p99s differ little); max is the max. The stack's
 //! processes are watched by child 0 only; each child reports itself as
-//! `bandsync-load-<i>`. The children run their steps independently and start
-//! together, so their windows overlap but are not aligned to the millisecond.
+//! `bandsync-load-<i>`. Frames delivered add up, and so do frames per
+//! second: CPU per frame is each process's share of a core ÷ all of them.
+//! The children run their steps independently and start together, so their
+//! windows overlap but are not aligned to the millisecond.
 
 use crate::config::Config;
 use crate::report::{Report, Step, Verdict};
@@ -71,6 +73,7 @@ pub fn child_args(
         format!("--stall-every-ms={}", i_.stall_every_ms),
         format!("--stall-ms={}", i_.stall_ms),
         format!("--bandwidth-kbps={}", i_.bandwidth_kbps),
+        format!("--placement={}", c.placement.as_str()),
         format!("--json={}", json.display()),
         "--procs=1".into(),
     ];
@@ -109,6 +112,9 @@ pub async fn run_children(
         let args = child_args(config, gateways, pids, share, i, &json);
         let child = Command::new(&exe)
             .args(&args)
+            // The gateways are started here, not by the children (which
+            // would refuse --gateway-bin next to --gateway).
+            .env_remove("BANDSYNC_GATEWAY_BIN")
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -152,7 +158,9 @@ pub async fn run_children(
         }
         reports.push(r);
     }
-    Ok(merge(config, reports))
+    let mut watched: Vec<String> = pids.iter().map(|(n, _)| n.clone()).collect();
+    watched.extend((0..config.procs).map(|i| format!("bandsync-load-{i}")));
+    Ok(merge(config, &watched, reports))
 }
 
 fn merge_summary(all: &[Option<Summary>]) -> Option<Summary> {
@@ -167,7 +175,8 @@ fn merge_summary(all: &[Option<Summary>]) -> Option<Summary> {
 }
 
 /// One report from the children's: steps that every child reached.
-pub fn merge(config: &Config, mut reports: Vec<Report>) -> Report {
+/// `watched`: the stack's processes child 0 watched and the children.
+pub fn merge(config: &Config, watched: &[String], mut reports: Vec<Report>) -> Report {
     let n_steps = reports.iter().map(|r| r.steps.len()).min().unwrap_or(0);
     let mut steps = Vec::new();
     for k in 0..n_steps {
@@ -190,6 +199,10 @@ pub fn merge(config: &Config, mut reports: Vec<Report>) -> Report {
                 *errors.entry(k.clone()).or_insert(0) += v;
             }
         }
+        // The children's windows overlap: their frame rates add up, and the
+        // stack's CPU (child 0's window) is set against all of them.
+        let frames_per_sec: f64 = parts.iter().map(|s| s.frames_per_sec).sum();
+        let processes: Vec<_> = parts.iter().flat_map(|s| s.processes.clone()).collect();
         let first = parts[0];
         let load_kib: Vec<(f64, f64)> = parts
             .iter()
@@ -218,7 +231,10 @@ pub fn merge(config: &Config, mut reports: Vec<Report>) -> Report {
             click_skew: summ(&|s| s.click_skew),
             errors,
             leader_reclaims: sum(&|s| s.leader_reclaims),
-            processes: parts.iter().flat_map(|s| s.processes.clone()).collect(),
+            cpu_per_frame: crate::report::CpuPerFrame::of(watched, &processes, frames_per_sec),
+            processes,
+            frames_delivered: sum(&|s| s.frames_delivered),
+            frames_per_sec,
             // Child 0 watched the gateways but divided by its own connections only.
             gateway_kib_per_connection: first
                 .gateway_kib_per_connection
@@ -251,6 +267,7 @@ pub fn merge(config: &Config, mut reports: Vec<Report>) -> Report {
     report.setup.own_stack = config.gateway_urls.is_empty();
     report.setup.tickers = report.setup.own_stack.then_some(config.tickers);
     report.setup.procs = config.procs;
+    report.setup.gateway_bin = config.gateway_bin.as_ref().map(|p| p.display().to_string());
     report.steps = steps;
     report.last_step_held = last_step_held;
     report

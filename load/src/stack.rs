@@ -78,6 +78,9 @@ impl StackArgs {
 pub struct StackSpec<'a> {
     pub nats_server: &'a Path,
     pub bin_dir: &'a Path,
+    /// The gateway executable, if not `bin_dir`'s `bandsync-gateway` (another
+    /// build's, to compare two in one session).
+    pub gateway_bin: Option<&'a Path>,
     /// 1: a single server, streams and buckets R1; 3 or more: a cluster, R3.
     pub nats_nodes: usize,
     pub gateways: usize,
@@ -196,7 +199,18 @@ impl Stack {
             );
             Ok(path)
         };
-        let (gateway_bin, ticker_bin) = (bin("bandsync-gateway")?, bin("bandsync-ticker")?);
+        let gateway_bin = match spec.gateway_bin {
+            Some(path) => {
+                anyhow::ensure!(
+                    path.is_file(),
+                    "gateway binary {} not found",
+                    path.display()
+                );
+                path.to_path_buf()
+            }
+            None => bin("bandsync-gateway")?,
+        };
+        let ticker_bin = bin("bandsync-ticker")?;
         let store_bin = spec
             .store
             .as_ref()

@@ -80,6 +80,10 @@ pub struct Summary {
 /// Everything recorded during one measured window.
 #[derive(Debug, Default)]
 pub struct Window {
+    /// Every server → client message the members read (ticks, events, pongs,
+    /// errors, tokens…, also those a client skips as stale): what the stack
+    /// delivered. A message the gateway sent in fragments counts once.
+    pub frames_delivered: u64,
     /// Local receive time − the tick's `server_time` (one machine, one clock).
     pub tick_latency: Samples,
     pub ticks_received: u64,
@@ -167,11 +171,14 @@ mod tests {
         let r = Recorder::default();
         r.with(|w| {
             w.ticks_received += 3;
+            w.frames_delivered += 4;
             w.error("x");
         });
         let w = r.take();
         assert_eq!(w.ticks_received, 3);
         assert_eq!(w.errors.get("x"), Some(&1));
-        assert_eq!(r.take().ticks_received, 0);
+        assert_eq!(w.frames_delivered, 4);
+        let next = r.take();
+        assert_eq!((next.ticks_received, next.frames_delivered), (0, 0));
     }
 }

@@ -34,6 +34,7 @@ async fn a_nats_node_and_a_gateway_die_and_the_bands_play_on() {
     let mut stack = Stack::start(StackSpec {
         nats_server: &nats_server,
         bin_dir: &bin_dir,
+        gateway_bin: None,
         nats_nodes: 3,
         gateways: 2,
         tickers: 2,

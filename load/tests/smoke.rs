@@ -122,8 +122,25 @@ async fn a_small_run_connects_everyone_and_computes_every_figure() {
         step.processes.iter().any(|p| p.name == "bandsync-load"),
         "own process measured"
     );
+    // Every message counts: ticks, and the pongs and events besides.
+    assert!(
+        step.frames_delivered > step.ticks_received,
+        "frames {} against ticks {}",
+        step.frames_delivered,
+        step.ticks_received
+    );
+    assert!(
+        step.cpu_per_frame
+            .load_generator_us
+            .is_some_and(|us| us.is_finite() && us >= 0.0),
+        "{:?}",
+        step.cpu_per_frame
+    );
+    // A running stack watched without --pid: no stack figure, not a 0.
+    assert_eq!(step.cpu_per_frame.stack_us, None);
     let table = report.table();
     assert!(table.contains("sync error"), "{table}");
+    assert!(table.contains("load-gen µs CPU per frame"), "{table}");
     let json = serde_json::to_value(&report).expect("report serialises");
     assert_eq!(json["steps"][0]["connections_held"], 9);
 }
@@ -171,6 +188,7 @@ async fn several_processes_share_the_sessions_and_merge_their_reports() {
         .args([
             format!("--gateway={}", stack.gateways.join(",")),
             "--procs=2".into(),
+            "--placement=band".into(),
             "--sessions=3".into(),
             "--members=3".into(),
             "--duration-secs=2".into(),
@@ -195,10 +213,18 @@ async fn several_processes_share_the_sessions_and_merge_their_reports() {
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&json).expect("report written")).expect("json");
     assert_eq!(report["setup"]["procs"], 2);
+    assert_eq!(report["setup"]["placement"], "band");
     let step = &report["steps"][0];
     assert_eq!(step["sessions"], 3, "2 + 1 sessions");
     assert_eq!(step["connections_held"], 9);
     assert!(step["ticks_received"].as_u64() > Some(0));
+    assert!(step["frames_delivered"].as_u64() > step["ticks_received"].as_u64());
+    assert!(
+        step["cpu_per_frame"]["load_generator_us"]
+            .as_f64()
+            .is_some_and(f64::is_finite),
+        "both children measured: {step}"
+    );
     assert!(
         step["sync_error"]["p99_ms"]
             .as_f64()

@@ -72,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
     let stack = Stack::start(StackSpec {
         nats_server: &args.stack.nats_server,
         bin_dir: &bin_dir,
+        gateway_bin: None,
         nats_nodes: 1,
         gateways: 1,
         tickers: 1,

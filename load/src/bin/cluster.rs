@@ -74,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
     let mut stack = Stack::start(StackSpec {
         nats_server: &args.nats_server,
         bin_dir: &bin_dir,
+        gateway_bin: None,
         nats_nodes: args.nats_nodes,
         gateways: args.gateways,
         tickers: args.tickers,
