@@ -4,10 +4,10 @@
 // grid; play with a count-in, pause mid-bar and resume, transpose on one
 // follower only, a pedal press, a cue, a stalled follower shown out of sync
 // and recovering.
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { LAPTOP, PHONE, TABLET, device, launch, screenshot, text, until, visible } from './lib/browser.mjs';
-import { startStack } from './lib/stack.mjs';
+import { LAPTOP, PHONE, TABLET, device, screenshot, text, until, visible } from './lib/browser.mjs';
+import { realStack } from './lib/stack.mjs';
 
 // Parts that need the server side of issue 14 (the protocol branch: cues,
 // resume from the bar line). Remove once that branch is merged.
@@ -32,8 +32,6 @@ const SONG = `{title: Rehearsal Song}
 {chorus}
 `;
 
-let stack;
-let browser;
 let leader;
 let phone;
 let tablet;
@@ -46,29 +44,19 @@ async function atSameInstant() {
   return Promise.all(all().map((p) => bs(p, (t) => ({ pos: bandsync.position(t + bandsync.offsetUs), d: bandsync.describe(t + bandsync.offsetUs) }), localUs)));
 }
 
-before(async () => {
-  stack = await startStack({ gateways: 2 });
-  browser = await launch();
-});
-
-after(async () => {
-  const errors = all().flatMap((p) => p?.errors || []);
-  if (errors.length) console.log('page errors:', errors);
-  await browser?.close().catch(() => {});
-  await stack?.stop();
-});
+const band = realStack({ gateways: 2, pages: all });
 
 describe('the rehearsal: laptop, phone and tablet over two gateways', () => {
   test('the leader creates a session; the phone joins on gateway B, the tablet on gateway A', async () => {
-    leader = await device(browser, LAPTOP);
-    await leader.goto(stack.gateways[0].url);
+    leader = await device(band.browser, LAPTOP);
+    await leader.goto(band.stack.gateways[0].url);
     await leader.fill('#create-name', 'Ana');
     await leader.click('#create-btn');
     await until('welcome', () => bs(leader, () => bandsync.state !== null));
     const code = await bs(leader, () => bandsync.state.code);
-    [phone, tablet] = [await device(browser, PHONE), await device(browser, TABLET)];
+    [phone, tablet] = [await device(band.browser, PHONE), await device(band.browser, TABLET)];
     for (const [page, gw, name] of [[phone, 1, 'Ben'], [tablet, 0, 'Cy']]) {
-      await page.goto(`${stack.gateways[gw].url}/?join=${code}`);
+      await page.goto(`${band.stack.gateways[gw].url}/?join=${code}`);
       await page.fill('#join-name', name);
       await page.click('#join-btn');
       await until(`${name} welcomed`, () => bs(page, () => bandsync.state !== null));
@@ -143,7 +131,7 @@ describe('the rehearsal: laptop, phone and tablet over two gateways', () => {
     // The phone's gateway freezes (SIGSTOP): its socket stays open but nothing
     // comes through, as on a stalled Wi-Fi. (Emulating "offline" in Chromium
     // closes the socket instead, which is the plainer case of a drop.)
-    const gwB = stack.gateways[1];
+    const gwB = band.stack.gateways[1];
     gwB.child.kill('SIGSTOP');
     try {
       await until('out of sync shown', () => visible(phone, '#sync-banner'), { timeout: 6000 });

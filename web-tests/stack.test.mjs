@@ -1,10 +1,10 @@
 // The whole system as a band uses it: a real nats-server, ticker and two
 // gateways; the leader's laptop talks to gateway A, the follower's phone to
 // gateway B, and both must show and click the same beat at the same instant.
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { LAPTOP, PHONE, device, launch, screenshot, sleep, text, until, visible } from './lib/browser.mjs';
-import { replaceGateway, startStack } from './lib/stack.mjs';
+import { LAPTOP, PHONE, device, screenshot, sleep, text, until, visible } from './lib/browser.mjs';
+import { realStack, replaceGateway } from './lib/stack.mjs';
 
 const CHART = [
   '| G    | G    | C    | G    |',
@@ -15,8 +15,6 @@ const CHART = [
   '| Am   | D    | G    | G    |',
 ].join('\n');
 
-let stack;
-let browser;
 let leader; // page on gateway A
 let follower; // page on gateway B
 
@@ -30,22 +28,12 @@ async function positionsAtSameInstant() {
   return { a, b };
 }
 
-before(async () => {
-  stack = await startStack({ gateways: 2 });
-  browser = await launch();
-});
-
-after(async () => {
-  const failures = [leader, follower].flatMap((p) => p?.errors || []);
-  if (failures.length) console.log('page errors:', failures);
-  await browser?.close().catch(() => {});
-  await stack?.stop();
-});
+const band = realStack({ gateways: 2, pages: () => [leader, follower] });
 
 describe('a band on the real stack (nats-server, ticker, two gateways)', () => {
   test('the leader creates a session on gateway A', async () => {
-    leader = await device(browser, LAPTOP);
-    await leader.goto(stack.gateways[0].url);
+    leader = await device(band.browser, LAPTOP);
+    await leader.goto(band.stack.gateways[0].url);
     await leader.fill('#create-name', 'Ana');
     await leader.click('#create-btn');
     await until('session screen', () => visible(leader, '#session'), { timeout: 10_000 });
@@ -59,8 +47,8 @@ describe('a band on the real stack (nats-server, ticker, two gateways)', () => {
 
   test('the follower joins with the code, typed loosely, on gateway B', async () => {
     const code = await bs(leader, () => bandsync.state.code);
-    follower = await device(browser, PHONE);
-    await follower.goto(stack.gateways[1].url);
+    follower = await device(band.browser, PHONE);
+    await follower.goto(band.stack.gateways[1].url);
     await follower.fill('#join-code', `${code.slice(0, 4).toLowerCase()}-${code.slice(4).toLowerCase()}`);
     await follower.fill('#join-name', 'Ben');
     await follower.click('#join-btn');
@@ -234,7 +222,7 @@ describe('a band on the real stack (nats-server, ticker, two gateways)', () => {
 
   test('the same member in a second tab: the first tab is told and does not take it back', async () => {
     const tab = await follower.context().newPage();
-    await tab.goto(stack.gateways[1].url);
+    await tab.goto(band.stack.gateways[1].url);
     await until('rejoin offered', () => visible(tab, '#rejoin'));
     await tab.click('#rejoin-btn');
     await until('second tab online', () => bs(tab, () => bandsync.connection === 'online'), { timeout: 10_000 });
@@ -253,13 +241,13 @@ describe('a band on the real stack (nats-server, ticker, two gateways)', () => {
     const me = await bs(follower, () => bandsync.me);
     await leader.click('#play-btn');
     await until('playing', async () => (await text(follower, '#status')) === 'Playing', { timeout: 5000 });
-    const gwB = stack.gateways[1];
+    const gwB = band.stack.gateways[1];
     await gwB.stop();
     await until('follower offline', () => bs(follower, () => bandsync.connection === 'offline'), { timeout: 5000 });
     // The follower keeps counting on its own timeline meanwhile.
     const during = await bs(follower, () => bandsync.describe().mode);
     assert.equal(during, 'playing');
-    await replaceGateway(stack, gwB);
+    await replaceGateway(band.stack, gwB);
     await until('follower back online', () => bs(follower, () => bandsync.connection === 'online'), { timeout: 20_000 });
     assert.equal(await bs(follower, () => bandsync.me), me);
     assert.ok((await bs(follower, () => bandsync.reconnects)).length >= 1, 'told to reconnect by the departing gateway');

@@ -8,10 +8,8 @@ use bandsync_load::config::Impairment;
 use bandsync_load::proxy::Proxy;
 use bandsync_nats::state::Change;
 use bandsync_nats::{Command, Micros, ServerMsg};
-use bandsync_testkit::{NatsServer, Role, eventually};
-use clap::Parser;
+use bandsync_testkit::{InProcessStack, StackOptions};
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(15);
 const DELAY_MS: f64 = 300.0;
@@ -38,36 +36,11 @@ async fn receive_until_done(mut c: Connection) -> Vec<(Micros, Micros, &'static 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_member_hears_of_every_change_before_it_happens_on_a_300_ms_link() {
-    bandsync_nats::service::init_tracing_at("warn");
-    let nats = NatsServer::start().await;
-    let stop = CancellationToken::new();
-    let ticker = bandsync_ticker::Config::parse_from(
-        ["bandsync-ticker".to_string()]
-            .into_iter()
-            .chain(nats.bus_flags(Role::Ticker))
-            .chain(["--listen=127.0.0.1:0".into(), "--shards=4".into()]),
-    );
-    let ticker = bandsync_ticker::start(ticker, stop.clone())
-        .await
-        .expect("ticker starts");
-    let config = bandsync_gateway::Config::parse_from(
-        ["bandsync-gateway".to_string()]
-            .into_iter()
-            .chain(nats.bus_flags(Role::Gateway))
-            .chain([
-                "--listen=127.0.0.1:0".into(),
-                "--ops-listen=127.0.0.1:0".into(),
-                "--token-secret=lead-test-secret-0123456789".into(),
-                "--gateway-id=lead-0".into(),
-                "--shards=4".into(),
-            ])
-            .chain(bandsync_testkit::NO_ADDRESS_LIMITS.map(String::from)),
-    );
-    let gateway = bandsync_gateway::start(config, stop.clone())
-        .await
-        .expect("gateway starts");
-    eventually(WAIT, "the ticker to own its shards", || async {
-        ticker.shards_owned() >= 4
+    let stack = InProcessStack::start(StackOptions {
+        shards: 4,
+        gateway_ids: &["lead-0"],
+        token_secret: "lead-test-secret-0123456789",
+        ..StackOptions::default()
     })
     .await;
     let slow_link = Impairment {
@@ -75,10 +48,10 @@ async fn every_member_hears_of_every_change_before_it_happens_on_a_300_ms_link()
         down_delay_ms: DELAY_MS,
         ..Impairment::default()
     };
-    let proxy = Proxy::start(gateway.addr, slow_link, stop.clone())
+    let proxy = Proxy::start(stack.gateways[0].addr, slow_link, stack.stopping())
         .await
         .expect("proxy starts");
-    let direct = format!("http://{}", gateway.addr);
+    let direct = stack.bases[0].clone();
     let api = Api::new(&direct);
 
     let lead = api.create("Lead").await.expect("create");
@@ -179,5 +152,4 @@ async fn every_member_hears_of_every_change_before_it_happens_on_a_300_ms_link()
         closest.is_some_and(|margin| margin > 100_000),
         "the far member had room to spare: {closest:?} µs"
     );
-    stop.cancel();
 }

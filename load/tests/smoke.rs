@@ -4,83 +4,25 @@
 //! never how fast anything is: that is `scripts/bench`'s job.
 
 use bandsync_load::Config;
-use bandsync_testkit::{NatsServer, Role};
+use bandsync_testkit::{InProcessStack, StackOptions};
 use clap::Parser;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-const SECRET: &str = "load-smoke-secret-0123456789";
-const SHARDS: &str = "--shards=16";
-
-struct Stack {
-    _nats: NatsServer,
-    gateways: Vec<String>,
-    stop: CancellationToken,
+async fn stack() -> InProcessStack {
+    InProcessStack::start(StackOptions {
+        shards: 16,
+        gateway_ids: &["smoke-0", "smoke-1"],
+        token_secret: "load-smoke-secret-0123456789",
+        ticker_flags: &["--tick-ms=100"],
+        ..StackOptions::default()
+    })
+    .await
 }
 
-impl Drop for Stack {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-async fn stack() -> Stack {
-    bandsync_nats::service::init_tracing_at("warn");
-    let nats = NatsServer::start().await;
-    let stop = CancellationToken::new();
-    let ticker = bandsync_ticker::Config::parse_from(
-        ["bandsync-ticker".to_string()]
-            .into_iter()
-            .chain(nats.bus_flags(Role::Ticker))
-            .chain([
-                "--listen=127.0.0.1:0".into(),
-                "--tick-ms=100".into(),
-                SHARDS.into(),
-            ]),
-    );
-    let ticker = bandsync_ticker::start(ticker, stop.clone())
-        .await
-        .expect("ticker starts");
-    let mut gateways = Vec::new();
-    for i in 0..2 {
-        let config = bandsync_gateway::Config::parse_from(
-            ["bandsync-gateway".to_string()]
-                .into_iter()
-                .chain(nats.bus_flags(Role::Gateway))
-                .chain([
-                    "--listen=127.0.0.1:0".into(),
-                    "--ops-listen=127.0.0.1:0".into(),
-                    format!("--token-secret={SECRET}"),
-                    format!("--gateway-id=smoke-{i}"),
-                    SHARDS.into(),
-                ])
-                // Many devices from one address: no per-address limits.
-                .chain(bandsync_testkit::NO_ADDRESS_LIMITS.map(String::from)),
-        );
-        let gw = bandsync_gateway::start(config, stop.clone())
-            .await
-            .expect("gateway starts");
-        gateways.push(format!("http://{}", gw.addr));
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while ticker.shards_owned() < 16 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "ticker never took its shards"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Stack {
-        _nats: nats,
-        gateways,
-        stop,
-    }
-}
-
-fn config(stack: &Stack, extra: &[&str]) -> Config {
+fn config(stack: &InProcessStack, extra: &[&str]) -> Config {
     let mut args = vec![
         "bandsync-load".to_string(),
-        format!("--gateway={}", stack.gateways.join(",")),
+        format!("--gateway={}", stack.bases.join(",")),
         "--members=3".into(),
         "--duration-secs=2".into(),
         "--warmup-secs=1".into(),
@@ -186,7 +128,7 @@ async fn several_processes_share_the_sessions_and_merge_their_reports() {
     // The real binary: the parent re-executes itself, which a test binary cannot.
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_bandsync-load"))
         .args([
-            format!("--gateway={}", stack.gateways.join(",")),
+            format!("--gateway={}", stack.bases.join(",")),
             "--procs=2".into(),
             "--placement=band".into(),
             "--sessions=3".into(),

@@ -1,19 +1,25 @@
 //! What BandSync's tests, benchmarks and examples share, in one home: real
 //! nats-server processes and clusters (`nats`), a plain HTTP GET (`http`),
 //! Prometheus text read strictly (`metrics`: an absent series is an error, never
-//! a 0), waiting for a condition with a deadline (`wait`) and percentiles.
+//! a 0), waiting for a condition with a deadline (`wait`) and percentiles;
+//! with the `stack` feature, a ticker and gateways started in the test's own
+//! process (`stack`, whose doc says why it is behind a feature).
 //!
 //! No service links it: tests, benchmarks and the load and chaos tools do.
 
 pub mod http;
 pub mod metrics;
 pub mod nats;
+#[cfg(feature = "stack")]
+pub mod stack;
 pub mod wait;
 
 pub use bandsync_nats::auth::Role;
 pub use http::{HttpError, Response, http_get, http_get_with};
 pub use metrics::{MetricError, metric, scrape_metric};
 pub use nats::{Logins, NatsCluster, NatsServer, nats_server_bin};
+#[cfg(feature = "stack")]
+pub use stack::{InProcessStack, StackOptions};
 pub use wait::eventually;
 
 /// The gateway flags that turn its per-address limits off (gateway/src/config.rs):

@@ -3,6 +3,7 @@
 // killed by stop(), and by a process exit hook should a test die half-way.
 // NATS runs with the deployment's users and permissions (deploy/nats-auth.conf),
 // random passwords, and each service logs in as its own user.
+import { after, before } from 'node:test';
 import { spawn, spawnSync } from 'node:child_process';
 import { randomInt } from 'node:crypto';
 import { copyFileSync, createWriteStream, existsSync, mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -10,6 +11,7 @@ import { createServer, connect } from 'node:net';
 import { homedir, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { launch } from './browser.mjs';
 
 export const REPO = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const LOGS = join(REPO, 'web-tests', 'logs');
@@ -237,6 +239,26 @@ export async function startStack({ gateways = 2 } = {}) {
     e.message += `\n${tails}`;
     throw e;
   }
+}
+
+/**
+ * The real stack and a browser for a test file: started before its tests,
+ * stopped after them, once the errors logged by `pages()` (the file's pages)
+ * are printed. `band.stack` and `band.browser` are set once they run.
+ */
+export function realStack({ gateways = 2, pages = () => [] } = {}) {
+  const band = { stack: null, browser: null };
+  before(async () => {
+    band.stack = await startStack({ gateways });
+    band.browser = await launch();
+  });
+  after(async () => {
+    const errors = pages().flatMap((p) => p?.errors || []);
+    if (errors.length) console.log('page errors:', errors);
+    await band.browser?.close().catch(() => {});
+    await band.stack?.stop();
+  });
+  return band;
 }
 
 /** Starts a new gateway process on a stopped gateway's port, in its place. */

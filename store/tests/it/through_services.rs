@@ -5,12 +5,10 @@ use crate::support::{TestDb, start_store};
 use async_nats::jetstream::consumer::{DeliverPolicy, push::OrderedConfig};
 use bandsync_client::{Api, Connection};
 use bandsync_nats::{Command, ServerMsg, Song, Subjects};
-use bandsync_testkit::{NatsServer, Role, eventually};
-use clap::Parser;
+use bandsync_testkit::{InProcessStack, Role, StackOptions, eventually};
 use futures::StreamExt;
 use std::collections::BTreeSet;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -53,44 +51,16 @@ async fn table_seqs(db: &TestDb, table: &str) -> (i64, BTreeSet<i64>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_band_session_through_gateways_and_ticker_is_stored_exactly_once() {
-    bandsync_nats::service::init_tracing_at("warn");
-    let nats = NatsServer::start().await;
-    let stop = CancellationToken::new();
-    let ticker_config = bandsync_ticker::Config::parse_from(
-        ["bandsync-ticker".to_string()]
-            .into_iter()
-            .chain(nats.bus_flags(Role::Ticker))
-            .chain(["--listen=127.0.0.1:0".into(), "--shards=8".into()]),
-    );
-    let ticker = bandsync_ticker::start(ticker_config, stop.clone())
-        .await
-        .expect("ticker");
-    let mut bases = Vec::new();
-    for id in ["gw-a", "gw-b"] {
-        let config = bandsync_gateway::Config::parse_from(
-            ["bandsync-gateway".to_string()]
-                .into_iter()
-                .chain(nats.bus_flags(Role::Gateway))
-                .chain([
-                    "--listen=127.0.0.1:0".into(),
-                    "--ops-listen=127.0.0.1:0".into(),
-                    "--token-secret=store-test-secret-0123456789".into(),
-                    format!("--gateway-id={id}"),
-                    "--shards=8".into(),
-                ])
-                // Many devices from one address: no per-address limits.
-                .chain(bandsync_testkit::NO_ADDRESS_LIMITS.map(String::from)),
-        );
-        let gw = bandsync_gateway::start(config, stop.clone())
-            .await
-            .expect("gateway");
-        bases.push(format!("http://{}", gw.addr));
-    }
-    while ticker.shards_owned() < 8 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let stack = InProcessStack::start(StackOptions {
+        shards: 8,
+        gateway_ids: &["gw-a", "gw-b"],
+        token_secret: "store-test-secret-0123456789",
+        ..StackOptions::default()
+    })
+    .await;
+    let (nats, bases) = (&stack.nats, &stack.bases);
     let db = TestDb::fresh();
-    let (_store, store_stop) = start_store(&nats, &db.url()).await;
+    let (_store, store_stop) = start_store(nats, &db.url()).await;
 
     // The rehearsal: a leader on gateway A, two followers on B.
     let lead = Api::new(&bases[0]).create("Lead").await.expect("create");
@@ -243,5 +213,4 @@ async fn a_band_session_through_gateways_and_ticker_is_stored_exactly_once() {
         1
     );
     store_stop.cancel();
-    stop.cancel();
 }
