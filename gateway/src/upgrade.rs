@@ -19,8 +19,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::task::TaskTracker;
 use tungstenite::handshake::derive_accept_key;
@@ -37,27 +36,8 @@ pub struct Socket {
 /// The connection as tungstenite sees it: it reads the socket, and writes
 /// through the mailbox, so its frames and the hub's never interleave.
 pub struct Duplex {
-    read: Pin<Box<dyn AsyncRead + Send>>,
+    read: ReadHalf<TokioIo<Upgraded>>,
     out: Arc<Mailbox>,
-}
-
-/// The upgraded connection's two sides. A plain TCP socket is split by tokio
-/// without a lock (the hub writes to it from the fan-out while its task reads
-/// it; `tokio::io::split`'s lock was 5% of the gateway's CPU at 500 sessions);
-/// a TLS stream through `tokio::io::split`.
-fn split(upgraded: Upgraded) -> (Pin<Box<dyn AsyncRead + Send>>, crate::mailbox::Writer) {
-    match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => {
-            let (read, write) = parts.io.into_inner().into_split();
-            // What hyper read past the request comes first.
-            let read = std::io::Cursor::new(parts.read_buf).chain(read);
-            (Box::pin(read), Box::pin(write))
-        }
-        Err(upgraded) => {
-            let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-            (Box::pin(read), Box::pin(write))
-        }
-    }
 }
 
 impl AsyncRead for Duplex {
@@ -66,7 +46,7 @@ impl AsyncRead for Duplex {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.read.as_mut().poll_read(cx, buf)
+        Pin::new(&mut self.read).poll_read(cx, buf)
     }
 }
 
@@ -156,7 +136,7 @@ impl Upgrade {
         tasks.spawn(async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
-                    let (read, write) = split(upgraded);
+                    let (read, write) = tokio::io::split(TokioIo::new(upgraded));
                     let out = Arc::new(Mailbox::new(queue, Box::pin(write)));
                     let duplex = Duplex {
                         read,
