@@ -133,12 +133,11 @@ async fn a_band_session_through_gateways_and_ticker_is_stored_exactly_once() {
         )
         .await
         .expect("member_quality");
-    // A follower's command is rejected, and that is stored too.
-    followers[0]
-        .send(&Command::Tempo { bpm: 90.0 }, None)
-        .await
-        .expect("send");
-    followers[0]
+    // A command the owner refuses (a pause while stopped) is stored too. (A
+    // follower's leader-only command would not do: its gateway refuses it, and
+    // it never reaches the bus.)
+    leader.send(&Command::Pause, None).await.expect("send");
+    leader
         .wait_for(WAIT, |m| matches!(m, ServerMsg::Error(_)))
         .await
         .expect("rejected");
