@@ -178,6 +178,20 @@ impl Stack {
         Api::new(self.base(gateway))
     }
 
+    /// The command stream, read as the admin user.
+    pub async fn command_stream(&self) -> async_nats::jetstream::stream::Stream {
+        let bus = self
+            .nats
+            .bus_args(Role::Admin)
+            .open("system-test".into())
+            .await
+            .expect("bus");
+        bus.js
+            .get_stream(bus.subjects.cmd_stream())
+            .await
+            .expect("command stream")
+    }
+
     /// Connects with a token and waits until the member shows as connected.
     pub async fn connect(&self, gateway: usize, joined: &Joined) -> Connection {
         let mut c = Connection::connect(&self.base(gateway), &joined.token)

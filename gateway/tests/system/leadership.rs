@@ -97,17 +97,7 @@ async fn leader_leaving_keeps_the_music_and_passes_leadership() {
 
 /// Commands in the command stream so far.
 async fn commands_in_stream(stack: &Stack) -> u64 {
-    let bus = stack
-        .nats
-        .bus_args(bandsync_testkit::Role::Admin)
-        .open("leadership-test".into())
-        .await
-        .expect("bus");
-    let mut stream = bus
-        .js
-        .get_stream(bus.subjects.cmd_stream())
-        .await
-        .expect("command stream");
+    let mut stream = stack.command_stream().await;
     stream.info().await.expect("stream info").state.messages
 }
 

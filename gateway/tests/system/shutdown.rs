@@ -5,7 +5,6 @@ use crate::common::*;
 use bandsync_client::{ClientError, Connection};
 use bandsync_gateway::SHUTDOWN_GRACE;
 use bandsync_nats::{Command, CommandEnvelope, ServerMsg};
-use bandsync_testkit::Role;
 use std::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,17 +46,7 @@ async fn a_stopping_gateway_tells_its_clients_to_reconnect() {
 /// task publishes its `bye` as its last step (after its socket closed) and
 /// waits for the stream's ack, so each one here is a task that finished.
 async fn byes_from(stack: &Stack, gateway: &str) -> usize {
-    let bus = stack
-        .nats
-        .bus_args(Role::Admin)
-        .open("shutdown-test".into())
-        .await
-        .expect("bus");
-    let mut stream = bus
-        .js
-        .get_stream(bus.subjects.cmd_stream())
-        .await
-        .expect("command stream");
+    let mut stream = stack.command_stream().await;
     let last = stream
         .info()
         .await
