@@ -624,11 +624,24 @@ mod tests {
             })
             .await
             .expect("creating an R3 stream");
-        let ack = js
-            .publish("testkit.r3", Bytes::from_static(b"hi"))
-            .await
-            .expect("publishing");
-        ack.await.expect("the stream acknowledges");
+        // A node learns of the new stream's subject by gossip: until it has, a
+        // publish through it finds no responder (async-nats: StreamNotFound).
+        // The services' publishes retry for the same reason.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let ack = js
+                .publish("testkit.r3", Bytes::from_static(b"hi"))
+                .await
+                .expect("publishing");
+            match ack.await {
+                Ok(_) => break,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("the new R3 stream does not answer yet ({e}); retrying");
+                    sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("the stream never acknowledged within 5 s: {e}"),
+            }
+        }
         let info = stream.info().await.expect("stream info");
         assert_eq!(info.config.num_replicas, 3);
         let cluster_info = info
