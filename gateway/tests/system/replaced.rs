@@ -47,11 +47,12 @@ async fn a_member_has_one_live_connection_and_cannot_flood_the_band() {
     assert_eq!(code, Some(ErrorCode::Replaced), "told why");
     assert_eq!(reason.as_deref(), Some("replaced"));
 
-    // A member reconnecting in a loop: past the allowance (10 per 10 s, two
+    // A member reconnecting in a loop: past the allowance (3 per 10 s, two
     // used above) the first refusal is said on the socket, where a browser can
-    // read it, and the rest are answered 429 before any upgrade, slowly.
+    // read it, and the rest are answered 429 before any upgrade, slowly. Eight
+    // attempts end well inside the window (six slow refusals, about 6 s).
     let (mut told, mut refused, mut admitted) = (0, 0, Vec::new());
-    for _ in 0..12 {
+    for _ in 0..8 {
         let started = std::time::Instant::now();
         match Connection::connect(&stack.base(0), &joined.token).await {
             Ok(c) => admitted.push(c),
@@ -67,15 +68,10 @@ async fn a_member_has_one_live_connection_and_cannot_flood_the_band() {
             Err(e) => panic!("neither admitted nor refused as too often: {e}"),
         }
     }
-    assert_eq!(told, 1, "the first refusal is said on the socket");
-    assert!(
-        refused >= 2,
-        "later ones are refused before the upgrade: {refused}"
-    );
-    assert!(
-        admitted.len() <= 8,
-        "at most the allowance: {}",
-        admitted.len()
+    assert_eq!(
+        (admitted.len(), told, refused),
+        (1, 1, 6),
+        "(admitted, told on the socket, refused before the upgrade)"
     );
 
     // The leader stayed connected throughout, never kicked, and heard no more
@@ -96,7 +92,7 @@ async fn a_member_has_one_live_connection_and_cannot_flood_the_band() {
         }
     }
     assert!(
-        connected_events <= 10,
+        connected_events <= 3,
         "at most one event per admitted connection: {connected_events}"
     );
     assert!(
