@@ -2,7 +2,8 @@
 //! (a quiet window) and while, in the first band, one member opens hundreds
 //! of sockets with their token, another floods messages, a third never reads,
 //! and a stranger guesses join codes (an abused window). The windows
-//! alternate, quiet first, for `rounds` rounds, with an unrecorded settle gap
+//! run in ABBA order (quiet, abused, abused, quiet, …; `abused_window`) for
+//! `rounds` rounds, with an unrecorded settle gap
 //! between them; the abusers' process runs for each abused window and has
 //! exited before the next quiet one begins. Each band's well-behaved members
 //! record the delay of every tick (receive time minus the tick's server time:
@@ -19,7 +20,7 @@ mod report;
 
 pub use report::{
     AbuseReport, Abusers, BandReport, Noise, PhaseCpu, PhaseSeen, WindowRecord, WindowUsage,
-    band_report, phase_cpu,
+    abused_window, band_report, phase_cpu,
 };
 
 use crate::procstat::Watched;
@@ -150,8 +151,8 @@ pub async fn run(base: &str, spec: Spec) -> anyhow::Result<AbuseReport> {
         tokens.push(joined.token);
     }
 
-    // Quiet and abused windows in turn, each after a settle gap (the first
-    // one into playing).
+    // Quiet and abused windows in ABBA order (`abused_window`), each after a
+    // settle gap (the first one into playing).
     let windows = 2 * spec.rounds.max(1);
     recording
         .seen
@@ -163,7 +164,7 @@ pub async fn run(base: &str, spec: Spec) -> anyhow::Result<AbuseReport> {
     let mut abusers = Abusers::default();
     for w in 0..windows {
         tokio::time::sleep(SETTLE).await;
-        let abused = w % 2 == 1;
+        let abused = abused_window(w);
         let process = if abused {
             Some(start_abusers(base, &spec, &tokens)?)
         } else {

@@ -1,10 +1,13 @@
 //! What the abusive-client measurement reports, computed from the members'
 //! records of each window (pure: no I/O, so the pooling is tested on its own).
 //!
-//! Windows alternate, quiet first: quiet 1, abused 1, quiet 2, abused 2, …
+//! Windows run in ABBA order: quiet 1, abused 1, abused 2, quiet 2, quiet 3, …
 //! A slow drift of the machine (other work, the page cache, the allocator's
-//! state) then reaches both phases alike instead of landing on whichever
-//! window came second, and each phase's samples are pooled over its windows.
+//! state, what an abused window leaves behind) then reaches both phases alike
+//! instead of landing on whichever window came second: with plain alternation
+//! every abused window ran later than its quiet one, and the p99 measured here
+//! drifted up over a run by as much as the effect looked for. Each phase's
+//! samples are pooled over its windows.
 
 use crate::procstat::Usage;
 use crate::stats::{Samples, Summary};
@@ -63,12 +66,20 @@ pub struct BandReport {
 
 /// One band's report from its windows in the order they ran (even indices
 /// quiet, odd abused).
+/// Whether window `w` (from 0) is an abused one. The phases run quiet, abused,
+/// abused, quiet, quiet, abused, … (ABBA): each pair of rounds has both phases
+/// in both orders, so a drift of the machine (or of the stack) over the run
+/// weighs on both alike instead of always on the phase that runs second.
+pub fn abused_window(w: usize) -> bool {
+    (w % 2 == 1) != ((w / 2) % 2 == 1)
+}
+
 pub fn band_report(windows: &[WindowRecord]) -> BandReport {
     let phase = |abused: bool| -> Vec<&WindowRecord> {
         windows
             .iter()
             .enumerate()
-            .filter(|(i, _)| (i % 2 == 1) == abused)
+            .filter(|(i, _)| abused_window(*i) == abused)
             .map(|(_, w)| w)
             .collect()
     };
@@ -246,21 +257,28 @@ impl AbuseReport {
             ));
         }
         // Each window's p99 in the order they ran, so the drift shows.
+        // (phase, its window's index within the phase), in the order they ran.
+        let order: Vec<(bool, usize)> = (0..2 * self.rounds)
+            .map(|w| {
+                let abused = abused_window(w);
+                (abused, (0..w).filter(|&v| abused_window(v) == abused).count())
+            })
+            .collect();
         let mut head = "\n| tick delay p99 per window (ms) |".to_owned();
-        for r in 1..=self.rounds {
-            head.push_str(&format!(" quiet {r} | abused {r} |"));
+        for &(abused, i) in &order {
+            let phase = if abused { "abused" } else { "quiet" };
+            head.push_str(&format!(" {phase} {} |", i + 1));
         }
         rows.push(head);
         rows.push(format!("|---|{}", "---|".repeat(2 * self.rounds)));
         for (name, b) in BAND_NAMES.iter().zip(&self.bands) {
             let mut row = format!("| {name} |");
-            for r in 0..self.rounds {
-                for phase in [&b.quiet, &b.abused] {
-                    row.push_str(&format!(
-                        " {} |",
-                        num(phase.window_p99_ms.get(r).copied().flatten())
-                    ));
-                }
+            for &(abused, i) in &order {
+                let phase = if abused { &b.abused } else { &b.quiet };
+                row.push_str(&format!(
+                    " {} |",
+                    num(phase.window_p99_ms.get(i).copied().flatten())
+                ));
             }
             rows.push(row);
         }
@@ -342,12 +360,12 @@ mod tests {
 
     #[test]
     fn pools_each_phase_and_measures_the_quiet_windows_against_each_other() {
-        // quiet 1, abused 1, quiet 2, abused 2, quiet 3, abused 3.
+        // quiet 1, abused 1, abused 2, quiet 2, quiet 3, abused 3.
         let windows = [
             window(1, 0),
             window(3, 0),
-            window(2, 0),
             window(3, 1),
+            window(2, 0),
             window(4, 0),
             WindowRecord {
                 delays_us: vec![],
@@ -373,6 +391,14 @@ mod tests {
     }
 
     #[test]
+    fn phases_run_abba_so_a_drift_weighs_on_both() {
+        let order: String = (0..8)
+            .map(|w| if abused_window(w) { 'A' } else { 'Q' })
+            .collect();
+        assert_eq!(order, "QAAQQAAQ");
+    }
+
+    #[test]
     fn one_round_has_no_noise_floor() {
         let b = band_report(&[window(1, 0), window(2, 0)]);
         assert_eq!(b.p99_ratio, Some(2.0));
@@ -384,7 +410,8 @@ mod tests {
     #[test]
     fn a_quiet_window_without_ticks_leaves_the_floor_unknown() {
         let empty = WindowRecord::default();
-        let b = band_report(&[window(1, 0), window(2, 0), empty, window(2, 0)]);
+        // quiet 1, abused 1, abused 2, quiet 2 (empty).
+        let b = band_report(&[window(1, 0), window(2, 0), window(2, 0), empty]);
         assert_eq!(b.quiet.window_p99_ms, [Some(1.0), None]);
         assert_eq!(b.noise.quiet_p99_aa, None);
         assert_eq!(b.noise.quiet_p99_max_over_min, None);
