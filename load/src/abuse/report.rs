@@ -261,7 +261,10 @@ impl AbuseReport {
         let order: Vec<(bool, usize)> = (0..2 * self.rounds)
             .map(|w| {
                 let abused = abused_window(w);
-                (abused, (0..w).filter(|&v| abused_window(v) == abused).count())
+                (
+                    abused,
+                    (0..w).filter(|&v| abused_window(v) == abused).count(),
+                )
             })
             .collect();
         let mut head = "\n| tick delay p99 per window (ms) |".to_owned();
