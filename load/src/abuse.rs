@@ -26,6 +26,7 @@ pub use report::{
 use crate::procstat::Watched;
 use bandsync_client::{Api, ClientError, ConnectOptions, Connection, tcp_connect, ws_request};
 use bandsync_nats::service::random_join_code;
+use bandsync_nats::timeline::tick_phase;
 use bandsync_nats::{Command, ServerMsg, now_us};
 use futures::{SinkExt, StreamExt};
 use std::collections::BTreeMap;
@@ -60,6 +61,8 @@ pub struct Spec {
     /// A CPU for the abusers alone (`taskset`); run the measurement itself on
     /// the others (`taskset -c 0 bandsync-abuse --abusers-cpu 1`).
     pub abusers_cpu: Option<usize>,
+    /// The stack's tick period (its ticker's `--tick-ms`).
+    pub tick_period: Duration,
     /// Only these abusers (`open`, `flood`, `stuck`, `guess`); empty: all.
     pub only: Vec<String>,
     /// The stack's processes (name, pid), whose CPU each phase reports.
@@ -108,12 +111,17 @@ pub async fn run(base: &str, spec: Spec) -> anyhow::Result<AbuseReport> {
     let stop = CancellationToken::new();
     let mut codes = Vec::new();
     let mut readers = Vec::new();
+    let mut tick_slot_ms = [0.0; 2];
     for band in 0..2u8 {
         let leader = Api::new(base)
             .with_local_ip(addr(1, band * 10 + 1))
             .create("Leader")
             .await?;
         codes.push(leader.code.clone());
+        let shard =
+            bandsync_nats::shard::shard_of(&leader.session, bandsync_nats::shard::DEFAULT_SHARDS);
+        let period_us = i64::try_from(spec.tick_period.as_micros())?;
+        tick_slot_ms[usize::from(band)] = tick_phase(shard, period_us) as f64 / 1000.0;
         let mut members = vec![
             Connection::connect_with(base, &leader.token, &options(addr(1, band * 10 + 1))).await?,
         ];
@@ -203,6 +211,7 @@ pub async fn run(base: &str, spec: Spec) -> anyhow::Result<AbuseReport> {
         rounds: windows / 2,
         window_secs: spec.window.as_secs(),
         bands: bands.map(|windows| band_report(&windows)),
+        tick_slot_ms,
         abusers,
         cpu: cpu
             .into_iter()

@@ -216,6 +216,9 @@ pub struct AbuseReport {
     pub window_secs: u64,
     /// The abused band's other members, then another band's.
     pub bands: [BandReport; 2],
+    /// Where in each tick period each band's ticks go out (its shard's slot,
+    /// ms): two bands in one slot are ticked and fanned out back to back.
+    pub tick_slot_ms: [f64; 2],
     /// Summed over the abused windows.
     pub abusers: Abusers,
     /// Each stack process's CPU over the quiet and over the abused windows:
@@ -289,6 +292,10 @@ impl AbuseReport {
         for (name, b) in BAND_NAMES.iter().zip(&self.bands) {
             rows.push(format!("{name}: {}", reading(b)));
         }
+        rows.push(format!(
+            "\ntick slots (ms into each period): the abused band {:.0}, another band {:.0}",
+            self.tick_slot_ms[0], self.tick_slot_ms[1]
+        ));
         let a = &self.abusers;
         rows.push(format!(
             "\nabusers, over {} abused windows: sockets opened {} refused {:?}; flood sent {} answered {:?}, its sockets {:?}; \

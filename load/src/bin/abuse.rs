@@ -11,6 +11,9 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The stack's tick period: 10 Hz, as a band plays.
+const TICK_MS: u64 = 100;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "bandsync-abuse",
@@ -76,7 +79,7 @@ async fn main() -> anyhow::Result<()> {
         nats_nodes: 1,
         gateways: 1,
         tickers: 1,
-        tick_ms: 100,
+        tick_ms: TICK_MS,
         max_members: 12,
         token_secret: bandsync_nats::service::random_id(32),
         run_dir: args.stack.run_dir.as_deref(),
@@ -93,6 +96,7 @@ async fn main() -> anyhow::Result<()> {
         abusers_exe: std::env::current_exe()?,
         abusers_cpu: args.abusers_cpu,
         only: args.only.clone(),
+        tick_period: Duration::from_millis(TICK_MS),
         // The stack, and this process, whose members measure.
         processes: [stack.pids(), vec![("members".into(), std::process::id())]].concat(),
     };
