@@ -162,6 +162,10 @@ impl Hub {
                 });
                 self.tasks.spawn(fan_out(
                     session.clone(),
+                    Expected {
+                        tick: self.bus.subjects.tick(session),
+                        evt: self.bus.subjects.evt(session),
+                    },
                     sub,
                     local.clone(),
                     self.gateway.clone(),
@@ -238,8 +242,30 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Where each kind of a session's bus messages comes from: ticks on its tick
+/// subject, events and rejections on its event subject (the events stream's).
+struct Expected {
+    tick: String,
+    evt: String,
+}
+
+impl Expected {
+    /// Whether a message of `kind` may arrive on `subject`. Anything else on
+    /// the session's subjects (a push consumer's redelivery pointed at the
+    /// tick subject, a publisher writing one kind where the other goes) is
+    /// dropped before it can move the epoch or reach a member.
+    fn allows(&self, kind: &str, subject: &str) -> bool {
+        match kind {
+            "tick" => subject == self.tick,
+            "event" | "error" => subject == self.evt,
+            _ => false,
+        }
+    }
+}
+
 async fn fan_out(
     session: SessionId,
+    expected: Expected,
     mut sub: async_nats::Subscriber,
     local: Arc<LocalSession>,
     gateway: GatewayId,
@@ -256,6 +282,11 @@ async fn fan_out(
             tracing::warn!(session = %session, subject = %msg.subject, "dropping undecodable bus message");
             continue;
         };
+        if !expected.allows(&head.kind, &msg.subject) {
+            metrics::counter!("bandsync_gateway_wrong_subject_dropped_total").increment(1);
+            tracing::warn!(session = %session, subject = %msg.subject, kind = %head.kind, "dropping a bus message on the wrong subject for its kind");
+            continue;
+        }
         if let Some(t) = head.sent_at() {
             metrics::histogram!("bandsync_gateway_bus_delay_seconds", "kind" => kind_label(&head.kind))
                 .record((now_us() - t).max(0) as f64 / 1e6);
@@ -332,7 +363,8 @@ async fn fan_out(
                     }
                 }
             }
-            other => tracing::debug!(session = %session, kind = other, "ignoring bus message"),
+            // `Expected::allows` lets no other kind through.
+            _ => {}
         }
     }
 }
@@ -367,5 +399,32 @@ fn kind_label(kind: &str) -> &'static str {
         "tick" => "tick",
         "event" => "event",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Expected;
+
+    #[test]
+    fn each_kind_comes_only_on_its_own_subject() {
+        let expected = Expected {
+            tick: "bs.sess.s1.tick".into(),
+            evt: "bs.sess.s1.evt".into(),
+        };
+        let subjects = ["bs.sess.s1.tick", "bs.sess.s1.evt", "bs.sess.s1.x"];
+        let allowed: Vec<(&str, &str)> = ["tick", "event", "error", "pong"]
+            .into_iter()
+            .flat_map(|kind| subjects.map(|subject| (kind, subject)))
+            .filter(|(kind, subject)| expected.allows(kind, subject))
+            .collect();
+        assert_eq!(
+            allowed,
+            [
+                ("tick", "bs.sess.s1.tick"),
+                ("event", "bs.sess.s1.evt"),
+                ("error", "bs.sess.s1.evt"),
+            ]
+        );
     }
 }

@@ -48,3 +48,58 @@ async fn an_event_forged_with_a_gateways_credentials_reaches_nobody() {
             .expect("the owner's ticks still reach every member");
     }
 }
+
+/// A message of one kind on the other kind's subject (an event on the tick
+/// subject, as a push consumer of the events stream pointed at it would
+/// deliver one) is dropped by the gateway, even with the owner's epoch and
+/// from a user allowed to publish there: before, this one forged event made
+/// every member ignore the real events after it (their `seq` was lower).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_on_the_tick_subject_reaches_nobody() {
+    let stack = Stack::start(Knobs::default()).await;
+    let (mut leader, mut followers) = band(&stack, 0, &[1]).await;
+    let session = leader.state.id.clone();
+    // A first change, so that the client knows the owner's epoch.
+    leader
+        .send(&Command::Tempo { bpm: 100.0 }, None)
+        .await
+        .expect("send");
+    let (tempo, _) = event_of_kind(&mut followers[0], "tempo").await;
+    let subjects = Subjects::new(bandsync_nats::subjects::DEFAULT_PREFIX).expect("prefix");
+    let forger = stack.nats.connect(Role::Ticker).await;
+    let forged = format!(
+        r#"{{"type":"event","session":"{session}","seq":999999999,"epoch":{},"at":0,"changes":[]}}"#,
+        tempo.epoch
+    );
+    forger
+        .publish(subjects.tick(&session), forged.into())
+        .await
+        .expect("a ticker may publish ticks");
+    // In order on the forger's connection: once answered, the forgery is on
+    // its way to the gateways ahead of the real event below.
+    forger.flush().await.expect("flush");
+    async_nats::jetstream::new(forger)
+        .get_stream(subjects.evt_stream())
+        .await
+        .expect("stream info is allowed");
+
+    leader
+        .send(&Command::Play { count_in_bars: 0 }, None)
+        .await
+        .expect("send");
+    let follower = &mut followers[0];
+    loop {
+        match follower.next_unfiltered().await {
+            Ok((ServerMsg::Event(e), _)) if e.seq == 999_999_999 => {
+                panic!("the event sent on the tick subject reached a member")
+            }
+            Ok((ServerMsg::Event(e), taken)) if e.changes.iter().any(|c| c.kind() == "play") => {
+                assert!(taken, "the real play is applied");
+                break;
+            }
+            Ok(_) => {}
+            // The forgery is not a whole event: a client handed it cannot read it.
+            Err(e) => panic!("the follower got what it cannot read (the forgery?): {e}"),
+        }
+    }
+}
