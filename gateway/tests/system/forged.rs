@@ -8,30 +8,40 @@ use crate::common::*;
 use bandsync_nats::{Command, ServerMsg, Subjects};
 use bandsync_testkit::Role;
 
+fn subjects() -> Subjects {
+    Subjects::new(bandsync_nats::subjects::DEFAULT_PREFIX).expect("prefix")
+}
+
+/// Publishes `forged` on each of `to` as `role`, and returns once the server
+/// has taken it all: it handles a connection's messages in order, so once a
+/// later request on it is answered, what it took is on its way to the
+/// gateways, ahead of any real event a command sent after this brings.
+async fn forge(stack: &Stack, role: Role, to: &[String], forged: &str) {
+    let forger = stack.nats.connect(role).await;
+    for subject in to {
+        forger
+            .publish(subject.clone(), forged.to_owned().into())
+            .await
+            .expect("the forger sends it");
+    }
+    async_nats::jetstream::new(forger)
+        .get_stream(subjects().evt_stream())
+        .await
+        .expect("stream info is allowed");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_forged_with_a_gateways_credentials_reaches_nobody() {
     let stack = Stack::start(Knobs::default()).await;
     // The leader on one gateway, a follower on the other: both gateways carry the band.
     let (mut leader, mut followers) = band(&stack, 0, &[1]).await;
     let session = leader.state.id.clone();
-    let subjects = Subjects::new(bandsync_nats::subjects::DEFAULT_PREFIX).expect("prefix");
-    let forger = stack.nats.connect(Role::Gateway).await;
+    let subjects = subjects();
     // What stopped the gateways: an owner "newer" than the real one.
     let forged =
         format!(r#"{{"type":"event","session":"{session}","seq":999999999,"epoch":999999999}}"#);
-    for subject in [subjects.evt(&session), subjects.tick(&session)] {
-        forger
-            .publish(subject, forged.clone().into())
-            .await
-            .expect("the forger sends it");
-    }
-    // The server handles the forger's messages in order: once this request is
-    // answered, a forgery it had taken would already be on its way to the
-    // gateways, ahead of the real event the command below brings.
-    async_nats::jetstream::new(forger)
-        .get_stream(subjects.evt_stream())
-        .await
-        .expect("stream info is allowed");
+    let to = [subjects.evt(&session), subjects.tick(&session)];
+    forge(&stack, Role::Gateway, &to, &forged).await;
 
     leader
         .send(&Command::Play { count_in_bars: 0 }, None)
@@ -65,23 +75,11 @@ async fn an_event_on_the_tick_subject_reaches_nobody() {
         .await
         .expect("send");
     let (tempo, _) = event_of_kind(&mut followers[0], "tempo").await;
-    let subjects = Subjects::new(bandsync_nats::subjects::DEFAULT_PREFIX).expect("prefix");
-    let forger = stack.nats.connect(Role::Ticker).await;
     let forged = format!(
         r#"{{"type":"event","session":"{session}","seq":999999999,"epoch":{},"at":0,"changes":[]}}"#,
         tempo.epoch
     );
-    forger
-        .publish(subjects.tick(&session), forged.into())
-        .await
-        .expect("a ticker may publish ticks");
-    // In order on the forger's connection: once answered, the forgery is on
-    // its way to the gateways ahead of the real event below.
-    forger.flush().await.expect("flush");
-    async_nats::jetstream::new(forger)
-        .get_stream(subjects.evt_stream())
-        .await
-        .expect("stream info is allowed");
+    forge(&stack, Role::Ticker, &[subjects().tick(&session)], &forged).await;
 
     leader
         .send(&Command::Play { count_in_bars: 0 }, None)
