@@ -207,8 +207,12 @@ impl Mailbox {
             // leaves a permit that this wait consumes.
             let notified = self.ready.notified();
             {
-                let mut inner = self.lock();
-                if let Some(end) = inner.end.take() {
+                let inner = self.lock();
+                // Kept, not taken: an ended mailbox must go on refusing the
+                // hub's frames while the connection says goodbye, or one lands
+                // after the close frame (the browser then fails the socket
+                // without reading the close's reason).
+                if let Some(end) = inner.end.clone() {
                     return Delivery::End(end);
                 }
                 if inner.waiting() {
@@ -556,5 +560,19 @@ mod tests {
             m.kicked().is_cancelled(),
             "a kick still interrupts a stuck write"
         );
+    }
+
+    #[tokio::test]
+    async fn once_ended_the_hub_writes_nothing_more_while_the_connection_says_goodbye() {
+        let (m, mut client) = mailbox(4, 4096);
+        m.open(0);
+        m.kick(ErrorCode::Replaced, "replaced");
+        assert!(matches!(m.next().await, Delivery::End(End::Kicked(_))));
+        // The connection's goodbye, then what the hub still fans out to the
+        // session while the socket is closing: only the goodbye is written.
+        m.enqueue(frame("goodbye"));
+        assert!(m.push_event(event(1)));
+        m.put_tick(&frame("tick 1"));
+        assert_eq!(read_frames(&mut client).await, ["goodbye"]);
     }
 }
