@@ -112,15 +112,16 @@ pub async fn run(base: &str, spec: Spec) -> anyhow::Result<AbuseReport> {
     let mut codes = Vec::new();
     let mut readers = Vec::new();
     let mut tick_slot_ms = [0.0; 2];
+    let period_us = i64::try_from(spec.tick_period.as_micros())?;
     for band in 0..2u8 {
         let leader = Api::new(base)
             .with_local_ip(addr(1, band * 10 + 1))
             .create("Leader")
             .await?;
         codes.push(leader.code.clone());
+        // The stack's ticker runs with the default shard count.
         let shard =
             bandsync_nats::shard::shard_of(&leader.session, bandsync_nats::shard::DEFAULT_SHARDS);
-        let period_us = i64::try_from(spec.tick_period.as_micros())?;
         tick_slot_ms[usize::from(band)] = tick_phase(shard, period_us) as f64 / 1000.0;
         let mut members = vec![
             Connection::connect_with(base, &leader.token, &options(addr(1, band * 10 + 1))).await?,

@@ -64,8 +64,6 @@ pub struct BandReport {
     pub noise: Noise,
 }
 
-/// One band's report from its windows in the order they ran (even indices
-/// quiet, odd abused).
 /// Whether window `w` (from 0) is an abused one. The phases run quiet, abused,
 /// abused, quiet, quiet, abused, … (ABBA): each pair of rounds has both phases
 /// in both orders, so a drift of the machine (or of the stack) over the run
@@ -74,6 +72,8 @@ pub fn abused_window(w: usize) -> bool {
     (w % 2 == 1) != ((w / 2) % 2 == 1)
 }
 
+/// One band's report from its windows in the order they ran (`abused_window`
+/// says which were abused).
 pub fn band_report(windows: &[WindowRecord]) -> BandReport {
     let phase = |abused: bool| -> Vec<&WindowRecord> {
         windows
@@ -259,8 +259,8 @@ impl AbuseReport {
                 b.abused.dropped
             ));
         }
-        // Each window's p99 in the order they ran, so the drift shows.
-        // (phase, its window's index within the phase), in the order they ran.
+        // Each window's p99 in the order they ran, so the drift shows: each
+        // window as (abused?, its index within its phase).
         let order: Vec<(bool, usize)> = (0..2 * self.rounds)
             .map(|w| {
                 let abused = abused_window(w);
