@@ -11,8 +11,9 @@ const stand = standIn();
 
 const MEMBERS = () => [member('m-ana', 'Ana', true, 600), member('m-ben', 'Ben', true, 300)];
 
-async function open(profile, me, state, opts = {}) {
+async function open(profile, me, state, opts = {}, init = null) {
   const page = await device(stand.browser, profile);
+  if (init) await page.addInitScript(init);
   const fake = await fakeSocket(page, { welcome: () => ({ member: me, state: typeof state === 'function' ? state() : state }), ...opts });
   await page.addInitScript((auth) => {
     if (!sessionStorage.getItem('bandsync.auth')) sessionStorage.setItem('bandsync.auth', JSON.stringify(auth));
@@ -217,6 +218,35 @@ test('click settings: subdivisions between the beats, no accent, visual only; ke
   await page.click('#sound-btn');
   await until('the panel flashes', () => page.$eval('.now', (e) => e.classList.contains('beat-flash')));
   assert.deepEqual(await page.evaluate(() => bandsync.clicks), [], 'no click scheduled');
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+});
+
+// Headless Chromium has no silent switch, no vibration motor and no Bluetooth
+// output: the page is handed the platform's APIs as a phone would have them.
+function phoneAudio() {
+  window.vibrations = [];
+  Object.defineProperty(navigator, 'vibrate', { value: (ms) => window.vibrations.push(ms) > 0, configurable: true });
+  Object.defineProperty(navigator, 'audioSession', { value: { type: 'auto' }, configurable: true });
+  Object.defineProperty(AudioContext.prototype, 'outputLatency', { get: () => 0.12, configurable: true });
+}
+
+test('on a phone the click plays through the silent switch, vibrates on the beat (longer on beat 1), and a Bluetooth-slow output is named', async () => {
+  const state = () => sessionState({ members: MEMBERS(), leader: 'm-ana', segments: [segment({ anchor_time: Math.round(nowUs() - 1e6), playing: true, tempo_bpm: 240 })] });
+  const { page } = await open(PHONE, 'm-ben', state, {}, phoneAudio);
+  await page.click('#click-settings summary');
+  assert.ok(await visible(page, '#click-vibrate-row'));
+  await page.check('#click-vibrate');
+  assert.ok(!(await visible(page, '#click-latency-warning')), 'no warning before the click sounds');
+  await page.click('#sound-btn');
+  assert.equal(await page.evaluate(() => navigator.audioSession.type), 'playback');
+  assert.match(await text(page, '#click-latency-warning'), /120 ms late/);
+  assert.ok(await visible(page, '#click-latency-warning'));
+  // Two bar lines (45 ms) with the bar's three other beats (20 ms) between them.
+  await until('a whole bar of vibrations', () => page.evaluate(() => vibrations.filter((v) => v === 45).length >= 2));
+  const v = await page.evaluate(() => vibrations);
+  const first = v.indexOf(45);
+  assert.deepEqual(v.slice(first, first + 5), [45, 20, 20, 20, 45], JSON.stringify(v));
   assert.deepEqual(page.errors, []);
   await page.context().close();
 });

@@ -43,6 +43,9 @@ export const Sound = {
   recent: [], // last clicks scheduled, for tests: [{t, beat, accent, countIn}]
   timer: null,
   async enable() {
+    // iOS Safari mutes Web Audio with the silent switch unless the page says it
+    // plays media; a click the drummer cannot hear is worse than none.
+    if (navigator.audioSession) navigator.audioSession.type = 'playback';
     if (!this.ctx) {
       const AC = window.AudioContext || window.webkitAudioContext;
       if (!AC) {
@@ -59,6 +62,7 @@ export const Sound = {
     this.on = true;
     this.timer = setInterval(() => this.tick(), SCHEDULER_EVERY_MS);
     this.tick();
+    this.warnLatency();
   },
   /** Settings changed: drop the clicks scheduled with the old ones; the next pass schedules anew. */
   retune() {
