@@ -594,6 +594,7 @@ pub async fn refuse(mut socket: Socket, code: ErrorCode, reason: &str) {
 /// An error frame saying why, then a close frame whose reason is the error code;
 /// each write is given up after `CLOSE_LINGER`.
 async fn goodbye(socket: &mut Socket, ws_code: CloseCode, code: ErrorCode, reason: &str) {
+    socket.out.closing(code, reason);
     let err = ServerMsg::Error(ErrorMsg::new(code, reason, None));
     socket.out.enqueue(frame_of(&err));
     let _ = write_out(&socket.out, Waiting::Unsent, CLOSE_LINGER, None).await;

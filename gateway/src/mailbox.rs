@@ -306,11 +306,18 @@ impl Mailbox {
     /// Ends the connection: its task closes the socket with this code and reason
     /// (the first end's, if several race), interrupting a write stuck on it.
     pub fn kick(&self, code: ErrorCode, reason: &str) {
+        self.closing(code, reason);
+        self.kicked.cancel();
+    }
+
+    /// The connection closes on its own (a flood, a frame too large): the hub
+    /// writes nothing more, so nothing lands after the close frame. Unlike
+    /// `kick`, the write under way is not interrupted: it is the goodbye.
+    pub fn closing(&self, code: ErrorCode, reason: &str) {
         self.end(End::Kicked(Kick {
             code,
             reason: reason.to_owned(),
         }));
-        self.kicked.cancel();
     }
 
     /// The gateway is stopping: the connection tells its client to reconnect.

@@ -196,3 +196,123 @@ async fn a_member_flooding_messages_is_disconnected_and_the_band_plays_on() {
     let me = follower.member.clone();
     assert!(leader.state.member(&me).is_some_and(|m| m.connected));
 }
+
+/// A flooder is told why and closed. While the gateway reads away the rest of
+/// the flood, the band's ticks go on, and none may reach the flooder's socket
+/// after its close frame: a browser fails a socket that receives data after
+/// the close, without reading the reason. The socket is raw so that nothing
+/// answers the close and every byte the gateway writes is seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_follows_the_close_frame_that_ends_a_flood() {
+    use bandsync_nats::Command;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stack = Stack::start(Knobs {
+        gateways: 1,
+        tick_ms: 20,
+        ..Knobs::default()
+    })
+    .await;
+    let (mut leader, _) = band(&stack, 0, &[]).await;
+    leader
+        .send(&Command::Play { count_in_bars: 0 }, None)
+        .await
+        .expect("play");
+    let joined = stack
+        .api(0)
+        .join(leader.state.code.as_str(), "Flood")
+        .await
+        .expect("join");
+    let tcp = tokio::net::TcpStream::connect(stack.addr(0))
+        .await
+        .expect("connect");
+    let (mut rx, mut tx) = tcp.into_split();
+    let handshake = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Protocol: bandsync, bandsync.token.{}\r\n\r\n",
+        stack.addr(0),
+        joined.token
+    );
+    tx.write_all(handshake.as_bytes()).await.expect("handshake");
+    // Read until the first tick is in: the flooder hears the band.
+    let mut bytes = Vec::new();
+    let tick = br#"{"type":"tick""#;
+    tokio::time::timeout(WAIT, async {
+        while !bytes.windows(tick.len()).any(|w| w == tick) {
+            assert_ne!(
+                rx.read_buf(&mut bytes).await.expect("read"),
+                0,
+                "closed early"
+            );
+        }
+    })
+    .await
+    .expect("a tick within the wait");
+    // Then everything else it sends, until it closes the TCP connection.
+    let reader = tokio::spawn(async move {
+        let _ = tokio::time::timeout(WAIT, rx.read_to_end(&mut bytes)).await;
+        bytes
+    });
+    // Masked (with a zero key) as a client's frames must be.
+    let ping = br#"{"type":"ping","t0":1}"#;
+    let mut frame = vec![0x81, 0x80 | ping.len() as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(ping);
+    for _ in 0..1_000 {
+        if tx.write_all(&frame).await.is_err() {
+            break;
+        }
+    }
+    let bytes = reader.await.expect("the reader");
+    let head = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a handshake answer");
+    assert!(bytes.starts_with(b"HTTP/1.1 101"), "upgraded");
+    let frames = server_frames(&bytes[head + 4..]);
+    let close = frames
+        .iter()
+        .position(|(op, _)| *op == 0x8)
+        .expect("a close frame");
+    assert_eq!(&frames[close].1[2..], b"rate_limited");
+    let texts = |fs: &[(u8, Vec<u8>)]| {
+        fs.iter()
+            .map(|(_, p)| {
+                String::from_utf8_lossy(p)
+                    .chars()
+                    .take(40)
+                    .collect::<String>()
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        frames[..close]
+            .iter()
+            .any(|(_, p)| p.starts_with(br#"{"type":"tick""#)),
+        "ticks reached the flooder before: {:?}",
+        texts(&frames[..close])
+    );
+    assert_eq!(
+        texts(&frames[close + 1..]),
+        Vec::<String>::new(),
+        "after the close frame"
+    );
+}
+
+/// A server's frames (never masked) as (opcode, payload).
+fn server_frames(mut rest: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut frames = Vec::new();
+    while rest.len() >= 2 {
+        let (op, len7) = (rest[0] & 0x0f, (rest[1] & 0x7f) as usize);
+        let (len, at) = match len7 {
+            126 => (u16::from_be_bytes([rest[2], rest[3]]) as usize, 4),
+            127 => (
+                u64::from_be_bytes(rest[2..10].try_into().expect("8 bytes")) as usize,
+                10,
+            ),
+            n => (n, 2),
+        };
+        frames.push((op, rest[at..at + len].to_vec()));
+        rest = &rest[at + len..];
+    }
+    frames
+}
