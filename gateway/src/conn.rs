@@ -7,6 +7,7 @@ use crate::commands::{COMMAND_PATIENCE, CommandQueue, UNREACHABLE};
 use crate::hub::ClientHandle;
 use crate::mailbox::{Delivery, End, Mailbox, text_frame};
 use crate::ratelimit::{ERROR_INTERVAL, RateLimit};
+use crate::reports::ReportGate;
 use crate::token::Claims;
 use crate::upgrade::Socket;
 use bandsync_nats::bus::BusError;
@@ -114,6 +115,7 @@ pub fn serve(socket: Socket, app: Arc<AppState>, claims: Claims) -> impl Future<
         socket,
         kick: CancellationToken::new(),
         commands: None,
+        reports: ReportGate::default(),
         refresh_at: Instant::now(),
     }
     .serve()
@@ -128,6 +130,8 @@ struct Conn {
     kick: CancellationToken,
     /// The member's commands on their way to the bus, once it has sent one.
     commands: Option<CommandQueue>,
+    /// Which quality reports are news for the owner.
+    reports: ReportGate,
     /// When the member's token is next refreshed: it was handed a fresh one
     /// on connecting, and gets another on a ping after half its lifetime.
     refresh_at: Instant,
@@ -350,6 +354,15 @@ impl Conn {
                 Ok(())
             }
             Ok(ClientMsg::Command { id, command }) => {
+                if let Command::Report {
+                    rtt_ms,
+                    clock_error_ms,
+                } = command
+                    && !self.reports.pass(Instant::now(), rtt_ms, clock_error_ms)
+                {
+                    metrics::counter!("bandsync_gateway_reports_held_total").increment(1);
+                    return Ok(());
+                }
                 if command.leader_only() && !handle.leadership.leads(&self.claims.member) {
                     let refusal = not_leader();
                     return self.send_error(refusal.code, &refusal.message, id).await;

@@ -24,6 +24,7 @@ mod mailbox;
 mod ops;
 pub mod origin;
 pub mod ratelimit;
+mod reports;
 pub mod tls;
 pub mod token;
 mod upgrade;

@@ -193,6 +193,12 @@ impl Stack {
     }
 
     /// Connects with a token and waits until the member shows as connected.
+    /// Commands in the command stream so far.
+    pub async fn commands_in_stream(&self) -> u64 {
+        let mut stream = self.command_stream().await;
+        stream.info().await.expect("stream info").state.messages
+    }
+
     pub async fn connect(&self, gateway: usize, joined: &Joined) -> Connection {
         let mut c = Connection::connect(&self.base(gateway), &joined.token)
             .await

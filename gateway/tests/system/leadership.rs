@@ -95,12 +95,6 @@ async fn leader_leaving_keeps_the_music_and_passes_leadership() {
     event_of_kind(&mut b, "pause").await;
 }
 
-/// Commands in the command stream so far.
-async fn commands_in_stream(stack: &Stack) -> u64 {
-    let mut stream = stack.command_stream().await;
-    stream.info().await.expect("stream info").state.messages
-}
-
 /// A follower's leader-only commands are refused by its own gateway, with
 /// the owner's words, and never reach the bus; once leadership is handed to
 /// it, the same gateway lets its commands through at once.
@@ -109,7 +103,7 @@ async fn a_followers_leader_only_commands_are_refused_at_its_gateway() {
     let stack = Stack::start(Knobs::default()).await;
     let (mut leader, mut followers) = band(&stack, 0, &[1]).await;
     let follower = &mut followers[0];
-    let before = commands_in_stream(&stack).await;
+    let before = stack.commands_in_stream().await;
     for i in 0..5 {
         let id = format!("steer-{i}");
         follower
@@ -140,7 +134,7 @@ async fn a_followers_leader_only_commands_are_refused_at_its_gateway() {
         .expect("send");
     event_of_kind(&mut leader, "message").await;
     assert_eq!(
-        commands_in_stream(&stack).await,
+        stack.commands_in_stream().await,
         before + 1,
         "only the message went over the bus"
     );

@@ -1,6 +1,6 @@
 //! Connection quality through the real stack: a member's report on one
 //! gateway shows in the member list on the other; a report that did not move
-//! enough makes no event.
+//! enough makes no event, and goes no further than its gateway.
 
 use crate::common::*;
 use bandsync_nats::Command;
@@ -47,5 +47,40 @@ async fn a_report_shows_in_every_member_list_and_a_steady_one_makes_no_event() {
         leader.state.member(&me).and_then(|m| m.rtt_ms),
         Some(42.5),
         "the shown value stays"
+    );
+}
+
+/// A browser reports every 5 s; a steady member's reports are held at its
+/// gateway and never cost the bus or the store a command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_members_reports_stop_at_its_gateway() {
+    let stack = Stack::start(Knobs::default()).await;
+    let (mut leader, mut followers) = band(&stack, 0, &[1]).await;
+    let f = &mut followers[0];
+    let before = stack.commands_in_stream().await;
+    let report = |rtt_ms| Command::Report {
+        rtt_ms,
+        clock_error_ms: 1.0,
+    };
+    f.send(&report(40.0), None).await.expect("send");
+    event_of_kind(&mut leader, "member_quality").await;
+    for rtt in [41.0, 39.5, 40.5, 42.0] {
+        f.send(&report(rtt), None).await.expect("send");
+    }
+    // Behind the steady reports on the same way: once its event is out,
+    // whatever of them went on is in the stream.
+    f.send(
+        &Command::Message {
+            text: "barrier".into(),
+        },
+        None,
+    )
+    .await
+    .expect("send");
+    event_of_kind(&mut leader, "message").await;
+    assert_eq!(
+        stack.commands_in_stream().await - before,
+        2,
+        "the first report and the message"
     );
 }
