@@ -317,7 +317,7 @@ impl Conn {
             return Ok(Some(Ended::Kicked(code)));
         }
         let seq = state.seq;
-        handle.leadership.saw(seq, state.leader.as_ref());
+        handle.saw_state(&state);
         state.hide_internals();
         self.send_msg(&ServerMsg::Welcome {
             member: self.claims.member.clone(),

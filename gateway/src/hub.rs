@@ -1,8 +1,15 @@
-//! Per-session fan-out. The gateway subscribes to `<p>.sess.<id>.>` only while
-//! it has at least one member of that session connected, frames each message
-//! the owner published once, and writes that frame to every local member's
-//! socket through its mailbox: nothing is serialised or framed twice, and a
-//! socket that takes the frame at once costs one write, no task wake-up.
+//! Per-session fan-out. The gateway subscribes to `<p>.sess.<id>.evt` only
+//! while it has at least one member of that session connected, frames each
+//! event the owner published once, and writes that frame to every local
+//! member's socket through its mailbox: nothing is serialised or framed twice,
+//! and a socket that takes the frame at once costs one write, no task wake-up.
+//!
+//! Ticks are made here: one task reads every shard's beat (`<p>.beat.*`, one
+//! message per shard per period from its owner) and, for each playing session
+//! of that shard with members here, frames one tick from the newest timeline
+//! seen (in an event or a welcome's state), the beat's `seq`, epoch and time.
+//! A session's timeline and its clients sit behind one lock, so an event's
+//! frames and a tick made from the timeline before it never cross.
 //!
 //! What a socket cannot take waits in its mailbox: a bounded event queue and a
 //! single-slot tick. Ticks coalesce (a slow client skips to the newest one); a
@@ -13,7 +20,10 @@ use crate::mailbox::{Mailbox, Outbound, text_frame};
 use crate::windows::Windows;
 use bandsync_nats::bus::Bus;
 use bandsync_nats::wire::BusHeader;
-use bandsync_nats::{ConnId, ErrorCode, GatewayId, MemberId, SessionId, now_us};
+use bandsync_nats::{
+    BeatMsg, ConnId, ErrorCode, GatewayId, MemberId, ServerMsg, SessionId, SessionState, Shard,
+    TickMsg, Timeline, now_us, shard_of,
+};
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +44,16 @@ pub struct ClientHandle {
     pub mailbox: Arc<Mailbox>,
     /// Who leads the member's session, as this gateway last saw it.
     pub leadership: Arc<Leadership>,
+    local: Arc<LocalSession>,
+}
+
+impl ClientHandle {
+    /// The state a welcome was read from: who leads, and the timeline this
+    /// gateway makes the session's ticks from until an event brings a newer one.
+    pub fn saw_state(&self, state: &SessionState) {
+        self.leadership.saw(state.seq, state.leader.as_ref());
+        lock(&self.local.inner).saw_timeline(state.seq, &state.timeline);
+    }
 }
 
 /// Who leads a session, by the newest state this gateway has seen of it (an
@@ -61,12 +81,71 @@ impl Leadership {
 }
 
 struct LocalSession {
-    clients: Mutex<Vec<ClientSlot>>,
+    id: SessionId,
+    inner: Mutex<Local>,
     leadership: Arc<Leadership>,
     /// Newest owner epoch seen; anything older comes from a deposed owner.
     epoch: AtomicU64,
     stop: CancellationToken,
 }
+
+/// A session's clients and what its ticks are made of, under one lock: an
+/// event updates the timeline and writes its frames in one go.
+#[derive(Default)]
+struct Local {
+    clients: Vec<ClientSlot>,
+    /// The timeline of the newest state seen, and that state's `seq`.
+    timeline: Option<(u64, Timeline)>,
+    /// The last tick's `seq` (a beat heard twice makes one tick).
+    tick_seq: u64,
+}
+
+impl Local {
+    fn saw_timeline(&mut self, seq: u64, timeline: &Timeline) {
+        if self.timeline.as_ref().is_none_or(|(held, _)| seq >= *held) {
+            self.timeline = Some((seq, timeline.clone()));
+        }
+    }
+}
+
+impl LocalSession {
+    /// The session's tick for `beat`, to every client here, if the session
+    /// plays and the beat is from its current owner and a new period.
+    fn tick(&self, beat: &BeatMsg) {
+        let newest = self
+            .epoch
+            .fetch_max(beat.epoch, Ordering::AcqRel)
+            .max(beat.epoch);
+        if beat.epoch < newest {
+            metrics::counter!("bandsync_gateway_stale_epoch_dropped_total").increment(1);
+            return;
+        }
+        let mut local = lock(&self.inner);
+        let Some((_, timeline)) = &local.timeline else {
+            return;
+        };
+        if beat.seq <= local.tick_seq || !timeline.is_active(beat.server_time) {
+            return;
+        }
+        let tick = ServerMsg::Tick(TickMsg {
+            session: self.id.clone(),
+            seq: beat.seq,
+            epoch: beat.epoch,
+            server_time: beat.server_time,
+            timeline: timeline.clone(),
+        });
+        let frame = text_frame(&tick.to_bytes());
+        local.tick_seq = beat.seq;
+        for c in &local.clients {
+            c.mailbox.put_tick(&frame);
+        }
+        metrics::counter!("bandsync_gateway_ticks_forwarded_total")
+            .increment(local.clients.len() as u64);
+    }
+}
+
+/// The sessions with members here, by shard: whom a shard's beat ticks.
+type ByShard = Arc<Mutex<HashMap<Shard, Vec<Arc<LocalSession>>>>>;
 
 /// Connections one member may open per `CONNECT_WINDOW` on this gateway; more
 /// are refused (`rate_limited`). A reload is one; a client reconnecting in a
@@ -85,6 +164,8 @@ pub struct Hub {
     /// Each member's connections in the current window.
     connects: Windows<MemberId>,
     sessions: tokio::sync::Mutex<HashMap<SessionId, Arc<LocalSession>>>,
+    by_shard: ByShard,
+    shards: u16,
     next_conn: AtomicU64,
     /// The gateway's tasks, where the per-session fan-outs run.
     tasks: TaskTracker,
@@ -116,15 +197,33 @@ pub enum Admission {
 }
 
 impl Hub {
-    pub fn new(bus: Bus, gateway: GatewayId, tasks: TaskTracker) -> Self {
+    pub fn new(bus: Bus, gateway: GatewayId, shards: u16, tasks: TaskTracker) -> Self {
         Self {
             bus,
             gateway,
             connects: Windows::new(CONNECT_WINDOW, MAX_MEMBERS_COUNTED),
             sessions: Default::default(),
+            by_shard: Default::default(),
+            shards,
             next_conn: AtomicU64::new(1),
             tasks,
         }
+    }
+
+    /// Starts making ticks from the owners' beats, until `stop`.
+    pub async fn start_beats(
+        &self,
+        stop: CancellationToken,
+    ) -> Result<(), async_nats::SubscribeError> {
+        let sub = self
+            .bus
+            .client
+            .subscribe(self.bus.subjects.beat_all())
+            .await?;
+        let subjects = self.bus.subjects.clone();
+        self.tasks
+            .spawn(beats(sub, subjects, self.by_shard.clone(), stop));
+        Ok(())
     }
 
     /// Registers a client and its mailbox, subscribing to the session if it is the first one
@@ -147,7 +246,7 @@ impl Hub {
         let local = match sessions.get(session) {
             Some(local) => local.clone(),
             None => {
-                let subject = self.bus.subjects.session_all(session);
+                let subject = self.bus.subjects.evt(session);
                 let sub = self.bus.client.subscribe(subject).await.map_err(|source| {
                     JoinError::Subscribe {
                         session: session.clone(),
@@ -155,7 +254,8 @@ impl Hub {
                     }
                 })?;
                 let local = Arc::new(LocalSession {
-                    clients: Mutex::new(Vec::new()),
+                    id: session.clone(),
+                    inner: Mutex::default(),
                     leadership: Arc::default(),
                     epoch: AtomicU64::new(0),
                     stop: CancellationToken::new(),
@@ -163,7 +263,6 @@ impl Hub {
                 self.tasks.spawn(fan_out(
                     session.clone(),
                     Expected {
-                        tick: self.bus.subjects.tick(session),
                         evt: self.bus.subjects.evt(session),
                     },
                     sub,
@@ -171,20 +270,26 @@ impl Hub {
                     self.gateway.clone(),
                 ));
                 sessions.insert(session.clone(), local.clone());
+                lock(&self.by_shard)
+                    .entry(shard_of(session, self.shards))
+                    .or_default()
+                    .push(local.clone());
                 metrics::gauge!("bandsync_gateway_sessions").set(sessions.len() as f64);
                 local
             }
         };
-        let mut clients = lock(&local.clients);
-        for old in clients.iter().filter(|c| c.member == *member) {
+        let mut inner = lock(&local.inner);
+        for old in inner.clients.iter().filter(|c| c.member == *member) {
             old.mailbox
                 .kick(ErrorCode::Replaced, refusal(ErrorCode::Replaced));
         }
-        clients.push(slot);
+        inner.clients.push(slot);
+        drop(inner);
         Ok(ClientHandle {
             conn,
             mailbox,
             leadership: local.leadership.clone(),
+            local,
         })
     }
 
@@ -211,13 +316,21 @@ impl Hub {
             return;
         };
         let empty = {
-            let mut clients = lock(&local.clients);
-            clients.retain(|c| c.conn != conn);
-            clients.is_empty()
+            let mut inner = lock(&local.inner);
+            inner.clients.retain(|c| c.conn != conn);
+            inner.clients.is_empty()
         };
         if empty {
             local.stop.cancel();
             sessions.remove(session);
+            let shard = shard_of(session, self.shards);
+            let mut by_shard = lock(&self.by_shard);
+            if let Some(locals) = by_shard.get_mut(&shard) {
+                locals.retain(|l| !Arc::ptr_eq(l, &local));
+                if locals.is_empty() {
+                    by_shard.remove(&shard);
+                }
+            }
             metrics::gauge!("bandsync_gateway_sessions").set(sessions.len() as f64);
         }
     }
@@ -225,7 +338,7 @@ impl Hub {
     /// Tells every connected client's task that the gateway is stopping.
     pub async fn shut_down_all(&self) {
         for local in self.sessions.lock().await.values() {
-            for c in lock(&local.clients).iter() {
+            for c in lock(&local.inner).clients.iter() {
                 c.mailbox.shut_down();
             }
         }
@@ -242,23 +355,49 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Where each kind of a session's bus messages comes from: ticks on its tick
-/// subject, events and rejections on its event subject (the events stream's).
+/// Where a session's bus messages come from: events and rejections on its
+/// event subject (the events stream's); its ticks are made here from beats.
 struct Expected {
-    tick: String,
     evt: String,
 }
 
 impl Expected {
-    /// Whether a message of `kind` may arrive on `subject`. Anything else on
-    /// the session's subjects (a push consumer's redelivery pointed at the
-    /// tick subject, a publisher writing one kind where the other goes) is
+    /// Whether a message of `kind` may arrive on `subject`. Anything else (a
+    /// tick from the bus, a push consumer's redelivery pointed elsewhere) is
     /// dropped before it can move the epoch or reach a member.
     fn allows(&self, kind: &str, subject: &str) -> bool {
-        match kind {
-            "tick" => subject == self.tick,
-            "event" | "error" => subject == self.evt,
-            _ => false,
+        matches!(kind, "event" | "error") && subject == self.evt
+    }
+}
+
+/// Reads every shard's beat and ticks the shard's sessions with members here.
+async fn beats(
+    mut sub: async_nats::Subscriber,
+    subjects: bandsync_nats::Subjects,
+    by_shard: ByShard,
+    stop: CancellationToken,
+) {
+    loop {
+        let msg = tokio::select! {
+            _ = stop.cancelled() => break,
+            msg = sub.next() => match msg {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        let beat = match serde_json::from_slice::<BeatMsg>(&msg.payload) {
+            Ok(b) if msg.subject.as_str() == subjects.beat(b.shard) => b,
+            _ => {
+                metrics::counter!("bandsync_gateway_wrong_subject_dropped_total").increment(1);
+                tracing::warn!(subject = %msg.subject, "dropping a beat that is not one, or not its shard's");
+                continue;
+            }
+        };
+        metrics::histogram!("bandsync_gateway_bus_delay_seconds", "kind" => "beat")
+            .record((now_us() - beat.server_time).max(0) as f64 / 1e6);
+        let locals = lock(&by_shard).get(&beat.shard).cloned();
+        for local in locals.iter().flatten() {
+            local.tick(&beat);
         }
     }
 }
@@ -304,20 +443,16 @@ async fn fan_out(
             continue;
         }
         let frame = text_frame(&msg.payload);
-        let clients = lock(&local.clients);
+        let mut inner = lock(&local.inner);
         match head.kind.as_str() {
-            "tick" => {
-                for c in clients.iter() {
-                    c.mailbox.put_tick(&frame);
-                }
-                metrics::counter!("bandsync_gateway_ticks_forwarded_total")
-                    .increment(clients.len() as u64);
-            }
             "event" => {
                 if let Some(state) = &head.state {
                     local.leadership.saw(head.seq, state.leader.as_ref());
+                    if let Some(timeline) = &state.timeline {
+                        inner.saw_timeline(head.seq, timeline);
+                    }
                 }
-                for c in clients.iter() {
+                for c in inner.clients.iter() {
                     if head.removed.as_ref() == Some(&c.member) {
                         c.mailbox
                             .kick(ErrorCode::Removed, refusal(ErrorCode::Removed));
@@ -333,7 +468,8 @@ async fn fan_out(
                 }
             }
             "error" => {
-                for c in clients
+                for c in inner
+                    .clients
                     .iter()
                     .filter(|c| head.to.as_ref() == Some(&c.member))
                 {
@@ -396,7 +532,6 @@ pub(crate) fn refusal(code: ErrorCode) -> &'static str {
 /// A bounded label for the delay histogram, whatever the message says its kind is.
 fn kind_label(kind: &str) -> &'static str {
     match kind {
-        "tick" => "tick",
         "event" => "event",
         _ => "other",
     }
@@ -404,12 +539,12 @@ fn kind_label(kind: &str) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::Expected;
+    use super::*;
+    use tokio::io::{AsyncReadExt, DuplexStream};
 
     #[test]
-    fn each_kind_comes_only_on_its_own_subject() {
+    fn only_events_and_rejections_come_from_the_bus_on_the_event_subject() {
         let expected = Expected {
-            tick: "bs.sess.s1.tick".into(),
             evt: "bs.sess.s1.evt".into(),
         };
         let subjects = ["bs.sess.s1.tick", "bs.sess.s1.evt", "bs.sess.s1.x"];
@@ -420,11 +555,102 @@ mod tests {
             .collect();
         assert_eq!(
             allowed,
-            [
-                ("tick", "bs.sess.s1.tick"),
-                ("event", "bs.sess.s1.evt"),
-                ("error", "bs.sess.s1.evt"),
-            ]
+            [("event", "bs.sess.s1.evt"), ("error", "bs.sess.s1.evt")]
+        );
+    }
+
+    /// A session with one opened client, and the client's end of its socket.
+    fn session() -> (LocalSession, DuplexStream) {
+        let (ours, client) = tokio::io::duplex(1 << 16);
+        let mailbox = Arc::new(Mailbox::new(8, Box::pin(ours)));
+        mailbox.open(0);
+        let local = LocalSession {
+            id: SessionId::parse("s1").expect("an id"),
+            inner: Mutex::default(),
+            leadership: Arc::default(),
+            epoch: AtomicU64::new(0),
+            stop: CancellationToken::new(),
+        };
+        lock(&local.inner).clients.push(ClientSlot {
+            conn: 1,
+            member: MemberId::parse("m1").expect("an id"),
+            mailbox,
+        });
+        (local, client)
+    }
+
+    fn timeline(tempo_bpm: f64, playing: bool) -> Timeline {
+        serde_json::from_value(serde_json::json!({"segments": [{
+            "anchor_time": 0, "anchor_beat": 0.0, "tempo_bpm": tempo_bpm, "playing": playing,
+            "beats_per_bar": 4, "beat_unit": 4, "bar_origin_beat": 0.0, "bar_origin_number": 0,
+        }]}))
+        .expect("a timeline")
+    }
+
+    fn beat(seq: u64, epoch: u64) -> BeatMsg {
+        BeatMsg {
+            shard: 0,
+            seq,
+            epoch,
+            server_time: now_us(),
+        }
+    }
+
+    /// The ticks the client can read now, as (seq, epoch, tempo).
+    async fn ticks(client: &mut DuplexStream) -> Vec<(u64, u64, f64)> {
+        let mut bytes = Vec::new();
+        while let Ok(Ok(n)) = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            client.read_buf(&mut bytes),
+        )
+        .await
+        {
+            if n == 0 {
+                break;
+            }
+        }
+        let mut out = Vec::new();
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            let (len, at) = match rest[1] & 0x7f {
+                126 => (usize::from(u16::from_be_bytes([rest[2], rest[3]])), 4),
+                n => (usize::from(n), 2),
+            };
+            match ServerMsg::parse(std::str::from_utf8(&rest[at..at + len]).expect("UTF-8")) {
+                Ok(ServerMsg::Tick(t)) => {
+                    out.push((t.seq, t.epoch, t.timeline.segments()[0].tempo_bpm))
+                }
+                other => panic!("not a tick: {other:?}"),
+            }
+            rest = &rest[at + len..];
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_beat_ticks_a_playing_session_once_from_its_newest_timeline_and_owner() {
+        let (local, mut client) = session();
+        local.tick(&beat(10, 2));
+        assert_eq!(ticks(&mut client).await, [], "no timeline seen yet");
+        lock(&local.inner).saw_timeline(5, &timeline(90.0, false));
+        local.tick(&beat(11, 2));
+        assert_eq!(ticks(&mut client).await, [], "stopped: no tick");
+        lock(&local.inner).saw_timeline(6, &timeline(100.0, true));
+        lock(&local.inner).saw_timeline(4, &timeline(80.0, true));
+        local.tick(&beat(12, 2));
+        local.tick(&beat(12, 2));
+        local.tick(&beat(11, 2));
+        assert_eq!(
+            ticks(&mut client).await,
+            [(12, 2, 100.0)],
+            "one tick per period, from the newest state (seq 6, not the late seq 4)"
+        );
+        local.tick(&beat(13, 3));
+        local.tick(&beat(14, 2));
+        assert_eq!(
+            ticks(&mut client).await,
+            [(13, 3, 100.0)],
+            "a deposed owner's beat ticks nobody"
         );
     }
 }

@@ -145,7 +145,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     install_metrics();
     let tasks = TaskTracker::new();
     let app = Arc::new(AppState {
-        hub: hub::Hub::new(bus.clone(), gateway_id.clone(), tasks.clone()),
+        hub: hub::Hub::new(
+            bus.clone(),
+            gateway_id.clone(),
+            config.shards,
+            tasks.clone(),
+        ),
         tokens: config.token_keys()?,
         origins: origin::Origins::new(&config.allowed_origins),
         failed_joins: guesses::FailedJoins::default(),
@@ -158,6 +163,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         socket_write: metrics::histogram!("bandsync_gateway_socket_write_seconds"),
     });
     app.tasks.spawn(heartbeat(app.clone()));
+    app.hub
+        .start_beats(app.shutdown.clone())
+        .await
+        .context("subscribing to the owners' beats")?;
     app.tasks.spawn({
         let app = app.clone();
         async move {

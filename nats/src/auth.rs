@@ -125,14 +125,11 @@ pub fn permissions(role: Role, s: &Subjects) -> Permissions {
                 info,
             ]
             .concat(),
-            subscribe: vec![format!("{}.sess.*.>", s.prefix()), inbox],
+            subscribe: vec![s.evt_all(), s.beat_all(), inbox],
         },
         Role::Ticker => {
             let cmd = s.cmd_stream();
-            let mut publish = vec![
-                format!("{}.sess.*.evt", s.prefix()),
-                format!("{}.sess.*.tick", s.prefix()),
-            ];
+            let mut publish = vec![s.evt_all(), s.beat_all()];
             for bucket in [
                 s.sessions_bucket(),
                 s.codes_bucket(),
@@ -264,11 +261,11 @@ mod tests {
     }
 
     #[test]
-    fn only_tickers_publish_events_ticks_and_state() {
+    fn only_tickers_publish_events_beats_and_state() {
         let s = Subjects::new("bandsync").expect("prefix");
         let forged = [
             "bandsync.sess.abc.evt",
-            "bandsync.sess.abc.tick",
+            "bandsync.beat.3",
             "$KV.bandsync_sessions.3.abc",
             "$KV.bandsync_leases.3",
             "$JS.API.STREAM.DELETE.BANDSYNC_EVT",
@@ -300,7 +297,8 @@ mod tests {
         }
         let gateway = permissions(Role::Gateway, &s);
         assert!(allowed(&gateway.publish, "bandsync.cmd.3.abc"));
-        assert!(allowed(&gateway.subscribe, "bandsync.sess.abc.>"));
+        assert!(allowed(&gateway.subscribe, "bandsync.sess.abc.evt"));
+        assert!(allowed(&gateway.subscribe, "bandsync.beat.3"));
         assert!(!allowed(
             &permissions(Role::Store, &s).publish,
             "bandsync.cmd.3.abc"

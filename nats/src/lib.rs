@@ -10,9 +10,9 @@ pub mod service;
 pub mod subjects;
 
 pub use bandsync_protocol::{
-    Change, ClientMsg, Command, CommandEnvelope, CommandId, ConnId, DisplayName, ErrorCode,
-    ErrorMsg, EventMsg, GatewayId, InvalidValue, JoinCode, MemberId, Micros, Rules, ServerMsg,
-    SessionId, SessionState, Shard, Song, TickMsg, Timeline, now_us, shard_of,
+    BeatMsg, Change, ClientMsg, Command, CommandEnvelope, CommandId, ConnId, DisplayName,
+    ErrorCode, ErrorMsg, EventMsg, GatewayId, InvalidValue, JoinCode, MemberId, Micros, Rules,
+    ServerMsg, SessionId, SessionState, Shard, Song, TickMsg, Timeline, now_us, shard_of,
 };
 pub use bandsync_protocol::{command, error_code, ids, shard, state, timeline, wire};
 pub use subjects::Subjects;

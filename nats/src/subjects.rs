@@ -53,12 +53,12 @@ impl Subjects {
     pub fn evt_all(&self) -> String {
         format!("{}.sess.*.evt", self.prefix)
     }
-    pub fn tick(&self, session: &SessionId) -> String {
-        format!("{}.sess.{session}.tick", self.prefix)
+    /// One shard's beats (`BeatMsg`), from which gateways make its sessions' ticks.
+    pub fn beat(&self, shard: Shard) -> String {
+        format!("{}.beat.{shard}", self.prefix)
     }
-    /// Everything a gateway forwards for one session.
-    pub fn session_all(&self, session: &SessionId) -> String {
-        format!("{}.sess.{session}.>", self.prefix)
+    pub fn beat_all(&self) -> String {
+        format!("{}.beat.*", self.prefix)
     }
 
     pub fn cmd_stream(&self) -> String {
@@ -150,8 +150,8 @@ mod tests {
         assert_eq!(s.cmd(17, &id), "bandsync.cmd.17.abc");
         assert_eq!(s.cmd_shard(17), "bandsync.cmd.17.*");
         assert_eq!(s.evt(&id), "bandsync.sess.abc.evt");
-        assert_eq!(s.tick(&id), "bandsync.sess.abc.tick");
-        assert_eq!(s.session_all(&id), "bandsync.sess.abc.>");
+        assert_eq!(s.beat(7), "bandsync.beat.7");
+        assert_eq!(s.beat_all(), "bandsync.beat.*");
         assert_eq!(s.cmd_stream(), "BANDSYNC_CMD");
         assert_eq!(s.sessions_bucket(), "bandsync_sessions");
         assert_eq!(Subjects::session_key(17, &id), "17.abc");

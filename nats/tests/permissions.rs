@@ -165,7 +165,7 @@ async fn gateway_and_store_cannot_forge_events_state_or_streams() {
 
     let forged = br#"{"type":"event","session":"band1","seq":999999,"epoch":999999}"#;
     let evt = s.evt(&session);
-    let tick = s.tick(&session);
+    let beat = s.beat(3);
     let state_key = format!("$KV.{}.{key}", s.sessions_bucket());
     let api = |op: &str, stream: &str| format!("$JS.API.STREAM.{op}.{stream}");
     let sessions_stream = Subjects::kv_stream(&s.sessions_bucket());
@@ -180,14 +180,14 @@ async fn gateway_and_store_cannot_forge_events_state_or_streams() {
         (
             Role::Gateway,
             [
-                vec![evt.clone(), tick.clone(), state_key.clone()],
+                vec![evt.clone(), beat.clone(), state_key.clone()],
                 wrecking.clone(),
             ]
             .concat(),
         ),
         (
             Role::Store,
-            [vec![evt.clone(), tick, state_key, cmd], wrecking.clone()].concat(),
+            [vec![evt.clone(), beat, state_key, cmd], wrecking.clone()].concat(),
         ),
         // The ticker provisions, but never deletes or purges.
         (Role::Ticker, wrecking),

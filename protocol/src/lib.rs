@@ -22,4 +22,4 @@ pub use ids::{
 pub use shard::{Shard, shard_of};
 pub use state::{Change, Rules, SessionState};
 pub use timeline::{Micros, Timeline, now_us};
-pub use wire::{ClientMsg, ErrorMsg, EventMsg, ServerMsg, TickMsg};
+pub use wire::{BeatMsg, ClientMsg, ErrorMsg, EventMsg, ServerMsg, TickMsg};

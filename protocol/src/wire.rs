@@ -5,6 +5,7 @@
 use crate::command::{Command, Song};
 use crate::error_code::ErrorCode;
 use crate::ids::{CommandId, ConnId, MemberId, SessionId};
+use crate::shard::Shard;
 use crate::state::{Cause, Change, Member, SessionState};
 use crate::timeline::{Micros, Timeline};
 use bytes::Bytes;
@@ -243,11 +244,38 @@ pub struct BusHeader {
     pub state: Option<HeaderState>,
 }
 
-/// What a gateway reads of an event's state.
+/// What a gateway reads of an event's state: who leads, and the timeline it
+/// builds the session's ticks from.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct HeaderState {
     #[serde(default)]
     pub leader: Option<MemberId>,
+    #[serde(default)]
+    pub timeline: Option<Timeline>,
+}
+
+/// The owner's heartbeat for one shard, once per tick period while any of its
+/// sessions plays (bus only, subject `<p>.beat.<shard>`). Each gateway turns it
+/// into a `tick` for every playing session of the shard it has members of,
+/// with the timeline of the newest state it has seen: the timelines cross the
+/// bus once per change, in events, and the bus carries one small message per
+/// shard per period however many sessions play. A tick therefore still proves
+/// that the session's owner is alive and holds its lease (no beat, no tick),
+/// and carries the owner's epoch and the period's `seq`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BeatMsg {
+    pub shard: Shard,
+    /// `timeline::tick_seq(server_time, period, shard phase)`: the ticks' `seq`.
+    pub seq: u64,
+    pub epoch: u64,
+    /// When the owner sent it, on its clock.
+    pub server_time: Micros,
+}
+
+impl BeatMsg {
+    pub fn to_bytes(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(self).expect("beats always serialise"))
+    }
 }
 
 impl BusHeader {

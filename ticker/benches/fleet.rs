@@ -9,20 +9,20 @@
 //! Real processes on loopback: a nats-server (testkit, 2.15.1), `bandsync-ticker`
 //! binaries of this build, and this process as the gateways would be: it
 //! publishes `create` and `play` commands to the command stream and subscribes
-//! to the sessions' tick subjects.
+//! to the shards' beats (from which gateways make the sessions' ticks).
 //!
 //! - failover: 3 tickers, 60 playing sessions at 10 Hz; kill -9 one ticker, time
-//!   from each orphaned session's last tick to its first tick from the new owner,
+//!   from each orphaned session's shard's last beat to its first from the new owner,
 //!   start a replacement, wait for the fair share, repeat. The same with SIGTERM.
 //! - capacity: one ticker; add playing sessions step by step and, at each step,
-//!   read the ticker's CPU from /proc/<pid>/stat, its ticks sent from /metrics, and
-//!   how late in the period a sample of 200 sessions' ticks carry their server time.
+//!   read the ticker's CPU from /proc/<pid>/stat, the session ticks its beats
+//!   cover from /metrics, and how late in the period the beats carry their server time.
 
 use bandsync_nats::bus::Bus;
 use bandsync_nats::service::random_id;
 use bandsync_nats::{
-    Command, CommandEnvelope, CommandId, DisplayName, GatewayId, JoinCode, MemberId, SessionId,
-    Subjects, now_us, shard_of,
+    BeatMsg, Command, CommandEnvelope, CommandId, DisplayName, GatewayId, JoinCode, MemberId,
+    SessionId, Shard, Subjects, now_us, shard_of,
 };
 use bandsync_testkit::{NatsServer, Role, http_get, percentile, scrape_metric};
 use futures::StreamExt;
@@ -247,30 +247,23 @@ async fn playing_sessions(bus: &Bus, n: usize) -> Vec<SessionId> {
     sessions.into_iter().map(|(s, _)| s).collect()
 }
 
-#[derive(serde::Deserialize)]
-struct Tick {
-    session: String,
-    seq: u64,
-    epoch: u64,
-    server_time: i64,
-}
+type Arrivals = Arc<Mutex<HashMap<Shard, Vec<(Instant, u64)>>>>;
 
-type Arrivals = Arc<Mutex<HashMap<String, Vec<(Instant, u64)>>>>;
-
-/// Records (arrival, epoch) of every tick on `subject`.
-async fn record_ticks(client: async_nats::Client, subject: String) -> Arrivals {
+/// Records (arrival, epoch) of every shard's beats.
+async fn record_beats(bus: &Bus) -> Arrivals {
     let arrivals: Arrivals = Arc::default();
-    let mut sub = client
-        .subscribe(subject)
+    let mut sub = bus
+        .client
+        .subscribe(bus.subjects.beat_all())
         .await
-        .expect("subscribing to ticks");
+        .expect("subscribing to beats");
     let log = arrivals.clone();
     tokio::spawn(async move {
         while let Some(msg) = sub.next().await {
             let at = Instant::now();
-            if let Ok(t) = serde_json::from_slice::<Tick>(&msg.payload) {
+            if let Ok(b) = serde_json::from_slice::<BeatMsg>(&msg.payload) {
                 let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-                log.entry(t.session).or_default().push((at, t.epoch));
+                log.entry(b.shard).or_default().push((at, b.epoch));
             }
         }
     });
@@ -341,7 +334,7 @@ async fn failover_rounds(
             let per_session: Vec<Option<Duration>> = orphans
                 .iter()
                 .map(|s| {
-                    let ticks = log.get(s.as_str())?;
+                    let ticks = log.get(&shard_of(s, SHARDS))?;
                     let last_old = ticks.iter().rfind(|(at, _)| *at < signalled)?;
                     let first_new = ticks
                         .iter()
@@ -379,7 +372,7 @@ async fn failover(kills: usize) {
     let creator = Proc::spawn(&nats, "b-creator", 100).await;
     wait_balanced(std::slice::from_ref(&creator)).await;
     let sessions = playing_sessions(&bus, FAILOVER_SESSIONS).await;
-    let arrivals = record_ticks(bus.client.clone(), "bandsync.sess.*.tick".into()).await;
+    let arrivals = record_beats(&bus).await;
     drop(creator);
     for (i, signal) in ["KILL", "TERM"].into_iter().enumerate() {
         if i > 0 {
@@ -428,25 +421,24 @@ async fn capacity(hz: u64) {
         {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        // A sample of sessions for lateness: server_time − the period's boundary.
-        let sample: Vec<&SessionId> = sessions.iter().step_by((n / 200).max(1)).collect();
+        // Lateness of every beat: server_time − the period's boundary.
         let late: Arc<Mutex<Vec<i64>>> = Arc::default();
         let mut subs = Vec::new();
-        for s in &sample {
+        {
             let mut sub = bus
                 .client
-                .subscribe(bus.subjects.tick(s))
+                .subscribe(bus.subjects.beat_all())
                 .await
                 .expect("subscribing");
             let late = late.clone();
             let period_us = i64::try_from(tick_ms * 1000).unwrap_or(100_000);
             subs.push(tokio::spawn(async move {
                 while let Some(msg) = sub.next().await {
-                    if let Ok(t) = serde_json::from_slice::<Tick>(&msg.payload) {
-                        let boundary = i64::try_from(t.seq).unwrap_or(0) * period_us;
+                    if let Ok(b) = serde_json::from_slice::<BeatMsg>(&msg.payload) {
+                        let boundary = i64::try_from(b.seq).unwrap_or(0) * period_us;
                         late.lock()
                             .unwrap_or_else(|e| e.into_inner())
-                            .push(t.server_time - boundary);
+                            .push(b.server_time - boundary);
                     }
                 }
             }));

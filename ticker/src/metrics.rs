@@ -49,10 +49,13 @@ fn describe() {
             "bandsync_ticker_campaigns_lost_total",
             "Campaigns another ticker won.",
         ),
-        ("bandsync_ticker_ticks_total", "Ticks published."),
+        (
+            "bandsync_ticker_ticks_total",
+            "Session ticks due from the beats published (the gateways make them).",
+        ),
         (
             "bandsync_ticker_tick_publish_failures_total",
-            "Ticks the NATS client refused.",
+            "Beats the NATS client refused.",
         ),
         (
             "bandsync_ticker_commands_applied_total",
@@ -103,7 +106,7 @@ fn describe() {
         ),
         (
             "bandsync_ticker_ticks_per_second",
-            "Ticks published over the last second.",
+            "Session ticks due from the beats of the last second.",
         ),
         (
             "bandsync_ticker_sessions_ending",

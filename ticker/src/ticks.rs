@@ -1,9 +1,9 @@
-//! The heartbeat: publish the timeline of every playing session we own once a
-//! period. A period is split into wall-clock-aligned slots about 10 ms wide
+//! The heartbeat: once a period, a beat for every owned shard with a playing
+//! session; each gateway makes the shard's sessions' ticks from it (`BeatMsg`). A period is split into wall-clock-aligned slots about 10 ms wide
 //! (`tick_slots`) and each shard ticks in its own (`tick_phase`), so every ticker
 //! agrees on when a session ticks and the work is spread over the period, not
 //! burst at its start.
-//! Ticks go over core NATS only; they are cheap to lose.
+//! Beats go over core NATS only; they are cheap to lose.
 //!
 //! A tick sequence number is `floor((t − phase) / period)`. Each owned shard
 //! remembers the highest one published for it (`OwnedShard::claim_tick`), seeded
@@ -12,13 +12,13 @@
 
 use crate::owned::{OwnedShard, Registry};
 use bandsync_nats::timeline::{next_tick_slot, tick_phase, tick_seq, tick_slots};
-use bandsync_nats::{Micros, ServerMsg, Subjects, TickMsg, now_us};
+use bandsync_nats::{BeatMsg, Micros, Subjects, now_us};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// Most tasks one tick round is split over: serialising is the bulk of the
-/// work, and more lanes than cores only adds switching.
+/// Most tasks one tick round is split over; more lanes than cores only adds
+/// switching.
 const MAX_LANES: usize = 4;
 
 #[derive(Clone)]
@@ -103,40 +103,32 @@ impl Ticks {
         sent
     }
 
-    /// Publishes tick `seq` for every playing session of the shard, if the lease
-    /// is proven and nobody published that period yet. Returns how many went out.
+    /// Publishes beat `seq` for the shard, if the lease is proven, any of its
+    /// sessions plays and nobody published that period yet. Returns how many
+    /// sessions it ticks (the gateways make their ticks from it).
     async fn publish_shard(&self, owned: &OwnedShard, seq: u64) -> u64 {
         let _gate = owned.gate.read().await;
-        if !owned.is_valid() || !owned.claim_tick(seq) {
-            return 0;
-        }
         let server_time = now_us();
-        let ticks: Vec<(String, bytes::Bytes)> = {
+        let playing = {
             let mut playing = owned.playing.lock().unwrap_or_else(|e| e.into_inner());
             playing.retain(|_, tl| tl.is_active(server_time));
-            playing
-                .iter()
-                .map(|(session, timeline)| {
-                    let msg = ServerMsg::Tick(TickMsg {
-                        session: session.clone(),
-                        seq,
-                        epoch: owned.epoch,
-                        server_time,
-                        timeline: timeline.clone(),
-                    });
-                    (self.subjects.tick(session), msg.to_bytes())
-                })
-                .collect()
+            playing.len() as u64
         };
-        let mut sent = 0;
-        for (subject, payload) in ticks {
-            if self.client.publish(subject, payload).await.is_err() {
-                metrics::counter!("bandsync_ticker_tick_publish_failures_total").increment(1);
-            } else {
-                sent += 1;
-            }
+        if playing == 0 || !owned.is_valid() || !owned.claim_tick(seq) {
+            return 0;
         }
-        sent
+        let beat = BeatMsg {
+            shard: owned.shard,
+            seq,
+            epoch: owned.epoch,
+            server_time,
+        };
+        let subject = self.subjects.beat(owned.shard);
+        if self.client.publish(subject, beat.to_bytes()).await.is_err() {
+            metrics::counter!("bandsync_ticker_tick_publish_failures_total").increment(1);
+            return 0;
+        }
+        playing
     }
 }
 

@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 pub const SECRET: &str = "system-test-secret-0123456789";
 pub const WAIT: Duration = Duration::from_secs(10);
+/// Shards of the test stack (the ticker and the gateways agree on it).
+pub const SHARDS: u16 = 16;
 
 /// Knobs the tests turn; everything else is the services' defaults.
 #[derive(Clone, Copy)]
@@ -87,7 +89,7 @@ impl Stack {
                     format!("--tick-ms={}", k.tick_ms),
                     format!("--leader-grace-ms={}", k.leader_grace_ms),
                     format!("--max-members={}", k.max_members),
-                    "--shards=16".into(),
+                    format!("--shards={SHARDS}"),
                 ]),
         );
         let token = CancellationToken::new();
@@ -114,7 +116,7 @@ impl Stack {
             format!("--max-members={}", self.knobs.max_members),
             "--max-frame-bytes=4096".into(),
             format!("--client-queue={}", self.knobs.client_queue),
-            "--shards=16".into(),
+            format!("--shards={SHARDS}"),
             // Tests stand in for a proxy: their X-Forwarded-For is believed.
             "--trusted-proxies=127.0.0.1".into(),
         ]);
@@ -143,12 +145,12 @@ impl Stack {
 
     /// Until the ticker owns every shard, commands would only queue.
     async fn wait_for_shards(&self) {
-        eventually(WAIT, "the ticker to own all 16 shards", || async {
+        eventually(WAIT, "the ticker to own all its shards", || async {
             self.tickers
                 .iter()
                 .map(|(t, _)| t.shards_owned())
                 .sum::<usize>()
-                >= 16
+                >= usize::from(SHARDS)
         })
         .await;
     }

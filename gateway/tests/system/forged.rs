@@ -5,7 +5,7 @@
 //! owner.
 
 use crate::common::*;
-use bandsync_nats::{Command, ServerMsg, Subjects};
+use bandsync_nats::{Command, ServerMsg, Subjects, now_us, shard_of};
 use bandsync_testkit::Role;
 
 fn subjects() -> Subjects {
@@ -40,8 +40,15 @@ async fn an_event_forged_with_a_gateways_credentials_reaches_nobody() {
     // What stopped the gateways: an owner "newer" than the real one.
     let forged =
         format!(r#"{{"type":"event","session":"{session}","seq":999999999,"epoch":999999999}}"#);
-    let to = [subjects.evt(&session), subjects.tick(&session)];
-    forge(&stack, Role::Gateway, &to, &forged).await;
+    forge(&stack, Role::Gateway, &[subjects.evt(&session)], &forged).await;
+    // Nor a beat from a "newer" owner, which would fence the real one's ticks.
+    let shard = shard_of(&session, SHARDS);
+    let beat = format!(
+        r#"{{"shard":{shard},"seq":{},"epoch":999999999,"server_time":{}}}"#,
+        u64::MAX / 2,
+        now_us()
+    );
+    forge(&stack, Role::Gateway, &[subjects.beat(shard)], &beat).await;
 
     leader
         .send(&Command::Play { count_in_bars: 0 }, None)
@@ -59,13 +66,13 @@ async fn an_event_forged_with_a_gateways_credentials_reaches_nobody() {
     }
 }
 
-/// A message of one kind on the other kind's subject (an event on the tick
-/// subject, as a push consumer of the events stream pointed at it would
-/// deliver one) is dropped by the gateway, even with the owner's epoch and
-/// from a user allowed to publish there: before, this one forged event made
-/// every member ignore the real events after it (their `seq` was lower).
+/// An event on the beat subject (as a push consumer of the events stream
+/// pointed at it would deliver one) is dropped by the gateway, even with the
+/// owner's epoch and from a user allowed to publish there: had it been
+/// forwarded, its `seq` would have made every member ignore the real events
+/// after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_event_on_the_tick_subject_reaches_nobody() {
+async fn an_event_on_the_beat_subject_reaches_nobody() {
     let stack = Stack::start(Knobs::default()).await;
     let (mut leader, mut followers) = band(&stack, 0, &[1]).await;
     let session = leader.state.id.clone();
@@ -79,7 +86,8 @@ async fn an_event_on_the_tick_subject_reaches_nobody() {
         r#"{{"type":"event","session":"{session}","seq":999999999,"epoch":{},"at":0,"changes":[]}}"#,
         tempo.epoch
     );
-    forge(&stack, Role::Ticker, &[subjects().tick(&session)], &forged).await;
+    let beat = subjects().beat(shard_of(&session, SHARDS));
+    forge(&stack, Role::Ticker, &[beat], &forged).await;
 
     leader
         .send(&Command::Play { count_in_bars: 0 }, None)
@@ -89,7 +97,7 @@ async fn an_event_on_the_tick_subject_reaches_nobody() {
     loop {
         match follower.next_unfiltered().await {
             Ok((ServerMsg::Event(e), _)) if e.seq == 999_999_999 => {
-                panic!("the event sent on the tick subject reached a member")
+                panic!("the event sent on the beat subject reached a member")
             }
             Ok((ServerMsg::Event(e), taken)) if e.changes.iter().any(|c| c.kind() == "play") => {
                 assert!(taken, "the real play is applied");
