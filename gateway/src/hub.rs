@@ -109,15 +109,20 @@ impl Local {
 }
 
 impl LocalSession {
+    /// Whether a message of `epoch` comes from the newest owner seen (it may
+    /// be newer); anything older comes from a deposed owner and is counted.
+    fn is_current(&self, epoch: u64) -> bool {
+        let newest = self.epoch.fetch_max(epoch, Ordering::AcqRel).max(epoch);
+        if epoch < newest {
+            metrics::counter!("bandsync_gateway_stale_epoch_dropped_total").increment(1);
+        }
+        epoch >= newest
+    }
+
     /// The session's tick for `beat`, to every client here, if the session
     /// plays and the beat is from its current owner and a new period.
     fn tick(&self, beat: &BeatMsg) {
-        let newest = self
-            .epoch
-            .fetch_max(beat.epoch, Ordering::AcqRel)
-            .max(beat.epoch);
-        if beat.epoch < newest {
-            metrics::counter!("bandsync_gateway_stale_epoch_dropped_total").increment(1);
+        if !self.is_current(beat.epoch) {
             return;
         }
         let mut local = lock(&self.inner);
@@ -430,12 +435,7 @@ async fn fan_out(
             metrics::histogram!("bandsync_gateway_bus_delay_seconds", "kind" => kind_label(&head.kind))
                 .record((now_us() - t).max(0) as f64 / 1e6);
         }
-        let newest = local
-            .epoch
-            .fetch_max(head.epoch, Ordering::AcqRel)
-            .max(head.epoch);
-        if head.epoch < newest {
-            metrics::counter!("bandsync_gateway_stale_epoch_dropped_total").increment(1);
+        if !local.is_current(head.epoch) {
             continue;
         }
         if std::str::from_utf8(&msg.payload).is_err() {

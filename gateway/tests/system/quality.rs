@@ -3,8 +3,19 @@
 //! enough makes no event, and goes no further than its gateway.
 
 use crate::common::*;
+use bandsync_client::Connection;
 use bandsync_nats::Command;
 use bandsync_nats::state::Change;
+
+/// A message from `from` that takes the same way to the owner as the reports
+/// before it: its event, once `to` has it, comes after whatever they caused.
+async fn barrier(from: &mut Connection, to: &mut Connection) -> bandsync_nats::EventMsg {
+    let text = Command::Message {
+        text: "barrier".into(),
+    };
+    from.send(&text, None).await.expect("send");
+    event_of_kind(to, "message").await.0
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_report_shows_in_every_member_list_and_a_steady_one_makes_no_event() {
@@ -33,15 +44,7 @@ async fn a_report_shows_in_every_member_list_and_a_steady_one_makes_no_event() {
     // Steady (and too soon): nothing. The message after it, which takes the
     // same way to the owner, is the very next event.
     f.send(&report(44.0, 1.5), None).await.expect("send");
-    f.send(
-        &Command::Message {
-            text: "barrier".into(),
-        },
-        None,
-    )
-    .await
-    .expect("send");
-    let (next, _) = event_of_kind(&mut leader, "message").await;
+    let next = barrier(f, &mut leader).await;
     assert_eq!(next.seq, seq + 1, "the steady report made no event");
     assert_eq!(
         leader.state.member(&me).and_then(|m| m.rtt_ms),
@@ -67,17 +70,9 @@ async fn a_steady_members_reports_stop_at_its_gateway() {
     for rtt in [41.0, 39.5, 40.5, 42.0] {
         f.send(&report(rtt), None).await.expect("send");
     }
-    // Behind the steady reports on the same way: once its event is out,
-    // whatever of them went on is in the stream.
-    f.send(
-        &Command::Message {
-            text: "barrier".into(),
-        },
-        None,
-    )
-    .await
-    .expect("send");
-    event_of_kind(&mut leader, "message").await;
+    // Once the barrier's event is out, whatever of the reports went on is in
+    // the stream.
+    barrier(f, &mut leader).await;
     assert_eq!(
         stack.commands_in_stream().await - before,
         2,
