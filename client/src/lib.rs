@@ -12,7 +12,9 @@ pub use http::{Api, ApiError, Joined};
 
 use bandsync_protocol::command::MAX_REPORTED_MS;
 use bandsync_protocol::wire::ErrorMsg;
-use bandsync_protocol::{Command, Micros, ServerMsg, SessionState, Timeline, now_us};
+use bandsync_protocol::{
+    Change, Command, EventMsg, Micros, ServerMsg, SessionState, Timeline, now_us,
+};
 use futures::{SinkExt, StreamExt};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -196,6 +198,29 @@ impl Connection {
             if pred(&msg) {
                 return Ok(msg);
             }
+        }
+    }
+
+    /// Waits for the next event with a change of `kind` (`Change::kind`, e.g.
+    /// "tempo"): the event and that change.
+    pub async fn wait_for_change(
+        &mut self,
+        limit: Duration,
+        kind: &str,
+    ) -> Result<(EventMsg, Change), ClientError> {
+        let change_of = |e: &EventMsg| e.changes.iter().find(|c| c.kind() == kind).cloned();
+        let msg = self
+            .wait_for(
+                limit,
+                |m| matches!(m, ServerMsg::Event(e) if change_of(e).is_some()),
+            )
+            .await?;
+        match msg {
+            ServerMsg::Event(e) => {
+                let change = change_of(&e).expect("matched");
+                Ok((*e, change))
+            }
+            _ => unreachable!("matched an event"),
         }
     }
 

@@ -106,17 +106,11 @@ async fn every_member_hears_of_every_change_before_it_happens_on_a_300_ms_link()
     for command in &script {
         leader.send(command, None).await.expect("send");
         let kind = command.kind();
-        let msg = leader
-            .wait_for(
-                WAIT,
-                |m| matches!(m, ServerMsg::Event(e) if e.changes.iter().any(|c| c.kind() == kind)),
-            )
+        let (e, _) = leader
+            .wait_for_change(WAIT, kind)
             .await
             .unwrap_or_else(|e| panic!("{kind}: {e}"));
         let received = leader.server_now();
-        let ServerMsg::Event(e) = msg else {
-            unreachable!("an event")
-        };
         for change in &e.changes {
             if let Some(at) = change.effective_at() {
                 at_leader.push((received, at, change.kind()));

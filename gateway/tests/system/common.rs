@@ -1,6 +1,6 @@
 use bandsync_client::{Api, Connection, Joined};
 use bandsync_gateway::Gateway;
-use bandsync_nats::{ServerMsg, state::Change};
+use bandsync_nats::state::Change;
 use bandsync_testkit::{NatsServer, Role, eventually};
 use bandsync_ticker::Ticker;
 use clap::Parser;
@@ -334,23 +334,9 @@ pub async fn band(
 
 /// Waits for the next event whose changes include one of `kind`.
 pub async fn event_of_kind(c: &mut Connection, kind: &str) -> (bandsync_nats::EventMsg, Change) {
-    let msg = c
-        .wait_for(
-            WAIT,
-            |m| matches!(m, ServerMsg::Event(e) if e.changes.iter().any(|ch| ch.kind() == kind)),
-        )
+    c.wait_for_change(WAIT, kind)
         .await
-        .unwrap_or_else(|e| panic!("no {kind} event: {e}"));
-    let ServerMsg::Event(e) = msg else {
-        unreachable!("matched an event")
-    };
-    let change = e
-        .changes
-        .iter()
-        .find(|ch| ch.kind() == kind)
-        .cloned()
-        .expect("matched");
-    (*e, change)
+        .unwrap_or_else(|e| panic!("no {kind} event: {e}"))
 }
 
 /// `POST path` with a JSON body as a client behind a proxy at `from` (the test

@@ -108,10 +108,7 @@ async fn a_band_session_through_gateways_and_ticker_is_stored_exactly_once() {
         leader.send(command, None).await.expect("send");
         let kind = command.kind();
         leader
-            .wait_for(
-                WAIT,
-                |m| matches!(m, ServerMsg::Event(e) if e.changes.iter().any(|c| c.kind() == kind)),
-            )
+            .wait_for_change(WAIT, kind)
             .await
             .unwrap_or_else(|e| panic!("{kind}: {e}"));
     }
@@ -127,10 +124,7 @@ async fn a_band_session_through_gateways_and_ticker_is_stored_exactly_once() {
         .await
         .expect("send");
     followers[1]
-        .wait_for(
-            WAIT,
-            |m| matches!(m, ServerMsg::Event(e) if e.changes.iter().any(|c| c.kind() == "member_quality")),
-        )
+        .wait_for_change(WAIT, "member_quality")
         .await
         .expect("member_quality");
     // A command the owner refuses (a pause while stopped) is stored too. (A
