@@ -559,6 +559,35 @@ mod tests {
         );
     }
 
+    /// A member joining mid-song is ticked from the state its welcome was read
+    /// from, before any event reaches this gateway (the hello's may be held
+    /// up for seconds while the command stream elects a leader).
+    #[tokio::test]
+    async fn the_welcomes_state_is_enough_to_tick() {
+        let (local, mut client) = session();
+        let local = Arc::new(local);
+        let handle = ClientHandle {
+            conn: 1,
+            mailbox: lock(&local.inner).clients[0].mailbox.clone(),
+            leadership: local.leadership.clone(),
+            local: local.clone(),
+        };
+        let member = MemberId::parse("m1").expect("an id");
+        let mut state = SessionState::create(
+            local.id.clone(),
+            bandsync_nats::JoinCode::parse("K7MQ2XBD").expect("a code"),
+            member.clone(),
+            bandsync_nats::DisplayName::parse("Ana").expect("a name"),
+            now_us(),
+        );
+        state.seq = 7;
+        state.timeline = timeline(96.0, true);
+        handle.saw_state(&state);
+        local.tick(&beat(20, 1));
+        assert_eq!(ticks(&mut client).await, [(20, 1, 96.0)]);
+        assert!(handle.leadership.leads(&member));
+    }
+
     /// A session with one opened client, and the client's end of its socket.
     fn session() -> (LocalSession, DuplexStream) {
         let (ours, client) = tokio::io::duplex(1 << 16);
