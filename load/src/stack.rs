@@ -233,6 +233,27 @@ impl Stack {
                 format!("--listen=127.0.0.1:{listen}"),
             ]
         };
+        for i in 0..spec.tickers {
+            let port = free_port()?;
+            let mut args = common(NatsUser::Ticker, port);
+            args.push(format!("--tick-ms={}", spec.tick_ms));
+            args.push(format!("--ticker-id=ticker-{i}"));
+            args.push(format!("--max-members={}", spec.max_members.max(12)));
+            let name = format!("ticker-{i}");
+            stack
+                .spawn(
+                    &name,
+                    Role::Ticker,
+                    &ticker_bin,
+                    args,
+                    Vec::new(),
+                    port,
+                    None,
+                )
+                .await?;
+        }
+        // After the tickers: only a ticker creates the streams the store binds to,
+        // and the store is not ready until it has bound them.
         if let (Some(db), Some(store_bin)) = (&spec.store, store_bin) {
             let url = match db {
                 StoreDb::Own => stack.start_postgres().await?,
@@ -254,25 +275,6 @@ impl Stack {
                 .await?;
             stack.store = Some(format!("http://127.0.0.1:{port}"));
             stack.database_url = Some(url);
-        }
-        for i in 0..spec.tickers {
-            let port = free_port()?;
-            let mut args = common(NatsUser::Ticker, port);
-            args.push(format!("--tick-ms={}", spec.tick_ms));
-            args.push(format!("--ticker-id=ticker-{i}"));
-            args.push(format!("--max-members={}", spec.max_members.max(12)));
-            let name = format!("ticker-{i}");
-            stack
-                .spawn(
-                    &name,
-                    Role::Ticker,
-                    &ticker_bin,
-                    args,
-                    Vec::new(),
-                    port,
-                    None,
-                )
-                .await?;
         }
         let env = vec![(
             "BANDSYNC_TOKEN_SECRET".to_owned(),
