@@ -327,6 +327,13 @@ impl NatsServer {
     /// connection; panics with the server's log if that takes too long or the
     /// process exits.
     async fn wait_ready(&mut self) {
+        if let Err(e) = self.try_wait_ready().await {
+            panic!("{e}");
+        }
+    }
+
+    /// As `wait_ready`, but says why the server did not come up.
+    async fn try_wait_ready(&mut self) -> Result<(), NotReady> {
         let deadline = Instant::now() + START_TIMEOUT;
         let pid = self.child.as_ref().expect("wait_ready after spawn").id();
         let ports_file = self
@@ -339,10 +346,10 @@ impl NatsServer {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!(
-                    "nats-server exited during start-up ({status}); its log:\n{}",
-                    self.log()
-                );
+                return Err(NotReady::Exited {
+                    status: status.to_string(),
+                    log: self.log(),
+                });
             }
             if let Some(port) = read_client_port(&ports_file)
                 && tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -350,16 +357,45 @@ impl NatsServer {
                     .is_ok()
             {
                 self.port = port;
-                return;
+                return Ok(());
             }
             if Instant::now() >= deadline {
                 let log = self.log();
                 self.kill();
-                panic!(
-                    "nats-server did not accept connections within {START_TIMEOUT:?}; its log:\n{log}"
-                );
+                return Err(NotReady::TimedOut { log });
             }
             sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Why a nats-server did not come up.
+#[derive(Debug)]
+enum NotReady {
+    Exited { status: String, log: String },
+    TimedOut { log: String },
+}
+
+impl NotReady {
+    /// Another process took a port between `free_port` and the server's bind.
+    fn lost_a_port(&self) -> bool {
+        matches!(self, NotReady::Exited { log, .. } if log.contains("address already in use"))
+    }
+}
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotReady::Exited { status, log } => {
+                write!(
+                    f,
+                    "nats-server exited during start-up ({status}); its log:\n{log}"
+                )
+            }
+            NotReady::TimedOut { log } => write!(
+                f,
+                "nats-server did not accept connections within {START_TIMEOUT:?}; its log:\n{log}"
+            ),
         }
     }
 }
@@ -426,6 +462,25 @@ impl NatsCluster {
     /// meta leader and can place a stream with `size` replicas.
     pub async fn start(size: usize) -> NatsCluster {
         assert!(size >= 1, "a cluster needs at least one node");
+        // The route ports are found free, then bound by the servers: another
+        // test can take one in between. Then the whole cluster starts again
+        // on new ports.
+        const ATTEMPTS: usize = 3;
+        for attempt in 1..=ATTEMPTS {
+            match Self::try_start(size).await {
+                Ok(cluster) => return cluster,
+                Err(e) if e.lost_a_port() && attempt < ATTEMPTS => {
+                    eprintln!(
+                        "testkit: a route port was taken before nats-server bound it; starting the cluster again"
+                    );
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    async fn try_start(size: usize) -> Result<NatsCluster, NotReady> {
         let route_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
         let logins = Logins::generate();
         let mut nodes: Vec<NatsServer> = route_ports
@@ -448,11 +503,11 @@ impl NatsCluster {
             })
             .collect();
         for node in &mut nodes {
-            node.wait_ready().await;
+            node.try_wait_ready().await?;
         }
         let cluster = NatsCluster { nodes };
         cluster.wait_jetstream(size).await;
-        cluster
+        Ok(cluster)
     }
 
     /// Every node's client URL, comma-separated (the form a `--nats-url` flag takes).
@@ -538,6 +593,29 @@ mod tests {
     use super::*;
     use async_nats::jetstream;
     use bytes::Bytes;
+
+    /// What makes `NatsCluster::start` try again: a route port another
+    /// process holds makes the server exit, and says so.
+    #[tokio::test]
+    async fn a_route_port_taken_is_told_apart_from_other_failures() {
+        let taken = TcpListener::bind("127.0.0.1:0").expect("a port");
+        let port = taken.local_addr().expect("an address").port();
+        // JetStream clustering wants a route; one to a port nobody answers on.
+        let cluster = format!(
+            "cluster {{\n  name: bandsync-test\n  listen: \"127.0.0.1:{port}\"\n  {}\n  routes: [\"nats://127.0.0.1:{}\"]\n}}\n",
+            auth::route_authorization(),
+            free_port()
+        );
+        let mut node = NatsServer::spawn_with(
+            vec!["--server_name".into(), "n0".into()],
+            server_config(Some(&cluster)),
+            Logins::generate(),
+        );
+        let e = node.try_wait_ready().await.expect_err("the port is taken");
+        assert!(e.lost_a_port(), "{e}");
+        let timed_out = NotReady::TimedOut { log: String::new() };
+        assert!(!timed_out.lost_a_port());
+    }
 
     #[tokio::test]
     async fn server_keeps_kv_value_across_kill_and_restart() {
