@@ -540,7 +540,8 @@ fn kind_label(kind: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, DuplexStream};
+    use crate::mailbox::tests::read_frames;
+    use tokio::io::DuplexStream;
 
     #[test]
     fn only_events_and_rejections_come_from_the_bus_on_the_event_subject() {
@@ -627,33 +628,14 @@ mod tests {
 
     /// The ticks the client can read now, as (seq, epoch, tempo).
     async fn ticks(client: &mut DuplexStream) -> Vec<(u64, u64, f64)> {
-        let mut bytes = Vec::new();
-        while let Ok(Ok(n)) = tokio::time::timeout(
-            std::time::Duration::from_millis(50),
-            client.read_buf(&mut bytes),
-        )
-        .await
-        {
-            if n == 0 {
-                break;
-            }
-        }
-        let mut out = Vec::new();
-        let mut rest = &bytes[..];
-        while !rest.is_empty() {
-            let (len, at) = match rest[1] & 0x7f {
-                126 => (usize::from(u16::from_be_bytes([rest[2], rest[3]])), 4),
-                n => (usize::from(n), 2),
-            };
-            match ServerMsg::parse(std::str::from_utf8(&rest[at..at + len]).expect("UTF-8")) {
-                Ok(ServerMsg::Tick(t)) => {
-                    out.push((t.seq, t.epoch, t.timeline.segments()[0].tempo_bpm))
-                }
+        read_frames(client)
+            .await
+            .iter()
+            .map(|text| match ServerMsg::parse(text) {
+                Ok(ServerMsg::Tick(t)) => (t.seq, t.epoch, t.timeline.segments()[0].tempo_bpm),
                 other => panic!("not a tick: {other:?}"),
-            }
-            rest = &rest[at + len..];
-        }
-        out
+            })
+            .collect()
     }
 
     #[tokio::test]

@@ -409,7 +409,7 @@ impl Inner {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use futures::poll;
     use std::future::poll_fn;
@@ -435,8 +435,9 @@ mod tests {
         }
     }
 
-    /// Everything the client can read now, as the texts of whole frames.
-    async fn read_frames(client: &mut DuplexStream) -> Vec<String> {
+    /// Everything the client can read now, as the texts of whole frames
+    /// (a server's: unmasked, final, below 64 KiB). The hub's tests read theirs too.
+    pub(crate) async fn read_frames(client: &mut DuplexStream) -> Vec<String> {
         let mut bytes = Vec::new();
         while let Ok(Ok(n)) =
             tokio::time::timeout(Duration::from_millis(50), client.read_buf(&mut bytes)).await
@@ -449,10 +450,15 @@ mod tests {
         let mut rest = &bytes[..];
         while !rest.is_empty() {
             assert_eq!(rest[0], 0x81, "a final text frame");
-            let len = rest[1] as usize;
-            assert!(len < 126, "short frames in these tests");
-            texts.push(String::from_utf8(rest[2..2 + len].to_vec()).expect("UTF-8"));
-            rest = &rest[2 + len..];
+            let (len, at) = match rest[1] {
+                126 => (usize::from(u16::from_be_bytes([rest[2], rest[3]])), 4),
+                n => {
+                    assert!(n < 126, "unmasked, below 64 KiB in these tests");
+                    (usize::from(n), 2)
+                }
+            };
+            texts.push(String::from_utf8(rest[at..at + len].to_vec()).expect("UTF-8"));
+            rest = &rest[at + len..];
         }
         texts
     }
