@@ -434,12 +434,20 @@ async fn capacity(hz: u64) {
             let period_us = i64::try_from(tick_ms * 1000).unwrap_or(100_000);
             subs.push(tokio::spawn(async move {
                 while let Some(msg) = sub.next().await {
-                    if let Ok(b) = serde_json::from_slice::<BeatMsg>(&msg.payload) {
-                        let boundary = i64::try_from(b.seq).unwrap_or(0) * period_us;
-                        late.lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(b.server_time - boundary);
-                    }
+                    // A beat that is not one, or whose seq no i64 holds, is
+                    // not counted (a zero boundary would print as hours late).
+                    let Ok(b) = serde_json::from_slice::<BeatMsg>(&msg.payload) else {
+                        continue;
+                    };
+                    let Some(boundary) = i64::try_from(b.seq)
+                        .ok()
+                        .and_then(|seq| seq.checked_mul(period_us))
+                    else {
+                        continue;
+                    };
+                    late.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(b.server_time - boundary);
                 }
             }));
         }

@@ -1,6 +1,7 @@
 //! The heartbeat: once a period, a beat for every owned shard with a playing
-//! session; each gateway makes the shard's sessions' ticks from it (`BeatMsg`). A period is split into wall-clock-aligned slots about 10 ms wide
-//! (`tick_slots`) and each shard ticks in its own (`tick_phase`), so every ticker
+//! session; each gateway makes the shard's sessions' ticks from it (`BeatMsg`).
+//! A period is split into wall-clock-aligned slots about 10 ms wide
+//! (`tick_slots`) and each shard beats in its own (`tick_phase`), so every ticker
 //! agrees on when a session ticks and the work is spread over the period, not
 //! burst at its start.
 //! Beats go over core NATS only; they are cheap to lose.
